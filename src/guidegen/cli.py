@@ -1,0 +1,165 @@
+"""`guidegen` command line: a thin skin over the Python API.
+
+Every subcommand calls one API function with keyword arguments. Bad input ends in one line on
+stderr (``error: PATH: PROBLEM``) and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from guidegen.errors import GuideGenError, InputError
+
+app = typer.Typer(
+    name="guidegen",
+    help="GuideGen: text-guided synthesis of abdominal CT volumes with aligned label maps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_STATE = {"debug": False}
+
+#: Where the bundled real data lives in a source checkout (override with GUIDEGEN_DATA).
+DEFAULT_DATA = Path(os.environ.get("GUIDEGEN_DATA", Path(__file__).resolve().parents[2] / "data" / "real"))
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+
+
+def _parse_triple(text: str, name: str) -> tuple[float, float, float]:
+    try:
+        values = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise InputError(name, f"expected a number or three comma-separated numbers, got {text!r}") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise InputError(name, f"expected one or three values, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+@app.command()
+def prepare(
+    sources: Annotated[list[Path], typer.Argument(help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the manifest and the case cache.")],
+    spacing: Annotated[str, typer.Option(help="Target voxel size in mm: one value or x,y,z.")] = "3",
+    size: Annotated[str, typer.Option(help="In-plane field of view in voxels: one value or x,y.")] = "128",
+    vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary for plain pairs without a sidecar (see list-vocabularies).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo cases that are already prepared.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Preprocess real CT + label datasets into a cache and a manifest (reruns skip finished cases)."""
+    from guidegen.data.prepare import PrepareConfig
+    from guidegen.data.prepare import prepare as run_prepare
+
+    size_values = [int(float(v)) for v in size.replace("x", ",").split(",") if v.strip()] if size else []
+    if len(size_values) == 1:
+        size_values *= 2
+    if len(size_values) != 2:
+        raise InputError("--size", f"expected one or two values, got {size!r}")
+    config = PrepareConfig(spacing=_parse_triple(spacing, "--spacing"), size_xy=(size_values[0], size_values[1]), vocabulary=vocabulary)
+    result = run_prepare(sources, out, config=config, progress=not quiet, overwrite=overwrite)
+    typer.echo(f"prepared {len(result.prepared)}, skipped {len(result.skipped)} (already done), failed {len(result.failed)}; manifest: {result.manifest}")
+    for case_id, error in result.failed:
+        typer.echo(f"error: {case_id}: {error}", err=True)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    labels: Annotated[Path, typer.Argument(help="Label map (.nii/.nii.gz or a DICOM-SEG .dcm).")],
+    vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (default: from a guidegen-source.json beside it, or GuideGen's own ids for files GuideGen wrote).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the report's phrasing.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the attribute record as JSON after the report.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the report here instead of printing it.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """Write a radiology-style report (and attribute record) for a label map."""
+    from guidegen.pipeline import report_for_label_file
+
+    text, attributes = report_for_label_file(labels, vocabulary=vocabulary, seed=seed)
+    body = text if not as_json else text + "\n\n" + json.dumps(attributes, indent=1)
+    if out is not None:
+        from guidegen.io.atomic import write_text
+
+        write_text(out, body + "\n", overwrite=overwrite)
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(body)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
+    data: Annotated[Path, typer.Option(help="Bundled real data folder.")] = DEFAULT_DATA,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Run the data pipeline on the bundled real scan: prepared case, report and preview picture."""
+    from guidegen.pipeline import run_demo
+
+    summary = run_demo(out=out, data=data, overwrite=overwrite)
+    for line in summary:
+        typer.echo(line)
+
+
+@app.command("list-vocabularies")
+def list_vocabularies() -> None:
+    """Label vocabularies that `prepare --vocabulary` and `report --vocabulary` accept."""
+    from guidegen.labels.remap import available_vocabularies, load_vocabulary
+
+    for name in available_vocabularies():
+        typer.echo(f"{name:20s} {load_vocabulary(name).description}")
+
+
+@app.command("list-classes")
+def list_classes() -> None:
+    """GuideGen's label classes and their ids."""
+    from guidegen.labels.vocabulary import CLASSES, UNKNOWN
+
+    for c in CLASSES:
+        typer.echo(f"{c.id:3d}  {c.name:20s} {c.display}")
+    typer.echo(f"{UNKNOWN:3d}  {'unknown':20s} not annotated / outside the scan")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app, turning GuideGen errors into one line and exit status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="guidegen", standalone_mode=False)
+    except (GuideGenError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        message = str(exc) if isinstance(exc, GuideGenError) else f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}".lstrip(": ")
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        typer.echo(f"internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Preprocessing, datasets and augmentation of real CT and label maps."""

@@ -1,0 +1,95 @@
+"""Resampling CT and label maps onto an axis-aligned RAS+ grid.
+
+CT: linear interpolation, with Gaussian pre-filtering along axes that are downsampled (anti-aliasing).
+Labels: **shape-based interpolation** (Raya & Udupa 1990): each class's signed distance map (mm) is
+interpolated linearly and every target voxel takes the class it lies deepest inside. Unlike nearest
+neighbour this gives smooth surfaces between thick slices instead of staircases, and unlike
+one-hot + argmax it does not depend on the other classes' smoothing. Signed distances are computed
+only in a box around each class, so cost scales with organ size, not scan size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from guidegen.io.volume import HU_MIN, Volume
+from guidegen.labels.vocabulary import UNKNOWN
+
+_FAR = 1e6  # "very far outside" in mm
+
+
+def grid_affine(spacing: tuple[float, float, float], origin: np.ndarray) -> np.ndarray:
+    """Axis-aligned RAS+ affine with the given voxel size (mm) and world position of voxel 0."""
+    affine = np.diag([*spacing, 1.0]).astype(np.float64)
+    affine[:3, 3] = origin
+    return affine
+
+
+def _index_map(source: Volume, target_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, offset) taking target voxel indices to source voxel indices."""
+    m = np.linalg.inv(source.affine) @ target_affine
+    return m[:3, :3], m[:3, 3]
+
+
+def resample_ct(ct: Volume, target_affine: np.ndarray, shape: tuple[int, int, int]) -> Volume:
+    """Linear resampling of CT (HU) onto a target grid; outside the scan is air (-1024 HU)."""
+    matrix, offset = _index_map(ct, target_affine)
+    data = np.maximum(ct.array.astype(np.float32), HU_MIN)  # scanner padding (-2048, -3024) is air
+    # Downsampling factor per source axis: target step measured in source voxels.
+    step = np.linalg.norm(matrix, axis=1)
+    sigma = np.where(step > 1.5, 0.4 * step, 0.0)
+    if np.any(sigma > 0):
+        data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
+    out = ndimage.affine_transform(data, matrix, offset, output_shape=shape, order=1, mode="constant", cval=float(HU_MIN))
+    return Volume(out.astype(np.float32), target_affine, "ct", dict(ct.meta))
+
+
+def field_of_view(source: Volume, target_affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(X, Y, Z) bool: target voxels whose centre falls inside the source scan."""
+    matrix, offset = _index_map(source, target_affine)
+    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    src = matrix.astype(np.float32) @ idx + offset.astype(np.float32)[:, None]
+    inside = np.ones(src.shape[1], dtype=bool)
+    for axis in range(3):
+        inside &= (src[axis] >= -0.5) & (src[axis] <= source.shape[axis] - 0.5)
+    return inside.reshape(shape)
+
+
+def signed_distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Signed Euclidean distance in mm: negative inside, positive outside, ±half a voxel at the border."""
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    half = 0.5 * min(spacing)
+    return np.where(mask, -inside + half, outside - half).astype(np.float32)
+
+
+def resample_labels(labels: Volume, target_affine: np.ndarray, shape: tuple[int, int, int],
+                    mark_outside_unknown: bool = True) -> Volume:
+    """Shape-based resampling of a label map (any ids, including UNKNOWN) onto a target grid.
+
+    Voxels outside the source's field of view become UNKNOWN when ``mark_outside_unknown`` (we do
+    not know what is there), else background.
+    """
+    matrix, offset = _index_map(labels, target_affine)
+    spacing = labels.spacing
+    best = np.full(shape, _FAR, dtype=np.float32)
+    out = np.zeros(shape, dtype=np.uint8)
+    margin = np.ceil(2.0 * np.linalg.norm(matrix, axis=1)).astype(int) + 2  # a few target voxels
+    for cls in np.unique(labels.array):
+        if cls == 0:
+            continue
+        mask = labels.array == cls
+        nz = np.nonzero(mask)
+        lo = np.maximum([int(a.min()) for a in nz] - margin, 0)
+        hi = np.minimum([int(a.max()) + 1 for a in nz] + margin, labels.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        sdf = signed_distance(mask[box], spacing)
+        # Shift the index map so that it addresses the box.
+        sdf_t = ndimage.affine_transform(sdf, matrix, offset - lo, output_shape=shape, order=1, mode="constant", cval=_FAR)
+        take = (sdf_t < 0) & (sdf_t < best)
+        best[take] = sdf_t[take]
+        out[take] = cls
+    if mark_outside_unknown:
+        out[~field_of_view(labels, target_affine, shape)] = UNKNOWN
+    return Volume(out, target_affine, "labels", dict(labels.meta))

@@ -1,0 +1,93 @@
+"""NIfTI (.nii, .nii.gz) reading and writing through nibabel, with the checks users need."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from guidegen.errors import InputError
+from guidegen.io.atomic import atomic_file
+from guidegen.io.validate import check_affine, check_ct_values, check_shape, labels_to_integers
+from guidegen.io.volume import HU_MIN, HU_MAX, Volume, VolumeKind, canonical
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | Path) -> bool:
+    name = str(path).lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True) -> Volume:
+    """Read a NIfTI file into a canonical (RAS+) `Volume`.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        kind: ``"ct"`` keeps intensities as float32 HU; ``"labels"`` checks for non-negative
+            integer ids and returns uint8.
+        reorient: reorder axes to RAS+ (lossless). Only turn off to inspect a file as stored.
+
+    Raises:
+        InputError: missing, unreadable, truncated, not 3-D, bad header, bad values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    if not is_nifti(path):
+        raise InputError(path, "is not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        image = nib.load(str(path))
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(path, f"is a {type(image).__name__}, not a NIfTI image")
+        shape = check_shape(path, image.shape)
+        check_affine(path, image.affine)
+        data = np.asanyarray(image.dataobj)
+    except InputError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(path, f"is truncated or corrupt ({exc.__class__.__name__}: {exc})") from None
+    except MemoryError:
+        raise InputError(path, "is too large to load into memory") from None
+    except Exception as exc:  # nibabel raises many types for bad headers; all mean "not readable"
+        raise InputError(path, f"is not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
+    data = data.reshape(shape)
+    if kind == "labels":
+        array = labels_to_integers(path, data)
+    else:
+        check_ct_values(path, data)
+        array = data.astype(np.float32, copy=False)
+    volume = Volume(array=array, affine=image.affine, kind=kind, meta={"source": str(path)})
+    return canonical(volume) if reorient else volume
+
+
+def to_nifti_image(volume: Volume) -> nib.Nifti1Image:
+    """CT as int16 HU (clipped to the 12-bit CT range), labels as uint8; qform and sform set."""
+    if volume.kind == "labels":
+        data = volume.array.astype(np.uint8)
+    else:
+        data = np.clip(np.rint(volume.array), HU_MIN, HU_MAX).astype(np.int16)
+    image = nib.Nifti1Image(data, volume.affine)
+    image.set_qform(volume.affine, code=1)  # scanner coordinates
+    image.set_sform(volume.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    if volume.kind == "ct":
+        image.header["descrip"] = b"GuideGen CT, Hounsfield units"
+    else:
+        image.header["descrip"] = b"GuideGen label map"
+    return image
+
+
+def write_nifti(volume: Volume, path: str | Path, overwrite: bool = False) -> Path:
+    """Write atomically (temporary name, then rename). Refuses to overwrite unless asked."""
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(path, "output name must end in .nii or .nii.gz")
+    with atomic_file(path, overwrite) as tmp:
+        nib.save(to_nifti_image(volume), str(tmp))
+    return path
