@@ -46,6 +46,9 @@ def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(path, f"is a {type(image).__name__}, not a NIfTI image")
         shape = check_shape(path, image.shape)
+        zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+        if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+            raise InputError(path, f"the header's voxel size {tuple(float(z) for z in zooms)} is zero, negative or not a number (affine singular)")
         check_affine(path, image.affine)
         data = np.asanyarray(image.dataobj)
     except InputError:

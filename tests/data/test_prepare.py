@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from guidegen.data.body import body_outline
+from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
+from guidegen.data.resample import grid_affine, resample_labels
+from guidegen.errors import InputError
+from guidegen.io.nifti import read_nifti
+from guidegen.io.volume import Volume
+from guidegen.labels.vocabulary import ID, UNKNOWN
+
+ALL_CASES = {"amos-0001-slices", "amos-0013-slices", "amos-0013-labels", "dcmqi-ct-3slice", "lits-117-crop",
+             "msd-colon-050-tumour", "msd-spleen-8", "totalseg-example-a", "totalseg-example-b"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, real):
+    out = tmp_path_factory.mktemp("prepared")
+    result = prepare([real], out, progress=False)
+    return out, result
+
+
+def test_prepares_every_bundled_scan(prepared):
+    out, result = prepared
+    assert result.failed == []
+    assert set(result.prepared) == ALL_CASES
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {c["case_id"] for c in manifest["cases"]} == ALL_CASES
+    for entry in load_prepared(out):
+        labels = read_nifti(entry["labels_path"], kind="labels")
+        assert labels.orientation == "RAS"
+        assert labels.spacing == pytest.approx((3.0, 3.0, 3.0))
+        assert labels.shape[:2] == (128, 128)
+        if entry["has_ct"]:
+            ct_img = nib.load(entry["ct_path"])
+            assert ct_img.get_data_dtype() == np.int16
+            ct = read_nifti(entry["ct_path"])
+            assert ct.same_grid(labels)
+            assert ct.array.min() >= -1024 and ct.array.max() <= 3071
+            assert "body" in entry["annotated"]
+
+
+def test_prepared_anatomy_is_plausible(prepared):
+    out, _ = prepared
+    cases = {e["case_id"]: e for e in load_prepared(out)}
+    a = cases["totalseg-example-a"]
+    assert 1000 <= a["volume_ml"]["liver"] <= 2500
+    assert 20 <= a["mean_hu"]["liver"] <= 80  # non-contrast liver
+    assert a["mean_hu"]["bone"] > 150
+    assert a["mean_hu"]["body"] < 100
+    # The DICOM series (contrast-enhanced) lands on its labels: liver enhances, aorta brighter still.
+    b = cases["totalseg-example-b"]
+    assert 60 <= b["mean_hu"]["liver"] <= 150 and b["mean_hu"]["aorta"] > 120
+    # Partial annotation recorded, not turned into background.
+    assert cases["msd-spleen-8"]["annotated"] == ["spleen", "body"]
+    assert "tumour" in cases["lits-117-crop"]["annotated"]
+    assert cases["msd-colon-050-tumour"]["annotated"] == ["tumour"]
+    assert not cases["amos-0013-labels"]["has_ct"]
+    d = cases["dcmqi-ct-3slice"]
+    assert "liver" in d["annotated"] and d["volume_ml"]["liver"] > 0
+
+
+def test_rerun_skips_finished_cases(prepared, real, tmp_path):
+    out, _ = prepared
+    again = prepare([real], out, progress=False)
+    assert again.prepared == [] and set(again.skipped) == ALL_CASES
+
+
+def test_interrupted_case_leaves_nothing(tmp_path, real, monkeypatch):
+    import guidegen.data.prepare as mod
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "write_nifti", boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([real / "totalseg-example-a"], tmp_path / "out", progress=False)
+    leftovers = list((tmp_path / "out" / "cases").iterdir())
+    assert leftovers == []
+
+
+def test_vocabulary_is_required_for_plain_pairs(tmp_path, real):
+    case = tmp_path / "case"
+    case.mkdir()
+    shutil.copy(real / "amos-0013-slices" / "ct.nii.gz", case / "ct.nii.gz")
+    shutil.copy(real / "amos-0013-slices" / "labels.nii.gz", case / "labels.nii.gz")
+    result = prepare([case], tmp_path / "out", progress=False)
+    assert len(result.failed) == 1 and "vocabulary" in result.failed[0][1]
+    result = prepare([case], tmp_path / "out", PrepareConfig(vocabulary="amos"), progress=False)
+    assert result.prepared == ["case"]
+
+
+def test_ct_and_labels_on_different_grids(tmp_path, real):
+    case = tmp_path / "case"
+    case.mkdir()
+    shutil.copy(real / "amos-0013-slices" / "ct.nii.gz", case / "ct.nii.gz")
+    shutil.copy(real / "amos-0001-slices" / "labels.nii.gz", case / "labels.nii.gz")
+    result = prepare([case], tmp_path / "out", PrepareConfig(vocabulary="amos"), progress=False)
+    assert "not on the CT's grid" in result.failed[0][1]
+
+
+def test_totalsegmentator_folder_layout(tmp_path, real):
+    # case/ct.nii.gz + case/segmentations/<structure>.nii.gz, as TotalSegmentator and AbdomenAtlas write.
+    case = tmp_path / "s0001"
+    (case / "segmentations").mkdir(parents=True)
+    shutil.copy(real / "totalseg-example-a" / "ct.nii.gz", case / "ct.nii.gz")
+    img = nib.load(str(real / "totalseg-example-a" / "labels.nii.gz"))
+    lab = np.asanyarray(img.dataobj)
+    for name, sid in {"liver": 5, "spleen": 1, "vertebrae_L1": 31, "lung_lower_lobe_left": 11}.items():
+        nib.save(nib.Nifti1Image((lab == sid).astype(np.uint8), img.affine), str(case / "segmentations" / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    result = prepare([tmp_path], out, progress=False)
+    assert result.prepared == ["s0001"], result.failed
+    entry = load_prepared(out)[0]
+    assert entry["layout"] == "totalsegmentator"
+    assert entry["annotated"] == ["spleen", "liver", "body", "bone"]
+
+
+def test_nnunet_layout(tmp_path, real):
+    root = tmp_path / "Dataset001_Test"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    shutil.copy(real / "msd-spleen-8" / "ct.nii.gz", root / "imagesTr" / "spl_008_0000.nii.gz")
+    shutil.copy(real / "msd-spleen-8" / "labels.nii.gz", root / "labelsTr" / "spl_008.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1},
+                                                   "numTraining": 1, "file_ending": ".nii.gz"}))
+    result = prepare([root], tmp_path / "out", progress=False)
+    assert result.prepared == ["spl_008"], result.failed
+    assert load_prepared(tmp_path / "out")[0]["annotated"] == ["spleen", "body"]
+
+
+def test_shape_based_label_upsampling_has_no_staircase():
+    # A sphere sampled at 6 mm slices, upsampled to 2 mm: nearest neighbour would give 3-slice
+    # plateaus; shape-based interpolation makes the radius change on every slice.
+    zz = np.arange(12) * 6.0
+    xx = np.arange(40) * 2.0
+    X, Y, Z = np.meshgrid(xx, xx, zz, indexing="ij")
+    sphere = ((X - 40) ** 2 + (Y - 40) ** 2 + (Z - 33) ** 2 <= 25 ** 2).astype(np.uint8)
+    src = Volume(sphere, np.diag([2.0, 2.0, 6.0, 1.0]), "labels")
+    out = resample_labels(src, grid_affine((2.0, 2.0, 2.0), np.zeros(3)), (40, 40, 34), mark_outside_unknown=False)
+    areas = (out.array == 1).sum(axis=(0, 1))
+    core = areas[6:12]  # slices where the sphere's cross-section grows
+    assert np.all(np.diff(core) > 0), areas
+    # Volume is kept within 5 % of the analytic sphere.
+    assert abs((out.array == 1).sum() * 8.0 / (4 / 3 * np.pi * 25 ** 3) - 1) < 0.05
+    assert ndimage.label(out.array == 1)[1] == 1
+
+
+def test_outside_the_scan_is_unknown():
+    src = Volume(np.ones((10, 10, 10), np.uint8), np.eye(4), "labels")
+    out = resample_labels(src, grid_affine((1.0, 1.0, 1.0), np.array([-5.0, 0, 0])), (20, 10, 10))
+    assert np.all(out.array[:4] == UNKNOWN) and np.all(out.array[6:14] == 1)
+
+
+def test_body_outline_on_real_ct(real):
+    ct = read_nifti(real / "totalseg-example-a" / "ct.nii.gz")
+    body = body_outline(ct.array, ct.spacing)
+    labels = read_nifti(real / "totalseg-example-a" / "labels.nii.gz", kind="labels")
+    organs = labels.array > 0
+    assert (body & organs).sum() / organs.sum() > 0.99  # every organ is inside the body
+    assert not body[0, 0, :].any()  # corners are air
+    assert 10_000 <= body.sum() * 27 / 1000 <= 40_000  # 10–40 L of body in an abdomen-pelvis scan
+
+
+def test_bad_config():
+    with pytest.raises(InputError, match="spacing"):
+        PrepareConfig(spacing=(0.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="vocabulary"):
+        PrepareConfig(vocabulary="nope")
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        prepare([tmp_path / "nope"], tmp_path / "out", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="supported layout"):
+        prepare([empty], tmp_path / "out", progress=False)
