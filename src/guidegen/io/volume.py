@@ -67,7 +67,8 @@ class Volume:
 
     def with_array(self, array: np.ndarray, **changes: Any) -> Volume:
         """The same geometry with another array (and optionally other fields)."""
-        return replace(self, array=array, meta=dict(self.meta), **changes)
+        changes.setdefault("meta", dict(self.meta))
+        return replace(self, array=array, **changes)
 
     def same_grid(self, other: Volume, atol: float = 1e-3) -> bool:
         """Whether both volumes share shape and affine (to ``atol`` mm)."""
