@@ -114,6 +114,74 @@ def demo(
         typer.echo(line)
 
 
+train_app = typer.Typer(help="Train GuideGen's models from a JSON recipe.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@train_app.command("masks")
+def train_masks(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/mask_sampler_demo.json).")],
+    run: Annotated[Path, typer.Option("--run", help="Run folder: checkpoints, log, final model.")] = Path("runs/mask_sampler"),
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this call.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train the Volumetric Mask Sampler (bf16 on CPU, EMA, exact resume)."""
+    from guidegen.config import load_config
+    from guidegen.masks.config import MaskSamplerConfig
+    from guidegen.masks.train import train_mask_sampler
+    from guidegen.training import set_threads
+
+    set_threads(threads)
+    cfg = load_config(MaskSamplerConfig, config)
+    out = train_mask_sampler(cfg, run, resume=resume, progress=not quiet, max_steps=max_steps, root=REPO_ROOT, device=_device(device))
+    typer.echo(f"run folder: {out}")
+
+
+def _device(name: str) -> str:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError("--device", f"must be cpu or cuda, got {name!r}")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--device", "CUDA was asked for but no CUDA device is available (is the CPU build of torch installed?)")
+    return name
+
+
+@app.command("sample-masks")
+def sample_masks(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to generate, in words.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    n: Annotated[int, typer.Option("-n", min=1, max=256, help="Samples of the prompt.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same masks.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's strided setting).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Mask sampler folder (default: the shipped model).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Report quality checks (components, relations, adherence, diversity).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
+    from guidegen.pipeline import sample_masks_to_folder
+
+    lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, steps=steps, guidance=guidance,
+                                            model=model, device=_device(device), overwrite=overwrite)
+    for line in lines:
+        typer.echo(line)
+    if check:
+        from guidegen.evaluation.masks import check_masks
+        from guidegen.io.atomic import write_text
+
+        report = check_masks(volumes, [prompt] * len(volumes))
+        write_text(out / "checks.json", json.dumps(report.to_dict(), indent=1), overwrite=True)
+        for line in report.summary_lines():
+            typer.echo(line)
+
+
 @app.command("list-vocabularies")
 def list_vocabularies() -> None:
     """Label vocabularies that `prepare --vocabulary` and `report --vocabulary` accept."""
@@ -138,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="guidegen", standalone_mode=False)
+        # With standalone_mode=False click *returns* the code of typer.Exit instead of exiting.
+        code = app(args=args, prog_name="guidegen", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except (GuideGenError, OSError) as exc:
         if debug:
             traceback.print_exc()

@@ -111,3 +111,61 @@ def run_demo(out: str | Path, data: str | Path, overwrite: bool = False, case: s
         *text.splitlines(),
         f"wrote {out}/ct.nii.gz, labels.nii.gz, report.txt, attributes.json, preview.png in {seconds:.1f} s",
     ]
+
+
+#: The shipped default model in a source checkout (override with GUIDEGEN_MODEL).
+import os as _os  # noqa: E402
+
+DEFAULT_MODEL = Path(_os.environ.get("GUIDEGEN_MODEL", Path(__file__).resolve().parents[2] / "models" / "default"))
+
+
+def _component(model: str | Path | None, name: str) -> Path:
+    folder = Path(model) if model is not None else DEFAULT_MODEL / name
+    if (folder / name).is_dir():
+        folder = folder / name
+    if not folder.is_dir():
+        raise InputError(folder, f"no {name.replace('_', ' ')} model here (train one with `guidegen train`, or pass --model)")
+    return folder
+
+
+def check_prompt(prompt: str) -> str:
+    """Refuse empty prompts and control characters; normalise whitespace."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("--prompt", "is empty")
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in prompt).split())
+    if not cleaned:
+        raise InputError("--prompt", "has no printable characters")
+    return cleaned
+
+
+def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, steps: int | None = None,
+                           guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
+                           overwrite: bool = False) -> tuple[list[str], list[Volume]]:
+    """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``."""
+    from guidegen.io.nifti import write_nifti
+    from guidegen.io.preview import render_preview
+    from guidegen.masks.sampler import VolumetricMaskSampler
+    from guidegen.text.parse import parse_prompt
+    from guidegen.text.report import report_from_labels
+
+    prompt = check_prompt(prompt)
+    attributes = parse_prompt(prompt)
+    sampler = VolumetricMaskSampler.from_pretrained(_component(model, "mask_sampler"), device=device)
+    started = time.perf_counter()
+    volumes = sampler.sample_masks(prompt, n=n, seed=seed, steps=steps, guidance=guidance)
+    seconds = time.perf_counter() - started
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for i, vol in enumerate(volumes):
+            folder = tmp / f"sample_{i:03d}"
+            folder.mkdir()
+            write_nifti(vol, folder / "labels.nii.gz")
+            text, measured = report_from_labels(vol, seed=seed + i)
+            (folder / "report.txt").write_text(text + "\n", encoding="utf-8")
+            render_preview(folder / "preview.png", None, vol, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
+                           title=prompt[:100], skip_classes=(0, UNKNOWN))
+        (tmp / "prompt.json").write_text(json.dumps({"prompt": prompt, "attributes": attributes.to_dict(), "n": n, "seed": seed,
+                                                     "steps": steps or sampler.config.sample_steps,
+                                                     "guidance": sampler.config.guidance_scale if guidance is None else guidance,
+                                                     "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
+    return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}"], volumes
