@@ -318,3 +318,25 @@ def _synthetic_abdomen() -> Volume:
     array[25:35, 20:30, 2:10] = ID["urinary_bladder"]
     array[40:45, 15:20, 60:65] = ID["tumour"]
     return Volume(array, np.diag([4.0, 4.0, 4.0, 1.0]), kind="labels")
+
+
+def test_write_prompt_round_trip():
+    import numpy as np
+
+    from guidegen.text.attributes import Attributes, OrganFinding, Tumour
+    from guidegen.text.parse import parse_prompt
+    from guidegen.text.report import write_prompt
+
+    attrs = Attributes(sex="male", age=68, tumours=(Tumour(organ="colon", segment="sigmoid", diameter_mm=40.0),),
+                       organs={"spleen": OrganFinding(state="enlarged", severity="mild")})
+    for seed in range(20):
+        text = write_prompt(attrs, seed)
+        assert len(text) < 200, text
+        back = parse_prompt(text)
+        assert back.sex == "male" and back.age == 68, text
+        assert back.tumours[0].organ == "colon" and back.tumours[0].segment == "sigmoid", text
+        assert abs(back.tumours[0].diameter_mm - 40.0) <= 1.0, text
+        assert back.organs["spleen"].state == "enlarged" and back.organs["spleen"].severity == "mild", text
+    assert parse_prompt(write_prompt(Attributes(tumours=()), 1)).tumours == ()
+    assert write_prompt(Attributes()) in ("abdominal CT", "CT of the abdomen", "abdomen")
+    del np

@@ -563,3 +563,16 @@ class _LiverFrame:
         if x > self.right_of:
             return "right lobe"
         return None
+
+
+def colon_segment_of(labels: Volume, points_mm: np.ndarray) -> list[str | None]:
+    """The colon segment (`COLON_SEGMENTS`) that each world point (N, 3) RAS+ mm lies in.
+
+    Uses the same colon frame as the reports (see `_ColonFrame`), so a tumour placed where this
+    says "sigmoid" is reported as sigmoid. All ``None`` when the map has too little colon to tell.
+    """
+    frame = _ColonFrame.build(labels.array, labels)
+    points_mm = np.atleast_2d(np.asarray(points_mm, dtype=np.float64))
+    if frame is None:
+        return [None] * len(points_mm)
+    return [frame.segment(p) for p in points_mm]

@@ -362,3 +362,25 @@ def _article(phrase: str) -> str:
 
 def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def write_prompt(attrs: Attributes, seed: int | None = None) -> str:
+    """A terse, prompt-like description ("68-year-old man, 4.0 cm sigmoid colon tumour, mild splenomegaly").
+
+    The mask sampler is trained on both full reports and these short texts, so that the short
+    prompts users type are in its training distribution. Built from the same phrases as the
+    report's impression, so `parse_prompt` reads it back the same way.
+    """
+    pick = _Picker(seed)
+    parts: list[str] = []
+    patient = _patient_phrase(attrs, pick)
+    if patient is not None:
+        parts.append(patient)
+    if attrs.phase is not None:
+        parts.append(pick(_PHASES[attrs.phase]))
+    for item in _impression(attrs, pick):
+        if item == "No findings to report.":
+            continue
+        item = item.rstrip(".")
+        parts.append(item[:1].lower() + item[1:] if not item[:2].isupper() else item)
+    return ", ".join(parts) if parts else pick(("abdominal CT", "CT of the abdomen", "abdomen"))

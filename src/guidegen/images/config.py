@@ -1,0 +1,211 @@
+"""`ImageGeneratorConfig`: everything that defines the slice-wise CT generator and its training.
+
+One frozen dataclass, saved as ``config.json`` beside every checkpoint and loaded from JSON recipes
+(``recipes/image_generator_*.json``). Network, conditioning, sampling and training settings live
+together because a trained model is only meaningful with all of them (the HU mapping in
+`guidegen.images.hu` is fixed and not configurable for the same reason).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from guidegen.diffusion.flow import FlowConfig
+from guidegen.labels.vocabulary import NUM_CLASSES
+
+__all__ = ["ImageGeneratorConfig", "PHASES"]
+
+#: Contrast phase vocabulary of the class embedding; id 0 ("unknown") doubles as the CFG null phase.
+PHASES: tuple[str, ...] = ("unknown", "non_contrast", "arterial", "portal_venous", "delayed")
+
+_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ImageGeneratorConfig:
+    """Settings of the conditional slice generator (GuideGen's second stage) and its training.
+
+    Geometry:
+        image_size: in-plane size H = W of a slice in voxels (128 → 384 mm at 3 mm).
+        spacing: voxel size (x, y, z) in mm of the grid the model works on.
+
+    Network (MONAI ``DiffusionModelUNet``, 2-D):
+        channels: feature channels per resolution level.
+        attention_levels: where self- and cross-attention run; ``None`` = only the lowest level
+            (attention at high resolution dominates the CPU cost, see shared/CPU-MEASUREMENTS.md).
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: GroupNorm groups (every entry of ``channels`` must be a multiple).
+        num_head_channels: channels per attention head.
+        context_dim: width of the single cross-attention conditioning token.
+        use_flash_attention: use torch's scaled-dot-product attention kernel.
+
+    Conditioning:
+        context_slices: mask slices shown around slice k (odd; 3 → k−1, k, k+1).
+        num_classes: K, label classes one-hot encoded (GuideGen vocabulary: 18).
+        num_phases: size of the contrast-phase embedding (`PHASES`; 0 = unknown / dropped).
+        text_dim: width of the pooled prompt embedding (MiniLM: 384).
+        cond_dropout: probability of training a sample unconditionally (phase → 0 and the
+            conditioning token → the learned null token), for classifier-free guidance.
+        prev_dropout: probability of hiding the previous slice (has_prev = 0) during training, so
+            the model can start a volume and recovers when its own previous slice is poor.
+        prev_noise: maximum std (model units) of Gaussian noise added to the teacher-forced
+            previous slice; the std is drawn uniformly in [0, prev_noise] per sample.
+
+    Sampling:
+        flow: rectified-flow settings (time sampling, shift).
+        flow_steps: Euler steps per slice.
+        guidance_scale: classifier-free guidance ``s`` (1 = conditional only, one network call
+            per step; > 1 needs two).
+        precision: autocast precision for training and sampling: "bf16", "fp16" or "fp32".
+
+    Training:
+        lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up then cosine decay
+            to 10 % of ``lr``; gradient norm clipping (0 = off).
+        batch_size, steps: slices per step and total optimizer steps.
+        ema_decay: EMA decay (with warm-up, `guidegen.training.EMA`).
+        checkpoint_every, keep_checkpoints: checkpoint interval (steps) and how many to keep.
+        log_every: steps between loss lines in ``run_dir/log.jsonl``.
+        seed: seeds the initial weights and every training step's randomness.
+        augment_prob, rotate_deg, scale, translate_mm: joint in-plane affine augmentation of
+            CT, masks and previous slice (probability; max rotation in degrees; max relative
+            zoom; max shift in mm). No flips (left/right anatomy matters) and no intensity changes
+            (HU are physical).
+        holdout_cases: prepared case ids never trained on (for validation).
+        infer_phase: estimate an unknown contrast phase from a case's mean aortic / liver HU.
+    """
+
+    image_size: int = 128
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    attention_levels: tuple[bool, ...] | None = None
+    num_res_blocks: int = 1
+    norm_num_groups: int = 16
+    num_head_channels: int = 32
+    context_dim: int = 256
+    use_flash_attention: bool = True
+
+    context_slices: int = 3
+    num_classes: int = NUM_CLASSES
+    num_phases: int = len(PHASES)
+    text_dim: int = 384
+    cond_dropout: float = 0.1
+    prev_dropout: float = 0.1
+    prev_noise: float = 0.02
+
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    flow_steps: int = 8
+    guidance_scale: float = 1.0
+    precision: str = "bf16"
+
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    batch_size: int = 8
+    steps: int = 3000
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    augment_prob: float = 0.8
+    rotate_deg: float = 8.0
+    scale: float = 0.08
+    translate_mm: float = 12.0
+    holdout_cases: tuple[str, ...] = ()
+    infer_phase: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive_int("image_size", self.image_size, 8)
+        if len(self.spacing) != 3 or any(not (isinstance(s, (int, float)) and 0.1 <= s <= 20) for s in self.spacing):
+            raise ValueError(f"spacing must be three voxel sizes between 0.1 and 20 mm, got {self.spacing!r}")
+        if len(self.channels) < 1:
+            raise ValueError("channels must list at least one level")
+        for c in self.channels:
+            _check_positive_int("channels", c)
+        _check_positive_int("norm_num_groups", self.norm_num_groups)
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"channels {self.channels} must all be multiples of norm_num_groups={self.norm_num_groups}")
+        levels = self.attention_levels_resolved
+        if len(levels) != len(self.channels):
+            raise ValueError(f"attention_levels must have one entry per level of channels ({len(self.channels)}), got {levels}")
+        if not any(levels):
+            raise ValueError("attention_levels must enable at least one level (cross-attention carries the condition)")
+        if self.image_size % (2 ** (len(self.channels) - 1)):
+            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(len(channels)-1)="
+                             f"{2 ** (len(self.channels) - 1)}")
+        _check_positive_int("num_res_blocks", self.num_res_blocks)
+        _check_positive_int("num_head_channels", self.num_head_channels)
+        for c, att in zip(self.channels, levels):
+            if att and c % self.num_head_channels:
+                raise ValueError(f"channels with attention ({c}) must be multiples of num_head_channels={self.num_head_channels}")
+        _check_positive_int("context_dim", self.context_dim)
+        _check_positive_int("context_slices", self.context_slices)
+        if self.context_slices % 2 == 0:
+            raise ValueError(f"context_slices must be odd (k−r … k+r), got {self.context_slices}")
+        _check_positive_int("num_classes", self.num_classes, 2)
+        _check_positive_int("num_phases", self.num_phases)
+        _check_positive_int("text_dim", self.text_dim)
+        _check_probability("cond_dropout", self.cond_dropout)
+        _check_probability("prev_dropout", self.prev_dropout)
+        if not (isinstance(self.prev_noise, (int, float)) and 0 <= self.prev_noise <= 1):
+            raise ValueError(f"prev_noise must be in [0, 1] model units, got {self.prev_noise!r}")
+        if not isinstance(self.flow, FlowConfig):
+            raise ValueError(f"flow must be a FlowConfig, got {type(self.flow).__name__}")
+        _check_positive_int("flow_steps", self.flow_steps)
+        if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)):
+            raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale!r}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check_positive_int("warmup_steps", self.warmup_steps, 0)
+        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("steps", self.steps)
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        _check_positive_int("checkpoint_every", self.checkpoint_every)
+        _check_positive_int("keep_checkpoints", self.keep_checkpoints)
+        _check_positive_int("log_every", self.log_every)
+        _check_positive_int("seed", self.seed, 0)
+        _check_probability("augment_prob", self.augment_prob)
+        if not (0 <= self.rotate_deg <= 45):
+            raise ValueError(f"rotate_deg must be in [0, 45], got {self.rotate_deg!r}")
+        if not (0 <= self.scale < 0.5):
+            raise ValueError(f"scale must be in [0, 0.5), got {self.scale!r}")
+        if not (self.translate_mm >= 0):
+            raise ValueError(f"translate_mm must be >= 0, got {self.translate_mm!r}")
+
+    @property
+    def attention_levels_resolved(self) -> tuple[bool, ...]:
+        """``attention_levels`` with the default (attention only at the lowest level) filled in."""
+        if self.attention_levels is None:
+            return tuple(i == len(self.channels) - 1 for i in range(len(self.channels)))
+        return tuple(bool(a) for a in self.attention_levels)
+
+    @property
+    def context_radius(self) -> int:
+        """r such that slices k−r … k+r are shown."""
+        return self.context_slices // 2
+
+    @property
+    def in_channels(self) -> int:
+        """UNet input channels: noisy slice (1) + per context slice K one-hot + 1 unknown, + previous
+        slice (1) + has-previous flag (1) + z position (1)."""
+        return 1 + self.context_slices * (self.num_classes + 1) + 3

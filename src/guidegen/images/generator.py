@@ -1,0 +1,361 @@
+"""`ConditionalImageGenerator`: CT volumes from label maps, one axial slice at a time (GuideGen stage 2).
+
+Dai et al. (2024) generate the CT of a sampled label map with a 2-D conditional diffusion model run
+autoregressively along z: slice k is generated from noise, conditioned on the masks of slices
+k−1, k, k+1 and on the *generated* slice k−1, so the CT follows the mask exactly while neighbouring
+slices stay consistent. We use a rectified flow (`guidegen.diffusion.flow`) with a few Euler steps
+per slice (4–10 suffice; shared/CPU-MEASUREMENTS.md) instead of DDPM.
+
+* `sample_volume` is the sampling loop, a pure function: every volume of a batch is at slice k at
+  the same time (the batch dimension is volumes), each volume draws its noise from its own
+  ``torch.Generator``, so a batch gives the same volumes as generating them one by one.
+* `ConditionalImageGenerator.generate` takes label `Volume`s on the model grid and returns int16 HU
+  `Volume`s on the same grid.
+* `generate_ct` ("bring your own mask") takes any label map at any spacing and orientation,
+  resamples it onto the model grid, generates, and resamples the CT back onto the input grid, so
+  the returned CT and the input labels share shape and affine exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.data.resample import grid_affine, resample_ct
+from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
+from guidegen.errors import InputError
+from guidegen.images.config import ImageGeneratorConfig
+from guidegen.images.hu import units_to_int16_hu
+from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
+from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
+from guidegen.labels.vocabulary import NAMES, UNKNOWN
+from guidegen.masks.upsample import upsample_labels
+from guidegen.training import autocast
+
+__all__ = ["ConditionalImageGenerator", "SliceCallback", "annotated_vector", "generate_ct", "model_grid", "sample_volume"]
+
+#: ``callback(k, slices)`` after slice k of every volume is finished; ``slices`` is (N, X, Y) model units.
+SliceCallback = Callable[[int, Tensor], None]
+
+
+class ConditionalImageGenerator(nn.Module):
+    """The slice denoiser with its configuration, loadable and savable as a checkpoint folder.
+
+    Args:
+        config: the generator configuration.
+    """
+
+    def __init__(self, config: ImageGeneratorConfig):
+        super().__init__()
+        if not isinstance(config, ImageGeneratorConfig):
+            raise ValueError(f"config must be an ImageGeneratorConfig, got {type(config).__name__}")
+        self.config = config
+        self.net = SliceDenoiser(config)
+
+    def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
+                uncond: Tensor | None = None) -> Tensor:
+        """See `SliceDenoiser.forward`: (N, C_in, H, W) inputs → (N, 1, H, W) velocity."""
+        return self.net(inputs, t, phase, annotated, text, uncond)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> ConditionalImageGenerator:
+        """Load a checkpoint folder written by `save_pretrained` or training (checksums verified)."""
+        config, weights, _ = load_checkpoint(folder, ImageGeneratorConfig)
+        model = cls(config)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise InputError(Path(folder) / "model.safetensors", f"does not match its config.json ({exc})") from None
+        return model.to(device).eval()
+
+    def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ checksums) atomically."""
+        return save_checkpoint(folder, self.config, self.state_dict(), overwrite=overwrite,
+                               metadata={"component": "image_generator"})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
+                 phase: str | int | None = None, prompt: str | None = None, text_embedding: Tensor | None = None,
+                 annotated: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
+                 precision: str | None = None, callback: SliceCallback | None = None) -> list[Volume]:
+        """Generate CTs for label maps already on the model grid (use `generate_ct` for any other grid).
+
+        Volumes of equal shape are generated together as one batch.
+
+        Args:
+            labels: label `Volume`(s) (X, Y, Z) in GuideGen ids with X = Y = ``image_size`` and the
+                model's voxel size; 255 = unknown.
+            seed: one seed, or one per volume (volume i uses ``seed + i`` when one seed is given).
+            phase: contrast phase name or id (`guidegen.images.config.PHASES`), ``None`` = unknown.
+            prompt: text prompt (encoded with the offline MiniLM `guidegen.text.encoder.TextEncoder`).
+            text_embedding: (D,) or (N, D) pooled prompt embedding instead of ``prompt``.
+            annotated: class names treated as annotated; default every class.
+            steps, guidance, precision: override the config's ``flow_steps``, ``guidance_scale``,
+                ``precision``.
+            callback: see `SliceCallback` (called per batch of equal-shape volumes).
+
+        Returns:
+            int16 HU CT `Volume`s on the labels' grids, in input order.
+        """
+        vols = [labels] if isinstance(labels, Volume) else list(labels)
+        if not vols:
+            raise ValueError("labels must contain at least one Volume")
+        for v in vols:
+            _check_model_grid(v, self.config)
+        return self._generate(vols, seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
+                              annotated=annotated, steps=steps, guidance=guidance, precision=precision,
+                              callback=callback)
+
+    def _generate(self, vols: list[Volume], seed: int | Sequence[int], *, phase: str | int | None, prompt: str | None,
+                  text_embedding: Tensor | None, annotated: Sequence[str] | None, steps: int | None,
+                  guidance: float | None, precision: str | None, callback: SliceCallback | None) -> list[Volume]:
+        cfg = self.config
+        seeds = _seeds(seed, len(vols))
+        text = _text_embedding(prompt, text_embedding, len(vols), cfg.text_dim)
+        ann = annotated_vector(annotated, cfg.num_classes)
+        results: list[Volume | None] = [None] * len(vols)
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, v in enumerate(vols):
+            groups.setdefault(v.shape, []).append(i)
+        for idx in groups.values():
+            lab = torch.stack([torch.from_numpy(_checked_ids(vols[i], cfg.num_classes)) for i in idx]).to(self.device)
+            gens = [torch.Generator(device=self.device).manual_seed(seeds[i]) for i in idx]
+            units = sample_volume(
+                self, lab, flow=cfg.flow, steps=steps or cfg.flow_steps,
+                guidance=cfg.guidance_scale if guidance is None else guidance,
+                phase=torch.full((len(idx),), phase_id(phase), dtype=torch.long, device=self.device),
+                annotated=ann.expand(len(idx), -1).to(self.device),
+                text=None if text is None else text[idx].to(self.device),
+                generators=gens, precision=precision or cfg.precision, callback=callback)
+            for j, i in enumerate(idx):
+                meta = {"seed": seeds[i], "phase": phase, "prompt": prompt, "generator": "guidegen.images"}
+                results[i] = Volume(units_to_int16_hu(units[j]), vols[i].affine.copy(), "ct", meta)
+        return results  # type: ignore[return-value]
+
+
+def annotated_vector(annotated: Sequence[str] | None, num_classes: int) -> Tensor:
+    """(1, K) float indicator of annotated classes; ``None`` = all (a complete label map)."""
+    vec = torch.ones(1, num_classes)
+    if annotated is not None:
+        vec.zero_()
+        vec[0, 0] = 1.0  # background is defined whenever anything is annotated
+        for name in annotated:
+            if name not in NAMES[:num_classes]:
+                raise ValueError(f"annotated: unknown class {name!r}; valid classes: {', '.join(NAMES[:num_classes])}")
+            vec[0, NAMES.index(name)] = 1.0
+    return vec
+
+
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(n)]
+    seeds = [int(s) for s in seed]  # type: ignore[union-attr]
+    if len(seeds) != n:
+        raise ValueError(f"seed must be one integer or one per volume ({n}), got {len(seeds)}")
+    return seeds
+
+
+def _text_embedding(prompt: str | None, embedding: Tensor | None, n: int, dim: int) -> Tensor | None:
+    if prompt is not None and embedding is not None:
+        raise ValueError("give prompt or text_embedding, not both")
+    if prompt is not None:
+        from guidegen.text.encoder import TextEncoder  # loads transformers only when a prompt is given
+
+        embedding = TextEncoder().encode([prompt]).pooled
+    if embedding is None:
+        return None
+    embedding = torch.as_tensor(embedding, dtype=torch.float32)
+    if embedding.ndim == 1:
+        embedding = embedding.unsqueeze(0)
+    if embedding.shape[-1] != dim or embedding.shape[0] not in (1, n):
+        raise ValueError(f"text_embedding must have shape ({dim},), (1, {dim}) or ({n}, {dim}), got {tuple(embedding.shape)}")
+    return embedding.expand(n, -1)
+
+
+def _check_model_grid(labels: Volume, config: ImageGeneratorConfig) -> None:
+    if labels.kind != "labels":
+        raise ValueError(f"labels must be label Volumes, got kind {labels.kind!r}")
+    x, y, _ = labels.shape
+    if (x, y) != (config.image_size, config.image_size) or not np.allclose(labels.spacing, config.spacing, rtol=0.02):
+        raise ValueError(f"labels must be on the model grid ({config.image_size}×{config.image_size} in-plane, "
+                         f"{config.spacing} mm), got shape {labels.shape} at {labels.spacing} mm; use generate_ct()")
+
+
+def _checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
+    arr = np.asarray(labels.array)
+    bad = (arr != UNKNOWN) & ((arr < 0) | (arr >= num_classes))
+    if bad.any():
+        raise InputError(labels.meta.get("source"), f"label ids must be 0..{num_classes - 1} (GuideGen vocabulary) "
+                         f"or {UNKNOWN}; found {sorted(np.unique(arr[bad]).tolist())[:5]}")
+    return arr.astype(np.int64)
+
+
+@torch.no_grad()
+def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: int, guidance: float, phase: Tensor,
+                  annotated: Tensor, text: Tensor | None, generators: Sequence[torch.Generator],
+                  precision: str = "bf16", callback: SliceCallback | None = None) -> Tensor:
+    """Generate N volumes slice by slice along z, each slice conditioned on the generated previous one.
+
+    For k = 0 … Z−1, all volumes together: draw ``ε_k`` (N, 1, X, Y) (volume i from ``generators[i]``),
+    integrate the rectified-flow ODE from t = 1 to 0 with ``steps`` Euler steps, the velocity being
+    ``v = v_u + s·(v_c − v_u)`` (classifier-free guidance; only ``v_c`` when s = 1), and feed the
+    result (clipped to [−1, 1]) as the previous slice of k + 1. Slice 0 has has-prev = 0.
+
+    Args:
+        model: callable ``(inputs, t, phase, annotated, text, uncond) → velocity`` (a
+            `ConditionalImageGenerator`); it must have ``config.context_radius`` / ``num_classes``.
+        labels: (N, X, Y, Z) int64 label volumes (255 = unknown).
+        flow: rectified-flow settings (the schedule's shift).
+        steps: Euler steps per slice.
+        guidance: classifier-free guidance scale s.
+        phase: (N,) phase ids.
+        annotated: (N, K) annotated-class indicators.
+        text: (N, D) pooled prompt embeddings or ``None``.
+        generators: N generators, one per volume.
+        precision: autocast precision ("bf16", "fp16", "fp32").
+        callback: ``callback(k, slices)`` after each slice.
+
+    Returns:
+        (N, X, Y, Z) float32 volumes in model units (`guidegen.images.hu`).
+    """
+    cfg = model.config
+    n, x, y, z = labels.shape
+    if len(generators) != n:
+        raise ValueError(f"generators must hold one generator per volume ({n}), got {len(generators)}")
+    device = labels.device
+    schedule = sampling_schedule(steps, flow.shift)
+    uncond_flags = torch.ones(n, dtype=torch.bool, device=device)
+    out = torch.empty(n, x, y, z, dtype=torch.float32, device=device)
+    prev = torch.zeros(n, 1, x, y, device=device)
+    has_prev = torch.zeros(n, device=device)
+    for k in range(z):
+        masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
+        zpos = torch.full((n,), k / max(z - 1, 1), device=device)
+        noise = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
+
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
+            tt = torch.full((n,), t, device=device)
+            with autocast(device, precision):
+                v = model(inputs, tt, phase, annotated, text, None).float()
+                if guidance != 1.0:
+                    v_u = model(inputs, tt, phase, annotated, text, uncond_flags).float()
+                    v = guided_velocity(v, v_u, guidance)
+            return v
+
+        slice_k = euler_sample(velocity, noise, schedule).clamp(-1.0, 1.0)
+        out[..., k] = slice_k[:, 0]
+        prev, has_prev = slice_k, torch.ones(n, device=device)
+        if callback is not None:
+            callback(k, slice_k[:, 0])
+    return out
+
+
+def model_grid(labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop", "fit"] = "crop"
+               ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The model grid for a label map: axis-aligned RAS+, centred in-plane on the labelled body.
+
+    Like `guidegen.data.prepare` does for training data: ``image_size``² voxels in-plane centred on
+    the bounding box of the labelled voxels, the full z extent of the input at the model's z spacing.
+
+    Args:
+        labels: any label `Volume`.
+        config: gives the model's spacing and in-plane size.
+        fov: ``"crop"`` keeps the model's voxel size (anatomy beyond ``image_size · spacing`` mm is
+            cut and becomes air); ``"fit"`` enlarges the in-plane voxel size when the labelled
+            region is wider than that, so everything fits (the model then sees anatomy smaller
+            than in training).
+
+    Returns:
+        (affine (4, 4), shape (X, Y, Z)).
+    """
+    if fov not in ("crop", "fit"):
+        raise ValueError(f"fov must be 'crop' or 'fit', got {fov!r}")
+    corners = np.array([[i, j, k] for i in (-0.5, labels.shape[0] - 0.5) for j in (-0.5, labels.shape[1] - 0.5)
+                        for k in (-0.5, labels.shape[2] - 0.5)])
+    world = labels.world_coordinates(corners)
+    lo, hi = world.min(0), world.max(0)
+    fg = (labels.array > 0) & (labels.array != UNKNOWN)
+    if fg.any():
+        idx = np.argwhere(fg)
+        box = labels.world_coordinates(np.array([[a, b, c] for a in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)
+                                                 for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
+                                                 for c in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)]))
+        flo, fhi = box.min(0), box.max(0)
+    else:
+        flo, fhi = lo, hi
+    centre = (flo + fhi) / 2
+    sx, sy, sz = (float(s) for s in config.spacing)
+    size = config.image_size
+    if fov == "fit":
+        need = float(max(fhi[0] - flo[0], fhi[1] - flo[1])) / size
+        sx, sy = max(sx, need), max(sy, need)
+    nz = max(1, int(np.floor((hi[2] - lo[2]) / sz + 1e-6)))
+    origin = np.array([centre[0] - (size - 1) / 2 * sx, centre[1] - (size - 1) / 2 * sy,
+                       lo[2] + sz / 2 + ((hi[2] - lo[2]) - nz * sz) / 2])
+    return grid_affine((sx, sy, sz), origin), (size, size, nz)
+
+
+@torch.no_grad()
+def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *, spacing: Sequence[float] | None = None,
+                seed: int = 0, phase: str | int | None = None, prompt: str | None = None,
+                text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None,
+                steps: int | None = None, guidance: float | None = None, fov: Literal["crop", "fit"] = "crop",
+                callback: SliceCallback | None = None) -> Volume:
+    """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
+
+    The labels are resampled onto the model grid (`model_grid`; shape-based interpolation with
+    `guidegen.masks.upsample.upsample_labels`, so coarse maps are not staircased), the CT is generated
+    there and resampled back (linear, anti-aliased when the input grid is coarser) onto the input
+    grid; anything outside the model's field of view is air (−1024 HU).
+
+    Args:
+        model: a trained generator.
+        labels: label `Volume` (any orientation and voxel size) in GuideGen ids, or a bare (X, Y, Z)
+            array of ids in RAS+ order together with ``spacing``.
+        spacing: voxel size in mm; required for a bare array, and overrides a `Volume`'s voxel
+            size (keeping its axis directions and position) when its header is wrong.
+        seed, phase, prompt, text_embedding, annotated, steps, guidance, callback: see
+            `ConditionalImageGenerator.generate`.
+        fov: see `model_grid`.
+
+    Returns:
+        int16 HU CT `Volume` with the input's shape and affine.
+    """
+    if isinstance(labels, np.ndarray):
+        if spacing is None:
+            raise ValueError("spacing is required when labels is a bare array")
+        labels = Volume(labels, np.diag([*map(float, spacing), 1.0]), "labels")
+    elif spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64)
+        if sp.shape != (3,) or np.any(sp <= 0):
+            raise ValueError(f"spacing must be three positive voxel sizes in mm, got {spacing}")
+        affine = labels.affine.copy()
+        affine[:3, :3] = affine[:3, :3] / np.asarray(labels.spacing) * sp
+        labels = labels.with_array(labels.array, affine=affine)
+    if not isinstance(labels, Volume) or labels.kind != "labels":
+        raise ValueError("labels must be a label Volume or an integer array")
+    ids = _checked_ids(labels, model.config.num_classes)
+    source = labels.with_array(ids.astype(np.uint8))
+    affine, shape = model_grid(canonical(source), model.config, fov)
+    on_grid = upsample_labels(source, affine=affine, shape=shape)
+    # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
+    ct = model._generate([on_grid], seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
+                        annotated=annotated, steps=steps, guidance=guidance, precision=None,
+                         callback=callback)[0]
+    model_ct = Volume(ct.array.astype(np.float32), affine, "ct")
+    back = resample_ct(model_ct, labels.affine, labels.shape)
+    hu = np.clip(np.rint(back.array), HU_MIN, HU_MAX).astype(np.int16)
+    meta = dict(ct.meta, model_grid={"shape": list(shape), "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)]})
+    return Volume(hu, labels.affine.copy(), "ct", meta)
+

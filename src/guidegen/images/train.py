@@ -1,0 +1,400 @@
+"""Training of the slice-wise CT generator on prepared cases (``guidegen prepare`` output).
+
+Every axial slice k of every prepared case with a CT is a training example: the target is CT slice
+k (HU → model units, `guidegen.images.hu`), the condition is the label slices k−r … k+r, the *real*
+slice k−1 (teacher forcing), the slice position, the case's annotated classes and its contrast
+phase. The loss is rectified-flow velocity regression (`guidegen.diffusion.flow`)::
+
+    x_t = (1 − t)·x_0 + t·ε,   L = ‖v_θ(x_t, t | c) − (ε − x_0)‖²,   t ~ logit-normal
+
+**Exposure bias.** At sampling time the previous slice is the model's own output, never a real
+slice. Two measures keep the model from trusting its context too much (noise-conditioning
+augmentation, Ho et al. "Cascaded Diffusion Models", JMLR 2022, §3.2, used here for the
+autoregressive context):
+
+* Gaussian noise with a std drawn uniformly in [0, ``prev_noise``] (model units) is added to the
+  teacher-forced previous slice, so small errors of a generated slice look like training data;
+* with probability ``prev_dropout`` the previous slice is hidden (has_prev = 0, zeros), which also
+  trains the first slice of a volume, where there is no previous slice.
+
+**Augmentation** is one in-plane similarity transform (rotation, zoom, shift) applied jointly to
+target, previous slice and context masks (bilinear for CT padded with air, nearest for labels padded
+with "unknown"); never a left/right flip (anatomy is not symmetric) and never an intensity change
+(HU are physical quantities the model must reproduce).
+
+**Classifier-free guidance**: with probability ``cond_dropout`` a sample is trained unconditionally
+(phase 0 and the learned null token). Masks and previous slice are never dropped for guidance: the
+CT must follow the mask in both branches.
+
+**Exact resume**: all randomness of step s comes from ``guidegen.training.step_generators(seed, s)``
+(batch choice, augmentation, dropout, noise, t); a checkpoint stores raw weights, EMA weights,
+optimizer state and the step, so a resumed run equals the uninterrupted run bit for bit on CPU.
+
+Run as a script::
+
+    python -m guidegen.images.train --config recipes/image_generator_demo.json \\
+        --prepared prepared/ --run runs/image_generator
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.config import config_to_dict, load_config
+from guidegen.diffusion.flow import add_noise, sample_training_times, velocity_target
+from guidegen.errors import InputError
+from guidegen.data.prepare import load_prepared
+from guidegen.images.config import ImageGeneratorConfig
+from guidegen.images.generator import ConditionalImageGenerator
+from guidegen.images.hu import AIR_UNIT, hu_to_unit
+from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase_id
+from guidegen.io.nifti import read_nifti
+from guidegen.labels.vocabulary import NAMES, UNKNOWN
+from guidegen.training import (EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints,
+                               set_threads, step_generators)
+
+__all__ = ["SliceBatch", "SliceDataset", "flow_matching_loss", "infer_phase", "main", "train_image_generator"]
+
+#: Config fields that may change between a checkpoint and its resumed run without breaking exactness.
+_RESUME_MUTABLE = {"checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+def infer_phase(mean_hu: dict[str, float] | None) -> str | None:
+    """Rough contrast phase from a case's mean HU per structure (``None`` when it cannot tell).
+
+    Aortic enhancement is the clearest marker: unenhanced blood is 30–60 HU, arterial-phase aorta
+    250–400 HU with a still unenhanced liver (< 90 HU), portal-venous aorta ~120–200 HU with an
+    enhanced liver. Delayed phase is not distinguished (it is rare in public data).
+    """
+    if not mean_hu or "aorta" not in mean_hu:
+        return None
+    aorta = float(mean_hu["aorta"])
+    liver = mean_hu.get("liver")
+    if aorta < 90:
+        return "non_contrast"
+    if aorta >= 250 and (liver is None or float(liver) < 90):
+        return "arterial"
+    return "portal_venous"
+
+
+@dataclass
+class SliceBatch:
+    """One training batch of B slices (all tensors on the CPU).
+
+    Attributes:
+        target: (B, 1, H, W) CT slice k, model units.
+        ctx: (B, S, H, W) int64 label slices k−r … k+r (255 unknown, −1 outside the volume).
+        prev: (B, 1, H, W) slice k−1 in model units (zeros where has_prev = 0).
+        has_prev: (B,) float 0/1.
+        z: (B,) slice position in [0, 1].
+        phase: (B,) int64 phase ids.
+        annotated: (B, K) float annotated-class indicators.
+        text: (B, D) pooled prompt embeddings (zeros = no prompt).
+        uncond: (B,) bool, trained unconditionally.
+    """
+
+    target: Tensor
+    ctx: Tensor
+    prev: Tensor
+    has_prev: Tensor
+    z: Tensor
+    phase: Tensor
+    annotated: Tensor
+    text: Tensor
+    uncond: Tensor
+
+
+@dataclass
+class _Case:
+    case_id: str
+    ct: Tensor  # (X, Y, Z) float32 model units
+    labels: Tensor  # (X, Y, Z) uint8
+    annotated: Tensor  # (K,)
+    phase: int
+    text: Tensor  # (D,)
+
+
+class SliceDataset:
+    """All axial slices of the prepared cases that have a CT, in memory (3 mm data is small).
+
+    Args:
+        prepared_dir: output folder of ``guidegen prepare``.
+        config: generator config (class count, text width, held-out cases, phase inference).
+        text_embeddings: optional case id → (D,) pooled prompt embedding (e.g. of a report derived
+            from the case); cases without one are trained without text.
+    """
+
+    def __init__(self, prepared_dir: str | Path, config: ImageGeneratorConfig,
+                 text_embeddings: dict[str, Tensor] | None = None):
+        self.config = config
+        self.cases: list[_Case] = []
+        for entry in load_prepared(prepared_dir):
+            if not entry["has_ct"] or entry["case_id"] in config.holdout_cases:
+                continue
+            ct = read_nifti(entry["ct_path"], kind="ct")
+            labels = read_nifti(entry["labels_path"], kind="labels")
+            if ct.shape[:2] != (config.image_size, config.image_size) or not np.allclose(ct.spacing, config.spacing, rtol=0.02):
+                raise InputError(entry["ct_path"], f"is {ct.shape} at {ct.spacing} mm; the config expects "
+                                 f"{config.image_size}² in-plane at {config.spacing} mm (prepare with matching settings)")
+            annotated = torch.zeros(config.num_classes)
+            annotated[0] = 1.0
+            for name in entry.get("annotated", []):
+                if name in NAMES[:config.num_classes]:
+                    annotated[NAMES.index(name)] = 1.0
+            phase = entry.get("phase")
+            if phase is None and config.infer_phase:
+                phase = infer_phase(entry.get("mean_hu"))
+            text = torch.zeros(config.text_dim)
+            if text_embeddings and entry["case_id"] in text_embeddings:
+                text = torch.as_tensor(text_embeddings[entry["case_id"]], dtype=torch.float32).reshape(config.text_dim)
+            self.cases.append(_Case(entry["case_id"], torch.from_numpy(hu_to_unit(ct.array)),
+                                    torch.from_numpy(np.ascontiguousarray(labels.array)), annotated, phase_id(phase), text))
+        if not self.cases:
+            raise InputError(prepared_dir, "holds no prepared case with a CT to train on")
+        self.index = [(c, k) for c, case in enumerate(self.cases) for k in range(case.ct.shape[2])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def make_batch(self, rng: np.random.Generator, gen: torch.Generator, batch_size: int,
+                   indices: Sequence[int] | None = None, train: bool = True) -> SliceBatch:
+        """Draw (or take) slices and apply dropout and augmentation; deterministic given (rng, gen).
+
+        Args:
+            rng, gen: the step's generators (`guidegen.training.step_generators`).
+            batch_size: B (ignored when ``indices`` is given).
+            indices: fixed slice indices into `index` instead of random ones.
+            train: apply prev-slice noise/dropout, condition dropout and augmentation.
+        """
+        cfg = self.config
+        r = cfg.context_radius
+        if indices is None:
+            indices = rng.integers(0, len(self.index), size=batch_size).tolist()
+        targets, ctxs, prevs, has_prev, zs, phases, anns, texts = [], [], [], [], [], [], [], []
+        for i in indices:
+            c, k = self.index[int(i)]
+            case = self.cases[c]
+            depth = case.ct.shape[2]
+            targets.append(case.ct[..., k])
+            ctx = torch.full((2 * r + 1, *case.labels.shape[:2]), OUTSIDE, dtype=torch.int64)
+            for j, kk in enumerate(range(k - r, k + r + 1)):
+                if 0 <= kk < depth:
+                    ctx[j] = case.labels[..., kk].long()
+            ctxs.append(ctx)
+            prevs.append(case.ct[..., k - 1] if k > 0 else torch.zeros_like(case.ct[..., 0]))
+            has_prev.append(1.0 if k > 0 else 0.0)
+            zs.append(k / max(depth - 1, 1))
+            phases.append(case.phase)
+            anns.append(case.annotated)
+            texts.append(case.text)
+        b = len(indices)
+        batch = SliceBatch(
+            target=torch.stack(targets).unsqueeze(1), ctx=torch.stack(ctxs), prev=torch.stack(prevs).unsqueeze(1),
+            has_prev=torch.tensor(has_prev), z=torch.tensor(zs, dtype=torch.float32),
+            phase=torch.tensor(phases, dtype=torch.int64), annotated=torch.stack(anns), text=torch.stack(texts),
+            uncond=torch.zeros(b, dtype=torch.bool))
+        if not train:
+            return batch
+        # Draw every random number in a fixed order (exact resume depends on it).
+        drop_prev = torch.from_numpy(rng.random(b) < cfg.prev_dropout)
+        prev_std = torch.from_numpy(rng.uniform(0.0, cfg.prev_noise, size=b).astype(np.float32))
+        batch.uncond = torch.from_numpy(rng.random(b) < cfg.cond_dropout)
+        do_aug = rng.random(b) < cfg.augment_prob
+        angle = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, size=b))
+        zoom = 1.0 + rng.uniform(-cfg.scale, cfg.scale, size=b)
+        shift = rng.uniform(-cfg.translate_mm, cfg.translate_mm, size=(b, 2))
+        prev_noise = torch.randn(batch.prev.shape, generator=gen)
+        batch.prev = batch.prev + prev_std.reshape(b, 1, 1, 1) * prev_noise
+        batch.has_prev = batch.has_prev * (~drop_prev).float()
+        batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)
+        if do_aug.any():
+            _augment(batch, do_aug, angle, zoom, shift, cfg.spacing[:2])
+        return batch
+
+
+def _augment(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom: np.ndarray, shift_mm: np.ndarray,
+             spacing_xy: Sequence[float]) -> None:
+    """Joint in-plane similarity transform of target, prev and context masks (in place)."""
+    b, _, h, w = batch.target.shape
+    theta = torch.zeros(b, 2, 3, dtype=torch.float32)
+    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+    # affine_grid maps output → input normalised coordinates; (x, y) = (W axis, H axis).
+    theta[:, 0, 0] = torch.from_numpy(cos).float()
+    theta[:, 0, 1] = torch.from_numpy(-sin).float()
+    theta[:, 1, 0] = torch.from_numpy(sin).float()
+    theta[:, 1, 1] = torch.from_numpy(cos).float()
+    theta[:, 0, 2] = torch.from_numpy(2 * shift_mm[:, 1] / (w * spacing_xy[1])).float()
+    theta[:, 1, 2] = torch.from_numpy(2 * shift_mm[:, 0] / (h * spacing_xy[0])).float()
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    theta[torch.from_numpy(~apply)] = identity
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    sel = torch.from_numpy(apply)
+    # CT: bilinear, padded with air (sample x − air so that zero padding means air).
+    for name in ("target", "prev"):
+        x = getattr(batch, name)
+        moved = F.grid_sample(x[sel] - AIR_UNIT, grid[sel], mode="bilinear", padding_mode="zeros", align_corners=False) + AIR_UNIT
+        x = x.clone()
+        x[sel] = moved
+        setattr(batch, name, x)
+    batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)  # a hidden previous slice stays zero
+    # Labels: nearest, padded with UNKNOWN; slices outside the volume stay outside.
+    ctx = batch.ctx[sel].float()
+    outside = (ctx == OUTSIDE).all(dim=(2, 3), keepdim=True)
+    moved = F.grid_sample(ctx - UNKNOWN, grid[sel], mode="nearest", padding_mode="zeros", align_corners=False) + UNKNOWN
+    moved = torch.where(outside, torch.full_like(moved, OUTSIDE), moved)
+    new_ctx = batch.ctx.clone()
+    new_ctx[sel] = moved.round().long()
+    batch.ctx = new_ctx
+
+
+def flow_matching_loss(model: ConditionalImageGenerator, batch: SliceBatch, t: Tensor, noise: Tensor,
+                       precision: str = "bf16") -> Tensor:
+    """Mean squared velocity error ``‖v_θ(x_t, t | c) − (ε − x_0)‖²`` of a batch (float32 scalar)."""
+    x_t = add_noise(batch.target, noise, t)
+    inputs = assemble_inputs(x_t, mask_channels(batch.ctx, model.config.num_classes), batch.prev, batch.has_prev, batch.z)
+    with autocast(batch.target.device, precision):
+        pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond)
+    return F.mse_loss(pred.float(), velocity_target(batch.target, noise))
+
+
+def _init_model(config: ImageGeneratorConfig) -> ConditionalImageGenerator:
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(config.seed)
+        return ConditionalImageGenerator(config)
+
+
+def _same_run(a: ImageGeneratorConfig, b: ImageGeneratorConfig) -> bool:
+    da, db = config_to_dict(a), config_to_dict(b)
+    return all(da[k] == db[k] for k in da if k not in _RESUME_MUTABLE)
+
+
+def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: str | Path,
+                          resume: bool = True, progress: bool = True, max_steps: int | None = None,
+                          text_embeddings: dict[str, Tensor] | None = None) -> Path:
+    """Train (or resume training) the slice generator.
+
+    Args:
+        config: model and training settings.
+        prepared_dir: ``guidegen prepare`` output (3 mm, ``image_size``² in-plane to match ``config``).
+        run_dir: run folder: ``checkpoints/step_XXXXXXXX/`` (rotated), ``log.jsonl``, ``model/``.
+        resume: continue from the newest complete checkpoint in ``run_dir`` if there is one.
+        progress: show a rich progress bar with the loss.
+        max_steps: stop after this optimizer step (≤ ``config.steps``) with a checkpoint, e.g. to
+            split a run; the learning-rate schedule still follows ``config.steps``.
+        text_embeddings: optional case id → pooled prompt embedding (see `SliceDataset`).
+
+    Returns:
+        ``run_dir/model`` (the EMA weights, loadable with `ConditionalImageGenerator.from_pretrained`)
+        when ``config.steps`` is reached, else the checkpoint written at ``max_steps``.
+    """
+    run_dir = Path(run_dir)
+    stop = config.steps if max_steps is None else int(max_steps)
+    if not 1 <= stop <= config.steps:
+        raise ValueError(f"max_steps must be in 1..config.steps={config.steps}, got {max_steps}")
+    data = SliceDataset(prepared_dir, config, text_embeddings)
+    model = _init_model(config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay)
+    step = 0
+    existing = checkpoint_dirs(run_dir) if resume else []
+    if existing:
+        saved, ema_weights, state = load_checkpoint(existing[-1], ImageGeneratorConfig, training=True)
+        if state is None or "raw_weights" not in state:
+            raise InputError(existing[-1], "has no training state to resume from")
+        if not _same_run(saved, config):
+            raise InputError(run_dir, "holds a run with another configuration: use a new run folder or resume=False")
+        model.load_state_dict(state["raw_weights"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(ema_weights, int(state["ema_updates"]))
+        step = int(state["step"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1) + "\n", encoding="utf-8")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    log_path = run_dir / "log.jsonl"
+    recent: list[float] = []
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]image generator[/]"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar, open(log_path, "a", encoding="utf-8") as log:
+        task = bar.add_task("train", total=config.steps, completed=step, loss="—")
+        while step < stop:
+            rng, gen = step_generators(config.seed, step)
+            batch = data.make_batch(rng, gen, config.batch_size)
+            t = sample_training_times(config.batch_size, config.flow, gen)
+            noise = torch.randn(batch.target.shape, generator=gen)
+            lr = cosine_lr(step, config.steps, config.lr, config.warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = flow_matching_loss(model, batch, t, noise, config.precision)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}; lower lr or use precision='fp32'")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            recent = (recent + [float(loss.detach())])[-config.log_every:]
+            if step % config.log_every == 0 or step == stop:
+                mean = sum(recent) / len(recent)
+                log.write(json.dumps({"step": step, "loss": round(mean, 6), "lr": lr,
+                                      "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+                log.flush()
+                bar.update(task, loss=f"{mean:.4f}")
+            bar.update(task, completed=step)
+            if step % config.checkpoint_every == 0 or step == stop:
+                _save(run_dir, config, model, ema, opt, step)
+    if step >= config.steps:
+        final = run_dir / "model"
+        save_checkpoint(final, config, ema.state_dict(), metadata={"component": "image_generator", "step": str(step)})
+        return final
+    return checkpoint_path(run_dir, step)
+
+
+def _save(run_dir: Path, config: ImageGeneratorConfig, model: ConditionalImageGenerator, ema: EMA,
+          opt: torch.optim.Optimizer, step: int) -> None:
+    state = {"step": step, "optimizer": opt.state_dict(), "ema_updates": ema.updates}
+    save_checkpoint(checkpoint_path(run_dir, step), config, ema.state_dict(), training=state,
+                    raw_weights=model.state_dict(), metadata={"component": "image_generator", "step": str(step)})
+    prune_checkpoints(run_dir, config.keep_checkpoints)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m guidegen.images.train --config RECIPE.json --prepared DIR --run DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m guidegen.images.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", type=Path, help="JSON recipe (ImageGeneratorConfig); default settings if omitted")
+    parser.add_argument("--prepared", "-p", type=Path, required=True, help="output folder of `guidegen prepare`")
+    parser.add_argument("--run", "-r", type=Path, required=True, help="run folder (checkpoints, log, final model)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop early at this step (resumable)")
+    parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in the run folder")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(ImageGeneratorConfig, args.config) if args.config else ImageGeneratorConfig()
+        set_threads(args.threads)
+        out = train_image_generator(config, args.prepared, args.run, resume=not args.no_resume,
+                                    progress=not args.quiet, max_steps=args.max_steps)
+    except InputError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
