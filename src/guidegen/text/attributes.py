@@ -214,6 +214,11 @@ class Attributes:
         values.update(changes)
         return Attributes(**values)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The read-only organs mapping (MappingProxyType) cannot be pickled; records cross process
+        # boundaries (training data workers), so pickle through the JSON form.
+        return (Attributes.from_dict, (self.to_dict(),))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (only str, int, float, bool, None, list, dict)."""
         return {

@@ -1,0 +1,72 @@
+"""Configuration of the Volumetric Mask Sampler (network, diffusion, training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guidegen.labels.vocabulary import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class MaskSamplerConfig:
+    """Everything needed to rebuild the sampler and to reproduce its training.
+
+    Grid: ``shape`` voxels (X, Y, Z) at ``spacing`` mm: the demo default 64×64×56 at 6 mm covers
+    384 × 384 × 336 mm, liver dome to pelvis. The paper's 128×128×64 is ``shape=(128, 128, 64)``
+    with ``spacing=(3.0, 3.0, 5.0)`` and wider channels (recipes/mask_sampler_paper.json).
+    """
+
+    # grid
+    shape: tuple[int, int, int] = (64, 64, 56)
+    spacing: tuple[float, float, float] = (6.0, 6.0, 6.0)
+    num_classes: int = NUM_CLASSES
+    # network (MONAI DiffusionModelUNet, 3-D)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    attention_levels: tuple[bool, ...] = (False, False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 8
+    text_dim: int = 384
+    max_text_tokens: int = 48
+    # diffusion
+    num_timesteps: int = 1000
+    schedule: str = "cosine"
+    kl_weight: float = 1.0
+    ce_weight: float = 1.0
+    sample_steps: int = 25
+    guidance_scale: float = 2.0
+    # classifier-free guidance dropout (each independently)
+    drop_text: float = 0.15
+    drop_attributes: float = 0.15
+    # training
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 1
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.998
+    precision: str = "bf16"
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    # training data
+    prepared_cache: str = ".cache/prepared-6mm"
+    data_sources: tuple[str, ...] = ("data/real/totalseg-example-a", "data/real/masks-only", "data/real/msd-spleen-8")
+    min_extent_mm: float = 150.0
+    p_tumour: float = 0.6
+    p_organ_scaling: float = 0.5
+    p_elastic: float = 0.8
+    p_field_drop: float = 0.35
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or any(s % (2 ** (len(self.channels) - 1)) for s in self.shape):
+            raise ValueError(f"shape {self.shape} must be 3 sizes divisible by {2 ** (len(self.channels) - 1)}")
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels needs one entry per channels level")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if not 1 <= self.sample_steps <= self.num_timesteps:
+            raise ValueError(f"sample_steps must be in [1, {self.num_timesteps}], got {self.sample_steps}")

@@ -1,0 +1,56 @@
+"""The mask sampler's denoising network: a 3-D MONAI DiffusionModelUNet predicting p(x0 | xt).
+
+Conditioning (GuideGen §3.2): cross-attention to the text tokens plus one extra token embedding
+the parsed attribute record. For classifier-free guidance, the text is replaced by a learned null
+sequence and the attributes by the all-unknown vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import Tensor, nn
+
+from guidegen.masks.conditioning import attribute_dim
+from guidegen.masks.config import MaskSamplerConfig
+
+
+class MaskDenoiser(nn.Module):
+    """(x_t one-hot (N, K, X, Y, Z), t (N,), text (N, L, D), attributes (N, A)) → logits (N, K, X, Y, Z)."""
+
+    def __init__(self, config: MaskSamplerConfig):
+        super().__init__()
+        self.config = config
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3,
+            in_channels=config.num_classes,
+            out_channels=config.num_classes,
+            channels=config.channels,
+            attention_levels=config.attention_levels,
+            num_res_blocks=config.num_res_blocks,
+            num_head_channels=config.num_head_channels,
+            norm_num_groups=config.norm_num_groups,
+            with_conditioning=True,
+            cross_attention_dim=config.text_dim,
+            use_flash_attention=True,
+        )
+        self.attribute_mlp = nn.Sequential(
+            nn.Linear(attribute_dim(), config.text_dim), nn.SiLU(), nn.Linear(config.text_dim, config.text_dim)
+        )
+        self.null_text = nn.Parameter(torch.zeros(1, 1, config.text_dim))
+
+    def context(self, text: Tensor | None, attributes: Tensor, drop_text: Tensor | None = None) -> Tensor:
+        """(N, L + 1, D) cross-attention context; rows with ``drop_text`` get the null sequence."""
+        n = attributes.shape[0]
+        if text is None:
+            # Same length as real text (the encoder pads to max_text_tokens): the softmax over keys
+            # must see the same number of null tokens as in training, where rows are dropped.
+            text = self.null_text.expand(n, self.config.max_text_tokens, -1)
+        elif drop_text is not None and bool(drop_text.any()):
+            null = self.null_text.expand(n, text.shape[1], -1)
+            text = torch.where(drop_text[:, None, None], null, text)
+        attr = self.attribute_mlp(attributes).unsqueeze(1)
+        return torch.cat([text, attr], dim=1)
+
+    def forward(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        return self.unet(x_t, timesteps=t, context=context)

@@ -1,0 +1,240 @@
+"""Training the Volumetric Mask Sampler (`guidegen train masks --config FILE`).
+
+Data: the real label maps in ``config.data_sources`` are prepared on the sampler's grid and every
+training example is a fresh random augmentation of one of them (`MaskExamples`): rigid jitter,
+elastic deformation, organ scaling, tumour insertion from real tumour shapes. Its text is written by
+the report generator from the example's own measured attributes (after dropping some fields at
+random, so that short prompts that state little are in-distribution), so text and mask agree.
+
+Exact resume: example ``s`` and every random draw of step ``s`` come from ``step_generators(seed,
+s)``; a checkpoint stores raw weights, EMA weights, the optimizer state and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.config import config_to_dict
+from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
+from guidegen.errors import InputError
+from guidegen.io.nifti import read_nifti
+from guidegen.io.volume import Volume
+from guidegen.labels.vocabulary import ID, ORGANS, UNKNOWN
+from guidegen.masks.conditioning import attribute_vector
+from guidegen.masks.config import MaskSamplerConfig
+from guidegen.masks.examples import MaskExamples
+from guidegen.masks.model import MaskDenoiser
+from guidegen.masks.sampler import diffusion_from_config
+from guidegen.text.encoder import TextEncoder, TextEncoderConfig
+from guidegen.training import EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints, step_generators
+
+
+def resolve(path: str, root: Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or root is None else root / p
+
+
+def load_base_cases(config: MaskSamplerConfig, root: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Prepare ``config.data_sources`` on the sampler grid; returns case dicts with label arrays.
+
+    Each case's z range is cut or padded (with UNKNOWN) to ``shape[2]`` slices so that the top of the
+    liver (else the spleen) sits 4 slices below the top: the sampler sees every anatomy at a
+    consistent height.
+    """
+    cache = resolve(config.prepared_cache, root)
+    prepare([resolve(s, root) for s in config.data_sources], cache,
+            PrepareConfig(spacing=config.spacing, size_xy=config.shape[:2]), progress=progress)
+    cases = []
+    for entry in load_prepared(cache):
+        labels = read_nifti(entry["labels_path"], kind="labels")
+        extent = labels.shape[2] * config.spacing[2]
+        organs_annotated = [c for c in entry["annotated"] if c in ORGANS]
+        if extent < config.min_extent_mm or len(organs_annotated) < 1:
+            # Too short to show the abdomen's layout, or no organ at all (a lone tumour mask, whose
+            # shape reaches the sampler through tumour insertion instead).
+            continue
+        array = labels.array
+        anchor_ids = [ID["liver"], ID["spleen"]]
+        zs = next((np.nonzero(np.isin(array, [a]).any(axis=(0, 1)))[0] for a in anchor_ids
+                   if np.isin(array, [a]).any()), None)
+        top = int(zs.max()) if zs is not None else array.shape[2] - 1
+        target_top = config.shape[2] - 5
+        shift = target_top - top
+        out = np.full(config.shape, UNKNOWN, dtype=np.uint8)
+        for k in range(config.shape[2]):
+            src = k - shift
+            if 0 <= src < array.shape[2]:
+                out[:, :, k] = array[:, :, src]
+        annotated = set(entry["annotated"]) | {"background", "tumour"}  # see MaskExamples: assumed tumour-free
+        cases.append({"case_id": entry["case_id"], "labels": out, "annotated": annotated, "affine": labels.affine})
+    if not cases:
+        raise InputError(cache, f"no prepared case covers at least {config.min_extent_mm} mm")
+    return cases
+
+
+_WORKER_EXAMPLES: MaskExamples | None = None
+
+
+def _init_worker(examples: MaskExamples) -> None:
+    global _WORKER_EXAMPLES
+    torch.set_num_threads(1)
+    _WORKER_EXAMPLES = examples
+
+
+def _make_example(index: int) -> dict[str, Any]:
+    if _WORKER_EXAMPLES is None:  # pragma: no cover - initializer always runs first
+        raise RuntimeError("worker not initialised")
+    return _WORKER_EXAMPLES[index]
+
+
+class _Prefetcher:
+    """Builds examples ahead of the training loop, in a worker process or inline.
+
+    Augmentation (scipy) costs about a second per example; on 2 cores a worker overlaps it with the
+    network step. Examples depend only on their index, so where they are built changes nothing.
+    """
+
+    def __init__(self, examples: MaskExamples, indices: list[int], workers: int, depth: int = 4):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.examples, self.indices, self.depth = examples, indices, depth
+        self.pool = None
+        self.pending: list = []
+        self.next = 0
+        if workers > 0:
+            # spawn, not fork: forking after torch started its OpenMP threads can hang the child.
+            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                               initializer=_init_worker, initargs=(examples,))
+            self._fill()
+
+    def _fill(self) -> None:
+        while self.pool is not None and len(self.pending) < self.depth and self.next < len(self.indices):
+            self.pending.append(self.pool.submit(_make_example, self.indices[self.next]))
+            self.next += 1
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        if self.pool is None:
+            out = [self.examples[i] for i in self.indices[self.next:self.next + count]]
+            self.next += count
+            return out
+        out = []
+        for _ in range(count):
+            if not self.pending:
+                self._fill()
+            out.append(self.pending.pop(0).result())
+            self._fill()
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def prefetch_closing(prefetch: _Prefetcher):
+    try:
+        yield prefetch
+    finally:
+        prefetch.close()
+
+
+def _batch(items: list[dict[str, Any]], encoder: TextEncoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x0 = torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64))
+    text = encoder.encode([it["text"] for it in items]).tokens
+    attr = torch.from_numpy(np.stack([attribute_vector(it["attributes"]) for it in items]))
+    ignore = torch.from_numpy(np.stack([it["ignore_classes"] for it in items]))
+    return x0, text, attr, ignore
+
+
+def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
+                       max_steps: int | None = None, root: Path | None = None, device: str = "cpu", workers: int = 1) -> Path:
+    """Train (or resume) and return the run folder; ``run_dir/final`` holds the EMA model.
+
+    Args:
+        max_steps: stop after this many steps in *this call* (for tests and interrupted runs); the
+            schedule still follows ``config.steps``.
+        root: folder that relative paths in the config are relative to (the repo root).
+        workers: data worker processes (0: build examples in this process).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # initial weights only; every later draw is step-seeded
+    model = MaskDenoiser(config).to(device)
+    ema = EMA(model, config.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start = 0
+    ckpts = checkpoint_dirs(run_dir) if resume else []
+    if ckpts:
+        saved, ema_weights, state = load_checkpoint(ckpts[-1], MaskSamplerConfig, training=True)
+        if config_to_dict(replace(saved, steps=config.steps)) != config_to_dict(config):
+            raise InputError(ckpts[-1] / "config.json", "was trained with another configuration; use a new run folder or --no-resume")
+        model.load_state_dict(state["raw_weights"])
+        ema.load_state_dict(ema_weights, state["ema_updates"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
+    diffusion = diffusion_from_config(config)
+    cases = load_base_cases(config, root)
+    examples = MaskExamples(cases, config)
+    encoder = TextEncoder(TextEncoderConfig(max_length=config.max_text_tokens))
+    end = config.steps if max_steps is None else min(config.steps, start + max_steps)
+    prefetch = _Prefetcher(examples, list(range(start * config.batch_size, end * config.batch_size)), workers)
+    log_path = run_dir / "log.jsonl"
+    if log_path.exists():  # lines written after the last checkpoint belong to steps that are redone
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    model.train()
+    started = time.perf_counter()
+    with prefetch_closing(prefetch), Progress(
+            TextColumn("[bold]train masks[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress) as bar:
+        task = bar.add_task("", total=config.steps, completed=start, loss=float("nan"))
+        for step in range(start, end):
+            _, gen = step_generators(config.seed, step)
+            x0, text, attr, ignore = _batch(prefetch.take(config.batch_size), encoder)
+            n = x0.shape[0]
+            t = diffusion.sample_timesteps(n, generator=gen)
+            x_t = diffusion.q_sample(x0, t, generator=gen)
+            drop_t = torch.rand(n, generator=gen) < config.drop_text
+            drop_a = torch.rand(n, generator=gen) < config.drop_attributes
+            attr = torch.where(drop_a[:, None], torch.from_numpy(attribute_vector(None))[None], attr)
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, config.steps, config.lr, config.warmup)
+            with autocast(device, config.precision):
+                context = model.context(text.to(device), attr.to(device), drop_text=drop_t.to(device))
+                logits = model(F.one_hot(x_t, config.num_classes).permute(0, 4, 1, 2, 3).float().to(device), t.to(device), context)
+            losses = diffusion.loss(logits.float(), x0.to(device), x_t.to(device), t.to(device), ignore_classes=ignore.to(device))
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            ema.update(model)
+            loss_value = float(losses.total.detach())
+            bar.update(task, advance=1, loss=loss_value)
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step + 1, "loss": loss_value, "kl": float(losses.kl.detach()), "ce": float(losses.ce.detach()),
+                                     "t": int(t[0]), "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
+                save_checkpoint(checkpoint_path(run_dir, step + 1), config, ema.state_dict(),
+                                training={"step": step + 1, "optimizer": opt.state_dict(), "ema_updates": ema.updates},
+                                raw_weights=model.state_dict())
+                prune_checkpoints(run_dir, config.keep_checkpoints)
+    if end == config.steps:
+        save_checkpoint(run_dir / "final", config, ema.state_dict(), metadata={"component": "mask_sampler"})
+    return run_dir
+
+

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from guidegen.errors import InputError
+from guidegen.labels.vocabulary import ID, NUM_CLASSES
+from guidegen.masks.conditioning import attribute_dim, attribute_vector
+from guidegen.masks.config import MaskSamplerConfig
+from guidegen.masks.examples import MaskExamples
+from guidegen.masks.sampler import VolumetricMaskSampler, keep_main_components
+from guidegen.masks.train import load_base_cases, train_mask_sampler
+from guidegen.text.parse import parse_prompt
+from guidegen.training import checkpoint_dirs
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return MaskSamplerConfig(shape=(32, 32, 24), spacing=(12.0, 12.0, 14.0), channels=(8, 16), attention_levels=(False, True),
+                             num_head_channels=8, norm_num_groups=8, max_text_tokens=16, steps=6, checkpoint_every=3,
+                             warmup=2, sample_steps=4, prepared_cache=str(cache), precision="bf16",
+                             data_sources=("data/real/totalseg-example-a", "data/real/masks-only"), min_extent_mm=100.0)
+
+
+def test_attribute_vector_separates_unknown_from_absent():
+    unknown = attribute_vector(parse_prompt("abdominal CT"))
+    none = attribute_vector(parse_prompt("no tumour"))
+    colon = attribute_vector(parse_prompt("4 cm sigmoid colon cancer, mild splenomegaly"))
+    assert unknown.shape == (attribute_dim(),)
+    assert not np.array_equal(unknown, none) and not np.array_equal(none, colon)
+    assert np.array_equal(attribute_vector(None), unknown)
+
+
+def test_base_cases_are_aligned_and_partial(tiny):
+    cases = load_base_cases(tiny, REPO)
+    ids = {c["case_id"] for c in cases}
+    assert ids == {"totalseg-example-a", "amos-0013-labels"}  # the lone colon-tumour mask has no organ
+    for c in cases:
+        assert c["labels"].shape == tiny.shape
+        top = np.nonzero((c["labels"] == ID["liver"]).any(axis=(0, 1)))[0].max()
+        assert top == tiny.shape[2] - 5
+    amos = next(c for c in cases if c["case_id"] == "amos-0013-labels")
+    assert "colon" not in amos["annotated"] and "tumour" in amos["annotated"]
+
+
+def test_examples_are_reproducible_and_agree_with_their_text(tiny):
+    examples = MaskExamples(load_base_cases(tiny, REPO), tiny)
+    a, b = examples[5], examples[5]
+    assert np.array_equal(a["labels"], b["labels"]) and a["text"] == b["text"]
+    assert a["ignore_classes"].shape == (NUM_CLASSES,)
+    for i in range(8):
+        ex = examples[i]
+        stated = ex["attributes"]
+        if stated.tumours:  # the text says what the map holds
+            hosts = {t.organ for t in stated.tumours}
+            assert np.any(ex["labels"] == ID["tumour"]), ex["text"]
+            assert hosts & {"liver", "kidney_right", "kidney_left", "pancreas", "colon", "spleen", "stomach", None}
+
+
+def test_training_resume_is_exact_and_sampling_is_deterministic(tiny, tmp_path):
+    full = train_mask_sampler(tiny, tmp_path / "full", progress=False, root=REPO, workers=0)
+    part = tmp_path / "part"
+    train_mask_sampler(tiny, part, progress=False, root=REPO, max_steps=3, workers=1)
+    assert [p.name for p in checkpoint_dirs(part)] == ["step_00000003"]
+    train_mask_sampler(tiny, part, progress=False, root=REPO, workers=0)
+    w_full = load_file(str(full / "final" / "model.safetensors"))
+    w_part = load_file(str(part / "final" / "model.safetensors"))
+    assert w_full.keys() == w_part.keys()
+    for k in w_full:
+        torch.testing.assert_close(w_full[k], w_part[k], rtol=0, atol=0)
+
+    sampler = VolumetricMaskSampler.from_pretrained(full / "final")
+    one = sampler.sample_masks("4 cm liver tumour", n=2, seed=3)
+    two = sampler.sample_masks("4 cm liver tumour", n=2, seed=3)
+    other = sampler.sample_masks("4 cm liver tumour", n=2, seed=4)
+    assert len(one) == 2 and one[0].shape == tiny.shape and one[0].array.dtype == np.uint8
+    assert np.array_equal(one[0].array, two[0].array) and np.array_equal(one[1].array, two[1].array)
+    assert not np.array_equal(one[0].array, other[0].array)
+    assert one[0].spacing == pytest.approx(tiny.spacing)
+    # A changed config cannot silently resume an old run.
+    with pytest.raises(InputError, match="another configuration"):
+        train_mask_sampler(replace(tiny, lr=1.0), full, progress=False, root=REPO, workers=0)
+
+
+def test_keep_main_components_removes_islands():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:5, 1:5, 1:5] = ID["liver"]
+    labels[8, 8, 8] = ID["liver"]
+    labels[7:10, 7:10, 7:10][labels[7:10, 7:10, 7:10] == 0] = ID["body"]
+    labels[8, 8, 8] = ID["liver"]
+    out = keep_main_components(labels)
+    assert out[8, 8, 8] == ID["body"] and (out == ID["liver"]).sum() == 64
