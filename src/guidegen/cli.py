@@ -182,6 +182,50 @@ def sample_masks(
             typer.echo(line)
 
 
+@train_app.command("images")
+def train_images(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/image_generator_demo.json).")],
+    prepared: Annotated[Path, typer.Option("--prepared", "-p", help="Output folder of `guidegen prepare`.")],
+    run: Annotated[Path, typer.Option("--run", help="Run folder: checkpoints, log, final model.")] = Path("runs/image_generator"),
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop at this step (resumable).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train the Conditional Image Generator on prepared real CT slices (bf16, EMA, exact resume)."""
+    from guidegen.config import load_config
+    from guidegen.images.config import ImageGeneratorConfig
+    from guidegen.images.train import train_image_generator
+    from guidegen.training import set_threads
+
+    set_threads(threads)
+    cfg = load_config(ImageGeneratorConfig, config)
+    out = train_image_generator(cfg, prepared, run, resume=resume, progress=not quiet, max_steps=max_steps)
+    typer.echo(f"run folder: {out}")
+
+
+@app.command("generate-ct")
+def generate_ct_command(
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="Label map (.nii/.nii.gz or DICOM-SEG) in any supported vocabulary.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (see list-vocabularies).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same CT.")] = 0,
+    phase: Annotated[Optional[str], typer.Option(help="Contrast phase: non_contrast, arterial, portal_venous, delayed.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Optional text for the generator's text condition.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Flow steps per slice.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Image generator folder (default: the shipped model).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Bring your own mask: generate a CT (int16 HU) that matches a label map, on the label map's own grid."""
+    from guidegen.pipeline import generate_ct_to_folder
+
+    for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, phase=phase, prompt=prompt,
+                                      steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite):
+        typer.echo(line)
+
+
 @app.command("list-vocabularies")
 def list_vocabularies() -> None:
     """Label vocabularies that `prepare --vocabulary` and `report --vocabulary` accept."""

@@ -169,3 +169,37 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
                                                      "guidance": sampler.config.guidance_scale if guidance is None else guidance,
                                                      "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
     return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}"], volumes
+
+
+def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0,
+                          phase: str | None = None, prompt: str | None = None, steps: int | None = None,
+                          guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
+                          overwrite: bool = False) -> list[str]:
+    """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
+
+    The label map keeps its own grid: the CT is generated on the model grid and resampled back, so
+    ``ct.nii.gz`` and ``labels.nii.gz`` share shape and affine exactly.
+    """
+    from guidegen.images.generator import ConditionalImageGenerator, generate_ct
+    from guidegen.io.nifti import write_nifti
+    from guidegen.io.preview import render_preview
+
+    labels_volume, _annotated = load_labels(labels, vocabulary)
+    if prompt is not None:
+        prompt = check_prompt(prompt)
+    if phase is not None and phase not in ("non_contrast", "arterial", "portal_venous", "delayed"):
+        raise InputError("--phase", f"must be non_contrast, arterial, portal_venous or delayed, got {phase!r}")
+    generator = ConditionalImageGenerator.from_pretrained(_component(model, "image_generator"), device=device)
+    started = time.perf_counter()
+    ct = generate_ct(generator, labels_volume, seed=seed, phase=phase, prompt=prompt, steps=steps, guidance=guidance)
+    seconds = time.perf_counter() - started
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_nifti(ct, tmp / "ct.nii.gz")
+        write_nifti(labels_volume, tmp / "labels.nii.gz")
+        render_preview(tmp / "preview.png", ct, labels_volume, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
+                       title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN))
+        (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": phase, "prompt": prompt,
+                                                   "steps": steps, "guidance": guidance, "seconds": round(seconds, 2),
+                                                   "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
+    return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}"]

@@ -1,0 +1,86 @@
+"""CLI plumbing of the model commands with tiny random-weight models (quality is tested elsewhere)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from guidegen.cli import main
+from guidegen.images.generator import ConditionalImageGenerator
+from guidegen.masks.config import MaskSamplerConfig
+from guidegen.masks.sampler import VolumetricMaskSampler
+from tests.images.conftest import tiny_config
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    config = MaskSamplerConfig(shape=(16, 16, 8), spacing=(24.0, 24.0, 40.0), channels=(8, 16), attention_levels=(False, True),
+                               num_head_channels=8, norm_num_groups=8, max_text_tokens=16, sample_steps=3)
+    VolumetricMaskSampler(config).save_pretrained(root / "mask_sampler")
+    image = ConditionalImageGenerator(tiny_config())
+    with torch.no_grad():
+        for p in image.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    image.save_pretrained(root / "image_generator")
+    return root
+
+
+def test_sample_masks_writes_samples_and_is_deterministic(tiny_models, tmp_path, capsys):
+    args = ["sample-masks", "--prompt", "4 cm liver tumour", "-n", "2", "--seed", "5", "--model", str(tiny_models)]
+    code, out, err = run(args + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    code, _, err = run(args + ["--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    for i in range(2):
+        a = nib.load(str(tmp_path / "a" / f"sample_{i:03d}" / "labels.nii.gz"))
+        b = nib.load(str(tmp_path / "b" / f"sample_{i:03d}" / "labels.nii.gz"))
+        assert a.get_data_dtype() == np.uint8 and a.shape == (16, 16, 8)
+        assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+        assert (tmp_path / "a" / f"sample_{i:03d}" / "report.txt").read_text().strip()
+        assert (tmp_path / "a" / f"sample_{i:03d}" / "preview.png").stat().st_size > 0
+    code, _, err = run(args + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "already exists" in err
+
+
+def test_sample_masks_check(tiny_models, tmp_path, capsys):
+    code, out, err = run(["sample-masks", "--prompt", "no tumour", "-n", "2", "--model", str(tiny_models),
+                          "--out", str(tmp_path / "c"), "--check"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "c" / "checks.json").exists()
+
+
+def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
+    labels = real / "msd-spleen-8" / "labels.nii.gz"
+    code, out, err = run(["generate-ct", "--labels", str(labels), "--out", str(tmp_path / "ct"), "--model", str(tiny_models),
+                          "--steps", "1"], capsys)
+    assert code == 0, err
+    ct = nib.load(str(tmp_path / "ct" / "ct.nii.gz"))
+    lab = nib.load(str(tmp_path / "ct" / "labels.nii.gz"))
+    assert ct.get_data_dtype() == np.int16 and ct.shape == lab.shape
+    assert np.allclose(ct.affine, lab.affine)
+    data = np.asanyarray(ct.dataobj)
+    assert data.min() >= -1024 and data.max() <= 3071
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sample-masks", "--prompt", "   ", "--out", "x"], "--prompt"),
+    (["generate-ct", "--labels", "missing.nii.gz", "--out", "x"], "missing.nii.gz"),
+    (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--device", "tpu"], "--device"),
+])
+def test_model_commands_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
