@@ -42,8 +42,8 @@ class MaskSamplerConfig:
     seed: int = 0
     steps: int = 6000
     batch_size: int = 1
-    lr: float = 2e-4
-    warmup: int = 200
+    lr: float = 5e-4
+    warmup: int = 50
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.998
