@@ -70,13 +70,13 @@ def test_training_resume_is_exact_and_sampling_is_deterministic(tiny, tmp_path):
     train_mask_sampler(tiny, part, progress=False, root=REPO, max_steps=3, workers=1)
     assert [p.name for p in checkpoint_dirs(part)] == ["step_00000003"]
     train_mask_sampler(tiny, part, progress=False, root=REPO, workers=0)
-    w_full = load_file(str(full / "final" / "model.safetensors"))
-    w_part = load_file(str(part / "final" / "model.safetensors"))
+    w_full = load_file(str(full / "model" / "model.safetensors"))
+    w_part = load_file(str(part / "model" / "model.safetensors"))
     assert w_full.keys() == w_part.keys()
     for k in w_full:
         torch.testing.assert_close(w_full[k], w_part[k], rtol=0, atol=0)
 
-    sampler = VolumetricMaskSampler.from_pretrained(full / "final")
+    sampler = VolumetricMaskSampler.from_pretrained(full / "model")
     one = sampler.sample_masks("4 cm liver tumour", n=2, seed=3)
     two = sampler.sample_masks("4 cm liver tumour", n=2, seed=3)
     other = sampler.sample_masks("4 cm liver tumour", n=2, seed=4)

@@ -159,7 +159,7 @@ def _batch(items: list[dict[str, Any]], encoder: TextEncoder) -> tuple[torch.Ten
 
 def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
                        max_steps: int | None = None, root: Path | None = None, device: str = "cpu", workers: int = 1) -> Path:
-    """Train (or resume) and return the run folder; ``run_dir/final`` holds the EMA model.
+    """Train (or resume) and return the run folder; ``run_dir/model`` holds the EMA model.
 
     Args:
         max_steps: stop after this many steps in *this call* (for tests and interrupted runs); the
@@ -234,7 +234,7 @@ def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: b
                                 raw_weights=model.state_dict())
                 prune_checkpoints(run_dir, config.keep_checkpoints)
     if end == config.steps:
-        save_checkpoint(run_dir / "final", config, ema.state_dict(), metadata={"component": "mask_sampler"})
+        save_checkpoint(run_dir / "model", config, ema.state_dict(), metadata={"component": "mask_sampler"})
     return run_dir
 
 
