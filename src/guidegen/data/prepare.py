@@ -314,7 +314,7 @@ def _geometry(volume: Volume) -> dict:
     return {
         "shape": list(volume.shape),
         "spacing_mm": [round(s, 4) for s in volume.spacing],
-        "orientation": volume.orientation,
+        "orientation": volume.meta.get("orientation_on_disk", volume.orientation),
     }
 
 

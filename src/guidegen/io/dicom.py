@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -165,6 +166,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         "series_uid": series_uid,
         "modality": str(header.get("Modality", "") or ""),
         "frame_of_reference_uid": str(header.get("FrameOfReferenceUID", "") or ""),
+        # The stored pixel order (columns, rows, slices as sorted) in RAS axis codes, e.g. "LPS".
+        "orientation_on_disk": "".join(nib.orientations.aff2axcodes(affine)),
     }
     return canonical(Volume(array=array, affine=affine, kind="ct", meta=meta))
 

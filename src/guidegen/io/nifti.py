@@ -65,7 +65,8 @@ def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True)
     else:
         check_ct_values(path, data)
         array = data.astype(np.float32, copy=False)
-    volume = Volume(array=array, affine=image.affine, kind=kind, meta={"source": str(path)})
+    volume = Volume(array=array, affine=image.affine, kind=kind,
+                    meta={"source": str(path), "orientation_on_disk": "".join(nib.aff2axcodes(image.affine))})
     return canonical(volume) if reorient else volume
 
 
