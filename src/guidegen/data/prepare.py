@@ -15,7 +15,7 @@ interrupted run leaves nothing half-written, and a rerun skips finished cases)::
     OUT/manifest.json                  settings + one entry per case (+ failures)
     OUT/cases/ID/ct.nii.gz             int16 HU (absent for label-only cases)
     OUT/cases/ID/labels.nii.gz         uint8 GuideGen ids, 255 = unknown (outside the scan)
-    OUT/cases/ID/case.json             provenance, annotated classes, volumes, mean HU
+    OUT/cases/ID/case.json             provenance, annotated classes, volumes, mean HU, contrast phase
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from guidegen.io.nifti import read_nifti, write_nifti
 from guidegen.io.validate import check_same_grid
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.data.body import body_outline
+from guidegen.data.phase import PhaseEstimate, estimate_phase
 from guidegen.data.resample import grid_affine, resample_ct, resample_labels
 from guidegen.labels.remap import combine_structure_masks, load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
@@ -203,6 +204,15 @@ def preprocess(case: LoadedCase, config: PrepareConfig) -> tuple[Volume | None, 
     if ct is not None:
         stats["mean_hu"] = {NAMES[i]: round(float(ct.array[labels.array == i].mean()), 1)
                             for i in range(1, len(NAMES)) if counts[i]}
+    # Contrast phase (guidegen.data.phase): estimated from this case's own mean HU and voxel
+    # counts on the prepared grid, so the image generator can be conditioned on it.
+    if ct is not None:
+        voxels = {NAMES[i]: int(counts[i]) for i in range(1, len(NAMES)) if counts[i]}
+        estimate = estimate_phase(stats["mean_hu"], voxels)
+    else:
+        estimate = PhaseEstimate(None, "low", {"rule": "label-only case"}, fallback="no CT")
+    stats["phase"] = estimate.phase
+    stats["phase_estimate"] = estimate.to_dict()
     return ct, labels, frozenset(annotated), stats
 
 

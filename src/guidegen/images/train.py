@@ -153,8 +153,13 @@ class SliceDataset:
                 if name in NAMES[:config.num_classes]:
                     annotated[NAMES.index(name)] = 1.0
             phase = entry.get("phase")
-            if phase is None and config.infer_phase:
-                phase = infer_phase(entry.get("mean_hu"))
+            if "phase_estimate" in entry:
+                # Estimated by `guidegen prepare` (guidegen.data.phase), which also uses the liver,
+                # veins, spleen and kidneys and ignores structures with too few voxels: preferred,
+                # even when it says "unknown". It is an inference, so infer_phase=False drops it.
+                phase = phase if config.infer_phase else None
+            elif phase is None and config.infer_phase:
+                phase = infer_phase(entry.get("mean_hu"))  # caches prepared before phase estimation
             text = torch.zeros(config.text_dim)
             if text_embeddings and entry["case_id"] in text_embeddings:
                 text = torch.as_tensor(text_embeddings[entry["case_id"]], dtype=torch.float32).reshape(config.text_dim)
