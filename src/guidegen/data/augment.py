@@ -41,10 +41,10 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage
 from scipy.interpolate import make_interp_spline
-from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.transform import Rotation
 
 from guidegen.data.resample import resample_labels, signed_distance
+from guidegen.data.geometry import longest_diameter_mm
 from guidegen.errors import InputError
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, TUMOUR_HOSTS, UNKNOWN
@@ -378,40 +378,6 @@ def _soft_ids(array: np.ndarray) -> np.ndarray:
     if not np.any(array == ID["body"]):
         ids.append(ID["background"])
     return np.array(ids, dtype=np.uint8)
-
-
-def longest_diameter_mm(points: np.ndarray, affine: np.ndarray) -> float:
-    """Longest diameter of a set of voxels, world mm.
-
-    Convention, the one `guidegen.text.measure` uses for the reports (keep the two in step): the
-    largest distance between two voxel centres, which measures voxelised balls at 0.98-1.0 × their
-    diameter; a single voxel measures its largest side.
-
-    Args:
-        points: (N, 3) voxel indices.
-        affine: (4, 4) voxel → world mm; only its 3×3 part matters.
-
-    Returns:
-        Diameter in mm; 0.0 for no points.
-    """
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if len(points) == 0:
-        return 0.0
-    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
-    world = points @ axes.T
-    if len(world) > 8:
-        try:
-            # The farthest pair are hull vertices; "QJ" copes with flat or collinear sets.
-            world = world[ConvexHull(world, qhull_options="QJ").vertices]
-        except (QhullError, ValueError):
-            pass
-    best = 0.0
-    for start in range(0, len(world), 1024):  # blocks bound the memory of the pairwise distances
-        block = world[start:start + 1024]
-        best = max(best, float(((block[:, None, :] - world[None, :, :]) ** 2).sum(-1).max()))
-    if best == 0.0:
-        return float(np.linalg.norm(axes, axis=0).max())
-    return float(np.sqrt(best))
 
 
 def _fit_scale(

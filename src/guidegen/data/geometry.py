@@ -1,0 +1,48 @@
+"""Geometry of label masks shared by augmentation (tumour sizing) and reports (tumour measurement).
+
+One implementation, so a tumour inserted at 40 mm is reported as 40 mm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import ConvexHull, QhullError
+
+
+def longest_diameter_mm(points: np.ndarray, affine: np.ndarray) -> float:
+    """Longest diameter of a set of voxels in world millimetres.
+
+    The distance between the farthest pair of voxel centres, found on the convex hull (exact, and
+    fast: a hull has few vertices). For smooth shapes this is the better-calibrated estimate:
+    voxelised spheres measure 0.98-1.0 × their true diameter at 1-5 mm voxels, whereas adding the
+    voxel extent along the diameter overestimates by 4-8 % (GuideGen's own check). A single voxel
+    measures its largest side.
+
+    Args:
+        points: (N, 3) voxel indices.
+        affine: (4, 4) voxel → world mm (only its 3×3 part matters).
+
+    Returns:
+        Diameter in mm (0.0 for no points).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) == 0:
+        return 0.0
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    world = points @ axes.T
+    if len(world) > 8:
+        try:
+            # "QJ" joggles degenerate (flat, collinear) inputs instead of failing; vertices index the
+            # original, unjoggled points.
+            world = world[ConvexHull(world, qhull_options="QJ").vertices]
+        except (QhullError, ValueError):
+            pass  # fall back to all points (bounded below)
+    if len(world) > 3000:
+        world = world[np.random.default_rng(0).choice(len(world), 3000, replace=False)]
+    best = 0.0
+    for start in range(0, len(world), 512):  # blocks bound the memory of the pairwise distances
+        block = world[start : start + 512]
+        best = max(best, float((((block[:, None, :] - world[None, :, :]) ** 2).sum(axis=-1)).max()))
+    if best == 0.0:
+        return float(np.linalg.norm(axes, axis=0).max())
+    return float(np.sqrt(best))
