@@ -194,3 +194,21 @@ def test_per_organ_mean_hu_validation(tiny_model, tiny_prepared):
     assert same["_summary"]["mean_abs_difference"] == 0.0
     table = validate_case(tiny_model, entry, seed=0, steps=1)
     assert set(table) - {"_summary"} <= set(means) and "liver" in table
+
+
+@pytest.mark.parametrize("phase, expected", [("non_contrast", 1), ("arterial", 2), ("portal_venous", 3), ("delayed", 4), (None, 0)])
+def test_generator_receives_the_requested_phase(tiny_model, labels, phase, expected):
+    # Issue 8: the phase asked for is the phase the network is conditioned on, at every step.
+    seen = []
+    inner_forward = tiny_model.forward
+
+    def recording_forward(inputs, t, phase_ids, annotated, text, uncond):
+        seen.append(phase_ids.clone())
+        return inner_forward(inputs, t, phase_ids, annotated, text, uncond)
+
+    tiny_model.forward = recording_forward
+    try:
+        tiny_model.generate(labels.with_array(labels.array[..., 8:10].copy()), phase=phase, steps=1)
+    finally:
+        del tiny_model.forward
+    assert seen and all(torch.all(p == expected) for p in seen)
