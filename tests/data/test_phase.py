@@ -115,3 +115,10 @@ def test_prepared_cases_store_the_phase(real, tmp_path):
     assert entries["amos-0013-slices"]["phase_estimate"]["confidence"] == "high"
     assert entries["totalseg-example-a"]["phase_estimate"]["fallback"] is None
     assert entries["msd-spleen-8"]["phase_estimate"]["fallback"]
+
+
+def test_phase_names_match_the_attribute_record():
+    from guidegen.data.phase import PHASES as DATA_PHASES
+    from guidegen.text.attributes import PHASES as TEXT_PHASES
+
+    assert tuple(DATA_PHASES) == tuple(TEXT_PHASES)

@@ -42,7 +42,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from guidegen.text.attributes import PHASES
+#: The phase names of `guidegen.text.attributes.PHASES` (data sits below text; a test keeps them equal).
+PHASES: tuple[str, ...] = ("non_contrast", "arterial", "portal_venous", "delayed")
 
 Confidence = Literal["high", "medium", "low"]
 
