@@ -39,19 +39,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for the comparison picture")
+    parser.add_argument("--phase", default=None, help="contrast phase to ask for (default: the prepared case's estimate)")
     args = parser.parse_args()
     entry = next(e for e in load_prepared(args.prepared) if e["case_id"] == args.case)
     model = ConditionalImageGenerator.from_pretrained(args.model)
     real = read_nifti(entry["ct_path"])
     labels = read_nifti(entry["labels_path"], kind="labels")
     started = time.perf_counter()
-    generated = model.generate(labels, seed=args.seed, steps=args.steps, phase=entry.get("phase"),
+    generated = model.generate(labels, seed=args.seed, steps=args.steps, phase=args.phase or entry.get("phase"),
                                annotated=entry["annotated"])[0]
     seconds = time.perf_counter() - started
     table = compare_mean_hu(generated, real, labels)
     body = (labels.array > 0) & (labels.array != 255)
     result = {
-        "case": args.case, "phase": entry.get("phase"), "seconds": round(seconds, 1), "slices": labels.shape[2],
+        "case": args.case, "phase": args.phase or entry.get("phase"), "seconds": round(seconds, 1), "slices": labels.shape[2],
         "mean_hu": table,
         "adjacent_slice_median_abs_diff_hu": {"real": adjacent_slice_difference(real.array, body),
                                                "generated": adjacent_slice_difference(generated.array, body)},
