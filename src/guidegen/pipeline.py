@@ -7,6 +7,7 @@ reports for label files and the bundled-data demo.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -114,9 +115,7 @@ def run_demo(out: str | Path, data: str | Path, overwrite: bool = False, case: s
 
 
 #: The shipped default model in a source checkout (override with GUIDEGEN_MODEL).
-import os as _os  # noqa: E402
-
-DEFAULT_MODEL = Path(_os.environ.get("GUIDEGEN_MODEL", Path(__file__).resolve().parents[2] / "models" / "default"))
+DEFAULT_MODEL = Path(os.environ.get("GUIDEGEN_MODEL", Path(__file__).resolve().parents[2] / "models" / "default"))
 
 
 def _component(model: str | Path | None, name: str) -> Path:

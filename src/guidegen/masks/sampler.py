@@ -59,10 +59,10 @@ def keep_main_components(labels: np.ndarray, classes: Sequence[str] = ORGANS) ->
         sizes[0] = 0
         removed |= mask & (comps != int(np.argmax(sizes)))
     if removed.any():
-        keep = ~removed
         _, (ix, iy, iz) = ndimage.distance_transform_edt(removed, return_indices=True)
         out[removed] = labels[ix[removed], iy[removed], iz[removed]]
-        out[~keep & (out == labels)] = 0  # pragma: no cover - defensive, nearest kept voxel differs
+        # An island whose nearest kept voxel is its own organ (across a gap) must not stay that organ.
+        out[removed & (out == labels)] = 0
     return out
 
 
