@@ -7,19 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from guidegen.cli import main
 from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.sampler import VolumetricMaskSampler
 from tests.images.conftest import tiny_config
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from tests.test_cli import run
 
 
 @pytest.fixture(scope="module")

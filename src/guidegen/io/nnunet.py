@@ -26,14 +26,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir, write_text
 from guidegen.io.nifti import write_nifti
-from guidegen.io.volume import Volume
+from guidegen.io.volume import LabelInfo, Volume
 
 #: nnU-Net's file ending for NIfTI datasets, and the single input channel (CT).
 FILE_ENDING = ".nii.gz"
@@ -53,17 +53,6 @@ GRID_ATOL_MM = 1e-3
 DEFAULT_UNKNOWN_ID = 255
 
 UnknownPolicy = Literal["refuse", "background"]
-
-
-class LabelInfo(Protocol):
-    """What the export needs of a class; `guidegen.labels.vocabulary.LabelClass` has it."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def display(self) -> str: ...
 
 
 @dataclass(frozen=True)

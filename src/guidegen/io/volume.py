@@ -10,7 +10,7 @@ coordinates are converted to RAS on reading.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -93,3 +93,17 @@ def canonical(volume: Volume) -> Volume:
     array = nib.orientations.apply_orientation(volume.array, transform)
     affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape)
     return replace(volume, array=np.ascontiguousarray(array), affine=affine, meta=dict(volume.meta))
+
+
+class LabelInfo(Protocol):
+    """What writers need of a label class; `guidegen.labels.vocabulary.LabelClass` has it.
+
+    Defined here because io sits below the label vocabulary: callers pass the classes in.
+    """
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def display(self) -> str: ...
