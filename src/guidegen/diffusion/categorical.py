@@ -38,7 +38,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +144,7 @@ class CategoricalLoss:
     num_voxels: int
 
 
-def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_categorical(log_probs: Tensor, generator: Generators = None) -> Tensor:
     """Draw one class per voxel with the Gumbel-max trick.
 
     ``argmax_k (log p_k + g_k)`` with ``g_k = −log(−log u_k)``, ``u_k ~ U(0, 1)`` is a sample of
@@ -152,7 +152,8 @@ def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = No
 
     Args:
         log_probs: (N, K, *S) log-probabilities (or unnormalised logits); ``-inf`` is never drawn.
-        generator: source of randomness; may live on another device than ``log_probs``.
+        generator: source of randomness (one, or one per batch item); may live on another device
+            than ``log_probs``.
 
     Returns:
         (N, *S) int64 class indices on the device of ``log_probs``.
@@ -163,11 +164,21 @@ def sample_categorical(log_probs: Tensor, generator: torch.Generator | None = No
     return torch.argmax(log_probs.float() + gumbel, dim=1)
 
 
-def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> Tensor:
+#: One generator for the whole batch, or one per batch item (item i draws only from generator i,
+#: so a volume does not depend on which other volumes share its batch).
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def _rand(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
     # Draw on the generator's own device (a CPU generator cannot fill a CUDA tensor) and move.
     if generator is None:
         return torch.rand(tuple(shape), device=device)
-    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
+    if isinstance(generator, torch.Generator):
+        return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"need one generator per batch item ({shape[0]}), got {len(gens)}")
+    return torch.cat([torch.rand((1, *shape[1:]), generator=g, device=g.device).to(device) for g in gens])
 
 
 class CategoricalDiffusion:
@@ -480,7 +491,7 @@ class CategoricalDiffusion:
         model_fn: ModelFn,
         shape: Sequence[int],
         cond: object | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         steps: int | None = None,
         callback: Callback | None = None,
         device: torch.device | str | None = None,
@@ -519,7 +530,8 @@ class CategoricalDiffusion:
         if final not in ("sample", "argmax"):
             raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
         if device is None:
-            device = generator.device if generator is not None else torch.device("cpu")
+            first = generator if generator is None or isinstance(generator, torch.Generator) else next(iter(generator))
+            device = first.device if first is not None else torch.device("cpu")
         device = torch.device(device)
         sequence = self.timestep_sequence(steps)
         N = shape[0]

@@ -30,7 +30,7 @@ from guidegen.checkpoint import load_checkpoint, save_checkpoint
 from guidegen.data.resample import grid_affine, resample_ct
 from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
 from guidegen.errors import InputError
-from guidegen.images.config import ImageGeneratorConfig
+from guidegen.images.config import PHASES, ImageGeneratorConfig
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
@@ -85,8 +85,8 @@ class ConditionalImageGenerator(nn.Module):
 
     @torch.no_grad()
     def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
-                 phase: str | int | None = None, prompt: str | None = None, text_embedding: Tensor | None = None,
-                 annotated: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
+                 phase: str | int | None | Sequence[str | int | None] = None, prompt: str | None = None,
+                 text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
                  precision: str | None = None, callback: SliceCallback | None = None) -> list[Volume]:
         """Generate CTs for label maps already on the model grid (use `generate_ct` for any other grid).
 
@@ -96,7 +96,8 @@ class ConditionalImageGenerator(nn.Module):
             labels: label `Volume`(s) (X, Y, Z) in GuideGen ids with X = Y = ``image_size`` and the
                 model's voxel size; 255 = unknown.
             seed: one seed, or one per volume (volume i uses ``seed + i`` when one seed is given).
-            phase: contrast phase name or id (`guidegen.images.config.PHASES`), ``None`` = unknown.
+            phase: contrast phase name or id (`guidegen.images.config.PHASES`), ``None`` = unknown;
+                or a sequence with one per volume.
             prompt: text prompt (encoded with the offline MiniLM `guidegen.text.encoder.TextEncoder`).
             text_embedding: (D,) or (N, D) pooled prompt embedding instead of ``prompt``.
             annotated: class names treated as annotated; default every class.
@@ -116,13 +117,19 @@ class ConditionalImageGenerator(nn.Module):
                               annotated=annotated, steps=steps, guidance=guidance, precision=precision,
                               callback=callback)
 
-    def _generate(self, vols: list[Volume], seed: int | Sequence[int], *, phase: str | int | None, prompt: str | None,
+    def _generate(self, vols: list[Volume], seed: int | Sequence[int], *, phase: str | int | None | Sequence[str | int | None], prompt: str | None,
                   text_embedding: Tensor | None, annotated: Sequence[str] | None, steps: int | None,
                   guidance: float | None, precision: str | None, callback: SliceCallback | None) -> list[Volume]:
         cfg = self.config
         seeds = _seeds(seed, len(vols))
         text = _text_embedding(prompt, text_embedding, len(vols), cfg.text_dim)
         ann = annotated_vector(annotated, cfg.num_classes)
+        if phase is None or isinstance(phase, (str, int)):
+            phases = [phase_id(phase)] * len(vols)
+        else:
+            phases = [phase_id(p) for p in phase]
+            if len(phases) != len(vols):
+                raise ValueError(f"phase must be one phase or one per volume ({len(vols)}), got {len(phases)}")
         results: list[Volume | None] = [None] * len(vols)
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, v in enumerate(vols):
@@ -133,12 +140,13 @@ class ConditionalImageGenerator(nn.Module):
             units = sample_volume(
                 self, lab, flow=cfg.flow, steps=steps or cfg.flow_steps,
                 guidance=cfg.guidance_scale if guidance is None else guidance,
-                phase=torch.full((len(idx),), phase_id(phase), dtype=torch.long, device=self.device),
+                phase=torch.tensor([phases[i] for i in idx], dtype=torch.long, device=self.device),
                 annotated=ann.expand(len(idx), -1).to(self.device),
                 text=None if text is None else text[idx].to(self.device),
                 generators=gens, precision=precision or cfg.precision, callback=callback)
             for j, i in enumerate(idx):
-                meta = {"seed": seeds[i], "phase": phase, "prompt": prompt, "generator": "guidegen.images"}
+                meta = {"seed": seeds[i], "phase": PHASES[phases[i]] if phases[i] else None, "prompt": prompt,
+                        "generator": "guidegen.images"}
                 results[i] = Volume(units_to_int16_hu(units[j]), vols[i].affine.copy(), "ct", meta)
         return results  # type: ignore[return-value]
 

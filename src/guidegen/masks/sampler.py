@@ -109,7 +109,7 @@ class VolumetricMaskSampler:
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int = 0, steps: int | None = None,
+    def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, steps: int | None = None,
                      guidance: float | None = None, attributes: Sequence[Attributes] | None = None,
                      clean: bool = True, precision: str = "bf16",
                      callback: Callable[[int, int], None] | None = None) -> list[Volume]:
@@ -118,6 +118,8 @@ class VolumetricMaskSampler:
         Args:
             prompts: one prompt or a list; each is sampled ``n`` times.
             seed: the batch's seed; the same (prompts, n, seed, steps, guidance) give the same maps.
+                A list gives each map its own seed (one per map, prompt-major): map i then depends
+                only on its prompt and seed, not on what else is in the batch.
             steps: network evaluations (≤ T); default the config's strided ``sample_steps``.
             guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional).
             attributes: parsed records to use instead of parsing the prompts.
@@ -150,8 +152,14 @@ class VolumetricMaskSampler:
                 both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond_ctx, uncond_ctx])).float()
             return guided_logits(both[:batch], both[batch:], scale)
 
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(seed))
+        generator: torch.Generator | list[torch.Generator]
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != batch:
+                raise InputError(None, f"seed: need one seed per map ({batch}), got {len(seeds)}")
+            generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, total))
         labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
                                        callback=step_cb, device=self.device, final="argmax")
@@ -161,6 +169,7 @@ class VolumetricMaskSampler:
             array = labels[i].to("cpu", torch.uint8).numpy()
             if clean:
                 array = keep_main_components(array)
-            out.append(Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": int(seed), "index": i}))
+            item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
+            out.append(Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i}))
         return out
 

@@ -228,7 +228,9 @@ class TextEncoder:
             # local_files_only flags below are what guarantees no download either way.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar per run is noise in our output
             path = str(self._path)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

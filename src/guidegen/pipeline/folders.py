@@ -1,7 +1,6 @@
-"""Wires the stages together: prompt → text → masks → upsample → images → writers.
+"""Folder-level entry points behind the CLI: label files in, reports, sampled masks and CTs out.
 
-Until the generative models exist this holds the data-pipeline entry points that the CLI uses:
-reports for label files and the bundled-data demo.
+Every writer here writes into a temporary folder renamed when complete (`guidegen.io.atomic`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.remap import load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import CLASSES, ID, UNKNOWN, preview_colour
+from guidegen.pipeline.generate import check_prompt
 
 
 def _sidecar_vocabulary(path: Path) -> str | None:
@@ -115,7 +115,7 @@ def run_demo(out: str | Path, data: str | Path, overwrite: bool = False, case: s
 
 
 #: The shipped default model in a source checkout (override with GUIDEGEN_MODEL).
-DEFAULT_MODEL = Path(os.environ.get("GUIDEGEN_MODEL", Path(__file__).resolve().parents[2] / "models" / "default"))
+DEFAULT_MODEL = Path(os.environ.get("GUIDEGEN_MODEL", Path(__file__).resolve().parents[3] / "models" / "default"))
 
 
 def _component(model: str | Path | None, name: str) -> Path:
@@ -125,16 +125,6 @@ def _component(model: str | Path | None, name: str) -> Path:
     if not folder.is_dir():
         raise InputError(folder, f"no {name.replace('_', ' ')} model here (train one with `guidegen train`, or pass --model)")
     return folder
-
-
-def check_prompt(prompt: str) -> str:
-    """Refuse empty prompts and control characters; normalise whitespace."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("--prompt", "is empty")
-    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in prompt).split())
-    if not cleaned:
-        raise InputError("--prompt", "has no printable characters")
-    return cleaned
 
 
 def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, steps: int | None = None,

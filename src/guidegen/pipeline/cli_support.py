@@ -1,0 +1,129 @@
+"""`guidegen generate` behind the CLI: load the model, shard under torchrun, show progress, summarise."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from guidegen.errors import InputError
+from guidegen.pipeline.dataset import FORMATS, CaseRequest, Shard, generate_dataset, read_prompts_file, world_from_env
+from guidegen.pipeline.generate import GeneratedCase, GuideGen, check_prompt
+
+
+@contextlib.contextmanager
+def _process_group(shard: Shard, device: str) -> Iterator[object | None]:
+    """A torch.distributed group when torchrun started several processes (gloo on CPU, NCCL on GPU)."""
+    if shard.world_size == 1:
+        yield None
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        created = True
+    else:
+        created = False
+    try:
+        yield dist
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed: int, out: Path, format: str,
+                 steps: int | None, guidance: float | None, image_steps: int | None, image_guidance: float | None,
+                 phase: str | None, batch_size: int, model: Path | None, device: str, threads: int | None,
+                 dataset_id: int, dataset_name: str, overwrite: bool, progress: bool) -> list[str]:
+    """Run one `guidegen generate` request; returns the summary lines (rank 0) or nothing (other ranks)."""
+    from guidegen.training import set_threads
+
+    if format not in FORMATS:
+        raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {format!r}")
+    if steps is not None and steps < 1:
+        raise InputError("--steps", f"must be at least 1, got {steps}")
+    if image_steps is not None and image_steps < 1:
+        raise InputError("--image-steps", f"must be at least 1, got {image_steps}")
+    for name, value in (("--guidance", guidance), ("--image-guidance", image_guidance)):
+        if value is not None and not (0.0 <= value <= 50.0):
+            raise InputError(name, f"must be between 0 and 50, got {value}")
+    if not 1 <= dataset_id <= 999:
+        raise InputError("--dataset-id", f"must be 1..999, got {dataset_id}")
+    entries = read_prompts_file(prompts_file) if prompts_file is not None else [(check_prompt(prompt), n)]
+    shard = world_from_env()
+    set_threads(threads)
+    gg = GuideGen.from_pretrained(model, device=_rank_device(device, shard))
+    if steps is not None and steps > gg.mask_sampler.config.num_timesteps:
+        raise InputError("--steps", f"must be at most the model's {gg.mask_sampler.config.num_timesteps} diffusion steps, got {steps}")
+    total = sum(c for _, c in entries)
+    mine = len([i for i in range(total) if i % shard.world_size == shard.rank])
+    show = progress and shard.rank == 0
+    with _process_group(shard, device) as dist, _progress(show, mine) as bar:
+        summary = generate_dataset(
+            gg, entries, out, seed=seed, steps=steps, guidance=guidance, image_steps=image_steps,
+            image_guidance=image_guidance, phase=phase, format=format, batch_size=batch_size, overwrite=overwrite,
+            shard=shard, dataset_id=dataset_id, dataset_name=dataset_name, on_case=bar.on_case, progress=bar.on_stage,
+            barrier=None if dist is None else dist.barrier)
+    if shard.rank != 0:
+        return []
+    lines = [f"{summary['generated']} case(s) generated, {summary['skipped']} already there, "
+             f"{summary['requested']} requested; {summary['seconds']:.1f} s"
+             + (f" on {shard.world_size} ranks" if shard.world_size > 1 else "")]
+    if bar.times:
+        per_case = sum(bar.times) / len(bar.times)
+        lines.append(f"per case: {per_case:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bar.stage_means().items()) + ")")
+    lines.append(f"cases: {out}/case_*/ (ct.nii.gz, labels.nii.gz, case.json, report.txt, preview.png"
+                 + (", dicom/" if format == "dicom" else "") + f"); manifest: {summary['manifest']}")
+    if summary.get("export"):
+        lines.append(f"nnU-Net dataset: {summary['export']}")
+    if not summary.get("complete", True):
+        lines.append("not complete yet: rerun the same command to generate the missing cases")
+    return lines
+
+
+def _rank_device(device: str, shard: Shard) -> str:
+    if device == "cuda" and shard.world_size > 1:
+        import os
+
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank))}"
+    return device
+
+
+class _Bar:
+    """Progress over cases and over the current batch's stages (rich), or silent."""
+
+    def __init__(self, progress, total: int):
+        self.progress = progress
+        self.times: list[float] = []
+        self.stages: dict[str, list[float]] = {}
+        if progress is not None:
+            self.cases = progress.add_task("cases", total=total)
+            self.stage = progress.add_task("masks", total=1)
+
+    def on_case(self, request: CaseRequest, case: GeneratedCase | None) -> None:
+        if case is not None:
+            self.times.append(sum(case.timings.values()))
+            for k, v in case.timings.items():
+                self.stages.setdefault(k, []).append(v)
+        if self.progress is not None:
+            self.progress.advance(self.cases)
+
+    def on_stage(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            what = "mask diffusion steps" if stage == "masks" else "CT slices"
+            self.progress.update(self.stage, description=what, completed=done, total=total)
+
+    def stage_means(self) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in self.stages.items()}
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int) -> Iterator[_Bar]:
+    if not show:
+        yield _Bar(None, total)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), transient=False) as progress:
+        yield _Bar(progress, total)

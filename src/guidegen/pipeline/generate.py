@@ -1,0 +1,246 @@
+"""`GuideGen`: prompt → paired CT volume and label map, every stage in order and batched.
+
+    >>> from guidegen.pipeline import GuideGen
+    >>> gg = GuideGen.from_pretrained()                      # the shipped default model
+    >>> cases = gg.generate("68-year-old man, 4 cm sigmoid colon cancer", n=2, seed=0)
+    >>> cases[0].ct.array.dtype, cases[0].labels.shape, cases[0].report
+
+Stages (GuideGen, Dai et al. 2024): the prompt is parsed into attributes and encoded; the
+Volumetric Mask Sampler draws a coarse 3-D label map; the map is upsampled onto the image grid
+with smooth surfaces; the Conditional Image Generator renders the CT slice by slice; the label map
+is measured and a report written from what it actually contains.
+
+Seeds: case ``i`` of a request uses seed ``seed + i`` for both of its stages, and every stage draws a
+case's noise from that case's own generator. A case is therefore the same whether it is generated
+alone, in a batch, or on another rank of a sharded run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guidegen import __version__
+from guidegen.errors import InputError
+from guidegen.images.generator import ConditionalImageGenerator, model_grid
+from guidegen.io.volume import Volume
+from guidegen.masks.sampler import VolumetricMaskSampler
+from guidegen.masks.upsample import upsample_labels
+from guidegen.text.attributes import Attributes
+from guidegen.text.parse import parse_prompt
+from guidegen.text.report import report_from_labels, write_report
+
+__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt"]
+
+#: File in a model folder naming the model (id, version, recipe, training data).
+MODEL_INFO = "model.json"
+
+#: Longest prompt accepted: the text encoder reads 48–64 tokens, and the parser is linear time, but
+#: a prompt file of megabyte lines is a mistake worth stopping early.
+MAX_PROMPT_CHARS = 2000
+
+#: ``progress(stage, done, total)`` — stage is "masks" or "images"; done/total count steps or slices.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def check_prompt(prompt: object, where: str | Path = "--prompt") -> str:
+    """Refuse empty, non-text or overlong prompts; replace control characters and normalise spaces."""
+    if not isinstance(prompt, str):
+        raise InputError(where, f"must be text, got {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(where, f"is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in prompt).split())
+    if not cleaned:
+        raise InputError(where, "is empty" if not prompt.strip() else "has no printable characters")
+    return cleaned
+
+
+@dataclass
+class GeneratedCase:
+    """One generated case: CT and label map on the same grid, and what was asked and made.
+
+    Attributes:
+        index: the case's number in its request (its seed is the request's seed + index).
+        prompt: the prompt, as cleaned by `check_prompt`.
+        seed: the seed of both stages.
+        ct: int16 HU CT `Volume`.
+        labels: uint8 GuideGen label `Volume` on the CT's grid (same shape and affine).
+        requested: the attributes parsed from the prompt (what was asked).
+        measured: the attributes measured on ``labels`` (what was made), with the prompt's sex,
+            age and contrast phase, which a label map cannot show.
+        report: the radiology-style report of ``measured``.
+        timings: seconds per stage (batch stages divided evenly among the batch's cases).
+    """
+
+    index: int
+    prompt: str
+    seed: int
+    ct: Volume
+    labels: Volume
+    requested: Attributes
+    measured: Attributes
+    report: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.labels.affine
+
+
+class GuideGen:
+    """The two trained stages with their settings.
+
+    Args:
+        mask_sampler: the Volumetric Mask Sampler.
+        image_generator: the Conditional Image Generator.
+        info: model identity (``model_id``, ``version``, …), stored in every case.json.
+    """
+
+    def __init__(self, mask_sampler: VolumetricMaskSampler, image_generator: ConditionalImageGenerator,
+                 info: dict | None = None):
+        self.mask_sampler = mask_sampler
+        self.image_generator = image_generator
+        self.info = {"model_id": "custom", "version": __version__, **(info or {})}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu") -> GuideGen:
+        """Load a model folder holding ``mask_sampler/`` and ``image_generator/`` (and ``model.json``).
+
+        ``None`` loads the shipped default model (``models/default``, or ``$GUIDEGEN_MODEL``).
+        """
+        from guidegen.pipeline.folders import DEFAULT_MODEL
+
+        root = Path(folder) if folder is not None else DEFAULT_MODEL
+        if not root.is_dir():
+            raise InputError(root, "model folder not found (train one with `guidegen train demo`, or pass --model)")
+        for part in ("mask_sampler", "image_generator"):
+            if not (root / part).is_dir():
+                raise InputError(root, f"is not a GuideGen model folder: it has no {part}/ (expected mask_sampler/ and image_generator/)")
+        info: dict = {"model_id": root.name}
+        if (root / MODEL_INFO).exists():
+            try:
+                loaded = json.loads((root / MODEL_INFO).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(root / MODEL_INFO, f"is not valid JSON ({exc})") from None
+            if not isinstance(loaded, dict):
+                raise InputError(root / MODEL_INFO, "must hold a JSON object")
+            info.update(loaded)
+        sampler = VolumetricMaskSampler.from_pretrained(root / "mask_sampler", device=device)
+        generator = ConditionalImageGenerator.from_pretrained(root / "image_generator", device=device)
+        return cls(sampler, generator, info)
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_generator.device
+
+    def generate(self, prompt: str | Sequence[str], n: int = 1, seed: int = 0, *, steps: int | None = None,
+                 guidance: float | None = None, image_steps: int | None = None, image_guidance: float | None = None,
+                 phase: str | None = None, first_index: int = 0,
+                 progress: ProgressCallback | None = None) -> list[GeneratedCase]:
+        """Generate ``n`` cases per prompt, all stages batched.
+
+        Args:
+            prompt: one prompt, or several (each generated ``n`` times, prompt-major order).
+            n: cases per prompt.
+            seed: case ``i`` (counting from ``first_index``) uses ``seed + i``.
+            steps, guidance: mask sampler steps (≤ T; default its strided setting) and
+                classifier-free guidance scale.
+            image_steps, image_guidance: flow steps per slice and guidance of the image generator.
+            phase: contrast phase for every case (``non_contrast``, ``arterial``, ``portal_venous``,
+                ``delayed``), overriding the prompt's; default: the phase the prompt states, else
+                unknown.
+            first_index: index of the first case (sharded runs number cases globally).
+            progress: see `ProgressCallback`.
+
+        Returns:
+            The cases in order.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InputError("--prompt", "no prompt given")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError("-n", f"must be a positive number of cases, got {n!r}")
+        case_prompts = [check_prompt(p) for p in prompts for _ in range(n)]
+        indices = [first_index + k for k in range(len(case_prompts))]
+        return self.generate_cases(case_prompts, [int(seed) + i for i in indices], indices, steps=steps,
+                                   guidance=guidance, image_steps=image_steps, image_guidance=image_guidance,
+                                   phase=phase, progress=progress)
+
+    def generate_cases(self, prompts: Sequence[str], seeds: Sequence[int], indices: Sequence[int] | None = None, *,
+                       steps: int | None = None, guidance: float | None = None, image_steps: int | None = None,
+                       image_guidance: float | None = None, phase: str | None = None,
+                       progress: ProgressCallback | None = None) -> list[GeneratedCase]:
+        """Generate one case per (prompt, seed) pair, as one batch; see `generate` for the options.
+
+        Each case depends only on its own prompt, seed and the options, never on the rest of the
+        batch (every stage draws a case's noise from its own generator).
+        """
+        case_prompts = [check_prompt(p) for p in prompts]
+        seeds = [int(s) for s in seeds]
+        indices = list(range(len(case_prompts))) if indices is None else [int(i) for i in indices]
+        if not case_prompts or len(seeds) != len(case_prompts) or len(indices) != len(case_prompts):
+            raise InputError("--prompt", "need one seed and one index per prompt, and at least one prompt")
+        unique = list(dict.fromkeys(case_prompts))
+        for p in unique:
+            # One prompt at a time fills the encoder's cache, so a prompt's embedding is bit-identical
+            # whatever batch it later appears in (batched matrix products may round differently).
+            self.mask_sampler.text_encoder.encode([p])
+        parsed = {p: parse_prompt(p) for p in unique}
+        if phase is not None:
+            from guidegen.text.attributes import PHASES
+
+            if phase not in PHASES:
+                raise InputError("--phase", f"must be one of {', '.join(PHASES)}, got {phase!r}")
+            parsed = {p: dataclasses.replace(a, phase=phase) for p, a in parsed.items()}
+        case_attrs = [parsed[p] for p in case_prompts]
+        count = len(case_prompts)
+
+        started = time.perf_counter()
+        coarse = self.mask_sampler.sample_masks(
+            case_prompts, n=1, seed=seeds, steps=steps, guidance=guidance, attributes=case_attrs,
+            callback=None if progress is None else (lambda i, total: progress("masks", i, total)))
+        t_masks = time.perf_counter() - started
+
+        started = time.perf_counter()
+        fine = [self._upsample(c) for c in coarse]
+        t_upsample = time.perf_counter() - started
+
+        started = time.perf_counter()
+        text = self.mask_sampler.text_encoder.encode(case_prompts).pooled
+        image_cb = None
+        if progress is not None:
+            total_slices = max(v.shape[2] for v in fine)
+            image_cb = lambda k, _slices: progress("images", k + 1, total_slices)  # noqa: E731
+        cts = self.image_generator.generate(
+            fine, seeds, phase=[a.phase for a in case_attrs], text_embedding=text, steps=image_steps,
+            guidance=image_guidance, callback=image_cb)
+        t_images = time.perf_counter() - started
+
+        cases = []
+        for k in range(count):
+            started = time.perf_counter()
+            _, measured = report_from_labels(fine[k], seed=seeds[k])
+            asked = case_attrs[k]
+            measured = dataclasses.replace(measured, sex=asked.sex, age=asked.age, phase=asked.phase)
+            report = write_report(measured, seeds[k])
+            t_report = time.perf_counter() - started
+            labels = fine[k]
+            labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
+            cases.append(GeneratedCase(
+                index=indices[k], prompt=case_prompts[k], seed=seeds[k], ct=cts[k], labels=labels, requested=asked,
+                measured=measured, report=report,
+                timings={"masks": t_masks / count, "upsample": t_upsample / count, "images": t_images / count,
+                         "report": t_report}))
+        return cases
+
+    def _upsample(self, coarse: Volume) -> Volume:
+        """The sampler's map onto the image generator's grid (its voxel size, centred on the body)."""
+        affine, shape = model_grid(coarse, self.image_generator.config)
+        return upsample_labels(coarse, affine=affine, shape=shape)
