@@ -122,14 +122,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @train_app.command("masks")
 def train_masks(
     config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/mask_sampler_demo.json).")],
-    run: Annotated[Path, typer.Option("--run", help="Run folder: checkpoints, log, final model.")] = Path("runs/mask_sampler"),
+    run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/mask_sampler"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this call.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train the Volumetric Mask Sampler (bf16 on CPU, EMA, exact resume)."""
+    """Train the Volumetric Mask Sampler (bf16 on CPU, EMA, exact resume).
+
+    Data-parallel: ``torchrun --nproc-per-node N -m guidegen train masks …``."""
     from guidegen.config import load_config
     from guidegen.masks.config import MaskSamplerConfig
     from guidegen.masks.train import train_mask_sampler
@@ -182,17 +184,33 @@ def sample_masks(
             typer.echo(line)
 
 
+@train_app.command("demo")
+def train_demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path("models/default"),
+    runs: Annotated[Path, typer.Option("--runs", help="Run folder for the prepared data, checkpoints and logs.")] = Path("runs/demo"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+) -> None:
+    """Train the shipped default model from the bundled real data (both stages in parallel, about 1–1.5 h on 2 cores)."""
+    from guidegen.pipeline.train_demo import train_demo
+
+    path = train_demo(out=out, runs=runs, overwrite=overwrite, log=typer.echo)
+    typer.echo(f"model: {path}")
+
+
 @train_app.command("images")
 def train_images(
     config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/image_generator_demo.json).")],
     prepared: Annotated[Path, typer.Option("--prepared", "-p", help="Output folder of `guidegen prepare`.")],
-    run: Annotated[Path, typer.Option("--run", help="Run folder: checkpoints, log, final model.")] = Path("runs/image_generator"),
+    run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/image_generator"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this step (resumable).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU per process).")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train the Conditional Image Generator on prepared real CT slices (bf16, EMA, exact resume)."""
+    """Train the Conditional Image Generator on prepared real CT slices (bf16, EMA, exact resume).
+
+    Data-parallel: ``torchrun --nproc-per-node N -m guidegen train images …``."""
     from guidegen.config import load_config
     from guidegen.images.config import ImageGeneratorConfig
     from guidegen.images.train import train_image_generator
@@ -200,7 +218,7 @@ def train_images(
 
     set_threads(threads)
     cfg = load_config(ImageGeneratorConfig, config)
-    out = train_image_generator(cfg, prepared, run, resume=resume, progress=not quiet, max_steps=max_steps)
+    out = train_image_generator(cfg, prepared, run, resume=resume, progress=not quiet, max_steps=max_steps, device=_device(device))
     typer.echo(f"run folder: {out}")
 
 
@@ -223,6 +241,40 @@ def generate_ct_command(
 
     for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, phase=phase, prompt=prompt,
                                       steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite):
+        typer.echo(line)
+
+
+@app.command("generate")
+def generate_command(
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to generate, in words.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="File of prompts: one a line, or a CSV with 'prompt' and 'count' columns.")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Cases per prompt (with --prompt).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of case 0; case i uses seed + i, whatever the sharding.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a rerun with the same request completes it).")] = Path("guidegen-output"),
+    format: Annotated[str, typer.Option("--format", "-f", help="nifti (case folders), nnunet (plus an nnU-Net v2 raw dataset) or dicom (plus DICOM CT + SEG per case).")] = "nifti",
+    steps: Annotated[Optional[int], typer.Option(help="Mask sampler steps (default: the model's strided setting).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Mask sampler classifier-free guidance scale.")] = None,
+    image_steps: Annotated[Optional[int], typer.Option(help="Image generator flow steps per slice.")] = None,
+    image_guidance: Annotated[Optional[float], typer.Option(help="Image generator guidance scale.")] = None,
+    phase: Annotated[Optional[str], typer.Option(help="Contrast phase for every case (default: what the prompt says).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,
+    model: Annotated[Optional[Path], typer.Option(help="Model folder with mask_sampler/ and image_generator/ (default: the shipped model).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (--format nnunet).")] = 500,
+    dataset_name: Annotated[str, typer.Option(help="nnU-Net dataset name (--format nnunet).")] = "GuideGen",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Generate CT volumes (int16 HU) with aligned label maps from prompts. Works under torchrun (sharded)."""
+    from guidegen.pipeline.cli_support import run_generate
+
+    if (prompt is None) == (prompts is None):
+        raise InputError("--prompt/--prompts", "give exactly one of --prompt TEXT or --prompts FILE")
+    for line in run_generate(prompt=prompt, prompts_file=prompts, n=n, seed=seed, out=out, format=format, steps=steps,
+                             guidance=guidance, image_steps=image_steps, image_guidance=image_guidance, phase=phase,
+                             batch_size=batch_size, model=model, device=_device(device), threads=threads,
+                             dataset_id=dataset_id, dataset_name=dataset_name, overwrite=overwrite, progress=not quiet):
         typer.echo(line)
 
 

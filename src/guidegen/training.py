@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import shutil
@@ -75,9 +76,11 @@ class EMA:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` intra-op threads (default: all cores this process may use)."""
+    """Use ``threads`` intra-op threads (default: the cores this process may use, shared among the
+    ``LOCAL_WORLD_SIZE`` processes that torchrun started on this machine)."""
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(max(1, int(threads)))
 
 
@@ -92,6 +95,34 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def truncate_log(path: str | Path, step: int) -> None:
+    """Keep the lines of a ``log.jsonl`` up to ``step``: a resumed run logs the later steps again.
+
+    A last line cut short by a crash is dropped too.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def remove_stale_checkpoints(run_dir: str | Path) -> None:
+    """Delete the temporary folders of checkpoint writes that a crash (or SIGKILL) interrupted."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for tmp in root.iterdir():
+            if tmp.is_dir() and tmp.name.startswith(".step_") and tmp.name.endswith((".tmp", ".old")):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:

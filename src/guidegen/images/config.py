@@ -72,7 +72,12 @@ class ImageGeneratorConfig:
     Training:
         lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up then cosine decay
             to 10 % of ``lr``; gradient norm clipping (0 = off).
-        batch_size, steps: slices per step and total optimizer steps.
+        batch_size, steps: slices per optimizer step (the *global* batch) and total optimizer steps.
+        grad_accumulation: micro-batches per optimizer step and process. Under ``torchrun`` with N
+            processes each takes ``batch_size / N`` slices of every step, in ``grad_accumulation``
+            micro-batches whose gradients are accumulated; ``batch_size`` must be a multiple of
+            N × ``grad_accumulation``. Neither N nor ``grad_accumulation`` changes what is trained
+            (same slices, noise and loss weights, `guidegen.distributed`), only memory and speed.
         ema_decay: EMA decay (with warm-up, `guidegen.training.EMA`).
         checkpoint_every, keep_checkpoints: checkpoint interval (steps) and how many to keep.
         log_every: steps between loss lines in ``run_dir/log.jsonl``.
@@ -114,6 +119,7 @@ class ImageGeneratorConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     batch_size: int = 8
+    grad_accumulation: int = 1
     steps: int = 3000
     ema_decay: float = 0.999
     checkpoint_every: int = 250
@@ -177,6 +183,9 @@ class ImageGeneratorConfig:
         if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
         _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("grad_accumulation", self.grad_accumulation)
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accumulation={self.grad_accumulation}")
         _check_positive_int("steps", self.steps)
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")

@@ -30,6 +30,11 @@ CT must follow the mask in both branches.
 (batch choice, augmentation, dropout, noise, t); a checkpoint stores raw weights, EMA weights,
 optimizer state and the step, so a resumed run equals the uninterrupted run bit for bit on CPU.
 
+**Data parallel** (``torchrun --nproc-per-node N -m guidegen train images … --run-dir DIR``): each
+process builds and trains on its share of every global batch of ``batch_size`` slices, in
+``grad_accumulation`` micro-batches, with the draws of the whole batch (`guidegen.distributed`);
+rank 0 writes the log and the checkpoints. A run may resume with another N.
+
 Run as a script::
 
     python -m guidegen.images.train --config recipes/image_generator_demo.json \\
@@ -39,6 +44,7 @@ Run as a script::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -48,10 +54,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from guidegen.checkpoint import load_checkpoint, save_checkpoint
 from guidegen.config import config_to_dict, load_config
+from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, broadcast_object, cleanup,
+                                  init_distributed, no_sync, wrap_ddp)
 from guidegen.diffusion.flow import add_noise, sample_training_times, velocity_target
 from guidegen.errors import InputError
 from guidegen.data.prepare import load_prepared
@@ -62,12 +70,12 @@ from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase
 from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.training import (EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints,
-                               set_threads, step_generators)
+                               remove_stale_checkpoints, set_threads, step_generators, truncate_log)
 
 __all__ = ["SliceBatch", "SliceDataset", "flow_matching_loss", "infer_phase", "main", "train_image_generator"]
 
 #: Config fields that may change between a checkpoint and its resumed run without breaking exactness.
-_RESUME_MUTABLE = {"checkpoint_every", "keep_checkpoints", "log_every"}
+_RESUME_MUTABLE = {"checkpoint_every", "keep_checkpoints", "log_every", "grad_accumulation"}
 
 
 def infer_phase(mean_hu: dict[str, float] | None) -> str | None:
@@ -173,7 +181,8 @@ class SliceDataset:
         return len(self.index)
 
     def make_batch(self, rng: np.random.Generator, gen: torch.Generator, batch_size: int,
-                   indices: Sequence[int] | None = None, train: bool = True) -> SliceBatch:
+                   indices: Sequence[int] | None = None, train: bool = True,
+                   select: Sequence[int] | None = None) -> SliceBatch:
         """Draw (or take) slices and apply dropout and augmentation; deterministic given (rng, gen).
 
         Args:
@@ -181,11 +190,18 @@ class SliceDataset:
             batch_size: B (ignored when ``indices`` is given).
             indices: fixed slice indices into `index` instead of random ones.
             train: apply prev-slice noise/dropout, condition dropout and augmentation.
+            select: build only these positions of the batch (a process's share in distributed
+                training); the random draws are still made for the whole batch, so example i is
+                the same whichever positions are built with it.
         """
         cfg = self.config
         r = cfg.context_radius
         if indices is None:
             indices = rng.integers(0, len(self.index), size=batch_size).tolist()
+        full = len(indices)
+        chosen = None if select is None else [int(p) for p in select]
+        if chosen is not None:
+            indices = [indices[p] for p in chosen]
         targets, ctxs, prevs, has_prev, zs, phases, anns, texts = [], [], [], [], [], [], [], []
         for i in indices:
             c, k = self.index[int(i)]
@@ -211,15 +227,20 @@ class SliceDataset:
             uncond=torch.zeros(b, dtype=torch.bool))
         if not train:
             return batch
-        # Draw every random number in a fixed order (exact resume depends on it).
-        drop_prev = torch.from_numpy(rng.random(b) < cfg.prev_dropout)
-        prev_std = torch.from_numpy(rng.uniform(0.0, cfg.prev_noise, size=b).astype(np.float32))
-        batch.uncond = torch.from_numpy(rng.random(b) < cfg.cond_dropout)
-        do_aug = rng.random(b) < cfg.augment_prob
-        angle = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, size=b))
-        zoom = 1.0 + rng.uniform(-cfg.scale, cfg.scale, size=b)
-        shift = rng.uniform(-cfg.translate_mm, cfg.translate_mm, size=(b, 2))
-        prev_noise = torch.randn(batch.prev.shape, generator=gen)
+        # Draw every random number in a fixed order (exact resume depends on it), for the whole batch.
+        drop_prev = rng.random(full) < cfg.prev_dropout
+        prev_std = rng.uniform(0.0, cfg.prev_noise, size=full).astype(np.float32)
+        uncond = rng.random(full) < cfg.cond_dropout
+        do_aug = rng.random(full) < cfg.augment_prob
+        angle = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, size=full))
+        zoom = 1.0 + rng.uniform(-cfg.scale, cfg.scale, size=full)
+        shift = rng.uniform(-cfg.translate_mm, cfg.translate_mm, size=(full, 2))
+        prev_noise = torch.randn((full, *batch.prev.shape[1:]), generator=gen)
+        if chosen is not None:
+            drop_prev, prev_std, uncond, do_aug = drop_prev[chosen], prev_std[chosen], uncond[chosen], do_aug[chosen]
+            angle, zoom, shift, prev_noise = angle[chosen], zoom[chosen], shift[chosen], prev_noise[chosen]
+        drop_prev, prev_std = torch.from_numpy(drop_prev), torch.from_numpy(prev_std)
+        batch.uncond = torch.from_numpy(uncond)
         batch.prev = batch.prev + prev_std.reshape(b, 1, 1, 1) * prev_noise
         batch.has_prev = batch.has_prev * (~drop_prev).float()
         batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)
@@ -263,11 +284,12 @@ def _augment(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom: np.n
     batch.ctx = new_ctx
 
 
-def flow_matching_loss(model: ConditionalImageGenerator, batch: SliceBatch, t: Tensor, noise: Tensor,
+def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: SliceBatch, t: Tensor, noise: Tensor,
                        precision: str = "bf16") -> Tensor:
     """Mean squared velocity error ``‖v_θ(x_t, t | c) − (ε − x_0)‖²`` of a batch (float32 scalar)."""
     x_t = add_noise(batch.target, noise, t)
-    inputs = assemble_inputs(x_t, mask_channels(batch.ctx, model.config.num_classes), batch.prev, batch.has_prev, batch.z)
+    config = getattr(model, "module", model).config  # a DistributedDataParallel wrapper holds the model as .module
+    inputs = assemble_inputs(x_t, mask_channels(batch.ctx, config.num_classes), batch.prev, batch.has_prev, batch.z)
     with autocast(batch.target.device, precision):
         pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond)
     return F.mse_loss(pred.float(), velocity_target(batch.target, noise))
@@ -286,8 +308,12 @@ def _same_run(a: ImageGeneratorConfig, b: ImageGeneratorConfig) -> bool:
 
 def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: str | Path,
                           resume: bool = True, progress: bool = True, max_steps: int | None = None,
-                          text_embeddings: dict[str, Tensor] | None = None) -> Path:
+                          text_embeddings: dict[str, Tensor] | None = None, device: str = "cpu") -> Path:
     """Train (or resume training) the slice generator.
+
+    Under ``torchrun`` every process calls this; they train one model with DistributedDataParallel
+    (gloo on the CPU, NCCL on CUDA, `guidegen.distributed`), each on its share of every batch, and
+    only rank 0 writes the log, the checkpoints and the final model.
 
     Args:
         config: model and training settings.
@@ -298,6 +324,7 @@ def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path
         max_steps: stop after this optimizer step (≤ ``config.steps``) with a checkpoint, e.g. to
             split a run; the learning-rate schedule still follows ``config.steps``.
         text_embeddings: optional case id → pooled prompt embedding (see `SliceDataset`).
+        device: "cpu" or "cuda" (under torchrun: each process's ``cuda:LOCAL_RANK``).
 
     Returns:
         ``run_dir/model`` (the EMA weights, loadable with `ConditionalImageGenerator.from_pretrained`)
@@ -307,72 +334,118 @@ def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path
     stop = config.steps if max_steps is None else int(max_steps)
     if not 1 <= stop <= config.steps:
         raise ValueError(f"max_steps must be in 1..config.steps={config.steps}, got {max_steps}")
+    ctx = init_distributed(device)
+    try:
+        return _train(config, prepared_dir, run_dir, resume, progress, stop, text_embeddings, ctx)
+    finally:
+        cleanup(ctx)
+
+
+def _take(batch: SliceBatch, idx: Tensor, device: torch.device) -> SliceBatch:
+    """Items ``idx`` of a batch, on ``device``."""
+    return SliceBatch(**{f: getattr(batch, f)[idx].to(device) for f in SliceBatch.__dataclass_fields__})
+
+
+def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path, resume: bool, progress: bool,
+           stop: int, text_embeddings: dict[str, Tensor] | None, ctx: DistContext) -> Path:
+    device = ctx.device
+    micro = batch_shares(config.batch_size, ctx, config.grad_accumulation)
+    mine = [p for share in micro for p in share]  # this rank's positions in every global batch
+    whole = mine == list(range(config.batch_size))
     data = SliceDataset(prepared_dir, config, text_embeddings)
-    model = _init_model(config).train()
+    model = _init_model(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ema = EMA(model, config.ema_decay)
     step = 0
     existing = checkpoint_dirs(run_dir) if resume else []
-    if existing:
-        saved, ema_weights, state = load_checkpoint(existing[-1], ImageGeneratorConfig, training=True)
+    latest = broadcast_object(str(existing[-1]) if existing else None, ctx)  # every rank resumes from rank 0's pick
+    if latest is not None:
+        latest = Path(latest)
+        saved, ema_weights, state = load_checkpoint(latest, ImageGeneratorConfig, training=True)
         if state is None or "raw_weights" not in state:
-            raise InputError(existing[-1], "has no training state to resume from")
+            raise InputError(latest, "has no training state to resume from")
         if not _same_run(saved, config):
             raise InputError(run_dir, "holds a run with another configuration: use a new run folder or resume=False")
         model.load_state_dict(state["raw_weights"])
         opt.load_state_dict(state["optimizer"])
         ema.load_state_dict(ema_weights, int(state["ema_updates"]))
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1) + "\n", encoding="utf-8")
+    log_path = run_dir / "log.jsonl"
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1) + "\n", encoding="utf-8")
+        remove_stale_checkpoints(run_dir)
+        truncate_log(log_path, step)  # lines after the checkpoint belong to steps that are done again
+    net = wrap_ddp(model, ctx)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    log_path = run_dir / "log.jsonl"
     recent: list[float] = []
     started = time.perf_counter()
-    with Progress(TextColumn("[bold]image generator[/]"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar, open(log_path, "a", encoding="utf-8") as log:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress(TextColumn("[bold]image generator[/]"), BarColumn(), MofNCompleteColumn(),
+                                           TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                           disable=not (progress and ctx.is_main)))
+        log = stack.enter_context(open(log_path, "a", encoding="utf-8")) if ctx.is_main else None
         task = bar.add_task("train", total=config.steps, completed=step, loss="—")
         while step < stop:
+            # The step's draws are made for the whole global batch, as one process makes them; each
+            # rank keeps its positions (`guidegen.distributed`).
             rng, gen = step_generators(config.seed, step)
-            batch = data.make_batch(rng, gen, config.batch_size)
+            batch = data.make_batch(rng, gen, config.batch_size, select=None if whole else mine)
             t = sample_training_times(config.batch_size, config.flow, gen)
-            noise = torch.randn(batch.target.shape, generator=gen)
+            noise = torch.randn((config.batch_size, *batch.target.shape[1:]), generator=gen)
+            if not whole:
+                t, noise = t[mine], noise[mine]
             lr = cosine_lr(step, config.steps, config.lr, config.warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = flow_matching_loss(model, batch, t, noise, config.precision)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}; lower lr or use precision='fp32'")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            logged = torch.zeros(1, dtype=torch.float64)
+            for j, share in enumerate(micro):
+                idx = torch.tensor([mine.index(p) for p in share])
+                weight = len(share) / config.batch_size  # the loss is a mean over the global batch
+                with no_sync(net, sync=j == len(micro) - 1):
+                    loss = flow_matching_loss(net, _take(batch, idx, device), t[idx].to(device), noise[idx].to(device),
+                                              config.precision)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss at step {step}; lower lr or use precision='fp32'")
+                    # DDP averages the gradients over the ranks, hence × world size.
+                    scaler.scale(loss * (weight * ctx.world_size)).backward()
+                logged += float(loss.detach()) * weight
+            scaler.unscale_(opt)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             ema.update(model)
             step += 1
-            recent = (recent + [float(loss.detach())])[-config.log_every:]
+            recent = (recent + [float(all_reduce_sum(logged, ctx))])[-config.log_every:]
             if step % config.log_every == 0 or step == stop:
                 mean = sum(recent) / len(recent)
-                log.write(json.dumps({"step": step, "loss": round(mean, 6), "lr": lr,
-                                      "seconds": round(time.perf_counter() - started, 1)}) + "\n")
-                log.flush()
+                if log is not None:
+                    log.write(json.dumps({"step": step, "loss": round(mean, 6), "lr": lr,
+                                          "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+                    log.flush()
                 bar.update(task, loss=f"{mean:.4f}")
             bar.update(task, completed=step)
-            if step % config.checkpoint_every == 0 or step == stop:
-                _save(run_dir, config, model, ema, opt, step)
-    if step >= config.steps:
-        final = run_dir / "model"
+            if ctx.is_main and (step % config.checkpoint_every == 0 or step == stop):
+                _save(run_dir, config, model, ema, opt, step, scaler)
+    final = run_dir / "model"
+    if step >= config.steps and ctx.is_main:
         save_checkpoint(final, config, ema.state_dict(), metadata={"component": "image_generator", "step": str(step)})
-        return final
-    return checkpoint_path(run_dir, step)
+    barrier(ctx)  # every rank returns once the files are written
+    return final if step >= config.steps else checkpoint_path(run_dir, step)
 
 
 def _save(run_dir: Path, config: ImageGeneratorConfig, model: ConditionalImageGenerator, ema: EMA,
-          opt: torch.optim.Optimizer, step: int) -> None:
+          opt: torch.optim.Optimizer, step: int, scaler: torch.amp.GradScaler | None = None) -> None:
     state = {"step": step, "optimizer": opt.state_dict(), "ema_updates": ema.updates}
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     save_checkpoint(checkpoint_path(run_dir, step), config, ema.state_dict(), training=state,
                     raw_weights=model.state_dict(), metadata={"component": "image_generator", "step": str(step)})
     prune_checkpoints(run_dir, config.keep_checkpoints)

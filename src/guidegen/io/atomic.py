@@ -29,6 +29,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and then the folders themselves to the disk."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(Path(folder))
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -55,12 +66,17 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; it replaces ``path`` only when the block succeeds."""
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only when the block succeeds.
+
+    Its files and folders are fsynced before the rename and the parent folder after it, so that
+    after a crash (even a power loss) ``path`` is either the old folder or the complete new one.
+    """
     path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
+        _fsync_tree(tmp_path)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

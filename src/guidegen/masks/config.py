@@ -14,6 +14,13 @@ class MaskSamplerConfig:
     Grid: ``shape`` voxels (X, Y, Z) at ``spacing`` mm: the demo default 64×64×56 at 6 mm covers
     384 × 384 × 336 mm, liver dome to pelvis. The paper's 128×128×64 is ``shape=(128, 128, 64)``
     with ``spacing=(3.0, 3.0, 5.0)`` and wider channels (recipes/mask_sampler_paper.json).
+
+    Batch: ``batch_size`` is the *global* batch of one optimizer step, whatever runs it: under
+    ``torchrun`` with N processes each takes ``batch_size / N`` examples, and each process splits
+    its share into ``grad_accumulation`` micro-batches (gradients accumulated, one optimizer step).
+    ``batch_size`` must be a multiple of N × ``grad_accumulation``. Neither N nor
+    ``grad_accumulation`` changes what is trained (same examples, same noise, same loss weights;
+    `guidegen.distributed`), only memory per process and speed, so a run may resume with others.
     """
 
     # grid
@@ -42,6 +49,7 @@ class MaskSamplerConfig:
     seed: int = 0
     steps: int = 6000
     batch_size: int = 1
+    grad_accumulation: int = 1
     lr: float = 5e-4
     warmup: int = 50
     weight_decay: float = 0.01
@@ -66,6 +74,8 @@ class MaskSamplerConfig:
             raise ValueError("attention_levels needs one entry per channels level")
         if any(c % self.norm_num_groups for c in self.channels):
             raise ValueError(f"channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+        if not isinstance(self.grad_accumulation, int) or self.grad_accumulation < 1 or self.batch_size % self.grad_accumulation:
+            raise ValueError(f"grad_accumulation must be a positive divisor of batch_size={self.batch_size}, got {self.grad_accumulation!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

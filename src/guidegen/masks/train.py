@@ -8,6 +8,12 @@ random, so that short prompts that state little are in-distribution), so text an
 
 Exact resume: example ``s`` and every random draw of step ``s`` come from ``step_generators(seed,
 s)``; a checkpoint stores raw weights, EMA weights, the optimizer state and the step.
+
+Data parallel (``torchrun --nproc-per-node N -m guidegen train masks … --run-dir DIR``): each process
+builds its share of every global batch of ``batch_size`` examples and trains on it in
+``grad_accumulation`` micro-batches; the step's noise is drawn for the whole batch, and the loss
+keeps its weighting (a mean over the known voxels of the global batch), so N and the accumulation
+change only rounding (`guidegen.distributed`). Rank 0 writes the log and the checkpoints.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from guidegen.checkpoint import load_checkpoint, save_checkpoint
 from guidegen.config import config_to_dict
+from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, broadcast_object, cleanup,
+                                  init_distributed, no_sync, wrap_ddp)
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.errors import InputError
 from guidegen.io.nifti import read_nifti
@@ -36,7 +45,8 @@ from guidegen.masks.examples import MaskExamples
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.sampler import diffusion_from_config
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
-from guidegen.training import EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints, step_generators
+from guidegen.training import (EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints,
+                               remove_stale_checkpoints, step_generators, truncate_log)
 
 
 def resolve(path: str, root: Path | None) -> Path:
@@ -157,43 +167,87 @@ def _batch(items: list[dict[str, Any]], encoder: TextEncoder) -> tuple[torch.Ten
     return x0, text, attr, ignore
 
 
+class _Denoise(nn.Module):
+    """Context and denoiser in one forward, so that DDP sees (and syncs) every parameter's use."""
+
+    def __init__(self, model: MaskDenoiser):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, attr: torch.Tensor, drop_text: torch.Tensor) -> torch.Tensor:
+        return self.model(x_t, t, self.model.context(text, attr, drop_text=drop_text))
+
+
 def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
                        max_steps: int | None = None, root: Path | None = None, device: str = "cpu", workers: int = 1) -> Path:
     """Train (or resume) and return the run folder; ``run_dir/model`` holds the EMA model.
+
+    Under ``torchrun`` every process calls this; they train one model with DistributedDataParallel
+    (gloo on the CPU, NCCL on CUDA, ``guidegen.distributed``), each on its share of every batch,
+    and only rank 0 writes the log, the checkpoints and the final model.
 
     Args:
         max_steps: stop after this many steps in *this call* (for tests and interrupted runs); the
             schedule still follows ``config.steps``.
         root: folder that relative paths in the config are relative to (the repo root).
-        workers: data worker processes (0: build examples in this process).
+        device: "cpu" or "cuda" (under torchrun: each process's ``cuda:LOCAL_RANK``).
+        workers: data worker processes per training process (0: build examples in this process).
     """
-    run_dir = Path(run_dir)
+    ctx = init_distributed(device)
+    try:
+        return _train(config, Path(run_dir), resume, progress, max_steps, root, ctx, workers)
+    finally:
+        cleanup(ctx)
+
+
+def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: bool, max_steps: int | None,
+           root: Path | None, ctx: DistContext, workers: int) -> Path:
+    device = ctx.device
+    micro = batch_shares(config.batch_size, ctx, config.grad_accumulation)
+    mine = [p for share in micro for p in share]  # this rank's positions in every global batch
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # initial weights only; every later draw is step-seeded
     model = MaskDenoiser(config).to(device)
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     start = 0
     ckpts = checkpoint_dirs(run_dir) if resume else []
-    if ckpts:
-        saved, ema_weights, state = load_checkpoint(ckpts[-1], MaskSamplerConfig, training=True)
-        if config_to_dict(replace(saved, steps=config.steps)) != config_to_dict(config):
-            raise InputError(ckpts[-1] / "config.json", "was trained with another configuration; use a new run folder or --no-resume")
+    latest = broadcast_object(str(ckpts[-1]) if ckpts else None, ctx)  # every rank resumes from rank 0's pick
+    if latest is not None:
+        latest = Path(latest)
+        saved, ema_weights, state = load_checkpoint(latest, MaskSamplerConfig, training=True)
+        if state is None or "raw_weights" not in state:
+            raise InputError(latest, "has no training state to resume from")
+        same = replace(saved, steps=config.steps, grad_accumulation=config.grad_accumulation)
+        if config_to_dict(same) != config_to_dict(config):
+            raise InputError(latest / "config.json", "was trained with another configuration; use a new run folder or --no-resume")
         model.load_state_dict(state["raw_weights"])
         ema.load_state_dict(ema_weights, state["ema_updates"])
         opt.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
     diffusion = diffusion_from_config(config)
-    cases = load_base_cases(config, root)
+    if ctx.is_main:
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
+        remove_stale_checkpoints(run_dir)
+        cases = load_base_cases(config, root)  # rank 0 prepares the cache, the others then read it
+    barrier(ctx)
+    if not ctx.is_main:
+        cases = load_base_cases(config, root)
     examples = MaskExamples(cases, config)
     encoder = TextEncoder(TextEncoderConfig(max_length=config.max_text_tokens))
     end = config.steps if max_steps is None else min(config.steps, start + max_steps)
-    prefetch = _Prefetcher(examples, list(range(start * config.batch_size, end * config.batch_size)), workers)
+    batch = config.batch_size
+    prefetch = _Prefetcher(examples, [s * batch + p for s in range(start, end) for p in mine], workers)
     log_path = run_dir / "log.jsonl"
-    if log_path.exists():  # lines written after the last checkpoint belong to steps that are redone
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
-        log_path.write_text("".join(line + "\n" for line in kept))
+    if ctx.is_main:
+        truncate_log(log_path, start)  # lines written after the last checkpoint belong to steps that are redone
+    net = wrap_ddp(_Denoise(model), ctx, find_unused_parameters=True)  # null_text is used only when text is dropped
+    whole = mine == list(range(batch))
+    placeholder = torch.zeros((batch, *config.shape), dtype=torch.int64)
+    locate = {p: i for i, p in enumerate(mine)}
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -201,40 +255,64 @@ def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: b
     started = time.perf_counter()
     with prefetch_closing(prefetch), Progress(
             TextColumn("[bold]train masks[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress) as bar:
+            TimeElapsedColumn(), TimeRemainingColumn(), disable=not (progress and ctx.is_main)) as bar:
         task = bar.add_task("", total=config.steps, completed=start, loss=float("nan"))
         for step in range(start, end):
+            # The step's draws are made for the whole global batch, as one process makes them; each
+            # rank keeps its positions (`guidegen.distributed`).
             _, gen = step_generators(config.seed, step)
-            x0, text, attr, ignore = _batch(prefetch.take(config.batch_size), encoder)
-            n = x0.shape[0]
-            t = diffusion.sample_timesteps(n, generator=gen)
-            x_t = diffusion.q_sample(x0, t, generator=gen)
-            drop_t = torch.rand(n, generator=gen) < config.drop_text
-            drop_a = torch.rand(n, generator=gen) < config.drop_attributes
+            x0, text, attr, ignore = _batch(prefetch.take(len(mine)), encoder)
+            t = diffusion.sample_timesteps(batch, generator=gen)
+            if whole:
+                x_t = diffusion.q_sample(x0, t, generator=gen)
+            else:
+                full = placeholder.clone()
+                full[mine] = x0
+                x_t = diffusion.q_sample(full, t, generator=gen)[mine]
+            drop_t = (torch.rand(batch, generator=gen) < config.drop_text)[mine]
+            drop_a = (torch.rand(batch, generator=gen) < config.drop_attributes)[mine]
+            t = t[mine]
             attr = torch.where(drop_a[:, None], torch.from_numpy(attribute_vector(None))[None], attr)
+            # The loss is a mean over the known voxels of the global batch: weigh each micro-batch's
+            # mean by its share of them (DDP averages gradients over ranks, hence × world size).
+            known = (x0 != diffusion.config.ignore_index).flatten(1).sum(1)
+            total_known = max(int(all_reduce_sum(known.sum().reshape(1), ctx)), 1)
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, config.steps, config.lr, config.warmup)
-            with autocast(device, config.precision):
-                context = model.context(text.to(device), attr.to(device), drop_text=drop_t.to(device))
-                logits = model(F.one_hot(x_t, config.num_classes).permute(0, 4, 1, 2, 3).float().to(device), t.to(device), context)
-            losses = diffusion.loss(logits.float(), x0.to(device), x_t.to(device), t.to(device), ignore_classes=ignore.to(device))
             opt.zero_grad(set_to_none=True)
-            losses.total.backward()
+            logged = torch.zeros(3, dtype=torch.float64)
+            for j, share in enumerate(micro):
+                idx = torch.tensor([locate[p] for p in share])
+                weight = int(known[idx].sum()) / total_known
+                with no_sync(net, sync=j == len(micro) - 1):
+                    x_in = F.one_hot(x_t[idx], config.num_classes).permute(0, 4, 1, 2, 3).float().to(device)
+                    with autocast(device, config.precision):
+                        logits = net(x_in, t[idx].to(device), text[idx].to(device), attr[idx].to(device), drop_t[idx].to(device))
+                    losses = diffusion.loss(logits.float(), x0[idx].to(device), x_t[idx].to(device), t[idx].to(device),
+                                            ignore_classes=ignore[idx].to(device))
+                    scaler.scale(losses.total * (weight * ctx.world_size)).backward()
+                logged += torch.tensor([float(losses.total.detach()), float(losses.kl.detach()), float(losses.ce.detach())],
+                                       dtype=torch.float64) * weight
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             ema.update(model)
-            loss_value = float(losses.total.detach())
+            loss_value, kl_value, ce_value = all_reduce_sum(logged, ctx).tolist()
             bar.update(task, advance=1, loss=loss_value)
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step + 1, "loss": loss_value, "kl": float(losses.kl.detach()), "ce": float(losses.ce.detach()),
-                                     "t": int(t[0]), "seconds": round(time.perf_counter() - started, 2)}) + "\n")
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
-                save_checkpoint(checkpoint_path(run_dir, step + 1), config, ema.state_dict(),
-                                training={"step": step + 1, "optimizer": opt.state_dict(), "ema_updates": ema.updates},
+            if ctx.is_main:
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": step + 1, "loss": loss_value, "kl": kl_value, "ce": ce_value,
+                                         "t": int(t[0]),
+                                         "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+            if ctx.is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == end):
+                state = {"step": step + 1, "optimizer": opt.state_dict(), "ema_updates": ema.updates}
+                if scaler.is_enabled():
+                    state["scaler"] = scaler.state_dict()
+                save_checkpoint(checkpoint_path(run_dir, step + 1), config, ema.state_dict(), training=state,
                                 raw_weights=model.state_dict())
                 prune_checkpoints(run_dir, config.keep_checkpoints)
-    if end == config.steps:
+    if end == config.steps and ctx.is_main:
         save_checkpoint(run_dir / "model", config, ema.state_dict(), metadata={"component": "mask_sampler"})
+    barrier(ctx)  # every rank returns once the files are written
     return run_dir
-
-

@@ -307,6 +307,11 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
         raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {format!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("--batch-size", f"must be a positive whole number, got {batch_size!r}")
+    if phase is not None:
+        from guidegen.text.attributes import PHASES
+
+        if phase not in PHASES:
+            raise InputError("--phase", f"must be one of {', '.join(PHASES)}, got {phase!r}")
     shard = shard or Shard()
     if shard.world_size > 1 and barrier is None:
         raise ValueError("a sharded run needs a barrier")
