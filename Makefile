@@ -7,6 +7,7 @@ PIP    := $(PY) -m pip
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install lint clean
 
@@ -18,14 +19,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	touch $(STAMP)
 
+# nnU-Net v2 only for its dataset integrity check in the tests (see requirements/).
+$(TEST_STAMP): $(STAMP) requirements/nnunet-check-nodeps.txt requirements/nnunet-check-deps.txt
+	$(PIP) install -q -r requirements/nnunet-check-deps.txt
+	$(PIP) install -q --no-deps -r requirements/nnunet-check-nodeps.txt
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/guidegen demo --out demo-output --overwrite
+DEMO_PROMPT ?= 68-year-old man, 4 cm sigmoid colon cancer, mild splenomegaly, portal venous phase
 
-test: $(STAMP)
+demo: $(STAMP)
+	$(VENV)/bin/guidegen generate --prompt "$(DEMO_PROMPT)" --seed 0 --out demo-output --overwrite
+
+test: $(TEST_STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 -q
+	GUIDEGEN_REQUIRE_NNUNET=1 $(PY) -m pytest -n 2 -q
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

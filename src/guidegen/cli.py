@@ -63,7 +63,10 @@ def prepare(
     from guidegen.data.prepare import PrepareConfig
     from guidegen.data.prepare import prepare as run_prepare
 
-    size_values = [int(float(v)) for v in size.replace("x", ",").split(",") if v.strip()] if size else []
+    try:
+        size_values = [int(float(v)) for v in size.replace("x", ",").split(",") if v.strip()] if size else []
+    except (ValueError, OverflowError):  # "abc", "nan", "inf"
+        raise InputError("--size", f"expected one or two whole numbers, got {size!r}") from None
     if len(size_values) == 1:
         size_values *= 2
     if len(size_values) != 2:
@@ -278,6 +281,62 @@ def generate_command(
         typer.echo(line)
 
 
+evaluate_app = typer.Typer(help="Evaluate generated cases against real ones.", no_args_is_help=False)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.callback(invoke_without_command=True)
+def evaluate_command(
+    ctx: typer.Context,
+    generated: Annotated[Optional[Path], typer.Option("--generated", "-g", help="Folder of generated cases (ct.nii.gz + labels.nii.gz each).")] = None,
+    real: Annotated[Optional[Path], typer.Option("--real", "-r", help="Real cases: case folders or a `guidegen prepare` output.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, report.md, plots).")] = Path("evaluation"),
+    judge: Annotated[Optional[Path], typer.Option(help="A saved segmentation judge (default: train one on the real cases).")] = None,
+    judge_steps: Annotated[int, typer.Option(min=1, help="Training steps of the judge.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split and the judge.")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Realism, CT–label alignment, z-consistency and diversity of generated cases (`evaluate downstream`: segmenter value)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if generated is None or real is None:
+        raise InputError("--generated/--real", "both are required (see `guidegen evaluate --help`)")
+    from guidegen.evaluation.report import evaluate
+    from guidegen.training import set_threads
+
+    set_threads(threads)
+    evaluate(generated, real, out, judge=judge, judge_steps=judge_steps, seed=seed, progress=not quiet, overwrite=overwrite)
+    typer.echo(f"report: {out}/report.md, metrics: {out}/metrics.json")
+
+
+@evaluate_app.command("downstream")
+def evaluate_downstream_command(
+    real: Annotated[Path, typer.Option("--real", "-r", help="Real cases (training; split unless --test is given).")],
+    synthetic: Annotated[Path, typer.Option("--synthetic", "-s", help="Generated cases.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Result folder (downstream.json, downstream.md).")] = Path("downstream"),
+    test: Annotated[Optional[Path], typer.Option(help="Held-out real test cases (default: hold out part of --real).")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run per seed and setting.")] = "0,1,2",
+    steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 300,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing result folder.")] = False,
+) -> None:
+    """Train one small segmenter on real, synthetic and real + synthetic cases; Dice on held-out real cases."""
+    from guidegen.evaluation.downstream import run_downstream
+    from guidegen.training import set_threads
+
+    try:
+        seed_list = [int(v) for v in seeds.split(",") if v.strip()]
+    except ValueError:
+        raise InputError("--seeds", f"expected comma-separated whole numbers, got {seeds!r}") from None
+    if not seed_list:
+        raise InputError("--seeds", "name at least one seed")
+    set_threads(threads)
+    run_downstream(real, synthetic, out, test_dir=test, seeds=seed_list, steps=steps, overwrite=overwrite)
+    typer.echo((out / "downstream.md").read_text(encoding="utf-8"))
+
+
 @app.command("list-vocabularies")
 def list_vocabularies() -> None:
     """Label vocabularies that `prepare --vocabulary` and `report --vocabulary` accept."""
@@ -323,7 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click usage errors come through here with standalone_mode=False
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer ≥ 0.2x raises its own copy of click's exceptions (typer._click), not click's.
+        if isinstance(exc, click.exceptions.ClickException) or (isinstance(exc, typer.TyperException) and hasattr(exc, "show")):
             exc.show()
             sys.exit(exc.exit_code)
         if debug:

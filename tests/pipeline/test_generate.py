@@ -160,11 +160,11 @@ def test_nnunet_export(gg, tmp_path):
     meta = json.loads((dataset / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["channel_names"] == {"0": "CT"} and meta["labels"]["background"] == 0
     assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == ["Tiny_000000_0000.nii.gz", "Tiny_000001_0000.nii.gz"]
-    try:
-        from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-    except ImportError:
-        pytest.skip("nnunetv2 not installed: nnU-Net's own integrity check not run")
-    verify_dataset_integrity(str(dataset), num_processes=1)
+    from tests.io.test_exports import require_nnunet, run_nnunet_check
+
+    require_nnunet()
+    status, printed = run_nnunet_check(tmp_path, [dataset])[str(dataset)]
+    assert status == "ok", printed
 
 
 def test_dicom_export_reads_back_on_the_same_grid(gg, tmp_path):

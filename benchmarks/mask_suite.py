@@ -1,0 +1,75 @@
+"""The mask sampler's quality on the fixed prompt suite (a script, not a test; issue 3's acceptance).
+
+    .venv/bin/python benchmarks/mask_suite.py [--model models/default/mask_sampler] [--batch 8]
+        [--diversity 4] [--steps 25] [--out suite.json]
+
+Samples one label map per prompt of `guidegen.evaluation.prompt_suite.PROMPT_SUITE` (seed = prompt
+index), plus ``--diversity`` maps of three prompts for the mean pairwise Dice, and prints
+`guidegen.evaluation.masks.check_masks`: organs in one main component, anatomical relations, text
+adherence, diversity; per-class volumes against the training maps' distribution when
+``--reference`` names a `guidegen prepare` folder at the sampler's grid (the recipe's
+``prepared_cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/default/mask_sampler")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--diversity", type=int, default=4, help="samples per diversity prompt (0 = skip)")
+    parser.add_argument("--reference", default=None, help="prepared folder with the training maps (volume check)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the full report as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from guidegen.evaluation.masks import check_masks, volume_statistics
+    from guidegen.evaluation.prompt_suite import PROMPT_SUITE
+    from guidegen.masks.sampler import VolumetricMaskSampler
+
+    sampler = VolumetricMaskSampler.from_pretrained(args.model)
+    prompts = list(PROMPT_SUITE[: args.limit])
+    diversity_prompts = ["healthy abdomen, no tumour", "4 cm tumour in the sigmoid colon", "enlarged spleen"]
+    jobs = [(p, i) for i, p in enumerate(prompts)]
+    for j, p in enumerate(diversity_prompts if args.diversity else []):
+        jobs += [(p, 1000 + 100 * j + k) for k in range(args.diversity)]
+    start = time.perf_counter()
+    samples = []
+    for b in range(0, len(jobs), args.batch):
+        chunk = jobs[b:b + args.batch]
+        samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
+                                        guidance=args.guidance)
+        print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    reference = None
+    if args.reference:
+        from guidegen.data.prepare import load_prepared
+        from guidegen.io.nifti import read_nifti
+
+        maps = [read_nifti(e["labels_path"], kind="labels") for e in load_prepared(args.reference)]
+        reference = {k: list(v) for k, v in volume_statistics(maps).items()}
+    report = check_masks(samples, [p for p, _ in jobs], reference_stats=reference)
+    cfg = sampler.config
+    print(f"mask sampler {args.model}: {cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
+          f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in {seconds:.0f} s "
+          f"({seconds / len(jobs):.1f} s per map, batches of {args.batch})")
+    for line in report.summary_lines():
+        print(line)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Does the requested contrast phase show in the generated CT? (a script, not a test; issue 8 part 4)
+
+    .venv/bin/python benchmarks/phase_check.py [--model models/default] [--prepared prepared]
+        [--case amos-0001-slices] [--generated N] [--threads 2]
+
+Renders the same label maps in every contrast phase and prints, per phase, the mean HU of aorta,
+liver, spleen and kidneys in the generated CT next to the published range for that phase. The
+label maps are ones the image generator did not train on: the held-out prepared case (the demo
+recipe holds out amos-0001-slices) and, with ``--generated N``, N maps drawn by the mask sampler.
+Means are taken inside each structure eroded by one voxel, so boundary voxels (partial volume
+with fat) do not pull them down.
+
+Ranges: liver and aorta as stated in issue 8 (non-contrast liver 45–65, portal venous 100–130;
+aorta non-contrast 30–50, arterial > 250, portal venous 150–200). The others are typical
+teaching values (approximate, marked "~"): non-contrast spleen 35–55, kidneys 25–45; arterial
+liver 60–90, spleen 90–160, kidney cortex 150–250; portal venous spleen 100–140, kidneys 140–200;
+delayed liver 80–110, aorta 100–150, spleen 90–120, kidneys 100–180.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "non_contrast": {"aorta": (30, 50), "liver": (45, 65), "spleen": (35, 55), "kidneys": (25, 45)},
+    "arterial": {"aorta": (250, math.inf), "liver": (60, 90), "spleen": (90, 160), "kidneys": (150, 250)},
+    "portal_venous": {"aorta": (150, 200), "liver": (100, 130), "spleen": (100, 140), "kidneys": (140, 200)},
+    "delayed": {"aorta": (100, 150), "liver": (80, 110), "spleen": (90, 120), "kidneys": (100, 180)},
+}
+CITED = {("non_contrast", "aorta"), ("non_contrast", "liver"), ("arterial", "aorta"), ("portal_venous", "aorta"),
+         ("portal_venous", "liver")}
+STRUCTURES = {"aorta": ("aorta",), "liver": ("liver",), "spleen": ("spleen",), "kidneys": ("kidney_left", "kidney_right")}
+
+
+def structure_means(ct: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from guidegen.labels.vocabulary import ID
+
+    out = {}
+    for name, classes in STRUCTURES.items():
+        mask = np.zeros(labels.shape, bool)
+        for c in classes:
+            mask |= ndimage.binary_erosion(labels == ID[c])
+        out[name] = float(ct[mask].mean()) if mask.sum() >= 20 else float("nan")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--prepared", default="prepared", help="`guidegen prepare` output holding the held-out case")
+    parser.add_argument("--case", default="amos-0001-slices")
+    parser.add_argument("--generated", type=int, default=0, help="also N label maps drawn by the mask sampler")
+    parser.add_argument("--phases", default="non_contrast,arterial,portal_venous,delayed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from guidegen.data.prepare import load_prepared
+    from guidegen.io.nifti import read_nifti
+    from guidegen.pipeline import GuideGen
+
+    gg = GuideGen.from_pretrained(args.model)
+    maps = []
+    entries = [e for e in load_prepared(args.prepared) if e["case_id"] == args.case] if args.case else []
+    for e in entries:
+        real_ct = read_nifti(e["ct_path"], kind="ct")
+        labels = read_nifti(e["labels_path"], kind="labels")
+        maps.append((f"{args.case} (real labels)", labels, structure_means(real_ct.array, labels.array), e.get("phase")))
+    if args.generated:
+        coarse = gg.mask_sampler.sample_masks("normal abdomen", n=args.generated, seed=[args.seed + i for i in range(args.generated)])
+        for i, c in enumerate(coarse):
+            maps.append((f"sampled map {i}", gg._upsample(c), None, None))
+    phases = args.phases.split(",")
+    print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}")
+    rows = []
+    for name, labels, real, real_phase in maps:
+        if real is not None:
+            rows.append((name, f"real CT ({real_phase})", real))
+        for phase in phases:
+            start = time.perf_counter()
+            ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase)[0]
+            rows.append((name, phase, structure_means(ct.array, labels.array)))
+            print(f"  {name}, {phase}: {time.perf_counter() - start:.0f} s", flush=True)
+    print()
+    print("| label map | requested phase | " + " | ".join(f"{s} HU (range)" for s in STRUCTURES) + " | in range |")
+    print("|---|---|" + "---|" * (len(STRUCTURES) + 1))
+    hits = total = 0
+    for name, phase, means in rows:
+        cells, inside = [], []
+        for s in STRUCTURES:
+            value = means[s]
+            if phase in RANGES and not math.isnan(value):
+                lo, hi = RANGES[phase][s]
+                ok = lo <= value <= hi
+                inside.append(ok)
+                rng = f"{lo:.0f}–{hi:.0f}" if hi != math.inf else f"> {lo:.0f}"
+                mark = "" if (phase, s) in CITED else "~"
+                cells.append(f"{value:.0f} ({mark}{rng}){' ✓' if ok else ''}")
+            else:
+                cells.append("–" if math.isnan(value) else f"{value:.0f}")
+        if inside:
+            hits += sum(inside)
+            total += len(inside)
+        print(f"| {name} | {phase} | " + " | ".join(cells) + f" | {sum(inside)}/{len(inside)} |" if inside else
+              f"| {name} | {phase} | " + " | ".join(cells) + " | |")
+    print(f"\nin range: {hits}/{total} (structure, phase) pairs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""`guidegen evaluate` and `guidegen evaluate downstream` from the command line (tiny synthetic cases)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.evaluation.test_realism import synthetic_case
+from tests.evaluation.test_report import write_case
+from tests.test_cli import _one_line_error, run
+
+
+def _folders(root):
+    for i in range(3):
+        write_case(root / "generated" / f"g{i}", synthetic_case(seed=10 + i), {"prompt": "liver and spleen"})
+        write_case(root / "real" / f"r{i}", synthetic_case(seed=i))
+    return root / "generated", root / "real"
+
+
+def test_evaluate_writes_a_report(tmp_path, capsys):
+    generated, real = _folders(tmp_path)
+    code, out, err = run(["evaluate", "--generated", str(generated), "--real", str(real), "--out", str(tmp_path / "rep"),
+                          "--judge-steps", "10", "-q"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics and (tmp_path / "rep" / "report.md").is_file() and "report.md" in out
+    code, _, err = run(["evaluate", "--generated", str(generated), "--real", str(real), "--out", str(tmp_path / "rep"),
+                        "--judge-steps", "10", "-q"], capsys)
+    assert code == 2
+    _one_line_error(err, "rep", "--overwrite")
+
+
+def test_evaluate_needs_both_folders_and_downstream_checks_seeds(tmp_path, capsys):
+    code, _, err = run(["evaluate", "--generated", str(tmp_path)], capsys)
+    assert code == 2
+    _one_line_error(err, "--generated/--real")
+    generated, real = _folders(tmp_path)
+    code, _, err = run(["evaluate", "downstream", "--real", str(real), "--synthetic", str(generated), "--seeds", "a,b",
+                        "--out", str(tmp_path / "d")], capsys)
+    assert code == 2
+    _one_line_error(err, "--seeds")
+
+
+def test_downstream_writes_a_dice_table(tmp_path, capsys):
+    generated, real = _folders(tmp_path)
+    code, out, err = run(["evaluate", "downstream", "--real", str(real), "--synthetic", str(generated), "--seeds", "0",
+                          "--steps", "5", "--out", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "d" / "downstream.json").read_text())
+    assert set(result["settings"]) == {"real", "synthetic", "real+synthetic"} and len(result["real_test"]) == 1
+    assert "| **mean** |" in out
