@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from guidegen.errors import InputError
-from guidegen.io.atomic import atomic_dir, write_text
+from guidegen.io.atomic import DiskFullError, atomic_dir, write_text
 from guidegen.io.layouts import CaseSource, discover_cases
 from guidegen.io.nifti import read_nifti, write_nifti
 from guidegen.io.validate import check_same_grid
@@ -306,6 +306,8 @@ def prepare(sources: Sequence[str | Path], out: str | Path, config: PrepareConfi
                     (tmp / "case.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
                 entries.append(meta)
                 result.prepared.append(source.case_id)
+            except DiskFullError:
+                raise  # not this case's fault: every later case and the manifest would fail too
             except InputError as exc:
                 result.failed.append((source.case_id, str(exc)))
             bar.advance(task)

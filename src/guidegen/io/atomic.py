@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from guidegen.errors import OutputExistsError
+from guidegen.errors import InputError, OutputExistsError
+
+#: errno values that mean the disk (or the user's quota) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFullError(InputError):
+    """The disk filled up while an output was written; the temporary was removed, nothing was written."""
+
+    def __init__(self, path: str | Path, reason: str = "No space left on device"):
+        self.reason = reason
+        super().__init__(path, f"no space left on the device: {reason} (nothing was written)")
+
+
+def _disk_full(exc: BaseException, path: Path) -> DiskFullError | None:
+    """The `DiskFullError` naming ``path`` that ``exc`` amounts to, or None when it is another error."""
+    if isinstance(exc, DiskFullError):
+        return DiskFullError(path, exc.reason)
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(path, exc.strerror or os.strerror(exc.errno))
+    return None
 
 
 def check_writable(path: str | Path, overwrite: bool) -> Path:
@@ -18,6 +39,16 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
     return path
+
+
+def _make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes into; a file in the way is named as the problem."""
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(parent, f"is a file, so it cannot hold {path.name}")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,19 +76,28 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary name keeps the final suffixes (``.nii.gz`` …) so that writers that look at the
-    extension behave as for the real name.
+    extension behave as for the real name. A full disk (``ENOSPC``, ``EDQUOT``) in the block or the
+    rename becomes a `DiskFullError` naming ``path``, raised after the temporary is removed.
     """
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(path, "is a folder; give a file name")
+    _make_parent(path)
     suffix = "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
+        except (OSError, DiskFullError) as exc:
+            full = _disk_full(exc, path)
+            if full is None:
+                raise
+            raise full from None
         _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
@@ -70,22 +110,36 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
     Its files and folders are fsynced before the rename and the parent folder after it, so that
     after a crash (even a power loss) ``path`` is either the old folder or the complete new one.
+    A full disk (``ENOSPC``, ``EDQUOT``) becomes a `DiskFullError` naming ``path``, raised after the
+    temporary folder is removed (an old ``path`` is kept).
     """
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "is a file; give a folder name")
+    _make_parent(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp_path
-        _fsync_tree(tmp_path)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp_path, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            _fsync_tree(tmp_path)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(path, old)
+                try:
+                    os.replace(tmp_path, path)
+                except OSError:
+                    os.replace(old, path)  # put the old folder back
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp_path, path)
+        except (OSError, DiskFullError) as exc:
+            full = _disk_full(exc, path)
+            if full is None:
+                raise
+            raise full from None
         _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():

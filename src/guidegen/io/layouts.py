@@ -92,6 +92,8 @@ def _read_json(path: Path) -> dict:
         raise InputError(path, f"is not valid JSON ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise InputError(path, "must hold a JSON object")
+    if data.get("vocabulary") is not None and not isinstance(data["vocabulary"], str):
+        raise InputError(path, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`), got {data['vocabulary']!r}")
     return data
 
 
@@ -157,6 +159,9 @@ def _sidecar_cases(folder: Path) -> list[CaseSource] | None:
     for i, entry in enumerate(meta["cases"]):
         if not isinstance(entry, dict) or "labels" not in entry and "image" not in entry:
             raise InputError(side, f"case {i} needs 'labels' and/or 'image'")
+        for key in ("id", "image", "labels", "vocabulary"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise InputError(side, f"case {i}: {key!r} must be text, got {entry[key]!r}")
         image = folder / entry["image"] if entry.get("image") else None
         labels = folder / entry["labels"] if entry.get("labels") else None
         for p in (image, labels):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +17,20 @@ from guidegen.io.validate import check_affine, check_ct_values, check_shape, lab
 from guidegen.io.volume import HU_MIN, HU_MAX, Volume, VolumeKind, canonical
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Deflate never compresses better than about 1032:1: a .nii.gz cannot hold more than this many
+#: bytes of data per byte of file.
+MAX_DEFLATE_RATIO = 1032
+
+
+@contextlib.contextmanager
+def quiet_nibabel() -> Iterator[None]:
+    """Keep nibabel from logging the header fixes it tries to stderr: our errors say what is wrong."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -42,15 +58,18 @@ def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True)
     if not is_nifti(path):
         raise InputError(path, "is not a NIfTI file (expected .nii or .nii.gz)")
     try:
-        image = nib.load(str(path))
+        with quiet_nibabel():
+            image = nib.load(str(path))
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(path, f"is a {type(image).__name__}, not a NIfTI image")
         shape = check_shape(path, image.shape)
+        _check_data_size(path, image.header, shape)
         zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
         if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
             raise InputError(path, f"the header's voxel size {tuple(float(z) for z in zooms)} is zero, negative or not a number (affine singular)")
         check_affine(path, image.affine)
-        data = np.asanyarray(image.dataobj)
+        with quiet_nibabel():
+            data = np.asanyarray(image.dataobj)
     except InputError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -68,6 +87,17 @@ def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True)
     volume = Volume(array=array, affine=image.affine, kind=kind,
                     meta={"source": str(path), "orientation_on_disk": "".join(nib.aff2axcodes(image.affine))})
     return canonical(volume) if reorient else volume
+
+
+def _check_data_size(path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int]) -> None:
+    """Refuse a header that declares more voxel data than the file can hold, before any is allocated."""
+    needed = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz")
+    capacity = size * MAX_DEFLATE_RATIO + 1024 if compressed else size
+    if needed > capacity:
+        raise InputError(path, f"is truncated or corrupt: its header declares {needed:,} bytes of voxel data, the file "
+                               f"holds {'at most ' if compressed else ''}{capacity:,}")
 
 
 def to_nifti_image(volume: Volume) -> nib.Nifti1Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,10 +79,15 @@ def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, c
         handles = [Patch(facecolor=np.asarray(class_colours[i]) / 255.0, label=class_names[i]) for i in present]
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False, labelcolor="white", fontsize=9)
     if title:
-        fig.suptitle(title, color="white", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95 if title else 1))
+        fig.suptitle(title, color="white", fontsize=10, parse_math=False)  # a prompt's "$" is no TeX
     path = Path(path)
-    with atomic_file(path, overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, facecolor="black")
-    plt.close(fig)
+    try:
+        with warnings.catch_warnings():
+            # A prompt's emoji or CJK characters are drawn as boxes; that is no reason for a warning.
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+            fig.tight_layout(rect=(0, 0.08 if present else 0, 1, 0.95 if title else 1))
+            with atomic_file(path, overwrite) as tmp:
+                fig.savefig(tmp, format="png", dpi=90, facecolor="black")
+    finally:
+        plt.close(fig)
     return path

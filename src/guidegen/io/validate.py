@@ -52,6 +52,8 @@ def check_ct_values(path: str | Path, array: np.ndarray) -> None:
         raise InputError(path, f"has voxel type {array.dtype}, expected real numbers (Hounsfield units)")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(path, "contains NaN or infinite intensities")
+    if array.size and np.issubdtype(array.dtype, np.floating) and float(np.abs(array).max()) > float(np.finfo(np.float32).max):
+        raise InputError(path, f"has intensities up to {float(np.abs(array).max()):.3g}, too large for Hounsfield units")
 
 
 def labels_to_integers(path: str | Path, array: np.ndarray) -> np.ndarray:

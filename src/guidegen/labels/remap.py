@@ -50,9 +50,10 @@ def available_vocabularies() -> list[str]:
 @lru_cache(maxsize=None)
 def load_vocabulary(name: str) -> SourceVocabulary:
     """Load a source vocabulary by name (``totalsegmentator``, ``amos``, ``msd_liver`` …)."""
+    if name not in available_vocabularies():  # only the shipped files: no paths, no odd names
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:60] + "…"
+        raise InputError(None, f"unknown label vocabulary {shown}; available: {', '.join(available_vocabularies())}")
     path = resources.files("guidegen.labels").joinpath("sources", f"{name}.json")
-    if not path.is_file():
-        raise InputError(None, f"unknown label vocabulary {name!r}; available: {', '.join(available_vocabularies())}")
     raw = json.loads(path.read_text(encoding="utf-8"))
     mapping = {int(k): v for k, v in raw["map"].items()}
     for v in mapping.values():

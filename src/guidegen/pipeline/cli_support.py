@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from guidegen.errors import InputError
-from guidegen.pipeline.dataset import FORMATS, CaseRequest, Shard, generate_dataset, read_prompts_file, world_from_env
-from guidegen.pipeline.generate import GeneratedCase, GuideGen, check_prompt
+from guidegen.pipeline.dataset import FORMATS, MAX_CASES, CaseRequest, Shard, generate_dataset, read_prompts_file, world_from_env
+from guidegen.pipeline.generate import MAX_IMAGE_STEPS, GeneratedCase, GuideGen, check_prompt, check_seed
 
 
 @contextlib.contextmanager
@@ -42,14 +42,22 @@ def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed:
         raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {format!r}")
     if steps is not None and steps < 1:
         raise InputError("--steps", f"must be at least 1, got {steps}")
-    if image_steps is not None and image_steps < 1:
-        raise InputError("--image-steps", f"must be at least 1, got {image_steps}")
+    if image_steps is not None and not 1 <= image_steps <= MAX_IMAGE_STEPS:
+        raise InputError("--image-steps", f"must be 1 to {MAX_IMAGE_STEPS}, got {image_steps}")
     for name, value in (("--guidance", guidance), ("--image-guidance", image_guidance)):
         if value is not None and not (0.0 <= value <= 50.0):
             raise InputError(name, f"must be between 0 and 50, got {value}")
     if not 1 <= dataset_id <= 999:
         raise InputError("--dataset-id", f"must be 1..999, got {dataset_id}")
+    if format == "nnunet":
+        from guidegen.io.nnunet import _DATASET_NAME
+
+        if not _DATASET_NAME.fullmatch(dataset_name):  # checked now, not after generating every case
+            raise InputError("--dataset-name", f"must be 1-100 letters, digits, '_' or '-', starting with a letter or digit, got {dataset_name!r}")
     entries = read_prompts_file(prompts_file) if prompts_file is not None else [(check_prompt(prompt), n)]
+    if sum(c for _, c in entries) > MAX_CASES:
+        raise InputError("-n", f"asks for {sum(c for _, c in entries):,} cases; at most {MAX_CASES:,} per request")
+    check_seed(seed, sum(c for _, c in entries))
     shard = world_from_env()
     set_threads(threads)
     gg = GuideGen.from_pretrained(model, device=_rank_device(device, shard))

@@ -316,6 +316,8 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
     if shard.world_size > 1 and barrier is None:
         raise ValueError("a sharded run needs a barrier")
     out = Path(out)
+    if sum(int(c) for _, c in prompts) > MAX_CASES:  # before numbering them one by one
+        raise InputError("-n", f"asks for {sum(int(c) for _, c in prompts):,} cases; at most {MAX_CASES:,} per request")
     request = DatasetRequest(tuple((p, int(c)) for p, c in prompts), seed, steps, guidance, image_steps,
                              image_guidance, phase, format)
     all_cases = plan_cases(request.prompts, seed)

@@ -16,11 +16,11 @@ import numpy as np
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir
 from guidegen.io.layouts import SIDECAR
-from guidegen.io.nifti import read_nifti
+from guidegen.io.nifti import quiet_nibabel, read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.remap import load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import CLASSES, ID, UNKNOWN, preview_colour
-from guidegen.pipeline.generate import check_prompt
+from guidegen.pipeline.generate import MAX_IMAGE_STEPS, check_prompt, check_seed
 
 
 def _sidecar_vocabulary(path: Path) -> str | None:
@@ -29,12 +29,18 @@ def _sidecar_vocabulary(path: Path) -> str | None:
         return None
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(side, f"is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(side, "must hold a JSON object")
+    name = meta.get("vocabulary")
     for entry in meta.get("cases", []) if isinstance(meta.get("cases"), list) else []:
         if isinstance(entry, dict) and entry.get("labels") == path.name:
-            return entry.get("vocabulary", meta.get("vocabulary"))
-    return meta.get("vocabulary")
+            name = entry.get("vocabulary", name)
+            break
+    if name is not None and not isinstance(name, str):
+        raise InputError(side, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`), got {name!r}")
+    return name
 
 
 def load_labels(path: str | Path, vocabulary: str | None = None) -> tuple[Volume, frozenset[str]]:
@@ -55,7 +61,8 @@ def load_labels(path: str | Path, vocabulary: str | None = None) -> tuple[Volume
         if name is None:
             import nibabel as nib
 
-            descrip = bytes(nib.load(str(path)).header["descrip"]).split(b"\0")[0]
+            with quiet_nibabel():
+                descrip = bytes(nib.load(str(path)).header["descrip"]).split(b"\0")[0]
             if descrip.startswith(b"GuideGen label map"):
                 name = "guidegen"
         if name is None:
@@ -178,6 +185,11 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
         prompt = check_prompt(prompt)
     if phase is not None and phase not in ("non_contrast", "arterial", "portal_venous", "delayed"):
         raise InputError("--phase", f"must be non_contrast, arterial, portal_venous or delayed, got {phase!r}")
+    if steps is not None and not 1 <= steps <= MAX_IMAGE_STEPS:
+        raise InputError("--steps", f"must be 1 to {MAX_IMAGE_STEPS}, got {steps}")
+    if guidance is not None and not 0.0 <= guidance <= 50.0:
+        raise InputError("--guidance", f"must be between 0 and 50, got {guidance}")
+    check_seed(seed)
     generator = ConditionalImageGenerator.from_pretrained(_component(model, "image_generator"), device=device)
     started = time.perf_counter()
     ct = generate_ct(generator, labels_volume, seed=seed, phase=phase, prompt=prompt, steps=steps, guidance=guidance)

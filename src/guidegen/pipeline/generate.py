@@ -37,7 +37,7 @@ from guidegen.text.attributes import Attributes
 from guidegen.text.parse import parse_prompt
 from guidegen.text.report import report_from_labels, write_report
 
-__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt"]
+__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt", "check_seed"]
 
 #: File in a model folder naming the model (id, version, recipe, training data).
 MODEL_INFO = "model.json"
@@ -45,6 +45,13 @@ MODEL_INFO = "model.json"
 #: Longest prompt accepted: the text encoder reads 48–64 tokens, and the parser is linear time, but
 #: a prompt file of megabyte lines is a mistake worth stopping early.
 MAX_PROMPT_CHARS = 2000
+
+#: Most image flow steps per slice accepted (the models use 2–50): a typo like ``10**9`` should fail
+#: at once rather than run for ever.
+MAX_IMAGE_STEPS = 1000
+
+#: Seeds torch's generators accept; case i of a request uses seed + i.
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 #: ``progress(stage, done, total)`` — stage is "masks" or "images"; done/total count steps or slices.
 ProgressCallback = Callable[[str, int, int], None]
@@ -60,6 +67,14 @@ def check_prompt(prompt: object, where: str | Path = "--prompt") -> str:
     if not cleaned:
         raise InputError(where, "is empty" if not prompt.strip() else "has no printable characters")
     return cleaned
+
+
+def check_seed(seed: int, count: int = 1, where: str = "--seed") -> int:
+    """Refuse a seed that torch cannot take for all ``count`` cases (seed, seed + 1, …)."""
+    if not (SEED_RANGE[0] <= seed and seed + count - 1 <= SEED_RANGE[1]):
+        limit = "2**64 - 1" if count == 1 else f"2**64 - {count} (case i uses seed + i)"
+        raise InputError(where, f"must be from -2**63 to {limit}, got {seed}")
+    return seed
 
 
 @dataclass
@@ -127,7 +142,7 @@ class GuideGen:
         if (root / MODEL_INFO).exists():
             try:
                 loaded = json.loads((root / MODEL_INFO).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise InputError(root / MODEL_INFO, f"is not valid JSON ({exc})") from None
             if not isinstance(loaded, dict):
                 raise InputError(root / MODEL_INFO, "must hold a JSON object")

@@ -505,7 +505,9 @@ def _analyse(span: _Span) -> None:
         organ, segment = _ORGAN_TABLE[int(match.lastgroup[1:])][1:]  # type: ignore[index]
         span.organs.append(_Hit(match.start(), match.end(), organ, segment))
     for match in _SIZE_RE.finditer(text):
-        span.sizes.append(_Hit(match.start(), match.end(), _size_mm(match)))
+        size = _size_mm(match)
+        if size > 0:  # "0 cm" states no size
+            span.sizes.append(_Hit(match.start(), match.end(), size))
     for match in _VOLUME_RE.finditer(text):
         whole, decimals = match.group(1), match.group(2)
         value = float(whole.replace(",", "")) + (float("0." + decimals) if decimals else 0.0)
