@@ -87,11 +87,18 @@ def assemble_model(out: str | Path, mask_model: str | Path, image_model: str | P
         if not (folder / "model.safetensors").is_file():
             raise InputError(folder, "no trained model here (model.safetensors missing)")
     cases = sorted(p.parent.name for p in Path(data).glob("*/guidegen-source.json"))
+    mask_cfg = json.loads((mask_model / "config.json").read_text(encoding="utf-8"))
+    image_cfg = json.loads((image_model / "config.json").read_text(encoding="utf-8"))
+    held_out = sorted(image_cfg.get("holdout_cases") or [])
     info = {
         "model_id": model_id, "version": __version__,
         "recipes": {"mask_sampler": {"file": mask_recipe.name, "sha256_16": _digest(mask_recipe)},
                     "image_generator": {"file": image_recipe.name, "sha256_16": _digest(image_recipe)}},
-        "training_data": {"cases": cases, "sources_and_licences": "data/real/SOURCES.md"}, "training_seconds": None if seconds is None else round(seconds),
+        "training_data": {
+            "mask_sampler": [Path(d).name for d in mask_cfg.get("data_sources", [])],
+            "image_generator": [c for c in cases if c not in held_out],
+            "held_out_from_image_generator": held_out,
+            "sources_and_licences": "data/real/SOURCES.md"}, "training_seconds": None if seconds is None else round(seconds),
         "intended_use": "research only; not for diagnosis",
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
