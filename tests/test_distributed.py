@@ -62,7 +62,8 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world: int, port: int, fn, kwargs: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
     try:
         fn(**kwargs)
     except BaseException:
@@ -71,9 +72,11 @@ def _rank_main(rank: int, world: int, port: int, fn, kwargs: dict) -> None:
     os._exit(0)
 
 
-def _run_ranks(fn, world: int = 2, timeout: float = 120.0, **kwargs) -> None:
+def _run_ranks(fn, world: int = 2, timeout: float = 300.0, **kwargs) -> None:
     """Run ``fn(**kwargs)`` in ``world`` forked processes that form a gloo process group."""
-    ctx = mp.get_context("fork")  # the children inherit the imported package: no 10 s import each
+    # spawn, not fork: a child forked from a process whose OpenMP / gloo threads already ran can
+    # deadlock (it did under pytest-xdist); spawn costs one import per child.
+    ctx = mp.get_context("spawn")
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, kwargs)) for r in range(world)]
     for p in procs:
@@ -233,6 +236,7 @@ def test_torchrun_command_line(prepared, tmp_path):
 
 
 def _train_quietly(**kwargs) -> None:
+    torch.set_num_threads(1)
     try:
         train_image_generator(**kwargs)
     finally:
@@ -242,10 +246,10 @@ def _train_quietly(**kwargs) -> None:
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint(prepared, tmp_path):
     cfg = tiny_config(batch_size=2, steps=40, checkpoint_every=4, keep_checkpoints=20, log_every=1)
     run = tmp_path / "killed"
-    child = mp.get_context("fork").Process(target=_train_quietly, kwargs=dict(config=cfg, prepared_dir=prepared, run_dir=run,
+    child = mp.get_context("spawn").Process(target=_train_quietly, kwargs=dict(config=cfg, prepared_dir=prepared, run_dir=run,
                                                                               progress=False))
     child.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while len(checkpoint_dirs(run)) < 2 and child.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)

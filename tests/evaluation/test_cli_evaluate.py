@@ -48,3 +48,11 @@ def test_downstream_writes_a_dice_table(tmp_path, capsys):
     result = json.loads((tmp_path / "d" / "downstream.json").read_text())
     assert set(result["settings"]) == {"real", "synthetic", "real+synthetic"} and len(result["real_test"]) == 1
     assert "| **mean** |" in out
+
+
+def test_a_generate_output_folder_is_read_as_case_folders(tmp_path):
+    from guidegen.evaluation.cases import load_cases
+
+    generated, _ = _folders(tmp_path)
+    (generated / "manifest.json").write_text(json.dumps({"format_version": 1, "cases": [], "complete": True}))
+    assert len(load_cases(generated)) == 3

@@ -114,6 +114,15 @@ def find_case_folders(folder: str | Path) -> list[Path]:
     return sorted(found)
 
 
+def _is_prepared_manifest(path: Path) -> bool:
+    """`guidegen prepare`'s manifest (has a config digest), not `guidegen generate`'s (case folders beside it)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # let load_prepared report what is wrong with it
+    return isinstance(meta, dict) and "config_digest" in meta
+
+
 def load_cases(folder: str | Path) -> list[EvalCase]:
     """Read every case of a cases folder or a prepared dataset.
 
@@ -133,7 +142,7 @@ def load_cases(folder: str | Path) -> list[EvalCase]:
     if not folder.is_dir():
         raise InputError(folder, "is not a folder of cases")
     cases: list[EvalCase] = []
-    if (folder / MANIFEST).is_file():
+    if (folder / MANIFEST).is_file() and _is_prepared_manifest(folder / MANIFEST):
         try:
             entries = load_prepared(folder)
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
