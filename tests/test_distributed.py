@@ -54,6 +54,10 @@ def prepared(tmp_path_factory, real):
     return out
 
 
+# Bit-identical comparisons need the same arithmetic in the parent (reference runs) and in the
+# spawned ranks, which run with one thread: a different thread count changes reduction order.
+torch.set_num_threads(1)
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -54,5 +54,5 @@ def test_a_generate_output_folder_is_read_as_case_folders(tmp_path):
     from guidegen.evaluation.cases import load_cases
 
     generated, _ = _folders(tmp_path)
-    (generated / "manifest.json").write_text(json.dumps({"format_version": 1, "cases": [], "complete": True}))
+    (generated / "manifest.json").write_text(json.dumps({"format_version": 1, "cases": [], "finished": 0, "requested": 3, "complete": True}))
     assert len(load_cases(generated)) == 3

@@ -115,12 +115,12 @@ def find_case_folders(folder: str | Path) -> list[Path]:
 
 
 def _is_prepared_manifest(path: Path) -> bool:
-    """`guidegen prepare`'s manifest (has a config digest), not `guidegen generate`'s (case folders beside it)."""
+    """`guidegen prepare`'s manifest, not `guidegen generate`'s (which lists case folders beside it)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return True  # let load_prepared report what is wrong with it
-    return isinstance(meta, dict) and "config_digest" in meta
+    return not (isinstance(meta, dict) and "requested" in meta and "complete" in meta)
 
 
 def load_cases(folder: str | Path) -> list[EvalCase]:
