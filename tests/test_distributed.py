@@ -54,9 +54,15 @@ def prepared(tmp_path_factory, real):
     return out
 
 
-# Bit-identical comparisons need the same arithmetic in the parent (reference runs) and in the
-# spawned ranks, which run with one thread: a different thread count changes reduction order.
-torch.set_num_threads(1)
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bit-identical comparisons need the same arithmetic in the parent (reference runs) and in the
+    spawned ranks, which run with one thread: a different thread count changes reduction order.
+    Per test, because other tests in the same worker (the CLI's ``set_threads``) change it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 def _free_port() -> int:
     with socket.socket() as s:
