@@ -24,6 +24,7 @@ import numpy as np
 
 from guidegen.data.prepare import MANIFEST, load_prepared
 from guidegen.errors import InputError
+from guidegen.io.layouts import read_json_object
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NUM_CLASSES, UNKNOWN
@@ -158,12 +159,7 @@ def load_cases(folder: str | Path) -> list[EvalCase]:
             meta: dict[str, Any] = {}
             meta_path = case_dir / CASE_JSON
             if meta_path.is_file():
-                try:
-                    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise InputError(meta_path, f"is not valid JSON ({exc})") from None
-                if not isinstance(meta, dict):
-                    raise InputError(meta_path, "must hold a JSON object")
+                meta = read_json_object(meta_path)
             annotated = _annotated_ids(meta_path, meta.get("annotated"))
             case_id = case_dir.relative_to(folder).as_posix()
             cases.append(_read_pair(folder.name if case_id == "." else case_id, case_dir / CT_NAME,

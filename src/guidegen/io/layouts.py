@@ -85,13 +85,20 @@ def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file holding an object; anything else is an `InputError` naming the file."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(path, f"is not valid JSON ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise InputError(path, "must hold a JSON object")
+    return data
+
+
+def _read_json(path: Path) -> dict:
+    data = read_json_object(path)
     if data.get("vocabulary") is not None and not isinstance(data["vocabulary"], str):
         raise InputError(path, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`), got {data['vocabulary']!r}")
     return data

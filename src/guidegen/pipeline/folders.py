@@ -15,7 +15,7 @@ import numpy as np
 
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir
-from guidegen.io.layouts import SIDECAR
+from guidegen.io.layouts import SIDECAR, read_json_object
 from guidegen.io.nifti import quiet_nibabel, read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.remap import load_vocabulary, names_from_ids, remap_labels
@@ -27,12 +27,7 @@ def _sidecar_vocabulary(path: Path) -> str | None:
     side = path.parent / SIDECAR
     if not side.exists():
         return None
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(side, f"is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise InputError(side, "must hold a JSON object")
+    meta = read_json_object(side)
     name = meta.get("vocabulary")
     for entry in meta.get("cases", []) if isinstance(meta.get("cases"), list) else []:
         if isinstance(entry, dict) and entry.get("labels") == path.name:

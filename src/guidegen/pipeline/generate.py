@@ -18,7 +18,6 @@ alone, in a batch, or on another rank of a sharded run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch
 from guidegen import __version__
 from guidegen.errors import InputError
 from guidegen.images.generator import ConditionalImageGenerator, model_grid
+from guidegen.io.layouts import read_json_object
 from guidegen.io.volume import Volume
 from guidegen.masks.sampler import VolumetricMaskSampler
 from guidegen.masks.upsample import upsample_labels
@@ -140,13 +140,7 @@ class GuideGen:
                 raise InputError(root, f"is not a GuideGen model folder: it has no {part}/ (expected mask_sampler/ and image_generator/)")
         info: dict = {"model_id": root.name}
         if (root / MODEL_INFO).exists():
-            try:
-                loaded = json.loads((root / MODEL_INFO).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError(root / MODEL_INFO, f"is not valid JSON ({exc})") from None
-            if not isinstance(loaded, dict):
-                raise InputError(root / MODEL_INFO, "must hold a JSON object")
-            info.update(loaded)
+            info.update(read_json_object(root / MODEL_INFO))
         sampler = VolumetricMaskSampler.from_pretrained(root / "mask_sampler", device=device)
         generator = ConditionalImageGenerator.from_pretrained(root / "image_generator", device=device)
         return cls(sampler, generator, info)
