@@ -234,6 +234,34 @@ def test_loss_ignores_unknown_voxels():
     assert float(empty.total.detach()) == 0.0 and empty.total.requires_grad
 
 
+def test_voxel_weights_give_weighted_means():
+    diff, x0, x_t, t, g = _case()
+    logits = torch.randn(2, 4, 3, 3, 3, generator=g)
+    plain = diff.loss(logits, x0, x_t, t)
+    ones = diff.loss(logits, x0, x_t, t, voxel_weight=torch.ones(x0.shape))
+    torch.testing.assert_close(ones.total, plain.total)
+    # At t = 1 both terms are the decoder cross-entropy: check Σ w·ce / Σ w by hand, with an
+    # unknown voxel whose weight must not count.
+    x0 = x0.clone()
+    x0[1, 2, 2, 2] = 255
+    w = torch.ones(x0.shape)
+    w[0, 0, 0, 0] = 25.0
+    w[1, 2, 2, 2] = 100.0  # unknown: ignored
+    ce = torch.nn.functional.cross_entropy(logits, torch.where(x0 == 255, 0, x0), reduction="none")
+    known = (x0 != 255).float()
+    expected = (ce * w * known).sum() / (w * known).sum()
+    got = diff.loss(logits, x0, x_t, 1, voxel_weight=w)
+    torch.testing.assert_close(got.ce, expected)
+    torch.testing.assert_close(got.kl, expected)
+    # Up-weighting a voxel moves the mean towards that voxel's loss.
+    unweighted = diff.loss(logits, x0, x_t, 1)
+    assert abs(float(got.ce) - float(ce[0, 0, 0, 0])) < abs(float(unweighted.ce) - float(ce[0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="non-negative"):
+        diff.loss(logits, x0, x_t, 1, voxel_weight=-w)
+    with pytest.raises(ValueError, match="voxel_weight"):
+        diff.loss(logits, x0, x_t, 1, voxel_weight=w[:1])
+
+
 def test_unannotated_classes_merge_with_background():
     diff = make(k=4, T=10, ce_weight=1.0)
     x0 = torch.tensor([[0, 0, 2, 1]])  # class 3 is not annotated in this case

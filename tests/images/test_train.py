@@ -56,6 +56,33 @@ def test_prev_dropout_hides_the_previous_slice(tiny_prepared):
     assert torch.all(batch.has_prev == 0) and torch.all(batch.prev == 0)
 
 
+def test_hidden_classes_look_unannotated(tiny_prepared):
+    """p_hide_classes shows some annotated classes as background with their flag off, like a partial map."""
+    cfg = tiny_config(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0)
+    data = SliceDataset(tiny_prepared, cfg)
+    full = next(i for i, c in enumerate(data.cases) if c.case_id == "totalseg-example-a")
+    idx = [i for i, (c, k) in enumerate(data.index) if c == full][len(data.cases[full].ct[0, 0]) // 2]
+    plain = data.make_batch(*step_generators(0, 3), 8, indices=[idx] * 8)
+    # With p = 0 nothing is drawn: the batch is exactly the one of an older config.
+    assert torch.equal(plain.ctx, data.make_batch(*step_generators(0, 3), 8, indices=[idx] * 8).ctx)
+    hidden = SliceDataset(tiny_prepared, tiny_config(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0,
+                                                     cond_dropout=0.0, p_hide_classes=1.0))
+    batch = hidden.make_batch(*step_generators(0, 3), 8, indices=[idx] * 8)
+    assert torch.equal(batch.target, plain.target)  # the CT is untouched
+    changed = 0
+    for b in range(8):
+        off = (plain.annotated[b] > 0) & (batch.annotated[b] == 0)
+        assert not bool(off[0]) and not bool(off[ID["tumour"]])
+        assert torch.all(batch.annotated[b][~off] == plain.annotated[b][~off])
+        for c in torch.nonzero(off).flatten().tolist():
+            assert not torch.any(batch.ctx[b] == c)  # hidden class: gone from the map …
+            assert torch.all(batch.ctx[b][plain.ctx[b] == c] == 0)  # … shown as background
+        kept = ~torch.isin(plain.ctx[b], torch.nonzero(off).flatten())
+        assert torch.equal(batch.ctx[b][kept], plain.ctx[b][kept])  # everything else as it was
+        changed += int(off.sum())
+    assert changed > 8  # about half of ~16 classes per item
+
+
 def test_phase_inference():
     assert infer_phase({"aorta": 45.0, "liver": 55.0}) == "non_contrast"
     assert infer_phase({"aorta": 300.0, "liver": 70.0}) == "arterial"

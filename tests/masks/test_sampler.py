@@ -97,3 +97,41 @@ def test_keep_main_components_removes_islands():
     labels[8, 8, 8] = ID["liver"]
     out = keep_main_components(labels)
     assert out[8, 8, 8] == ID["body"] and (out == ID["liver"]).sum() == 64
+
+
+def test_tumour_voxels_weigh_more_in_the_loss():
+    from guidegen.masks.train import loss_voxel_weights
+
+    x0 = torch.tensor([[ID["liver"], ID["tumour"], 255, 0]])
+    assert loss_voxel_weights(x0, 255, 1.0).tolist() == [[1.0, 1.0, 0.0, 1.0]]
+    assert loss_voxel_weights(x0, 255, 25.0).tolist() == [[1.0, 25.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="tumour_weight"):
+        MaskSamplerConfig(tumour_weight=0.0)
+
+
+def test_attributes_reach_every_block_through_the_time_embedding():
+    from guidegen.masks.model import MaskDenoiser
+
+    base = dict(shape=(16, 16, 16), channels=(8, 16), attention_levels=(False, True), num_head_channels=8,
+                norm_num_groups=8, max_text_tokens=4)
+    torch.manual_seed(0)
+    x = torch.nn.functional.one_hot(torch.randint(0, NUM_CLASSES, (1, 16, 16, 16)), NUM_CLASSES).permute(0, 4, 1, 2, 3).float()
+    t = torch.tensor([500])
+    text = torch.zeros(1, 4, 384)
+    tumour = torch.from_numpy(attribute_vector(parse_prompt("5 cm liver tumour")))[None]
+    old = MaskDenoiser(MaskSamplerConfig(**base))
+    assert not any(k.startswith("unet.class_embedding") for k in old.state_dict())  # old checkpoints still load
+    model = MaskDenoiser(MaskSamplerConfig(**base, attributes_in_time_embedding=True)).eval()
+    with torch.no_grad():  # MONAI zero-initialises output and residual convolutions: randomise all
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    seen = []
+    model.unet.class_embedding.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
+    ctx = model.context(text, tumour)
+    with torch.no_grad():
+        a = model(x, t, ctx)
+        # The time-embedding path is live: changing only its map changes the output.
+        model.unet.class_embedding.weight.add_(0.5)
+        b = model(x, t, ctx)
+    torch.testing.assert_close(seen[0], ctx[:, -1])  # it is fed the attribute token
+    assert float((a - b).abs().max()) > 1e-4

@@ -376,6 +376,7 @@ class CategoricalDiffusion:
         t: int | Tensor,
         ignore_mask: Tensor | None = None,
         ignore_classes: Tensor | None = None,
+        voxel_weight: Tensor | None = None,
     ) -> CategoricalLoss:
         """Training loss ``kl_weight · L_vb + ce_weight · L_ce`` for one timestep per item.
 
@@ -420,6 +421,9 @@ class CategoricalDiffusion:
             ignore_mask: optional (N, *S) bool, true where the class is unknown.
             ignore_classes: optional (N, K) bool, true for classes not annotated in that item;
                 the background column must be false.
+            voxel_weight: optional (N, *S) non-negative float weights; both terms become weighted
+                means ``Σ w·ℓ / Σ w`` over the known voxels. Used to give rare small classes
+                (tumours: well under 0.1 % of a map's voxels) a say in the loss.
 
         Returns:
             A `CategoricalLoss`; its ``total`` is zero (and still differentiable) when no voxel
@@ -477,9 +481,18 @@ class CategoricalDiffusion:
 
         known = ~unknown
         count = int(known.sum())
-        denom = max(count, 1)
-        kl = torch.where(known, vb_vox, torch.zeros_like(vb_vox)).sum() / denom
-        ce = torch.where(known, ce_vox, torch.zeros_like(ce_vox)).sum() / denom
+        if voxel_weight is None:
+            w = known.float()
+        else:
+            if tuple(voxel_weight.shape) != (N, *spatial) or not voxel_weight.is_floating_point():
+                raise ValueError(f"voxel_weight must be a float tensor of shape {(N, *spatial)}, got "
+                                 f"{voxel_weight.dtype} {tuple(voxel_weight.shape)}")
+            if bool((voxel_weight < 0).any()):
+                raise ValueError("voxel_weight must be non-negative")
+            w = torch.where(known, voxel_weight.to(logits.device).float(), torch.zeros_like(vb_vox))
+        denom = w.sum().clamp_min(1e-12) if bool(w.sum() > 0) else torch.ones((), device=w.device)
+        kl = torch.where(known, vb_vox * w, torch.zeros_like(vb_vox)).sum() / denom
+        ce = torch.where(known, ce_vox * w, torch.zeros_like(ce_vox)).sum() / denom
         total = cfg.kl_weight * kl + cfg.ce_weight * ce
         return CategoricalLoss(total=total, kl=kl, ce=ce, num_voxels=count)
 

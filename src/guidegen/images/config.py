@@ -130,6 +130,12 @@ class ImageGeneratorConfig:
     rotate_deg: float = 8.0
     scale: float = 0.08
     translate_mm: float = 12.0
+    # Probability that a training slice has some of its annotated classes hidden (pixels shown as
+    # background, annotated flag off; each class hidden with probability 1/2, never the tumour).
+    # Partial label maps (AMOS: no bones; LiTS: liver only) then look like cases seen in training
+    # instead of like the one scan that shares their label set, and the model learns to draw
+    # unannotated anatomy from context. 0 (old models) draws nothing.
+    p_hide_classes: float = 0.0
     holdout_cases: tuple[str, ...] = ()
     infer_phase: bool = True
 
@@ -191,6 +197,7 @@ class ImageGeneratorConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         _check_positive_int("checkpoint_every", self.checkpoint_every)
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
+        _check_probability("p_hide_classes", self.p_hide_classes)
         _check_positive_int("log_every", self.log_every)
         _check_positive_int("seed", self.seed, 0)
         _check_probability("augment_prob", self.augment_prob)

@@ -246,7 +246,28 @@ class SliceDataset:
         batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)
         if do_aug.any():
             _augment(batch, do_aug, angle, zoom, shift, cfg.spacing[:2])
+        if cfg.p_hide_classes > 0:
+            # Drawn after everything else, and only when enabled: old configs keep their streams.
+            hide_item = rng.random(full) < cfg.p_hide_classes
+            hide_class = rng.random((full, cfg.num_classes)) < 0.5
+            if chosen is not None:
+                hide_item, hide_class = hide_item[chosen], hide_class[chosen]
+            _hide_classes(batch, hide_item[:, None] & hide_class)
         return batch
+
+
+def _hide_classes(batch: SliceBatch, hide: np.ndarray) -> None:
+    """Show classes ``hide[b, c]`` of item b as unannotated: background pixels, flag off (in place)."""
+    hide = torch.from_numpy(hide) & (batch.annotated > 0)
+    hide[:, 0] = False
+    hide[:, NAMES.index("tumour")] = False
+    if not bool(hide.any()):
+        return
+    ctx = batch.ctx
+    valid = (ctx >= 0) & (ctx < hide.shape[1])
+    hidden = torch.gather(hide, 1, torch.where(valid, ctx, 0).flatten(1)).reshape(ctx.shape) & valid
+    batch.ctx = torch.where(hidden, torch.zeros_like(ctx), ctx)
+    batch.annotated = torch.where(hide, torch.zeros_like(batch.annotated), batch.annotated)
 
 
 def _augment(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom: np.ndarray, shift_mm: np.ndarray,

@@ -35,11 +35,18 @@ class MaskSamplerConfig:
     norm_num_groups: int = 8
     text_dim: int = 384
     max_text_tokens: int = 48
+    # The attribute token also enters every residual block through the timestep embedding
+    # (FiLM-like), not only the cross-attention of the attention levels: a tumour's site and size
+    # must reach the full-resolution layers where a 3-voxel tumour is drawn. Off in old models.
+    attributes_in_time_embedding: bool = False
     # diffusion
     num_timesteps: int = 1000
     schedule: str = "cosine"
     kl_weight: float = 1.0
     ce_weight: float = 1.0
+    # Loss weight of voxels labelled tumour (1 = plain mean). A 4 cm tumour is ~0.07 % of an
+    # 8 mm map, so unweighted it barely moves the loss and the sampler learns to leave it out.
+    tumour_weight: float = 1.0
     sample_steps: int = 25
     guidance_scale: float = 2.0
     # classifier-free guidance dropout (each independently)
@@ -76,6 +83,8 @@ class MaskSamplerConfig:
             raise ValueError(f"channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
         if not isinstance(self.grad_accumulation, int) or self.grad_accumulation < 1 or self.batch_size % self.grad_accumulation:
             raise ValueError(f"grad_accumulation must be a positive divisor of batch_size={self.batch_size}, got {self.grad_accumulation!r}")
+        if not self.tumour_weight > 0:
+            raise ValueError(f"tumour_weight must be positive, got {self.tumour_weight!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

@@ -33,7 +33,12 @@ class MaskDenoiser(nn.Module):
             with_conditioning=True,
             cross_attention_dim=config.text_dim,
             use_flash_attention=True,
+            num_class_embeds=1 if config.attributes_in_time_embedding else None,
         )
+        if config.attributes_in_time_embedding:
+            # MONAI adds ``class_embedding(class_labels)`` to the timestep embedding that every
+            # ResnetBlock receives; a linear map of the attribute token replaces its lookup table.
+            self.unet.class_embedding = nn.Linear(config.text_dim, config.channels[0] * 4)
         self.attribute_mlp = nn.Sequential(
             nn.Linear(attribute_dim(), config.text_dim), nn.SiLU(), nn.Linear(config.text_dim, config.text_dim)
         )
@@ -53,4 +58,7 @@ class MaskDenoiser(nn.Module):
         return torch.cat([text, attr], dim=1)
 
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        if self.config.attributes_in_time_embedding:
+            # The attribute token is the last row of the context (see `context`).
+            return self.unet(x_t, timesteps=t, context=context, class_labels=context[:, -1])
         return self.unet(x_t, timesteps=t, context=context)

@@ -167,6 +167,14 @@ def _batch(items: list[dict[str, Any]], encoder: TextEncoder) -> tuple[torch.Ten
     return x0, text, attr, ignore
 
 
+def loss_voxel_weights(x0: torch.Tensor, ignore_index: int, tumour_weight: float) -> torch.Tensor:
+    """(N, *S) float64 loss weights: 0 for unknown voxels, ``tumour_weight`` for tumour, else 1."""
+    known = (x0 != ignore_index).to(torch.float64)
+    if tumour_weight == 1.0:
+        return known
+    return known * torch.where(x0 == ID["tumour"], float(tumour_weight), 1.0).to(torch.float64)
+
+
 class _Denoise(nn.Module):
     """Context and denoiser in one forward, so that DDP sees (and syncs) every parameter's use."""
 
@@ -275,21 +283,24 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
             attr = torch.where(drop_a[:, None], torch.from_numpy(attribute_vector(None))[None], attr)
             # The loss is a mean over the known voxels of the global batch: weigh each micro-batch's
             # mean by its share of them (DDP averages gradients over ranks, hence × world size).
-            known = (x0 != diffusion.config.ignore_index).flatten(1).sum(1)
-            total_known = max(int(all_reduce_sum(known.sum().reshape(1), ctx)), 1)
+            # Tumour voxels count `tumour_weight` times, so "known voxels" are summed weights.
+            voxel_weight = loss_voxel_weights(x0, diffusion.config.ignore_index, config.tumour_weight)
+            known = voxel_weight.flatten(1).sum(1)
+            total_known = max(float(all_reduce_sum(known.sum().reshape(1), ctx)), 1.0)
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, config.steps, config.lr, config.warmup)
             opt.zero_grad(set_to_none=True)
             logged = torch.zeros(3, dtype=torch.float64)
             for j, share in enumerate(micro):
                 idx = torch.tensor([locate[p] for p in share])
-                weight = int(known[idx].sum()) / total_known
+                weight = float(known[idx].sum()) / total_known
                 with no_sync(net, sync=j == len(micro) - 1):
                     x_in = F.one_hot(x_t[idx], config.num_classes).permute(0, 4, 1, 2, 3).float().to(device)
                     with autocast(device, config.precision):
                         logits = net(x_in, t[idx].to(device), text[idx].to(device), attr[idx].to(device), drop_t[idx].to(device))
                     losses = diffusion.loss(logits.float(), x0[idx].to(device), x_t[idx].to(device), t[idx].to(device),
-                                            ignore_classes=ignore[idx].to(device))
+                                            ignore_classes=ignore[idx].to(device),
+                                            voxel_weight=voxel_weight[idx].float().to(device))
                     scaler.scale(losses.total * (weight * ctx.world_size)).backward()
                 logged += torch.tensor([float(losses.total.detach()), float(losses.kl.detach()), float(losses.ce.detach())],
                                        dtype=torch.float64) * weight
