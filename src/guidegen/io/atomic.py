@@ -33,6 +33,18 @@ def _disk_full(exc: BaseException, path: Path) -> DiskFullError | None:
     return None
 
 
+@contextlib.contextmanager
+def _disk_full_names(path: Path) -> Iterator[None]:
+    """Re-raise a full-disk error in the block as a `DiskFullError` naming ``path``; others unchanged."""
+    try:
+        yield
+    except (OSError, DiskFullError) as exc:
+        full = _disk_full(exc, path)
+        if full is None:
+            raise
+        raise full from None
+
+
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Refuse to replace an existing output unless ``overwrite`` is set."""
     path = Path(path)
@@ -88,16 +100,11 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        try:
+        with _disk_full_names(path):
             yield tmp_path
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp_path, path)
-        except (OSError, DiskFullError) as exc:
-            full = _disk_full(exc, path)
-            if full is None:
-                raise
-            raise full from None
         _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
@@ -119,7 +126,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     _make_parent(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        try:
+        with _disk_full_names(path):
             yield tmp_path
             _fsync_tree(tmp_path)
             if path.exists():
@@ -135,11 +142,6 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp_path, path)
-        except (OSError, DiskFullError) as exc:
-            full = _disk_full(exc, path)
-            if full is None:
-                raise
-            raise full from None
         _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
