@@ -5,28 +5,14 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from guidegen.images.generator import ConditionalImageGenerator
-from guidegen.masks.config import MaskSamplerConfig
-from guidegen.masks.sampler import VolumetricMaskSampler
-from tests.images.conftest import tiny_config
+from tests.pipeline.conftest import make_tiny_model
 from tests.test_cli import run
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    config = MaskSamplerConfig(shape=(16, 16, 8), spacing=(24.0, 24.0, 40.0), channels=(8, 16), attention_levels=(False, True),
-                               num_head_channels=8, norm_num_groups=8, max_text_tokens=16, sample_steps=3)
-    VolumetricMaskSampler(config).save_pretrained(root / "mask_sampler")
-    image = ConditionalImageGenerator(tiny_config())
-    with torch.no_grad():
-        for p in image.parameters():
-            p.add_(0.05 * torch.randn(p.shape))
-    image.save_pretrained(root / "image_generator")
-    return root
+    return make_tiny_model(tmp_path_factory.mktemp("models"))
 
 
 def test_sample_masks_writes_samples_and_is_deterministic(tiny_models, tmp_path, capsys):

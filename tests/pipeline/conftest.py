@@ -11,19 +11,23 @@ from guidegen.masks.sampler import VolumetricMaskSampler
 from tests.images.conftest import tiny_config
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A model folder: an untrained 16×16×8 mask sampler (24/40 mm) and a 32² image generator."""
-    root = tmp_path_factory.mktemp("model") / "tiny"
+def make_tiny_model(root):
+    """Write a model folder: an untrained 16×16×8 mask sampler (24/40 mm) and a 32² image generator."""
     torch.manual_seed(0)
     config = MaskSamplerConfig(shape=(16, 16, 8), spacing=(24.0, 24.0, 40.0), channels=(8, 16),
                                attention_levels=(False, True), num_head_channels=8, norm_num_groups=8,
                                max_text_tokens=16, sample_steps=3)
     VolumetricMaskSampler(config).save_pretrained(root / "mask_sampler")
     image = ConditionalImageGenerator(tiny_config())
-    with torch.no_grad():
+    with torch.no_grad():  # MONAI zero-initialises the output conv: perturb everything
         for p in image.parameters():
             p.add_(0.05 * torch.randn(p.shape))
     image.save_pretrained(root / "image_generator")
     (root / "model.json").write_text('{"model_id": "tiny-test", "version": "0"}', encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random-weight model folder (`make_tiny_model`)."""
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
