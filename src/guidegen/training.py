@@ -20,6 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from guidegen.checkpoint import load_checkpoint
+from guidegen.distributed import broadcast_object
+from guidegen.errors import InputError
+
 
 def step_generators(seed: int, step: int, device: str | torch.device = "cpu") -> tuple[np.random.Generator, torch.Generator]:
     """Independent numpy and torch generators for one training step."""
@@ -136,4 +140,32 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+
+def resume_training(run_dir: str | Path, config, config_class: type, *, model: nn.Module, ema: EMA,
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, same_run, ctx,
+                    resume: bool = True) -> int:
+    """Load the newest checkpoint of ``run_dir`` into the training objects; the step to go on from.
+
+    Every process resumes from rank 0's pick (its checkpoint list is the one that counts). A
+    checkpoint whose config fails ``same_run(saved, config)`` is refused: resuming it would train
+    another model than the config says. Returns 0 (nothing loaded) when there is no checkpoint or
+    ``resume`` is false.
+    """
+    existing = checkpoint_dirs(run_dir) if resume else []
+    latest = broadcast_object(str(existing[-1]) if existing else None, ctx)
+    if latest is None:
+        return 0
+    latest = Path(latest)
+    saved, ema_weights, state = load_checkpoint(latest, config_class, training=True)
+    if state is None or "raw_weights" not in state:
+        raise InputError(latest, "has no training state to resume from")
+    if not same_run(saved, config):
+        raise InputError(latest / "config.json",
+                         "was trained with another configuration; use a new run folder or --no-resume")
+    model.load_state_dict(state["raw_weights"])
+    ema.load_state_dict(ema_weights, int(state["ema_updates"]))
+    optimizer.load_state_dict(state["optimizer"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
 

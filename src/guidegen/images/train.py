@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict, load_config
-from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, broadcast_object, cleanup,
+from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, cleanup,
                                   init_distributed, no_sync, wrap_ddp)
 from guidegen.diffusion.flow import add_noise, sample_training_times, velocity_target
 from guidegen.errors import InputError
@@ -69,8 +69,8 @@ from guidegen.images.hu import AIR_UNIT, hu_to_unit
 from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase_id
 from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
-from guidegen.training import (EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints,
-                               remove_stale_checkpoints, set_threads, step_generators, truncate_log)
+from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
+                               remove_stale_checkpoints, resume_training, set_threads, step_generators, truncate_log)
 
 __all__ = ["SliceBatch", "SliceDataset", "flow_matching_loss", "infer_phase", "main", "train_image_generator"]
 
@@ -378,22 +378,8 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ema = EMA(model, config.ema_decay)
-    step = 0
-    existing = checkpoint_dirs(run_dir) if resume else []
-    latest = broadcast_object(str(existing[-1]) if existing else None, ctx)  # every rank resumes from rank 0's pick
-    if latest is not None:
-        latest = Path(latest)
-        saved, ema_weights, state = load_checkpoint(latest, ImageGeneratorConfig, training=True)
-        if state is None or "raw_weights" not in state:
-            raise InputError(latest, "has no training state to resume from")
-        if not _same_run(saved, config):
-            raise InputError(run_dir, "holds a run with another configuration: use a new run folder or resume=False")
-        model.load_state_dict(state["raw_weights"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(ema_weights, int(state["ema_updates"]))
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
+    step = resume_training(run_dir, config, ImageGeneratorConfig, model=model, ema=ema, optimizer=opt, scaler=scaler,
+                           same_run=_same_run, ctx=ctx, resume=resume)
     log_path = run_dir / "log.jsonl"
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

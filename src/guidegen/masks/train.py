@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict
-from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, broadcast_object, cleanup,
+from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, cleanup,
                                   init_distributed, no_sync, wrap_ddp)
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.errors import InputError
@@ -45,8 +45,8 @@ from guidegen.masks.examples import MaskExamples
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.sampler import diffusion_from_config
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
-from guidegen.training import (EMA, autocast, checkpoint_dirs, checkpoint_path, cosine_lr, prune_checkpoints,
-                               remove_stale_checkpoints, step_generators, truncate_log)
+from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
+                               remove_stale_checkpoints, resume_training, step_generators, truncate_log)
 
 
 def resolve(path: str, root: Path | None) -> Path:
@@ -186,6 +186,12 @@ class _Denoise(nn.Module):
         return self.model(x_t, t, self.model.context(text, attr, drop_text=drop_text))
 
 
+def _same_run(saved: MaskSamplerConfig, config: MaskSamplerConfig) -> bool:
+    """Resumable when only the step count and the micro-batching differ."""
+    same = replace(saved, steps=config.steps, grad_accumulation=config.grad_accumulation)
+    return config_to_dict(same) == config_to_dict(config)
+
+
 def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
                        max_steps: int | None = None, root: Path | None = None, device: str = "cpu", workers: int = 1) -> Path:
     """Train (or resume) and return the run folder; ``run_dir/model`` holds the EMA model.
@@ -219,23 +225,8 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    start = 0
-    ckpts = checkpoint_dirs(run_dir) if resume else []
-    latest = broadcast_object(str(ckpts[-1]) if ckpts else None, ctx)  # every rank resumes from rank 0's pick
-    if latest is not None:
-        latest = Path(latest)
-        saved, ema_weights, state = load_checkpoint(latest, MaskSamplerConfig, training=True)
-        if state is None or "raw_weights" not in state:
-            raise InputError(latest, "has no training state to resume from")
-        same = replace(saved, steps=config.steps, grad_accumulation=config.grad_accumulation)
-        if config_to_dict(same) != config_to_dict(config):
-            raise InputError(latest / "config.json", "was trained with another configuration; use a new run folder or --no-resume")
-        model.load_state_dict(state["raw_weights"])
-        ema.load_state_dict(ema_weights, state["ema_updates"])
-        opt.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
+    start = resume_training(run_dir, config, MaskSamplerConfig, model=model, ema=ema, optimizer=opt, scaler=scaler,
+                            same_run=_same_run, ctx=ctx, resume=resume)
     diffusion = diffusion_from_config(config)
     if ctx.is_main:
         (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
