@@ -45,7 +45,9 @@ class MaskSamplerConfig:
     kl_weight: float = 1.0
     ce_weight: float = 1.0
     # Loss weight of voxels labelled tumour (1 = plain mean). A 4 cm tumour is ~0.07 % of an
-    # 8 mm map, so unweighted it barely moves the loss and the sampler learns to leave it out.
+    # 8 mm map, so unweighted it barely moves the loss. Beware: any weight ≠ 1 biases the learned
+    # p(x0 | xt) and sampling compounds it; at 25 every sampled map filled with litres of tumour
+    # (docs/results/mask_sampler_tumour_weight.txt). Kept for experiments; the recipes leave it at 1.
     tumour_weight: float = 1.0
     sample_steps: int = 25
     guidance_scale: float = 2.0
