@@ -141,7 +141,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def resume_training(run_dir: str | Path, config, config_class: type, *, model: nn.Module, ema: EMA,
+def resume_training(run_dir: str | Path, config, *, model: nn.Module, ema: EMA,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, same_run, ctx,
                     resume: bool = True) -> int:
     """Load the newest checkpoint of ``run_dir`` into the training objects; the step to go on from.
@@ -156,7 +156,7 @@ def resume_training(run_dir: str | Path, config, config_class: type, *, model: n
     if latest is None:
         return 0
     latest = Path(latest)
-    saved, ema_weights, state = load_checkpoint(latest, config_class, training=True)
+    saved, ema_weights, state = load_checkpoint(latest, type(config), training=True)
     if state is None or "raw_weights" not in state:
         raise InputError(latest, "has no training state to resume from")
     if not same_run(saved, config):

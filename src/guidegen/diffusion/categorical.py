@@ -490,7 +490,8 @@ class CategoricalDiffusion:
             if bool((voxel_weight < 0).any()):
                 raise ValueError("voxel_weight must be non-negative")
             w = torch.where(known, voxel_weight.to(logits.device).float(), torch.zeros_like(vb_vox))
-        denom = w.sum().clamp_min(1e-12) if bool(w.sum() > 0) else torch.ones((), device=w.device)
+        total_w = w.sum()
+        denom = total_w if bool(total_w > 0) else torch.ones_like(total_w)
         kl = torch.where(known, vb_vox * w, torch.zeros_like(vb_vox)).sum() / denom
         ce = torch.where(known, ce_vox * w, torch.zeros_like(ce_vox)).sum() / denom
         total = cfg.kl_weight * kl + cfg.ce_weight * ce

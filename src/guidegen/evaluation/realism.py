@@ -519,8 +519,7 @@ def _match_state_dict(network: nn.Module, state: dict[str, torch.Tensor]) -> str
 
     parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
              f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
-             "shapes differ: " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:3])
-             + (f" … (+{len(shapes) - 3})" if len(shapes) > 3 else "") if shapes else ""]
+             "shapes differ: " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes]) if shapes else ""]
     return "; ".join(p for p in parts if p)
 
 

@@ -378,7 +378,7 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ema = EMA(model, config.ema_decay)
-    step = resume_training(run_dir, config, ImageGeneratorConfig, model=model, ema=ema, optimizer=opt, scaler=scaler,
+    step = resume_training(run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler,
                            same_run=_same_run, ctx=ctx, resume=resume)
     log_path = run_dir / "log.jsonl"
     if ctx.is_main:

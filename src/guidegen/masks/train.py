@@ -225,7 +225,7 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    start = resume_training(run_dir, config, MaskSamplerConfig, model=model, ema=ema, optimizer=opt, scaler=scaler,
+    start = resume_training(run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler,
                             same_run=_same_run, ctx=ctx, resume=resume)
     diffusion = diffusion_from_config(config)
     if ctx.is_main:

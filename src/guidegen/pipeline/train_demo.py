@@ -26,6 +26,7 @@ from pathlib import Path
 from guidegen import __version__
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir
+from guidegen.io.layouts import read_json_object
 
 REPO = Path(__file__).resolve().parents[3]
 MASK_RECIPE = REPO / "recipes" / "mask_sampler_demo.json"
@@ -87,8 +88,8 @@ def assemble_model(out: str | Path, mask_model: str | Path, image_model: str | P
         if not (folder / "model.safetensors").is_file():
             raise InputError(folder, "no trained model here (model.safetensors missing)")
     cases = sorted(p.parent.name for p in Path(data).glob("*/guidegen-source.json"))
-    mask_cfg = json.loads((mask_model / "config.json").read_text(encoding="utf-8"))
-    image_cfg = json.loads((image_model / "config.json").read_text(encoding="utf-8"))
+    mask_cfg = read_json_object(mask_model / "config.json")
+    image_cfg = read_json_object(image_model / "config.json")
     held_out = sorted(image_cfg.get("holdout_cases") or [])
     info = {
         "model_id": model_id, "version": __version__,
