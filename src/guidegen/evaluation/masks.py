@@ -37,7 +37,8 @@ from scipy import ndimage
 
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
-from guidegen.text.attributes import KIDNEY_UNSPECIFIED, Attributes, OrganFinding, Tumour
+from guidegen.text.agreement import DIAMETER_TOLERANCE, tumour_agreement, within
+from guidegen.text.attributes import Attributes, OrganFinding
 from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
 from guidegen.text.parse import parse_prompt
 
@@ -47,8 +48,6 @@ MIN_MAIN_FRACTION = 0.95
 #: Volume outliers: a volume below ``mean / VOLUME_TOLERANCE`` or above ``mean × VOLUME_TOLERANCE``
 #: of the reference set (3 → outside 0.33×-3× the reference mean).
 VOLUME_TOLERANCE = 3.0
-#: A stated longest tumour diameter holds when the measured one is within ±30 % of it.
-DIAMETER_TOLERANCE = 0.30
 #: A stated organ volume (mL) holds when the measured one is within ±30 % of it.
 ORGAN_VOLUME_TOLERANCE = 0.30
 
@@ -524,42 +523,13 @@ def adherence_check(
     stats = _check_reference(reference_stats) if reference_stats is not None else {}
     result: dict[str, bool] = {}
     stated, measured = prompt_attributes.tumours, measured_attributes.tumours
-    if stated is not None:
-        result["tumours"] = measured is not None and (bool(measured) if stated else not measured)
-        for number, tumour in enumerate(stated, start=1):
-            result.update(_tumour_fields(number, tumour, measured or (), diameter_tolerance))
+    result.update(tumour_agreement(stated, measured, diameter_tolerance))
     for organ, finding in prompt_attributes.organs.items():
         result.update(_organ_fields(organ, finding, measured_attributes.organs.get(organ), stats, volume_tolerance))
     if prompt_attributes.field_of_view is not None:
         result["field_of_view"] = measured_attributes.field_of_view == prompt_attributes.field_of_view
     result["all"] = all(result.values())
     return result
-
-
-def _host_matches(stated: str | None, measured: str | None) -> bool:
-    if stated is None:
-        return True
-    if stated == KIDNEY_UNSPECIFIED:
-        return measured in _KIDNEYS
-    return measured == stated
-
-
-def _tumour_fields(number: int, tumour: Tumour, measured: Sequence[Tumour], tolerance: float) -> dict[str, bool]:
-    key = f"tumour{number}"
-    hosted = [t for t in measured if _host_matches(tumour.organ, t.organ)]
-    fields: dict[str, bool] = {}
-    if tumour.organ is not None:
-        fields[f"{key}.organ"] = bool(hosted)
-    if tumour.segment is not None:
-        fields[f"{key}.segment"] = any(t.segment == tumour.segment for t in hosted)
-    if tumour.diameter_mm is not None:
-        diameters = [t.diameter_mm for t in hosted if t.diameter_mm is not None]
-        largest = max(diameters, default=None)
-        fields[f"{key}.diameter_mm"] = largest is not None and _within(largest, tumour.diameter_mm, tolerance)
-    # Tumour groups always state a count: 1 for a singular mention, None for "multiple".
-    count = sum(t.count if t.count is not None else 2 for t in hosted)
-    fields[f"{key}.count"] = count >= 2 if tumour.count is None else count == tumour.count
-    return fields
 
 
 def _organ_fields(
@@ -605,7 +575,7 @@ def _organ_fields(
             grade = grade_volume(organ, volume, partial)[1] if volume is not None else None
             fields[f"{organ}.severity"] = grade == stated.severity
     if stated.volume_ml is not None:
-        fields[f"{organ}.volume_ml"] = volume is not None and _within(volume, stated.volume_ml, tolerance)
+        fields[f"{organ}.volume_ml"] = volume is not None and within(volume, stated.volume_ml, tolerance)
     return fields
 
 
@@ -916,11 +886,6 @@ def check_masks(
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _within(value: float, target: float, tolerance: float) -> bool:
-    """``value`` lies within ±``tolerance`` (relative) of ``target``."""
-    return abs(value - target) <= tolerance * target
 
 
 def _fraction(passed: int, total: int) -> float | None:

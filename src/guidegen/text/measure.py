@@ -537,3 +537,17 @@ def colon_segment_of(labels: Volume, points_mm: np.ndarray) -> list[str | None]:
     if frame is None:
         return [None] * len(points_mm)
     return [frame.segment(p) for p in points_mm]
+
+
+def liver_lobe_of(labels: Volume, points_mm: np.ndarray) -> list[str | None]:
+    """The liver lobe (``"left lobe"`` / ``"right lobe"``) that each world point (N, 3) lies in.
+
+    Uses the same liver frame as the reports (see `_LiverFrame`), so a tumour centred where this
+    says "right lobe" is reported in the right lobe. ``None`` near Cantlie's line, and everywhere
+    when the liver is missing or cut by the volume's edge.
+    """
+    frame = _LiverFrame.build(labels.array, labels)
+    points_mm = np.atleast_2d(np.asarray(points_mm, dtype=np.float64))
+    if frame is None:
+        return [None] * len(points_mm)
+    return [frame.lobe(p) for p in points_mm]
