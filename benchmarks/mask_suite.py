@@ -1,14 +1,15 @@
 """The mask sampler's quality on the fixed prompt suite (a script, not a test; issue 3's acceptance).
 
     .venv/bin/python benchmarks/mask_suite.py [--model models/default/mask_sampler] [--batch 8]
-        [--diversity 4] [--steps 25] [--out suite.json]
+        [--diversity 4] [--steps 25] [--out suite.json] [--tumour-placement both] [--maps maps.npz]
 
 Samples one label map per prompt of `guidegen.evaluation.prompt_suite.PROMPT_SUITE` (seed = prompt
 index), plus ``--diversity`` maps of three prompts for the mean pairwise Dice, and prints
 `guidegen.evaluation.masks.check_masks`: organs in one main component, anatomical relations, text
 adherence, diversity; per-class volumes against the training maps' distribution when
 ``--reference`` names a `guidegen prepare` folder at the sampler's grid (the recipe's
-``prepared_cache``).
+``prepared_cache``). The network's maps are scored as drawn ("network") and after the sampler's
+tumour placement ("insert", `guidegen.masks.placement`, the default), from one sampling run.
 """
 
 from __future__ import annotations
@@ -32,12 +33,23 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the full report as JSON here")
+    parser.add_argument("--tumour-placement", choices=["insert", "network", "both"], default="both",
+                        help="score maps with stated tumours inserted, the network's own maps, or both (one sampling)")
+    parser.add_argument("--final-decode", choices=["argmax", "matched"], default=None,
+                        help="last sampling step (default: the model's MaskSamplerConfig.final_decode)")
+    parser.add_argument("--maps", default=None,
+                        help="npz of the network's maps: read if it exists (no sampling), else written after sampling")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    import numpy as np
+
     from guidegen.evaluation.masks import check_masks, volume_statistics
     from guidegen.evaluation.prompt_suite import PROMPT_SUITE
-    from guidegen.masks.sampler import VolumetricMaskSampler
+    from guidegen.io.volume import Volume
+    from guidegen.masks.placement import place_stated_tumours
+    from guidegen.masks.sampler import VolumetricMaskSampler, placement_rng, sampler_grid
+    from guidegen.text.parse import parse_prompt
 
     sampler = VolumetricMaskSampler.from_pretrained(args.model)
     prompts = list(PROMPT_SUITE[: args.limit])
@@ -47,12 +59,28 @@ def main() -> None:
         jobs += [(p, 1000 + 100 * j + k) for k in range(args.diversity)]
     start = time.perf_counter()
     samples = []
-    for b in range(0, len(jobs), args.batch):
-        chunk = jobs[b:b + args.batch]
-        samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
-                                        guidance=args.guidance)
-        print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    cached = Path(args.maps) if args.maps else None
+    loaded = cached is not None and cached.exists()
+    if loaded:
+        # The network's maps of an earlier run (same model and settings: the caller's responsibility).
+        arrays = np.load(cached)["maps"]
+        if len(arrays) != len(jobs):
+            raise SystemExit(f"{cached}: holds {len(arrays)} maps, this suite needs {len(jobs)}")
+        samples = [Volume(a, sampler_grid(sampler.config), "labels", {"prompt": p, "seed": s}) for a, (p, s) in zip(arrays, jobs)]
+    else:
+        for b in range(0, len(jobs), args.batch):
+            chunk = jobs[b:b + args.batch]
+            samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
+                                            guidance=args.guidance, tumour_placement="network",
+                                            final_decode=args.final_decode)
+            print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
+        if cached is not None:
+            np.savez_compressed(cached, maps=np.stack([v.array for v in samples]))
     seconds = time.perf_counter() - start
+    # Placement as `sample_masks(tumour_placement="insert")` does it: same per-map random stream.
+    placed_start = time.perf_counter()
+    inserted = [place_stated_tumours(v, parse_prompt(p).tumours, placement_rng(s))[0] for v, (p, s) in zip(samples, jobs)]
+    placed_seconds = time.perf_counter() - placed_start
     reference = None
     if args.reference:
         from guidegen.data.prepare import load_prepared
@@ -60,15 +88,22 @@ def main() -> None:
 
         maps = [read_nifti(e["labels_path"], kind="labels") for e in load_prepared(args.reference)]
         reference = {k: list(v) for k, v in volume_statistics(maps).items()}
-    report = check_masks(samples, [p for p, _ in jobs], reference_stats=reference)
     cfg = sampler.config
     print(f"mask sampler {args.model}: {cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
           f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in {seconds:.0f} s "
-          f"({seconds / len(jobs):.1f} s per map, batches of {args.batch})")
-    for line in report.summary_lines():
-        print(line)
+          f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
+          f"last step {args.final_decode or cfg.final_decode}; "
+          f"tumour placement {placed_seconds / len(jobs):.2f} s per map")
+    modes = ["insert", "network"] if args.tumour_placement == "both" else [args.tumour_placement]
+    reports = {}
+    for mode in modes:
+        report = check_masks(inserted if mode == "insert" else samples, [p for p, _ in jobs], reference_stats=reference)
+        reports[mode] = report.to_dict()
+        print(f"--- tumour_placement={mode!r}" + (" (the sampler's default)" if mode == cfg.tumour_placement else ""))
+        for line in report.summary_lines():
+            print(line)
     if args.out:
-        Path(args.out).write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
+        Path(args.out).write_text(json.dumps(reports if len(modes) > 1 else reports[modes[0]], indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,19 @@ def test_sample_masks_check(tiny_models, tmp_path, capsys):
     assert (tmp_path / "c" / "checks.json").exists()
 
 
+def test_sample_masks_records_tumour_placement(tiny_models, tmp_path, capsys):
+    import json
+
+    for mode in ("insert", "network"):
+        code, _, err = run(["sample-masks", "--prompt", "4 cm liver tumour", "--model", str(tiny_models),
+                            "--tumour-placement", mode, "--out", str(tmp_path / mode)], capsys)
+        assert code == 0, err
+        meta = json.loads((tmp_path / mode / "prompt.json").read_text())
+        assert meta["tumour_placement"] == mode
+        placed = meta["placed"][0]
+        assert (placed is None) if mode == "network" else (placed["mode"] == "insert" and "agreement" in placed)
+
+
 def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
     labels = real / "msd-spleen-8" / "labels.nii.gz"
     code, out, err = run(["generate-ct", "--labels", str(labels), "--out", str(tmp_path / "ct"), "--model", str(tiny_models),
@@ -56,6 +69,7 @@ def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
     (["sample-masks", "--prompt", "   ", "--out", "x"], "--prompt"),
     (["generate-ct", "--labels", "missing.nii.gz", "--out", "x"], "missing.nii.gz"),
     (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--device", "tpu"], "--device"),
+    (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--tumour-placement", "paint"], "--tumour-placement"),
 ])
 def test_model_commands_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -167,14 +167,20 @@ def sample_masks(
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Mask sampler folder (default: the shipped model).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Report quality checks (components, relations, adherence, diversity).")] = False,
+    tumour_placement: Annotated[Optional[str], typer.Option(
+        help="insert: stated tumours are real tumour shapes placed in the sampled anatomy; network: only the "
+             "network's own tumours (default: the model's setting).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
     from guidegen.pipeline import sample_masks_to_folder
 
+    if tumour_placement is not None and tumour_placement not in ("insert", "network"):
+        raise InputError("--tumour-placement", f"must be insert or network, got {tumour_placement!r}")
     lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, steps=steps, guidance=guidance,
-                                            model=model, device=_device(device), overwrite=overwrite)
+                                            model=model, device=_device(device), overwrite=overwrite,
+                                            tumour_placement=tumour_placement)
     for line in lines:
         typer.echo(line)
     if check:

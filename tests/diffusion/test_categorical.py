@@ -380,3 +380,29 @@ def test_guided_logits():
         guided_logits(cond, uncond[:, :, :0], 1.0)
     with pytest.raises(ValueError, match="scale"):
         guided_logits(cond, uncond, float("nan"))
+
+
+def test_count_matched_argmax_keeps_an_uncertain_small_class():
+    """A class at p = 0.3 over a fuzzy region loses every voxel to argmax; matching keeps its volume."""
+    from guidegen.diffusion.categorical import count_matched_argmax
+
+    probs = torch.zeros(1, 3, 10, 10)
+    probs[0, 0] = 1.0  # class 0 certain everywhere …
+    yy, xx = torch.meshgrid(torch.arange(10.0), torch.arange(10.0), indexing="ij")
+    doubt = (0.4 - 0.1 * ((yy - 4) ** 2 + (xx - 4) ** 2).sqrt()).clamp_min(0.0)  # … but class 2 up to 0.4 near (4, 4)
+    probs[0, 2] = doubt
+    probs[0, 0] = 1.0 - doubt
+    probs[0, :, 8, 8] = torch.tensor([0.2, 0.8, 0.0])  # a confident class 1 voxel
+    log_p = probs.clamp_min(1e-12).log()
+    plain = log_p.argmax(1)
+    assert int((plain == 2).sum()) == 0
+    matched = count_matched_argmax(log_p)
+    expected = float(probs[0, 2].sum())  # ≈ 7 voxels' worth
+    # Voxels at one distance from (4, 4) tie in fours: 1, 5, 9 … are the reachable counts.
+    assert int((matched == 2).sum()) in (5, 9) and abs(int((matched == 2).sum()) - expected) <= 2.5
+    assert bool(matched[0, 4, 4] == 2)  # where the class is likeliest first
+    assert torch.all((matched == 2) <= (probs[:, 2] > 0))  # never where it has no probability
+    assert bool(matched[0, 8, 8] == 1)
+    # A class left out of the matching keeps exactly its plain voxels (none here), whatever the others do.
+    assert torch.equal(count_matched_argmax(log_p, classes=[0, 1]) == 2, plain == 2)
+    assert torch.equal(count_matched_argmax(log_p, classes=[0, 2]) == 1, plain == 1)

@@ -50,6 +50,7 @@ __all__ = [
     "CategoricalDiffusion",
     "CategoricalDiffusionConfig",
     "CategoricalLoss",
+    "count_matched_argmax",
     "sample_categorical",
 ]
 
@@ -167,6 +168,53 @@ def sample_categorical(log_probs: Tensor, generator: Generators = None) -> Tenso
 #: One generator for the whole batch, or one per batch item (item i draws only from generator i,
 #: so a volume does not depend on which other volumes share its batch).
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def count_matched_argmax(log_probs: Tensor, classes: Sequence[int] | None = None, iterations: int = 60) -> Tensor:
+    """Per-voxel argmax after per-class log offsets that match each class's expected count.
+
+    The plain argmax of a factorised prediction under-draws a class whose location is uncertain:
+    a pancreas predicted with p ≈ 0.3 over a fuzzy region has ~60 voxels of expected volume but
+    wins almost no voxel against the surrounding fat (0.4–0.5), so it vanishes. Offsetting each
+    class's log-probability by ``b_c`` until the argmax gives it ``Σ p_c`` voxels (a fixed-point
+    iteration on ``b_c += η_i (log(E_c + 1) − log(n_c + 1))`` with shrinking ``η_i``; the best
+    labelling met is returned) keeps the decision voxel-wise most
+    probable up to one scalar per class and the class volumes the model predicts. Classes outside
+    ``classes`` keep exactly the voxels the plain argmax gives them (e.g. a rare class whose
+    expected mass is spread thin everywhere, which matching would scatter as specks).
+
+    Args:
+        log_probs: (N, K, *S) log-probabilities.
+        classes: class indices to match; ``None`` = all.
+        iterations: fixed-point iterations (counts settle within a few voxels in ~30).
+
+    Returns:
+        (N, *S) int64 labels.
+    """
+    n, k = log_probs.shape[:2]
+    flat = log_probs.float().reshape(n, k, -1)
+    expected = flat.exp().sum(-1)  # (N, K)
+    active = torch.zeros(k, dtype=torch.bool, device=flat.device)
+    active[list(range(k)) if classes is None else [int(c) for c in classes]] = True
+    plain = flat.argmax(dim=1)
+    # Classes left out keep exactly their plain voxels: no offset may hand them, or take, a voxel.
+    fixed = ~active[plain]  # (N, V)
+    flat = torch.where(active[None, :, None], flat, torch.full_like(flat, -math.inf))
+    bias = torch.zeros(n, k, device=flat.device)
+    best = plain
+    best_error = torch.full((n,), math.inf, device=flat.device)
+    for it in range(iterations + 1):
+        labels = torch.where(fixed, plain, (flat + bias[..., None]).argmax(dim=1))
+        counts = torch.stack([torch.bincount(row, minlength=k) for row in labels]).float()  # (N, K)
+        # Keep each item's best labelling: ties (equal probabilities) can make the counts jump.
+        error = ((counts - expected).abs() * active).sum(1)
+        better = error < best_error
+        best = torch.where(better[:, None], labels, best)
+        best_error = torch.where(better, error, best_error)
+        # Shrinking steps: near-ties make a fixed step overshoot back and forth.
+        step = 0.5 / (1.0 + it / 5.0) * (torch.log(expected + 1.0) - torch.log(counts + 1.0))
+        bias = bias + torch.where(active, step, torch.zeros_like(step))
+    return best.reshape(n, *log_probs.shape[2:])
 
 
 def _rand(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
@@ -509,7 +557,8 @@ class CategoricalDiffusion:
         steps: int | None = None,
         callback: Callback | None = None,
         device: torch.device | str | None = None,
-        final: Literal["sample", "argmax"] = "sample",
+        final: Literal["sample", "argmax", "matched"] = "sample",
+        matched_classes: Sequence[int] | None = None,
     ) -> Tensor:
         """Ancestral sampling from ``x_T ~ Cat(1/K)`` down to ``x_0``.
 
@@ -532,7 +581,10 @@ class CategoricalDiffusion:
             callback: called after every step as ``callback(i, s, x_s, x0_probs)``.
             device: device of the volume; default the generator's device, else CPU.
             final: ``"sample"`` draws ``x_0`` from ``p̂(x_0 | x_1)`` (ancestral); ``"argmax"``
-                takes its most probable class.
+                takes its most probable class; ``"matched"`` the most probable class after a
+                per-class offset that gives each of ``matched_classes`` as many voxels as its
+                expected count (`count_matched_argmax`).
+            matched_classes: classes whose counts ``"matched"`` matches (default: all).
 
         Returns:
             (N, *S) int64 labels on ``device``.
@@ -541,8 +593,8 @@ class CategoricalDiffusion:
         shape = tuple(int(v) for v in shape)
         if len(shape) < 2 or any(v < 1 for v in shape):
             raise ValueError(f"shape must be (N, *spatial) with positive sizes, got {shape}")
-        if final not in ("sample", "argmax"):
-            raise ValueError(f"final must be 'sample' or 'argmax', got {final!r}")
+        if final not in ("sample", "argmax", "matched"):
+            raise ValueError(f"final must be 'sample', 'argmax' or 'matched', got {final!r}")
         if device is None:
             first = generator if generator is None or isinstance(generator, torch.Generator) else next(iter(generator))
             device = first.device if first is not None else torch.device("cpu")
@@ -562,7 +614,10 @@ class CategoricalDiffusion:
                 )
             log_p0 = torch.log_softmax(logits.float(), dim=1)
             if s == 0:
-                x = log_p0.argmax(dim=1) if final == "argmax" else sample_categorical(log_p0, generator)
+                if final == "matched":
+                    x = count_matched_argmax(log_p0, matched_classes)
+                else:
+                    x = log_p0.argmax(dim=1) if final == "argmax" else sample_categorical(log_p0, generator)
             else:
                 t_cpu = torch.full((N,), t, dtype=torch.long)
                 log_post = self._log_posterior(x_onehot, log_p0, t_cpu, t_cpu.new_full((N,), s))

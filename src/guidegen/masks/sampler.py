@@ -23,10 +23,21 @@ from guidegen.labels.vocabulary import ID, ORGANS
 from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
+from guidegen.masks.placement import PLACEMENT_MODES, place_stated_tumours
 from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
 from guidegen.training import autocast
+
+
+#: Seed-sequence prefix of the tumour placement's random stream ("tumr").
+_PLACEMENT_STREAM = 0x74756D72
+
+
+def placement_rng(seed: int, index: int | None = None) -> np.random.Generator:
+    """The tumour placement's random stream for a map: its own seed (and its index in the batch when
+    the batch shares one seed), never the network's draws, so placement can be redone on saved maps."""
+    return np.random.default_rng([_PLACEMENT_STREAM, int(seed)] + ([int(index)] if index is not None else []))
 
 
 def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
@@ -111,7 +122,8 @@ class VolumetricMaskSampler:
     @torch.no_grad()
     def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, steps: int | None = None,
                      guidance: float | None = None, attributes: Sequence[Attributes] | None = None,
-                     clean: bool = True, precision: str = "bf16",
+                     clean: bool = True, precision: str = "bf16", tumour_placement: str | None = None,
+                     final_decode: str | None = None,
                      callback: Callable[[int, int], None] | None = None) -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
 
@@ -124,16 +136,25 @@ class VolumetricMaskSampler:
             guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional).
             attributes: parsed records to use instead of parsing the prompts.
             clean: keep each organ's main connected component (removes floating islands).
+            tumour_placement: "insert" (stated tumours placed into the sampled anatomy,
+                `guidegen.masks.placement`) or "network"; default the config's.
+            final_decode: "argmax" or "matched" (`MaskSamplerConfig.final_decode`); default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
 
         Returns:
-            Label `Volume`s (uint8 GuideGen ids) on the sampler grid, prompt-major order.
+            Label `Volume`s (uint8 GuideGen ids) on the sampler grid, prompt-major order; with
+            "insert", ``meta["tumour_placement"]`` records what was placed and whether it holds.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts or n < 1:
             raise InputError(None, "need at least one prompt and n ≥ 1")
         steps = steps or self.config.sample_steps
+        placement = tumour_placement or self.config.tumour_placement
+        if placement not in PLACEMENT_MODES:
+            raise InputError(None, f"tumour_placement must be one of {', '.join(PLACEMENT_MODES)}, got {placement!r}")
+        if attributes is None:
+            attributes = [parse_prompt(p) for p in prompts]
         scale = self.config.guidance_scale if guidance is None else float(guidance)
         text, attr = self.encode(prompts, attributes)
         text = text.repeat_interleave(n, 0)
@@ -161,8 +182,12 @@ class VolumetricMaskSampler:
                 raise InputError(None, f"seed: need one seed per map ({batch}), got {len(seeds)}")
             generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, total))
+        decode = final_decode or self.config.final_decode
+        if decode not in ("argmax", "matched"):
+            raise InputError(None, f"final_decode must be argmax or matched, got {decode!r}")
         labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
-                                       callback=step_cb, device=self.device, final="argmax")
+                                       callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
+                                       matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
         affine = sampler_grid(self.config)
         out = []
         for i in range(batch):
@@ -170,6 +195,11 @@ class VolumetricMaskSampler:
             if clean:
                 array = keep_main_components(array)
             item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
-            out.append(Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i}))
+            volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i})
+            if placement == "insert":
+                rng = placement_rng(item_seed, i if isinstance(generator, torch.Generator) else None)
+                volume, record = place_stated_tumours(volume, attributes[i // n].tumours, rng)
+                volume.meta["tumour_placement"] = record
+            out.append(volume)
         return out
 

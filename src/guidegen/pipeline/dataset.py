@@ -196,6 +196,9 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
         "phase": case.requested.phase,
         "sampling": {"mask_steps": steps, "mask_guidance": guidance, "image_steps": image_steps,
                      "image_guidance": image_guidance},
+        # Where the tumours came from ("insert": placed into the sampled anatomy) and whether they
+        # hold what the prompt states; absent with tumour_placement="network".
+        "tumour_placement": case.labels.meta.get("tumour_placement"),
         "model": {"model_id": model_info.get("model_id"), "version": model_info.get("version")},
         "guidegen_version": __version__,
         "labels": {str(i): NAMES[i] for i in present},

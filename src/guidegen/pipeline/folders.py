@@ -131,8 +131,11 @@ def _component(model: str | Path | None, name: str) -> Path:
 
 def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, steps: int | None = None,
                            guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
-                           overwrite: bool = False) -> tuple[list[str], list[Volume]]:
-    """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``."""
+                           overwrite: bool = False, tumour_placement: str | None = None) -> tuple[list[str], list[Volume]]:
+    """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``.
+
+    ``tumour_placement``: "insert" / "network" (`guidegen.masks.placement`); default the model's.
+    """
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
     from guidegen.masks.sampler import VolumetricMaskSampler
@@ -143,7 +146,8 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
     attributes = parse_prompt(prompt)
     sampler = VolumetricMaskSampler.from_pretrained(_component(model, "mask_sampler"), device=device)
     started = time.perf_counter()
-    volumes = sampler.sample_masks(prompt, n=n, seed=seed, steps=steps, guidance=guidance)
+    placement = tumour_placement or sampler.config.tumour_placement
+    volumes = sampler.sample_masks(prompt, n=n, seed=seed, steps=steps, guidance=guidance, tumour_placement=placement)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -158,6 +162,8 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
         (tmp / "prompt.json").write_text(json.dumps({"prompt": prompt, "attributes": attributes.to_dict(), "n": n, "seed": seed,
                                                      "steps": steps or sampler.config.sample_steps,
                                                      "guidance": sampler.config.guidance_scale if guidance is None else guidance,
+                                                     "tumour_placement": placement,
+                                                     "placed": [v.meta.get("tumour_placement") for v in volumes],
                                                      "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
     return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}"], volumes
 

@@ -242,6 +242,8 @@ class GuideGen:
             t_report = time.perf_counter() - started
             labels = fine[k]
             labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
+            if "tumour_placement" in coarse[k].meta:
+                labels.meta["tumour_placement"] = coarse[k].meta["tumour_placement"]
             cases.append(GeneratedCase(
                 index=indices[k], prompt=case_prompts[k], seed=seeds[k], ct=cts[k], labels=labels, requested=asked,
                 measured=measured, report=report,
