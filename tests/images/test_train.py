@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 import torch
 from safetensors.torch import load_file
 
@@ -81,6 +82,63 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
         assert torch.equal(batch.ctx[b][kept], plain.ctx[b][kept])  # everything else as it was
         changed += int(off.sum())
     assert changed > 8  # about half of ~16 classes per item
+
+
+def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prepared):
+    """p_phase_remap re-renders a slice in another phase: organ HU → that phase's typical HU."""
+    from guidegen.data.phase import TYPICAL_HU
+    from guidegen.images.hu import unit_to_hu
+    from guidegen.images.model import phase_id
+    from guidegen.images.train import REMAP_PHASES, phase_shift_map
+
+    base = dict(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0)
+    data = SliceDataset(tiny_prepared, tiny_config(**base))
+    full = next(i for i, c in enumerate(data.cases) if c.case_id == "totalseg-example-a")
+    case = data.cases[full]
+    assert case.mean_hu["liver"] == pytest.approx(45, abs=3)  # measured by prepare, non-contrast
+    k = int(np.argmax((case.labels == ID["liver"]).sum(dim=(0, 1)).numpy()))  # the slice with most liver
+    idx = [i for i, (c, kk) in enumerate(data.index) if c == full and kk == k]
+    plain = data.make_batch(*step_generators(0, 3), 16, indices=idx * 16)
+    remapped = SliceDataset(tiny_prepared, tiny_config(**base, p_phase_remap=1.0))
+    batch = remapped.make_batch(*step_generators(0, 3), 16, indices=idx * 16)
+    assert torch.equal(batch.ctx, plain.ctx)  # the anatomy is untouched
+    phases = set()
+    for b in range(16):
+        phase = REMAP_PHASES[[phase_id(p) for p in REMAP_PHASES].index(int(batch.phase[b]))]
+        phases.add(phase)
+        liver = (plain.ctx[b, 1] == ID["liver"]).numpy()
+        interior = ndimage.binary_erosion(liver)  # the blurred edge is partway
+        moved = float(unit_to_hu(batch.target[b, 0])[torch.from_numpy(interior)].mean())
+        before = float(unit_to_hu(plain.target[b, 0])[torch.from_numpy(interior)].mean())
+        assert moved - before == pytest.approx(TYPICAL_HU[phase]["liver"] - case.mean_hu["liver"], abs=6), phase
+        fat = (plain.ctx[b, 1] == 0).numpy() & ~ndimage.binary_dilation(liver, iterations=3)
+        assert torch.allclose(batch.target[b, 0][torch.from_numpy(fat)], plain.target[b, 0][torch.from_numpy(fat)], atol=1e-3)
+    assert len(phases) >= 3  # a random phase per slice
+    # A scan without any enhancing structure measured cannot be re-rendered.
+    assert phase_shift_map(np.zeros((4, 4), np.int64), {}, "arterial") is None
+
+
+def test_prev_shift_moves_only_the_previous_slices_organs(tiny_prepared):
+    """prev_shift_hu offsets the enhancing organs of the teacher-forced previous slice, nothing else."""
+    from guidegen.images.hu import unit_to_hu
+
+    base = dict(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0)
+    data = SliceDataset(tiny_prepared, tiny_config(**base))
+    full = next(i for i, c in enumerate(data.cases) if c.case_id == "totalseg-example-a")
+    k = int(np.argmax((data.cases[full].labels == ID["liver"]).sum(dim=(0, 1)).numpy()))
+    idx = [i for i, (c, kk) in enumerate(data.index) if c == full and kk == k]
+    plain = data.make_batch(*step_generators(0, 4), 8, indices=idx * 8)
+    shifted = SliceDataset(tiny_prepared, tiny_config(**base, prev_shift_hu=80.0)).make_batch(*step_generators(0, 4), 8, indices=idx * 8)
+    assert torch.equal(shifted.target, plain.target) and torch.equal(shifted.phase, plain.phase)
+    offsets = []
+    for b in range(8):
+        liver = ndimage.binary_erosion((plain.ctx[b, 0] == ID["liver"]).numpy(), iterations=2)
+        fat = (plain.ctx[b, 0] == 0).numpy() & ~ndimage.binary_dilation(plain.ctx[b, 0].numpy() > 0, iterations=3)
+        delta = (unit_to_hu(shifted.prev[b, 0]) - unit_to_hu(plain.prev[b, 0])).numpy()
+        assert np.allclose(delta[fat], 0.0, atol=0.5)
+        assert np.ptp(delta[liver]) < 5.0 and abs(delta[liver].mean()) <= 80.5  # one offset for the organ (blur tail: a few HU)
+        offsets.append(float(delta[liver].mean()))
+    assert np.std(offsets) > 10  # drawn per slice
 
 
 def test_phase_inference():

@@ -47,6 +47,21 @@ PHASES: tuple[str, ...] = ("non_contrast", "arterial", "portal_venous", "delayed
 
 Confidence = Literal["high", "medium", "low"]
 
+#: Typical mean HU of each structure in each phase: the centres of the ranges in the table above
+#: (non-contrast and portal-venous liver and aorta as cited; arterial spleen and kidney cortex,
+#: the IVC and the delayed phase are approximate teaching values). Used to render a real scan in
+#: another phase for training (`guidegen.images.config.ImageGeneratorConfig.p_phase_remap`).
+TYPICAL_HU: dict[str, dict[str, float]] = {
+    "non_contrast": {"aorta": 40.0, "inferior_vena_cava": 40.0, "liver": 55.0, "spleen": 45.0,
+                     "kidney_left": 32.0, "kidney_right": 32.0},
+    "arterial": {"aorta": 300.0, "inferior_vena_cava": 70.0, "liver": 75.0, "spleen": 120.0,
+                 "kidney_left": 180.0, "kidney_right": 180.0},
+    "portal_venous": {"aorta": 175.0, "inferior_vena_cava": 130.0, "liver": 115.0, "spleen": 120.0,
+                      "kidney_left": 160.0, "kidney_right": 160.0},
+    "delayed": {"aorta": 125.0, "inferior_vena_cava": 115.0, "liver": 100.0, "spleen": 100.0,
+                "kidney_left": 130.0, "kidney_right": 130.0},
+}
+
 #: Minimum voxel count for a structure's mean HU to be used. Noise is not the issue (20 voxels of
 #: ~15 HU noise give a mean within ~±3 HU, far inside the 40+ HU margins below); fragments are: a
 #: vessel cut by the field of view or a speck of mislabelled voxels is mostly partial volume with

@@ -136,6 +136,19 @@ class ImageGeneratorConfig:
     # instead of like the one scan that shares their label set, and the model learns to draw
     # unannotated anatomy from context. 0 (old models) draws nothing.
     p_hide_classes: float = 0.0
+    # Probability that a training slice is re-rendered in a random contrast phase: each enhancing
+    # structure (aorta, IVC, liver, spleen, kidneys) is shifted from its measured mean HU in the
+    # scan to the phase's typical value (`guidegen.data.phase.TYPICAL_HU`; the shift map blurred
+    # by one pixel) and the slice is labelled with that phase. Our few scans tie phase to anatomy
+    # and annotation pattern (the one non-contrast scan is the one complete map); this unties them.
+    # 0 (old models) draws nothing.
+    p_phase_remap: float = 0.0
+    # Largest whole-slice HU offset added to the teacher-forced previous slice (drawn uniformly in
+    # ±prev_shift_hu per slice, enhancing structures only). Generation feeds the model its own
+    # previous slice, a little too bright, and a model that copies the previous slice's level drifts
+    # brighter along z (docs/results/image_generator_phase_remap.txt); an unreliable level makes
+    # it take organ HU from the phase and the masks instead. 0 (old models) draws nothing.
+    prev_shift_hu: float = 0.0
     holdout_cases: tuple[str, ...] = ()
     infer_phase: bool = True
 
@@ -198,6 +211,9 @@ class ImageGeneratorConfig:
         _check_positive_int("checkpoint_every", self.checkpoint_every)
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
         _check_probability("p_hide_classes", self.p_hide_classes)
+        _check_probability("p_phase_remap", self.p_phase_remap)
+        if not (isinstance(self.prev_shift_hu, (int, float)) and 0 <= self.prev_shift_hu <= 500):
+            raise ValueError(f"prev_shift_hu must be in [0, 500] HU, got {self.prev_shift_hu!r}")
         _check_positive_int("log_every", self.log_every)
         _check_positive_int("seed", self.seed, 0)
         _check_probability("augment_prob", self.augment_prob)

@@ -48,12 +48,13 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor, nn
 
 from guidegen.checkpoint import save_checkpoint
@@ -65,10 +66,11 @@ from guidegen.errors import InputError
 from guidegen.data.prepare import load_prepared
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator
-from guidegen.images.hu import AIR_UNIT, hu_to_unit
+from guidegen.data.phase import TYPICAL_HU
+from guidegen.images.hu import AIR_UNIT, hu_to_unit, unit_to_hu
 from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase_id
 from guidegen.io.nifti import read_nifti
-from guidegen.labels.vocabulary import NAMES, UNKNOWN
+from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
                                remove_stale_checkpoints, resume_training, set_threads, step_generators, truncate_log)
 
@@ -131,6 +133,7 @@ class _Case:
     annotated: Tensor  # (K,)
     phase: int
     text: Tensor  # (D,)
+    mean_hu: dict[str, float] = field(default_factory=dict)  # measured per structure (prepare's case.json)
 
 
 class SliceDataset:
@@ -171,8 +174,10 @@ class SliceDataset:
             text = torch.zeros(config.text_dim)
             if text_embeddings and entry["case_id"] in text_embeddings:
                 text = torch.as_tensor(text_embeddings[entry["case_id"]], dtype=torch.float32).reshape(config.text_dim)
+            means = _interior_means(ct.array, labels.array, [n for n in entry.get("annotated", []) if n in _ENHANCING])
             self.cases.append(_Case(entry["case_id"], torch.from_numpy(hu_to_unit(ct.array)),
-                                    torch.from_numpy(np.ascontiguousarray(labels.array)), annotated, phase_id(phase), text))
+                                    torch.from_numpy(np.ascontiguousarray(labels.array)), annotated, phase_id(phase), text,
+                                    means))
         if not self.cases:
             raise InputError(prepared_dir, "holds no prepared case with a CT to train on")
         self.index = [(c, k) for c, case in enumerate(self.cases) for k in range(case.ct.shape[2])]
@@ -203,9 +208,11 @@ class SliceDataset:
         if chosen is not None:
             indices = [indices[p] for p in chosen]
         targets, ctxs, prevs, has_prev, zs, phases, anns, texts = [], [], [], [], [], [], [], []
+        item_cases: list[_Case] = []
         for i in indices:
             c, k = self.index[int(i)]
             case = self.cases[c]
+            item_cases.append(case)
             depth = case.ct.shape[2]
             targets.append(case.ct[..., k])
             ctx = torch.full((2 * r + 1, *case.labels.shape[:2]), OUTSIDE, dtype=torch.int64)
@@ -246,14 +253,92 @@ class SliceDataset:
         batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)
         if do_aug.any():
             _augment(batch, do_aug, angle, zoom, shift, cfg.spacing[:2])
+        hide = None
         if cfg.p_hide_classes > 0:
             # Drawn after everything else, and only when enabled: old configs keep their streams.
             hide_item = rng.random(full) < cfg.p_hide_classes
             hide_class = rng.random((full, cfg.num_classes)) < 0.5
             if chosen is not None:
                 hide_item, hide_class = hide_item[chosen], hide_class[chosen]
-            _hide_classes(batch, hide_item[:, None] & hide_class)
+            hide = hide_item[:, None] & hide_class
+        if cfg.p_phase_remap > 0:
+            remap_item = rng.random(full) < cfg.p_phase_remap
+            remap_phase = rng.integers(0, len(REMAP_PHASES), size=full)
+            if chosen is not None:
+                remap_item, remap_phase = remap_item[chosen], remap_phase[chosen]
+            # Before hiding classes: the shift follows the true anatomy, whatever is shown.
+            for b_i in np.flatnonzero(remap_item):
+                _remap_phase(batch, int(b_i), item_cases[b_i].mean_hu, REMAP_PHASES[int(remap_phase[b_i])], cfg.context_radius)
+        if cfg.prev_shift_hu > 0:
+            shift_hu = rng.uniform(-cfg.prev_shift_hu, cfg.prev_shift_hu, size=full)
+            if chosen is not None:
+                shift_hu = shift_hu[chosen]
+            _shift_previous(batch, shift_hu, cfg.context_radius)
+        if hide is not None:
+            _hide_classes(batch, hide)
         return batch
+
+
+#: Structures whose HU the phase remap moves.
+_ENHANCING: tuple[str, ...] = tuple(sorted({n for values in TYPICAL_HU.values() for n in values}))
+
+
+def _interior_means(ct_hu: np.ndarray, labels: np.ndarray, names: Sequence[str], min_voxels: int = 20) -> dict[str, float]:
+    """Mean HU inside each structure eroded by one voxel (its rim is partial volume with fat)."""
+    means = {}
+    for name in names:
+        mask = labels == ID[name]
+        interior = ndimage.binary_erosion(mask)
+        use = interior if interior.sum() >= min_voxels else mask
+        if use.sum() >= min_voxels:
+            means[name] = float(ct_hu[use].mean())
+    return means
+
+
+#: Phases a slice may be re-rendered in (`ImageGeneratorConfig.p_phase_remap`).
+REMAP_PHASES: tuple[str, ...] = tuple(TYPICAL_HU)
+
+
+def phase_shift_map(labels: np.ndarray, mean_hu: dict[str, float], phase: str, sigma_px: float = 1.0) -> np.ndarray | None:
+    """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU.
+
+    Each structure of `TYPICAL_HU` measured in the scan (``mean_hu``) moves by typical − measured;
+    the map is blurred by ``sigma_px`` so a label edge does not become an intensity step. ``None``
+    when the scan has none of those structures measured (the slice cannot be re-rendered).
+    """
+    targets = {k: v for k, v in TYPICAL_HU[phase].items() if k in mean_hu}
+    if not targets:
+        return None
+    shift = np.zeros(labels.shape, dtype=np.float32)
+    for name, value in targets.items():
+        shift[labels == ID[name]] = value - mean_hu[name]
+    return ndimage.gaussian_filter(shift, sigma_px) if sigma_px > 0 else shift
+
+
+def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int) -> None:
+    """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place)."""
+    target_shift = phase_shift_map(batch.ctx[b, radius].numpy(), mean_hu, phase)
+    if target_shift is None:
+        return
+    batch.target[b, 0] = hu_to_unit(unit_to_hu(batch.target[b, 0]) + torch.from_numpy(target_shift))
+    if radius >= 1 and float(batch.has_prev[b]) > 0:
+        prev_shift = phase_shift_map(batch.ctx[b, radius - 1].numpy(), mean_hu, phase)
+        if prev_shift is not None:
+            batch.prev[b, 0] = hu_to_unit(unit_to_hu(batch.prev[b, 0]) + torch.from_numpy(prev_shift))
+    batch.phase[b] = phase_id(phase)
+
+
+def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int) -> None:
+    """Add ``shift_hu[b]`` HU to the enhancing structures of item b's previous slice (in place)."""
+    if radius < 1:
+        return
+    enhancing = torch.tensor([ID[n] for n in _ENHANCING])
+    for b in range(batch.prev.shape[0]):
+        if float(batch.has_prev[b]) == 0 or shift_hu[b] == 0:
+            continue
+        where = torch.isin(batch.ctx[b, radius - 1], enhancing).numpy().astype(np.float32)
+        shift = torch.from_numpy(ndimage.gaussian_filter(where, 1.0) * float(shift_hu[b]))
+        batch.prev[b, 0] = hu_to_unit(unit_to_hu(batch.prev[b, 0]) + shift)
 
 
 def _hide_classes(batch: SliceBatch, hide: np.ndarray) -> None:
