@@ -79,6 +79,8 @@ def test_case_folder_contents(gg, tmp_path):
     assert meta["prompt"] == PROMPT and meta["seed"] == 0 and meta["model"] == {"model_id": "tiny-test", "version": "0"}
     assert meta["requested"]["tumours"][0]["organ"] == "liver" and meta["phase"] == "portal_venous"
     assert meta["sampling"]["mask_steps"] == 3 and meta["shape"] == list(ct.shape)
+    placed = meta["tumour_placement"]  # what the sampler placed for the stated liver tumour, and whether it holds
+    assert placed["mode"] == "insert" and placed["stated"] is True and "tumours" in placed["agreement"]
     assert np.allclose(meta["spacing_mm"], ct.header.get_zooms()) and meta["synthetic"] is True
     assert all(meta["labels"][str(v)] for v in np.unique(np.asarray(labels.dataobj)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
