@@ -15,8 +15,17 @@ from guidegen.io.volume import Volume
 WINDOW = (-160.0, 240.0)
 
 
-def _centre(labels: Volume | None, shape: tuple[int, int, int], skip: Sequence[int]) -> tuple[int, int, int]:
+def _centre(labels: Volume | None, shape: tuple[int, int, int], skip: Sequence[int],
+            focus: Sequence[int] = ()) -> tuple[int, int, int]:
     if labels is not None:
+        for class_id in focus:  # a lesion is what the reader looks for: cut through the largest one
+            mask = labels.array == class_id
+            if mask.any():
+                from scipy import ndimage
+
+                components, n = ndimage.label(mask)
+                largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1 if n > 1 else 1
+                return tuple(int(round(v)) for v in np.argwhere(components == largest).mean(0))  # type: ignore[return-value]
         fg = ~np.isin(labels.array, list(skip))
         if fg.any():
             return tuple(int(round(v)) for v in np.argwhere(fg).mean(0))  # type: ignore[return-value]
@@ -25,8 +34,11 @@ def _centre(labels: Volume | None, shape: tuple[int, int, int], skip: Sequence[i
 
 def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, class_names: Sequence[str],
                    class_colours: Sequence[tuple[int, int, int]], title: str = "", overwrite: bool = False,
-                   skip_classes: Sequence[int] = (0, 255), alpha: float = 0.45) -> Path:
+                   skip_classes: Sequence[int] = (0, 255), alpha: float = 0.45, focus_classes: Sequence[int] = ()) -> Path:
     """Write a PNG with three orthogonal slices through the labelled anatomy's centre.
+
+    With ``focus_classes`` (e.g. the tumour id) the slices go through the largest component of the
+    first of those classes present instead.
 
     Args:
         path: output .png (written atomically).
@@ -44,7 +56,7 @@ def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, c
     ref = ct if ct is not None else labels
     if ref is None:
         raise ValueError("need a CT or a label map to draw")
-    cx, cy, cz = _centre(labels, ref.shape, skip_classes)
+    cx, cy, cz = _centre(labels, ref.shape, skip_classes, focus_classes)
     sx, sy, sz = ref.spacing
     # (image, extent aspect): each panel shown with anatomical orientation (radiological convention:
     # patient's right on the image's left, anterior up, superior up).

@@ -223,7 +223,7 @@ def write_case_folder(case: GeneratedCase, folder: Path, model_info: dict, setti
 
     render_preview(folder / "preview.png", case.ct, case.labels, [c.display for c in CLASSES],
                    [preview_colour(c.id) for c in CLASSES], title=case.prompt[:90],
-                   skip_classes=(0, ID["body"], UNKNOWN))
+                   skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
     files = ["ct.nii.gz", "labels.nii.gz", "report.txt", "preview.png"]
     if dicom:
         from guidegen.io.dicom_write import DicomStudyInfo, write_dicom_ct_series, write_dicom_seg

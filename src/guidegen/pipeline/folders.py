@@ -107,7 +107,7 @@ def run_demo(out: str | Path, data: str | Path, overwrite: bool = False, case: s
         shutil.copy(entry["labels_path"], tmp / "labels.nii.gz")
         render_preview(tmp / "preview.png", ct, labels, [c.display for c in CLASSES],
                        [preview_colour(c.id) for c in CLASSES], title=f"{case} (real CT, prepared at 3 mm)",
-                       skip_classes=(0, ID["body"], UNKNOWN))
+                       skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
     seconds = time.perf_counter() - started
     return [
         f"demo case {case}: {ct.shape} voxels at {tuple(round(s, 2) for s in ct.spacing)} mm, {ct.orientation}",
@@ -158,7 +158,7 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
             text, measured = report_from_labels(vol, seed=seed + i)
             (folder / "report.txt").write_text(text + "\n", encoding="utf-8")
             render_preview(folder / "preview.png", None, vol, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
-                           title=prompt[:100], skip_classes=(0, UNKNOWN))
+                           title=prompt[:100], skip_classes=(0, UNKNOWN), focus_classes=(ID["tumour"],))
         (tmp / "prompt.json").write_text(json.dumps({"prompt": prompt, "attributes": attributes.to_dict(), "n": n, "seed": seed,
                                                      "steps": steps or sampler.config.sample_steps,
                                                      "guidance": sampler.config.guidance_scale if guidance is None else guidance,
@@ -200,7 +200,7 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
         write_nifti(ct, tmp / "ct.nii.gz")
         write_nifti(labels_volume, tmp / "labels.nii.gz")
         render_preview(tmp / "preview.png", ct, labels_volume, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
-                       title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN))
+                       title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
         (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": phase, "prompt": prompt,
                                                    "steps": steps, "guidance": guidance, "seconds": round(seconds, 2),
                                                    "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
