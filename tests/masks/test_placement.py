@@ -103,3 +103,11 @@ def test_missing_host_is_reported_not_hidden(anatomy):
     assert "no kidney_right" in record["groups"][0]["error"]
     assert record["attempts"] == 6
     assert not np.any(out.array == TUMOUR)
+
+
+def test_placement_stream_takes_any_seed_torch_takes():
+    from guidegen.masks.sampler import placement_rng
+
+    assert placement_rng(-5).integers(1 << 30) == placement_rng(-5).integers(1 << 30)
+    assert placement_rng(-5).integers(1 << 30) != placement_rng(5).integers(1 << 30)
+    assert placement_rng(3, 0).integers(1 << 30) != placement_rng(3, 1).integers(1 << 30)

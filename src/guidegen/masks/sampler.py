@@ -37,7 +37,8 @@ _PLACEMENT_STREAM = 0x74756D72
 def placement_rng(seed: int, index: int | None = None) -> np.random.Generator:
     """The tumour placement's random stream for a map: its own seed (and its index in the batch when
     the batch shares one seed), never the network's draws, so placement can be redone on saved maps."""
-    return np.random.default_rng([_PLACEMENT_STREAM, int(seed)] + ([int(index)] if index is not None else []))
+    # numpy seed sequences take non-negative integers only; torch seeds may be negative.
+    return np.random.default_rng([_PLACEMENT_STREAM, int(seed) % 2**64] + ([int(index)] if index is not None else []))
 
 
 def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
