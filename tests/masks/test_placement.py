@@ -111,3 +111,11 @@ def test_placement_stream_takes_any_seed_torch_takes():
     assert placement_rng(-5).integers(1 << 30) == placement_rng(-5).integers(1 << 30)
     assert placement_rng(-5).integers(1 << 30) != placement_rng(5).integers(1 << 30)
     assert placement_rng(3, 0).integers(1 << 30) != placement_rng(3, 1).integers(1 << 30)
+
+
+def test_hosts_without_tumour_model_are_reported(anatomy):
+    out, record = place(anatomy, "3 cm gallbladder mass")
+    assert "not placed" in record["groups"][0]["error"] and record["agreement"]["tumour1.organ"] is False
+    assert not np.any(out.array == TUMOUR)
+    out, record = place(anatomy, "tumour 3 cm")  # no host stated: any host present will do
+    assert all(record["agreement"].values()), record

@@ -78,6 +78,9 @@ def _present(labels: Volume) -> set[str]:
 def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator,
                 shapes: Sequence[TumourShape] | None) -> tuple[Volume, dict[str, Any]]:
     """Insert one stated tumour group; returns the map and a record (with ``"error"`` on failure)."""
+    if group.organ not in (None, KIDNEY_UNSPECIFIED, *TUMOUR_HOSTS):
+        return labels, {"organ": group.organ,
+                        "error": f"tumours of the {group.organ} are not placed (hosts: {', '.join(TUMOUR_HOSTS)})"}
     present = _present(labels)
     if group.organ is None:
         options = sorted(present)
