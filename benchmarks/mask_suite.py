@@ -47,8 +47,7 @@ def main() -> None:
     from guidegen.evaluation.masks import check_masks, volume_statistics
     from guidegen.evaluation.prompt_suite import PROMPT_SUITE
     from guidegen.io.volume import Volume
-    from guidegen.masks.placement import place_stated_tumours
-    from guidegen.masks.sampler import VolumetricMaskSampler, placement_rng, sampler_grid
+    from guidegen.masks.sampler import VolumetricMaskSampler, place_tumours, sampler_grid
     from guidegen.text.parse import parse_prompt
 
     sampler = VolumetricMaskSampler.from_pretrained(args.model)
@@ -79,7 +78,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     # Placement as `sample_masks(tumour_placement="insert")` does it: same per-map random stream.
     placed_start = time.perf_counter()
-    inserted = [place_stated_tumours(v, parse_prompt(p).tumours, placement_rng(s))[0] for v, (p, s) in zip(samples, jobs)]
+    inserted = [place_tumours(v, parse_prompt(p), s) for v, (p, s) in zip(samples, jobs)]
     placed_seconds = time.perf_counter() - placed_start
     reference = None
     if args.reference:

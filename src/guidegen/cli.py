@@ -176,8 +176,10 @@ def sample_masks(
     """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
     from guidegen.pipeline import sample_masks_to_folder
 
-    if tumour_placement is not None and tumour_placement not in ("insert", "network"):
-        raise InputError("--tumour-placement", f"must be insert or network, got {tumour_placement!r}")
+    from guidegen.masks.config import TUMOUR_PLACEMENTS
+
+    if tumour_placement is not None and tumour_placement not in TUMOUR_PLACEMENTS:
+        raise InputError("--tumour-placement", f"must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {tumour_placement!r}")
     lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, steps=steps, guidance=guidance,
                                             model=model, device=_device(device), overwrite=overwrite,
                                             tumour_placement=tumour_placement)

@@ -315,16 +315,21 @@ def phase_shift_map(labels: np.ndarray, mean_hu: dict[str, float], phase: str, s
     return ndimage.gaussian_filter(shift, sigma_px) if sigma_px > 0 else shift
 
 
+def _add_hu(slice_units: Tensor, shift_hu: np.ndarray) -> Tensor:
+    """A model-unit slice with ``shift_hu`` added in HU (the unit mapping is piecewise linear)."""
+    return hu_to_unit(unit_to_hu(slice_units) + torch.from_numpy(shift_hu))
+
+
 def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int) -> None:
     """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place)."""
     target_shift = phase_shift_map(batch.ctx[b, radius].numpy(), mean_hu, phase)
     if target_shift is None:
         return
-    batch.target[b, 0] = hu_to_unit(unit_to_hu(batch.target[b, 0]) + torch.from_numpy(target_shift))
+    batch.target[b, 0] = _add_hu(batch.target[b, 0], target_shift)
     if radius >= 1 and float(batch.has_prev[b]) > 0:
         prev_shift = phase_shift_map(batch.ctx[b, radius - 1].numpy(), mean_hu, phase)
         if prev_shift is not None:
-            batch.prev[b, 0] = hu_to_unit(unit_to_hu(batch.prev[b, 0]) + torch.from_numpy(prev_shift))
+            batch.prev[b, 0] = _add_hu(batch.prev[b, 0], prev_shift)
     batch.phase[b] = phase_id(phase)
 
 
@@ -337,8 +342,7 @@ def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int) -> Non
         if float(batch.has_prev[b]) == 0 or shift_hu[b] == 0:
             continue
         where = torch.isin(batch.ctx[b, radius - 1], enhancing).numpy().astype(np.float32)
-        shift = torch.from_numpy(ndimage.gaussian_filter(where, 1.0) * float(shift_hu[b]))
-        batch.prev[b, 0] = hu_to_unit(unit_to_hu(batch.prev[b, 0]) + shift)
+        batch.prev[b, 0] = _add_hu(batch.prev[b, 0], ndimage.gaussian_filter(where, 1.0) * float(shift_hu[b]))
 
 
 def _hide_classes(batch: SliceBatch, hide: np.ndarray) -> None:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from guidegen.labels.vocabulary import NUM_CLASSES
 
+#: Values of `MaskSamplerConfig.tumour_placement` and of its last sampling step (``final_decode``).
+TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network")
+FINAL_DECODES: tuple[str, ...] = ("argmax", "matched")
+
 
 @dataclass(frozen=True)
 class MaskSamplerConfig:
@@ -99,9 +103,9 @@ class MaskSamplerConfig:
             raise ValueError(f"tumour_weight must be positive, got {self.tumour_weight!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.final_decode not in ("argmax", "matched"):
-            raise ValueError(f"final_decode must be 'argmax' or 'matched', got {self.final_decode!r}")
-        if self.tumour_placement not in ("insert", "network"):
-            raise ValueError(f"tumour_placement must be 'insert' or 'network', got {self.tumour_placement!r}")
+        if self.final_decode not in FINAL_DECODES:
+            raise ValueError(f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {self.final_decode!r}")
+        if self.tumour_placement not in TUMOUR_PLACEMENTS:
+            raise ValueError(f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {self.tumour_placement!r}")
         if not 1 <= self.sample_steps <= self.num_timesteps:
             raise ValueError(f"sample_steps must be in [1, {self.num_timesteps}], got {self.sample_steps}")

@@ -37,16 +37,22 @@ from guidegen.text.agreement import DIAMETER_TOLERANCE, tumour_agreement
 from guidegen.text.attributes import KIDNEY_UNSPECIFIED, Tumour
 from guidegen.text.measure import colon_segment_of, liver_lobe_of, measure_labels
 
-__all__ = ["PLACEMENT_MODES", "place_stated_tumours", "remove_tumours"]
-
-#: ``tumour_placement`` values: "insert" (this module) or "network" (the network's own tumours).
-PLACEMENT_MODES: tuple[str, ...] = ("insert", "network")
+__all__ = ["fill_from_nearest", "place_stated_tumours", "remove_tumours"]
 #: Lesions drawn for "multiple" when no number is stated.
 MULTIPLE_COUNT = (2, 4)
 #: Secondary lesions of a group get this fraction range of the stated (largest) diameter.
 SECONDARY_FRACTION = (0.5, 0.9)
 
 _TUMOUR = ID["tumour"]
+
+
+def fill_from_nearest(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` whose ``mask`` voxels take the label of the nearest voxel outside it."""
+    out = array.copy()
+    if mask.any():
+        _, index = ndimage.distance_transform_edt(mask, return_indices=True)
+        out[mask] = array[tuple(i[mask] for i in index)]
+    return out
 
 
 def remove_tumours(labels: Volume) -> Volume:
@@ -56,10 +62,7 @@ def remove_tumours(labels: Volume) -> Volume:
         return labels
     if tumour.all():
         return labels.with_array(np.zeros_like(labels.array))
-    _, (ix, iy, iz) = ndimage.distance_transform_edt(tumour, return_indices=True)
-    out = labels.array.copy()
-    out[tumour] = labels.array[ix[tumour], iy[tumour], iz[tumour]]
-    return labels.with_array(out)
+    return labels.with_array(fill_from_nearest(labels.array, tumour))
 
 
 def _site_of(host: str):

@@ -21,9 +21,9 @@ from guidegen.errors import InputError
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, ORGANS
 from guidegen.masks.conditioning import attribute_vector
-from guidegen.masks.config import MaskSamplerConfig
+from guidegen.masks.config import FINAL_DECODES, TUMOUR_PLACEMENTS, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
-from guidegen.masks.placement import PLACEMENT_MODES, place_stated_tumours
+from guidegen.masks.placement import fill_from_nearest, place_stated_tumours
 from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
@@ -39,6 +39,14 @@ def placement_rng(seed: int, index: int | None = None) -> np.random.Generator:
     the batch shares one seed), never the network's draws, so placement can be redone on saved maps."""
     # numpy seed sequences take non-negative integers only; torch seeds may be negative.
     return np.random.default_rng([_PLACEMENT_STREAM, int(seed) % 2**64] + ([int(index)] if index is not None else []))
+
+
+def place_tumours(volume: Volume, attributes: Attributes, seed: int, index: int | None = None) -> Volume:
+    """``tumour_placement="insert"`` on one sampled map: its stated tumours placed with its own
+    stream (`placement_rng`), the record in ``meta["tumour_placement"]``."""
+    placed, record = place_stated_tumours(volume, attributes.tumours, placement_rng(seed, index))
+    placed.meta["tumour_placement"] = record
+    return placed
 
 
 def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
@@ -71,8 +79,7 @@ def keep_main_components(labels: np.ndarray, classes: Sequence[str] = ORGANS) ->
         sizes[0] = 0
         removed |= mask & (comps != int(np.argmax(sizes)))
     if removed.any():
-        _, (ix, iy, iz) = ndimage.distance_transform_edt(removed, return_indices=True)
-        out[removed] = labels[ix[removed], iy[removed], iz[removed]]
+        out = fill_from_nearest(labels, removed)
         # An island whose nearest kept voxel is its own organ (across a gap) must not stay that organ.
         out[removed & (out == labels)] = 0
     return out
@@ -152,8 +159,8 @@ class VolumetricMaskSampler:
             raise InputError(None, "need at least one prompt and n ≥ 1")
         steps = steps or self.config.sample_steps
         placement = tumour_placement or self.config.tumour_placement
-        if placement not in PLACEMENT_MODES:
-            raise InputError(None, f"tumour_placement must be one of {', '.join(PLACEMENT_MODES)}, got {placement!r}")
+        if placement not in TUMOUR_PLACEMENTS:
+            raise InputError(None, f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {placement!r}")
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
         scale = self.config.guidance_scale if guidance is None else float(guidance)
@@ -184,8 +191,8 @@ class VolumetricMaskSampler:
             generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, total))
         decode = final_decode or self.config.final_decode
-        if decode not in ("argmax", "matched"):
-            raise InputError(None, f"final_decode must be argmax or matched, got {decode!r}")
+        if decode not in FINAL_DECODES:
+            raise InputError(None, f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {decode!r}")
         labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
                                        callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
                                        matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
@@ -198,9 +205,7 @@ class VolumetricMaskSampler:
             item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
             volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i})
             if placement == "insert":
-                rng = placement_rng(item_seed, i if isinstance(generator, torch.Generator) else None)
-                volume, record = place_stated_tumours(volume, attributes[i // n].tumours, rng)
-                volume.meta["tumour_placement"] = record
+                volume = place_tumours(volume, attributes[i // n], item_seed, i if isinstance(generator, torch.Generator) else None)
             out.append(volume)
         return out
 
