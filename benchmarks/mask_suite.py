@@ -9,7 +9,9 @@ index), plus ``--diversity`` maps of three prompts for the mean pairwise Dice, a
 adherence, diversity; per-class volumes against the training maps' distribution when
 ``--reference`` names a `guidegen prepare` folder at the sampler's grid (the recipe's
 ``prepared_cache``). The network's maps are scored as drawn ("network") and after the sampler's
-tumour placement ("insert", `guidegen.masks.placement`, the default), from one sampling run.
+placement stage ("insert": stated tumours placed, their hosts grown to hold them, stated organ sizes
+given, `guidegen.masks.placement`, the default), from one sampling run. ``--organ-sizes network``
+leaves the organs as drawn in the "insert" maps.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def main() -> None:
                         help="score maps with stated tumours inserted, the network's own maps, or both (one sampling)")
     parser.add_argument("--final-decode", choices=["argmax", "matched"], default=None,
                         help="last sampling step (default: the model's MaskSamplerConfig.final_decode)")
+    parser.add_argument("--organ-sizes", choices=["scale", "network"], default=None,
+                        help="stated organ sizes in the placed maps (default: the model's organ_sizes)")
     parser.add_argument("--maps", default=None,
                         help="npz of the network's maps: read if it exists (no sampling), else written after sampling")
     args = parser.parse_args()
@@ -47,7 +51,7 @@ def main() -> None:
     from guidegen.evaluation.masks import check_masks, volume_statistics
     from guidegen.evaluation.prompt_suite import PROMPT_SUITE
     from guidegen.io.volume import Volume
-    from guidegen.masks.sampler import VolumetricMaskSampler, place_tumours, sampler_grid
+    from guidegen.masks.sampler import VolumetricMaskSampler, apply_statements, sampler_grid
     from guidegen.text.parse import parse_prompt
 
     sampler = VolumetricMaskSampler.from_pretrained(args.model)
@@ -76,9 +80,11 @@ def main() -> None:
         if cached is not None:
             np.savez_compressed(cached, maps=np.stack([v.array for v in samples]))
     seconds = time.perf_counter() - start
-    # Placement as `sample_masks(tumour_placement="insert")` does it: same per-map random stream.
+    # The placement stage as `sample_masks(tumour_placement="insert")` runs it (stated organ sizes as
+    # the model's `organ_sizes` or --organ-sizes says): same per-map random stream.
     placed_start = time.perf_counter()
-    inserted = [place_tumours(v, parse_prompt(p), s) for v, (p, s) in zip(samples, jobs)]
+    sizes = (args.organ_sizes or sampler.config.organ_sizes) == "scale"
+    inserted = [apply_statements(v, parse_prompt(p), s, organs=sizes) for v, (p, s) in zip(samples, jobs)]
     placed_seconds = time.perf_counter() - placed_start
     reference = None
     if args.reference:
@@ -92,7 +98,7 @@ def main() -> None:
           f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in {seconds:.0f} s "
           f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
           f"last step {args.final_decode or cfg.final_decode}; "
-          f"tumour placement {placed_seconds / len(jobs):.2f} s per map")
+          f"placement stage (organ sizes {'scaled' if sizes else 'as drawn'}) {placed_seconds / len(jobs):.2f} s per map")
     modes = ["insert", "network"] if args.tumour_placement == "both" else [args.tumour_placement]
     reports = {}
     for mode in modes:

@@ -6,6 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from guidegen.labels.vocabulary import ID
+
 from tests.pipeline.conftest import make_tiny_model
 from tests.test_cli import run
 
@@ -52,6 +54,24 @@ def test_sample_masks_records_tumour_placement(tiny_models, tmp_path, capsys):
         assert (placed is None) if mode == "network" else (placed["mode"] == "insert" and "agreement" in placed)
 
 
+def test_sample_masks_records_organ_sizes(tiny_models, tmp_path, capsys):
+    import json
+
+    for mode in ("scale", "network"):
+        code, _, err = run(["sample-masks", "--prompt", "status post splenectomy", "--model", str(tiny_models),
+                            "--organ-sizes", mode, "--out", str(tmp_path / mode)], capsys)
+        assert code == 0, err
+        meta = json.loads((tmp_path / mode / "prompt.json").read_text())
+        assert meta["organ_sizes"] == mode
+        sized = meta["sized"][0]
+        if mode == "network":
+            assert sized is None
+        else:  # the spleen is gone whatever the tiny network drew
+            assert sized["spleen"]["holds"] is True and sized["spleen"]["after_ml"] == 0
+            labels = nib.load(str(tmp_path / mode / "sample_000" / "labels.nii.gz"))
+            assert not np.any(np.asanyarray(labels.dataobj) == ID["spleen"])
+
+
 def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
     labels = real / "msd-spleen-8" / "labels.nii.gz"
     code, out, err = run(["generate-ct", "--labels", str(labels), "--out", str(tmp_path / "ct"), "--model", str(tiny_models),
@@ -70,6 +90,7 @@ def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
     (["generate-ct", "--labels", "missing.nii.gz", "--out", "x"], "missing.nii.gz"),
     (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--device", "tpu"], "--device"),
     (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--tumour-placement", "paint"], "--tumour-placement"),
+    (["sample-masks", "--prompt", "enlarged spleen", "--out", "x", "--organ-sizes", "big"], "--organ-sizes"),
 ])
 def test_model_commands_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

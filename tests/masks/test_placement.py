@@ -10,11 +10,15 @@ from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
-from guidegen.masks.placement import place_stated_tumours, remove_tumours
-from guidegen.text.measure import measure_labels
+from guidegen.data.augment import SOFT_CLASSES, OrganScaling, ScalingParams
+from guidegen.masks.placement import (HOST_TUMOUR_RATIO, _wrap_in_host, apply_stated_organs, place_stated_tumours,
+                                      remove_tumours, stated_volume_band)
+from guidegen.text.agreement import organ_agreement
+from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
 from guidegen.text.parse import parse_prompt
 
 TUMOUR = ID["tumour"]
+SOFT = {ID[n] for n in SOFT_CLASSES}
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +55,11 @@ def test_stated_tumour_is_measured_as_stated(anatomy, prompt, host, segment):
     assert segment is None or measured[0].segment == segment
     stated = parse_prompt(prompt).tumours[0].diameter_mm
     assert abs(measured[0].diameter_mm - stated) <= 0.3 * stated
-    # Only the host and soft tissue gave way: every other organ is untouched.
+    # Only the host and soft tissue gave way (to the tumour, or to a rim of host around it): every
+    # other organ is untouched.
     changed = out.array != anatomy.array
-    assert set(np.unique(out.array[changed])) == {TUMOUR}
-    assert ID["liver"] not in anatomy.array[changed] or host == "liver"
+    assert set(np.unique(out.array[changed])) <= {TUMOUR, ID[host]}
+    assert set(np.unique(anatomy.array[changed])) <= {ID[host], *SOFT}
     assert "augmentations" not in out.meta
 
 
@@ -119,3 +124,101 @@ def test_hosts_without_tumour_model_are_reported(anatomy):
     assert not np.any(out.array == TUMOUR)
     out, record = place(anatomy, "tumour 3 cm")  # no host stated: any host present will do
     assert all(record["agreement"].values()), record
+
+
+def shrunk(anatomy: Volume, organ: str, factor: float) -> Volume:
+    out, _ = OrganScaling().apply(anatomy, ScalingParams(organ=organ, volume_factor=factor))
+    return out.with_array(out.array, meta={})
+
+
+def volume_ml(labels: Volume, organ: str) -> float:
+    return float(np.count_nonzero(labels.array == ID[organ])) * labels.voxel_volume_ml
+
+
+@pytest.mark.parametrize("prompt, host", [("pancreatic cancer 4 cm", "pancreas"), ("gastric cancer 5 cm", "stomach")])
+def test_host_drawn_too_small_is_grown_to_hold_the_tumour(anatomy, prompt, host):
+    # As the demo network draws them: a pancreas / stomach of a few mL, smaller than the stated tumour.
+    small = shrunk(anatomy, host, 0.15)
+    before = volume_ml(small, host)
+    diameter = parse_prompt(prompt).tumours[0].diameter_mm
+    needed = HOST_TUMOUR_RATIO * np.pi / 6 * diameter**3 / 1000
+    assert before < needed / 3
+    out, record = place(small, prompt)
+    assert all(record["agreement"].values()), record
+    grown = record["groups"][0]["host_grown_ml"]
+    assert grown[0] == pytest.approx(before, abs=0.1) and grown[1] >= 0.8 * needed
+    # Host and tumour together now hold at least the needed volume; growth took fat and bowel only.
+    assert volume_ml(out, host) + volume_ml(out, "tumour") >= 0.8 * needed
+    changed = out.array != small.array
+    assert set(np.unique(small.array[changed])) <= {ID[host], *SOFT}
+    # An organ whose size the prompt states keeps it.
+    _, record = place_stated_tumours(small, parse_prompt(prompt).tumours, np.random.default_rng(0), keep_size=[host])
+    assert "host_grown_ml" not in record["groups"][0]
+
+
+def test_lesion_touching_fat_gets_a_rim_of_its_host():
+    # A 3-voxel tumour whose host (pancreas) touches one face and the stomach another: fat around it
+    # becomes pancreas, the stomach stays, and the report then names the pancreas as the host.
+    array = np.full((12, 12, 12), ID["body"], np.uint8)
+    array[4:7, 4:7, 4:7] = TUMOUR
+    array[4:7, 4:7, 7] = ID["pancreas"]
+    array[4:7, 3, 4:7] = ID["stomach"]
+    array[3, 3:8, 3:8] = ID["stomach"]
+    labels = Volume(array, np.diag([8.0, 8.0, 8.0, 1.0]), "labels", {})
+    assert measure_labels(labels).lesions[0].host == "stomach"
+    lesion = array == TUMOUR
+    out = _wrap_in_host(labels, lesion, "pancreas")
+    assert measure_labels(out).lesions[0].host == "pancreas"
+    changed = out.array != array
+    assert set(np.unique(array[changed])) == {ID["body"]} and set(np.unique(out.array[changed])) == {ID["pancreas"]}
+    assert np.all(out.array[array == ID["stomach"]] == ID["stomach"])
+    # A lesion its host already surrounds is left alone.
+    inside = np.full((12, 12, 12), ID["liver"], np.uint8)
+    inside[5:7, 5:7, 5:7] = TUMOUR
+    liver = Volume(inside, labels.affine, "labels", {})
+    assert _wrap_in_host(liver, inside == TUMOUR, "liver") is liver
+
+
+@pytest.mark.parametrize("prompt, organ", [
+    ("enlarged spleen", "spleen"), ("moderate splenomegaly", "spleen"), ("moderate hepatomegaly", "liver"),
+    ("small atrophic left kidney", "kidney_left"), ("mild splenomegaly", "spleen"),
+])
+def test_stated_organ_size_is_given(anatomy, prompt, organ):
+    stated = parse_prompt(prompt).organs
+    assert not all(organ_agreement(organ, stated[organ], measure_labels(anatomy).attributes.organs[organ]).values())
+    out, record = apply_stated_organs(anatomy, stated, np.random.default_rng(0))
+    finding = measure_labels(out).attributes.organs[organ]
+    assert record[organ]["changed"] and record[organ]["holds"]
+    assert all(organ_agreement(organ, stated[organ], finding).values())
+    low, high = stated_volume_band(organ, stated[organ])
+    assert low <= finding.volume_ml <= high
+    if stated[organ].severity is not None:
+        assert grade_volume(organ, finding.volume_ml, finding.partial)[1] == stated[organ].severity
+    changed = out.array != anatomy.array
+    assert set(np.unique(anatomy.array[changed])) <= {ID[organ], *SOFT}
+    assert set(np.unique(out.array[changed])) <= {ID[organ], *SOFT}
+
+
+def test_normal_and_absent_organs(anatomy):
+    big = shrunk(anatomy, "kidney_right", 2.2)
+    assert volume_ml(big, "kidney_right") > REFERENCE_RANGES["kidney_right"].high_ml
+    out, record = apply_stated_organs(big, parse_prompt("normal sized kidneys").organs, np.random.default_rng(1))
+    assert record["kidney_right"]["changed"] and record["kidney_right"]["holds"]
+    assert not record["kidney_left"]["changed"]  # already normal: left as drawn
+    assert REFERENCE_RANGES["kidney_right"].low_ml <= volume_ml(out, "kidney_right") <= REFERENCE_RANGES["kidney_right"].high_ml
+    out, record = apply_stated_organs(anatomy, parse_prompt("status post splenectomy").organs, np.random.default_rng(1))
+    spleen = anatomy.array == ID["spleen"]
+    assert record["spleen"]["holds"] and not np.any(out.array == ID["spleen"])
+    assert set(np.unique(out.array[spleen])) <= SOFT  # its bed is fat and bowel, not another organ
+    np.testing.assert_array_equal(out.array[~spleen], anatomy.array[~spleen])
+    same, record = apply_stated_organs(anatomy, parse_prompt("4 cm liver tumour").organs, np.random.default_rng(1))
+    assert same is anatomy and record == {}
+
+
+def test_organ_missing_from_the_map_is_reported(anatomy):
+    no_spleen = anatomy.array.copy()
+    no_spleen[no_spleen == ID["spleen"]] = ID["body"]
+    out, record = apply_stated_organs(anatomy.with_array(no_spleen), parse_prompt("enlarged spleen").organs,
+                                      np.random.default_rng(0))
+    assert "no spleen" in record["spleen"]["error"] and record["spleen"]["holds"] is False
+    np.testing.assert_array_equal(out.array, no_spleen)

@@ -37,9 +37,9 @@ from scipy import ndimage
 
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
-from guidegen.text.agreement import DIAMETER_TOLERANCE, tumour_agreement, within
+from guidegen.text.agreement import DIAMETER_TOLERANCE, ORGAN_VOLUME_TOLERANCE, finding_volume, organ_agreement, tumour_agreement
 from guidegen.text.attributes import Attributes, OrganFinding
-from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
+from guidegen.text.measure import measure_labels
 from guidegen.text.parse import parse_prompt
 
 #: An organ passes the component check when its largest component holds at least this share of
@@ -48,8 +48,6 @@ MIN_MAIN_FRACTION = 0.95
 #: Volume outliers: a volume below ``mean / VOLUME_TOLERANCE`` or above ``mean × VOLUME_TOLERANCE``
 #: of the reference set (3 → outside 0.33×-3× the reference mean).
 VOLUME_TOLERANCE = 3.0
-#: A stated organ volume (mL) holds when the measured one is within ±30 % of it.
-ORGAN_VOLUME_TOLERANCE = 0.30
 
 #: 26-connectivity (faces, edges and corners touch).
 _FULL = np.ones((3, 3, 3), dtype=bool)
@@ -149,7 +147,7 @@ def organ_volumes(labels: Volume) -> dict[str, float | None]:
     """
     _check_volume(labels, "labels")
     organs = measure_labels(labels).attributes.organs
-    return {name: _finding_volume(organs.get(name)) for name in ORGANS}
+    return {name: finding_volume(organs.get(name)) for name in ORGANS}
 
 
 def volume_statistics(labels_list: Iterable[Volume], classes: Sequence[str] = ORGANS) -> dict[str, VolumeStats]:
@@ -525,58 +523,11 @@ def adherence_check(
     stated, measured = prompt_attributes.tumours, measured_attributes.tumours
     result.update(tumour_agreement(stated, measured, diameter_tolerance))
     for organ, finding in prompt_attributes.organs.items():
-        result.update(_organ_fields(organ, finding, measured_attributes.organs.get(organ), stats, volume_tolerance))
+        result.update(organ_agreement(organ, finding, measured_attributes.organs.get(organ), stats, volume_tolerance))
     if prompt_attributes.field_of_view is not None:
         result["field_of_view"] = measured_attributes.field_of_view == prompt_attributes.field_of_view
     result["all"] = all(result.values())
     return result
-
-
-def _organ_fields(
-    organ: str,
-    stated: OrganFinding,
-    measured: OrganFinding | None,
-    stats: Mapping[str, VolumeStats],
-    tolerance: float,
-) -> dict[str, bool]:
-    fields: dict[str, bool] = {}
-    volume = _finding_volume(measured)
-    partial = bool(measured.partial) if measured is not None else False
-    ref = REFERENCE_RANGES.get(organ)
-    if stated.state is not None:
-        holds: bool | None
-        if volume is None:
-            holds = False  # the sample does not show the organ at all
-        elif stated.state == "absent":
-            holds = volume == 0
-        elif volume == 0:
-            holds = False
-        elif ref is not None:
-            low = ref.low_ml
-            if stated.state == "enlarged":
-                holds = volume > ref.high_ml
-            elif stated.state == "small":
-                holds = low is not None and not partial and volume < low
-            else:  # normal; a partial organ's volume is a lower bound, so only its upper bound counts
-                holds = volume <= ref.high_ml and (low is None or partial or volume >= low)
-        elif organ in stats:
-            lo, hi = stats[organ].min_ml, stats[organ].max_ml
-            if stated.state == "enlarged":
-                holds = volume > hi
-            elif stated.state == "small":
-                holds = not partial and volume < lo
-            else:
-                holds = lo <= volume <= hi
-        else:
-            holds = None  # no criterion for this organ's size: not scored
-        if holds is not None:
-            fields[f"{organ}.state"] = holds
-        if stated.severity is not None and ref is not None and holds is not None:
-            grade = grade_volume(organ, volume, partial)[1] if volume is not None else None
-            fields[f"{organ}.severity"] = grade == stated.severity
-    if stated.volume_ml is not None:
-        fields[f"{organ}.volume_ml"] = volume is not None and within(volume, stated.volume_ml, tolerance)
-    return fields
 
 
 # --------------------------------------------------------------------------------------------------
@@ -811,7 +762,7 @@ def check_masks(
             parsed[prompt] = parse_prompt(prompt)
         attributes = parsed[prompt]
         measured = measure_labels(sample).attributes
-        volumes = {name: _finding_volume(measured.organs.get(name)) for name in ORGANS}
+        volumes = {name: finding_volume(measured.organs.get(name)) for name in ORGANS}
         checks.append(
             SampleCheck(
                 index=index,
@@ -908,12 +859,6 @@ def _field_kind(key: str) -> str:
         return key
     head, tail = key.split(".", 1)
     return f"tumour.{tail}" if head.startswith("tumour") and head[6:].isdigit() else f"organ.{tail}"
-
-
-def _finding_volume(finding: OrganFinding | None) -> float | None:
-    if finding is None:
-        return None
-    return finding.volume_ml if finding.volume_ml is not None else 0.0
 
 
 def _check_array(array: Any, name: str) -> np.ndarray:

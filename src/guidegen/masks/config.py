@@ -8,6 +8,8 @@ from guidegen.labels.vocabulary import NUM_CLASSES
 
 #: Values of `MaskSamplerConfig.tumour_placement` and of its last sampling step (``final_decode``).
 TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network")
+#: Values of `MaskSamplerConfig.organ_sizes`.
+ORGAN_SIZES: tuple[str, ...] = ("scale", "network")
 FINAL_DECODES: tuple[str, ...] = ("argmax", "matched")
 
 
@@ -59,6 +61,10 @@ class MaskSamplerConfig:
     # size into the stated host of the sampled anatomy (`guidegen.masks.placement`: the demo
     # network does not learn tumours); "network" keeps only what the network draws.
     tumour_placement: str = "insert"
+    # Stated organ sizes when sampling: "scale" gives an organ the prompt calls enlarged / small /
+    # normal / absent that size when the sampled one does not show it (`guidegen.masks.placement`:
+    # the demo network follows size statements weakly); "network" keeps the network's organs.
+    organ_sizes: str = "scale"
     # Last sampling step: "argmax" of p(x0 | x1), or "matched": the argmax after per-class offsets
     # that give every class but the tumour its expected voxel count (`count_matched_argmax`): the
     # plain argmax drops organs whose location the network is unsure of (pancreas 1-8 voxels where
@@ -105,6 +111,8 @@ class MaskSamplerConfig:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.final_decode not in FINAL_DECODES:
             raise ValueError(f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {self.final_decode!r}")
+        if self.organ_sizes not in ORGAN_SIZES:
+            raise ValueError(f"organ_sizes must be one of {', '.join(ORGAN_SIZES)}, got {self.organ_sizes!r}")
         if self.tumour_placement not in TUMOUR_PLACEMENTS:
             raise ValueError(f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {self.tumour_placement!r}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

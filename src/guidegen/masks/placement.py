@@ -20,30 +20,56 @@ stage off (``tumour_placement="network"``) to see the network's own tumours.
 Policy: a prompt that states tumours (or states "no tumour") gets exactly the stated ones; any
 tumour voxels the network drew are first given back to the surrounding class. A prompt silent about
 tumours keeps whatever the network drew.
+
+**Hosts too small to hold the tumour.** The network draws some organs far too small (pancreas and
+stomach often 10-15 mL, the left kidney ~60 mL): a 4 cm tumour (34 mL) put into such a host
+replaces it and touches it on under 10 % of its surface, so no report would name the host. Before
+a tumour goes in, its host is grown about its centroid (`OrganScaling`, the training data's organ
+scaling: growth takes over fat, bowel and background only) to at least `HOST_TUMOUR_RATIO` times
+the tumours' volume and the low end of the organ's normal range. Organs whose size the prompt
+states are left at that size.
+
+**Stated organ sizes** (`apply_stated_organs`, the sampler's ``organ_sizes="scale"``): the demo
+network follows "enlarged spleen" weakly (organ-size statements held in 9 of 21 cases of the prompt
+suite). An organ the prompt calls enlarged, small or normal whose sampled volume does not say so
+(the adherence check's definition, `guidegen.text.agreement.organ_agreement`) is scaled to a volume
+drawn in the middle half of the stated grade's band of `guidegen.text.measure.REFERENCE_RANGES`
+(again `OrganScaling`); an organ stated absent ("status post splenectomy") is removed, its voxels
+given to the nearest fat or bowel. Organs without a normal range (stomach, bowel) are left alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from guidegen.data.augment import DIAMETER_RANGES_MM, TumourInsertion, TumourShape
+from guidegen.data.augment import (DIAMETER_RANGES_MM, SOFT_CLASSES, OrganScaling, ScalingParams, TumourInsertion,
+                                   TumourShape)
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
-from guidegen.text.agreement import DIAMETER_TOLERANCE, tumour_agreement
-from guidegen.text.attributes import KIDNEY_UNSPECIFIED, Tumour
-from guidegen.text.measure import colon_segment_of, liver_lobe_of, measure_labels
+from guidegen.text.agreement import DIAMETER_TOLERANCE, finding_volume, organ_agreement, tumour_agreement
+from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
+from guidegen.text.measure import (REFERENCE_RANGES, SMALL_MILD_RATIO, SMALL_MODERATE_RATIO, ReferenceRange,
+                                   colon_segment_of, liver_lobe_of, measure_labels)
 
-__all__ = ["fill_from_nearest", "place_stated_tumours", "remove_tumours"]
+__all__ = ["HOST_TUMOUR_RATIO", "apply_stated_organs", "fill_from_nearest", "grow_host", "place_stated_tumours",
+           "remove_tumours", "stated_volume_band"]
 #: Lesions drawn for "multiple" when no number is stated.
 MULTIPLE_COUNT = (2, 4)
 #: Secondary lesions of a group get this fraction range of the stated (largest) diameter.
 SECONDARY_FRACTION = (0.5, 0.9)
 
+#: A tumour's host is grown to at least this many times the volume of the tumours it must hold
+#: (spheres of the stated diameters), so that host tissue surrounds them.
+HOST_TUMOUR_RATIO = 5.0
+#: Rounds of scaling towards a stated volume (growth can be blocked by neighbouring organs).
+SCALING_ROUNDS = 3
+
 _TUMOUR = ID["tumour"]
+_SCALING = OrganScaling()
 
 
 def fill_from_nearest(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -78,8 +104,8 @@ def _present(labels: Volume) -> set[str]:
     return {h for h in TUMOUR_HOSTS if counts[ID[h]] > 0}
 
 
-def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator,
-                shapes: Sequence[TumourShape] | None) -> tuple[Volume, dict[str, Any]]:
+def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator, shapes: Sequence[TumourShape] | None,
+                keep_size: frozenset[str] = frozenset()) -> tuple[Volume, dict[str, Any]]:
     """Insert one stated tumour group; returns the map and a record (with ``"error"`` on failure)."""
     if group.organ not in (None, KIDNEY_UNSPECIFIED, *TUMOUR_HOSTS):
         return labels, {"organ": group.organ,
@@ -97,8 +123,17 @@ def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator,
     count = group.count if group.count is not None else int(rng.integers(MULTIPLE_COUNT[0], MULTIPLE_COUNT[1] + 1))
     low, high = DIAMETER_RANGES_MM[host]
     largest = float(group.diameter_mm) if group.diameter_mm is not None else float(rng.uniform(low, high))
-    insertion = TumourInsertion(shapes=shapes, hosts=(host,), site_of=_site_of(host))
     record: dict[str, Any] = {"organ": host, "segment": group.segment, "diameters_mm": []}
+    if host not in keep_size:
+        # Secondary lesions are 50-90 % of the largest diameter: count them at about half its volume.
+        needed = HOST_TUMOUR_RATIO * _sphere_ml(largest) * (1 + 0.5 * (count - 1))
+        ref = REFERENCE_RANGES.get(host)
+        if ref is not None and ref.low_ml is not None:
+            needed = max(needed, ref.low_ml)
+        labels, grown = grow_host(labels, host, needed)
+        if grown is not None:
+            record["host_grown_ml"] = grown
+    insertion = TumourInsertion(shapes=shapes, hosts=(host,), site_of=_site_of(host))
     for k in range(count):
         diameter = largest if k == 0 else largest * float(rng.uniform(*SECONDARY_FRACTION))
         try:
@@ -106,14 +141,18 @@ def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator,
         except ValueError as exc:  # host used up by earlier lesions, no voxel in the segment
             record["error"] = str(exc)
             break
+        before = labels.array == _TUMOUR
         labels, _ = insertion.apply(labels, params)
+        if host != "colon":  # colon tumours sit in the bowel wall, beside fat and lumen
+            labels = _wrap_in_host(labels, (labels.array == _TUMOUR) & ~before, host)
         record["diameters_mm"].append(round(diameter, 1))
     return labels, record
 
 
 def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng: np.random.Generator,
                          attempts: int = 6, shapes: Sequence[TumourShape] | None = None,
-                         tolerance: float = DIAMETER_TOLERANCE) -> tuple[Volume, dict[str, Any]]:
+                         tolerance: float = DIAMETER_TOLERANCE, keep_size: Sequence[str] = ()
+                         ) -> tuple[Volume, dict[str, Any]]:
     """Give ``labels`` exactly the tumours ``stated`` (``parse_prompt(...).tumours``).
 
     Args:
@@ -124,6 +163,7 @@ def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng:
         attempts: whole draws tried until every stated tumour field holds; else the best draw.
         shapes: tumour shape bank; ``None``: the bundled real tumours (`default_tumour_shapes`).
         tolerance: relative diameter tolerance of the check (as the adherence check's).
+        keep_size: organs never grown to hold a tumour (those whose size the prompt states).
 
     Returns:
         (labels, record): the new map and a JSON-ready record: ``mode``, ``attempts`` used,
@@ -140,7 +180,7 @@ def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng:
     for attempt in range(1, attempts + 1):
         out, groups = base, []
         for group in stated:
-            out, record = _draw_group(out, group, rng, shapes)
+            out, record = _draw_group(out, group, rng, shapes, frozenset(keep_size))
             groups.append(record)
         agreement = tumour_agreement(stated, measure_labels(out).attributes.tumours, tolerance)
         score = sum(agreement.values())
@@ -153,3 +193,152 @@ def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng:
     best[2]["attempts"] = attempt
     meta = {k: v for k, v in best[1].meta.items() if k != "augmentations"}  # the record says it all
     return best[1].with_array(best[1].array, meta=meta), best[2]
+
+
+def _soft_ids(array: np.ndarray) -> list[int]:
+    """Fat / bowel ids (`SOFT_CLASSES`; background only where the map has no body outline)."""
+    return [ID[n] for n in SOFT_CLASSES if n != "background" or not np.any(array == ID["body"])]
+
+
+def _wrap_in_host(labels: Volume, lesion: np.ndarray, host: str) -> Volume:
+    """Fat and bowel voxels touching a new lesion become its host organ, when the host makes up
+    less than half of what surrounds it.
+
+    Why: on the demo's 8 mm grid a 3 cm tumour is four voxels across; placed in a thin organ (the
+    pancreas) it replaces the organ across its whole width and mostly touches fat and the organ's
+    neighbours (stomach, vessels), so neither a reader nor the report could tell where it arose. A
+    solid-organ tumour grows inside its organ, so a rim of that organ is put where the lesion
+    touches fat or bowel (other organs, vessels and bone are never overwritten).
+    """
+    if not lesion.any():
+        return labels
+    shell = ndimage.binary_dilation(lesion, structure=np.ones((3, 3, 3), bool)) & ~lesion
+    around = labels.array[shell]
+    if np.count_nonzero(around == ID[host]) >= 0.5 * around.size:
+        return labels
+    array = labels.array.copy()
+    array[shell & np.isin(labels.array, _soft_ids(labels.array))] = ID[host]
+    return labels.with_array(array)
+
+
+def _sphere_ml(diameter_mm: float) -> float:
+    return float(np.pi / 6.0 * diameter_mm**3 / 1000.0)
+
+
+def _volume_ml(labels: Volume, organ: str) -> float:
+    return float(np.count_nonzero(labels.array == ID[organ])) * labels.voxel_volume_ml
+
+
+def _scale_to(labels: Volume, organ: str, target_ml: float, measure=None) -> Volume:
+    """``organ`` scaled about its centroid towards ``target_ml`` (`OrganScaling`, a few rounds, as
+    growth can be blocked by other organs); ``measure(labels)`` gives the volume to match (default:
+    the organ's own voxels)."""
+    measure = measure or (lambda v: _volume_ml(v, organ))
+    for _ in range(SCALING_ROUNDS):
+        volume = measure(labels)
+        if volume <= 0 or abs(volume - target_ml) <= 0.05 * target_ml:
+            break
+        factor = float(np.clip(target_ml / volume, 0.1, 10.0))
+        scaled, _ = _SCALING.apply(labels, ScalingParams(organ=organ, volume_factor=factor))
+        if np.array_equal(scaled.array, labels.array):
+            break  # blocked all round
+        labels = scaled
+    return labels
+
+
+def grow_host(labels: Volume, host: str, needed_ml: float) -> tuple[Volume, list[float] | None]:
+    """``host`` grown to about ``needed_ml`` when it is smaller (else unchanged).
+
+    Returns:
+        (labels, ``[before_ml, after_ml]`` or ``None`` when nothing was grown).
+    """
+    before = _volume_ml(labels, host)
+    if before == 0 or before >= needed_ml:
+        return labels, None
+    out = _scale_to(labels, host, needed_ml)
+    meta = {k: v for k, v in out.meta.items() if k != "augmentations"}
+    return out.with_array(out.array, meta=meta), [round(before, 1), round(_volume_ml(out, host), 1)]
+
+
+def stated_volume_band(organ: str, finding: OrganFinding) -> tuple[float, float] | None:
+    """Volume range (mL) that makes ``organ`` show the stated size grade, or ``None`` when the organ
+    has no normal range (hollow organs) or nothing about its size is stated."""
+    ref: ReferenceRange | None = REFERENCE_RANGES.get(organ)
+    if ref is None or finding.state not in ("enlarged", "small", "normal"):
+        return None
+    if finding.state == "enlarged":
+        ratios = {None: (1.0, ref.moderate_ratio), "mild": (1.0, ref.moderate_ratio),
+                  "moderate": (ref.moderate_ratio, ref.marked_ratio),
+                  "marked": (ref.marked_ratio, 1.3 * ref.marked_ratio)}[finding.severity]
+        return ref.high_ml * ratios[0], ref.high_ml * ratios[1]
+    if finding.state == "small":
+        if ref.low_ml is None:
+            return None
+        ratios = {None: (SMALL_MODERATE_RATIO, 1.0), "mild": (SMALL_MILD_RATIO, 1.0),
+                  "moderate": (SMALL_MODERATE_RATIO, SMALL_MILD_RATIO),
+                  "marked": (0.6 * SMALL_MODERATE_RATIO, SMALL_MODERATE_RATIO)}[finding.severity]
+        return ref.low_ml * ratios[0], ref.low_ml * ratios[1]
+    return (ref.low_ml if ref.low_ml is not None else 0.2 * ref.high_ml), ref.high_ml
+
+
+def _fill_soft(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask`` voxels given the class of the nearest fat / bowel voxel (`SOFT_CLASSES`; background
+    only where the map has no body outline), as an organ's bed looks once the organ is gone."""
+    source = np.isin(array, _soft_ids(array)) & ~mask
+    if not source.any():
+        return fill_from_nearest(array, mask)
+    out = array.copy()
+    _, index = ndimage.distance_transform_edt(~source, return_indices=True)
+    out[mask] = array[tuple(i[mask] for i in index)]
+    return out
+
+
+def apply_stated_organs(labels: Volume, stated: Mapping[str, OrganFinding], rng: np.random.Generator
+                        ) -> tuple[Volume, dict[str, Any]]:
+    """Give the organs a prompt states a size for (``parse_prompt(...).organs``) that size.
+
+    An organ whose sampled volume already shows the stated grade is left as drawn. Otherwise it is
+    scaled to a volume drawn in the middle half of `stated_volume_band` (an organ the network did
+    not draw cannot be scaled: reported); an organ stated absent is removed (`_fill_soft`).
+
+    Returns:
+        (labels, record): record ``organ → {"stated", "before_ml", "after_ml", "changed", "holds"}``
+        (``"error"`` where nothing could be done), checked with `organ_agreement` on the final map.
+    """
+    record: dict[str, Any] = {}
+    original = labels
+    measured = measure_labels(labels).attributes.organs
+    for organ, finding in stated.items():
+        if finding.state is None:
+            continue
+        entry: dict[str, Any] = {"stated": finding.state if finding.severity is None else f"{finding.severity} {finding.state}",
+                                 "before_ml": finding_volume(measured.get(organ)), "changed": False}
+        record[organ] = entry
+        if all(organ_agreement(organ, finding, measured.get(organ)).values()):
+            continue
+        if finding.state == "absent":
+            labels = labels.with_array(_fill_soft(labels.array, labels.array == ID[organ]))
+            entry["changed"] = True
+        else:
+            band = stated_volume_band(organ, finding)
+            if band is None:
+                entry["error"] = f"no normal volume range for the {organ}: its size is left to the network"
+                continue
+            if not entry["before_ml"]:
+                entry["error"] = f"the sampled map has no {organ} to resize"
+                continue
+            target = band[0] + (band[1] - band[0]) * float(rng.uniform(0.25, 0.75))
+
+            def whole(v: Volume, organ: str = organ) -> float:  # the graded volume counts hosted tumour
+                return finding_volume(measure_labels(v).attributes.organs.get(organ)) or 0.0
+
+            labels = _scale_to(labels, organ, target, whole)
+            entry["changed"] = True
+        measured = measure_labels(labels).attributes.organs
+    for organ, entry in record.items():
+        entry["after_ml"] = finding_volume(measured.get(organ))
+        entry["holds"] = all(organ_agreement(organ, stated[organ], measured.get(organ)).values())
+    if not any(entry["changed"] for entry in record.values()):
+        return original, record
+    meta = {k: v for k, v in labels.meta.items() if k != "augmentations"}
+    return labels.with_array(labels.array, meta=meta), record

@@ -21,9 +21,9 @@ from guidegen.errors import InputError
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, ORGANS
 from guidegen.masks.conditioning import attribute_vector
-from guidegen.masks.config import FINAL_DECODES, TUMOUR_PLACEMENTS, MaskSamplerConfig
+from guidegen.masks.config import FINAL_DECODES, ORGAN_SIZES, TUMOUR_PLACEMENTS, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
-from guidegen.masks.placement import fill_from_nearest, place_stated_tumours
+from guidegen.masks.placement import apply_stated_organs, fill_from_nearest, place_stated_tumours
 from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
@@ -41,12 +41,28 @@ def placement_rng(seed: int, index: int | None = None) -> np.random.Generator:
     return np.random.default_rng([_PLACEMENT_STREAM, int(seed) % 2**64] + ([int(index)] if index is not None else []))
 
 
-def place_tumours(volume: Volume, attributes: Attributes, seed: int, index: int | None = None) -> Volume:
-    """``tumour_placement="insert"`` on one sampled map: its stated tumours placed with its own
-    stream (`placement_rng`), the record in ``meta["tumour_placement"]``."""
-    placed, record = place_stated_tumours(volume, attributes.tumours, placement_rng(seed, index))
-    placed.meta["tumour_placement"] = record
-    return placed
+def apply_statements(volume: Volume, attributes: Attributes, seed: int, index: int | None = None, *,
+                     tumours: bool = True, organs: bool = True) -> Volume:
+    """The placement stage on one sampled map, with its own stream (`placement_rng`):
+
+    * ``organs`` (``organ_sizes="scale"``): organs the prompt calls enlarged, small, normal or
+      absent are given that size (`guidegen.masks.placement.apply_stated_organs`), the record in
+      ``meta["organ_sizes"]``;
+    * ``tumours`` (``tumour_placement="insert"``): the stated tumours are placed, their hosts grown
+      to hold them unless the prompt states the host's size (`place_stated_tumours`), the record in
+      ``meta["tumour_placement"]``.
+    """
+    rng = placement_rng(seed, index)
+    sized: dict = {}
+    if organs:
+        volume, sized = apply_stated_organs(volume, attributes.organs, rng)
+    if tumours:
+        stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
+        volume, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
+        volume.meta["tumour_placement"] = record
+    if organs:
+        volume.meta["organ_sizes"] = sized
+    return volume
 
 
 def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
@@ -131,7 +147,7 @@ class VolumetricMaskSampler:
     def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, steps: int | None = None,
                      guidance: float | None = None, attributes: Sequence[Attributes] | None = None,
                      clean: bool = True, precision: str = "bf16", tumour_placement: str | None = None,
-                     final_decode: str | None = None,
+                     final_decode: str | None = None, organ_sizes: str | None = None,
                      callback: Callable[[int, int], None] | None = None) -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
 
@@ -147,6 +163,8 @@ class VolumetricMaskSampler:
             tumour_placement: "insert" (stated tumours placed into the sampled anatomy,
                 `guidegen.masks.placement`) or "network"; default the config's.
             final_decode: "argmax" or "matched" (`MaskSamplerConfig.final_decode`); default the config's.
+            organ_sizes: "scale" (stated organ sizes given to the sampled organs,
+                `guidegen.masks.placement.apply_stated_organs`) or "network"; default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
 
         Returns:
@@ -161,6 +179,9 @@ class VolumetricMaskSampler:
         placement = tumour_placement or self.config.tumour_placement
         if placement not in TUMOUR_PLACEMENTS:
             raise InputError(None, f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {placement!r}")
+        sizes = organ_sizes or self.config.organ_sizes
+        if sizes not in ORGAN_SIZES:
+            raise InputError(None, f"organ_sizes must be one of {', '.join(ORGAN_SIZES)}, got {sizes!r}")
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
         scale = self.config.guidance_scale if guidance is None else float(guidance)
@@ -204,8 +225,10 @@ class VolumetricMaskSampler:
                 array = keep_main_components(array)
             item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
             volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i})
-            if placement == "insert":
-                volume = place_tumours(volume, attributes[i // n], item_seed, i if isinstance(generator, torch.Generator) else None)
+            if placement == "insert" or sizes == "scale":
+                volume = apply_statements(volume, attributes[i // n], item_seed,
+                                          i if isinstance(generator, torch.Generator) else None,
+                                          tumours=placement == "insert", organs=sizes == "scale")
             out.append(volume)
         return out
 

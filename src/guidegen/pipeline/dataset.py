@@ -199,6 +199,8 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
         # Where the tumours came from ("insert": placed into the sampled anatomy) and whether they
         # hold what the prompt states; absent with tumour_placement="network".
         "tumour_placement": case.labels.meta.get("tumour_placement"),
+        # Organs resized to the size the prompt states (organ_sizes="scale"), before and after.
+        "organ_sizes": case.labels.meta.get("organ_sizes"),
         "model": {"model_id": model_info.get("model_id"), "version": model_info.get("version")},
         "guidegen_version": __version__,
         "labels": {str(i): NAMES[i] for i in present},

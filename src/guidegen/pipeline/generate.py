@@ -242,8 +242,9 @@ class GuideGen:
             t_report = time.perf_counter() - started
             labels = fine[k]
             labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
-            if "tumour_placement" in coarse[k].meta:
-                labels.meta["tumour_placement"] = coarse[k].meta["tumour_placement"]
+            for stage in ("tumour_placement", "organ_sizes"):  # what the placement stage did
+                if stage in coarse[k].meta:
+                    labels.meta[stage] = coarse[k].meta[stage]
             cases.append(GeneratedCase(
                 index=indices[k], prompt=case_prompts[k], seed=seeds[k], ct=cts[k], labels=labels, requested=asked,
                 measured=measured, report=report,

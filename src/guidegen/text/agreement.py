@@ -1,20 +1,25 @@
-"""Whether the tumours a prompt states are the tumours a label map shows.
+"""Whether the tumours and organ sizes a prompt states are what a label map shows.
 
-One definition, used both by the mask sampler's tumour placement (`guidegen.masks.placement`, which
-checks what it placed) and by the adherence check (`guidegen.evaluation.masks.adherence_check`,
-which scores samples): the two must never disagree about what "a 4 cm sigmoid tumour" means.
+One definition, used both by the mask sampler's placement stage (`guidegen.masks.placement`, which
+checks what it placed or resized) and by the adherence check
+(`guidegen.evaluation.masks.adherence_check`, which scores samples): the two must never disagree
+about what "a 4 cm sigmoid tumour" or "mild splenomegaly" means.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from guidegen.text.attributes import KIDNEY_UNSPECIFIED, Tumour
+from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
+from guidegen.text.measure import REFERENCE_RANGES, grade_volume
 
-__all__ = ["DIAMETER_TOLERANCE", "tumour_agreement", "within"]
+__all__ = ["DIAMETER_TOLERANCE", "ORGAN_VOLUME_TOLERANCE", "finding_volume", "organ_agreement", "tumour_agreement", "within"]
 
 #: A stated longest tumour diameter holds when the measured one is within ±30 % of it.
 DIAMETER_TOLERANCE = 0.30
+#: A stated organ volume (mL) holds when the measured one is within ±30 % of it.
+ORGAN_VOLUME_TOLERANCE = 0.30
 
 _KIDNEYS = ("kidney_right", "kidney_left")
 
@@ -68,4 +73,64 @@ def tumour_agreement(stated: tuple[Tumour, ...] | None, measured: tuple[Tumour, 
     fields = {"tumours": measured is not None and (bool(measured) if stated else not measured)}
     for number, tumour in enumerate(stated, start=1):
         fields.update(_group_fields(number, tumour, measured or (), tolerance))
+    return fields
+
+
+def finding_volume(finding: OrganFinding | None) -> float | None:
+    """Measured organ volume, mL: ``None`` when the organ is not annotated, 0 when absent."""
+    if finding is None:
+        return None
+    return finding.volume_ml if finding.volume_ml is not None else 0.0
+
+
+def organ_agreement(organ: str, stated: OrganFinding, measured: OrganFinding | None,
+                    stats: Mapping[str, Any] | None = None, tolerance: float = ORGAN_VOLUME_TOLERANCE) -> dict[str, bool]:
+    """Field → holds for one organ a prompt states something about (``parse_prompt(...).organs``).
+
+    ``{organ}.state``: "enlarged" → volume above the normal range of
+    `guidegen.text.measure.REFERENCE_RANGES`; "small" → below it (a partially imaged organ cannot be
+    proven small); "normal" → within it (a partial organ's volume is a lower bound, so only the upper
+    bound counts); "absent" → no voxels. Organs without a normal range (hollow organs) use
+    ``stats[organ].min_ml`` / ``.max_ml`` (a reference set's volumes) when given, and are not scored
+    otherwise. ``{organ}.severity``: the measured grade (`grade_volume`) equals the stated one.
+    ``{organ}.volume_ml``: within ±``tolerance`` of a stated volume.
+    """
+    stats = stats or {}
+    fields: dict[str, bool] = {}
+    volume = finding_volume(measured)
+    partial = bool(measured.partial) if measured is not None else False
+    ref = REFERENCE_RANGES.get(organ)
+    if stated.state is not None:
+        holds: bool | None
+        if volume is None:
+            holds = False  # the sample does not show the organ at all
+        elif stated.state == "absent":
+            holds = volume == 0
+        elif volume == 0:
+            holds = False
+        elif ref is not None:
+            low = ref.low_ml
+            if stated.state == "enlarged":
+                holds = volume > ref.high_ml
+            elif stated.state == "small":
+                holds = low is not None and not partial and volume < low
+            else:  # normal
+                holds = volume <= ref.high_ml and (low is None or partial or volume >= low)
+        elif organ in stats:
+            lo, hi = stats[organ].min_ml, stats[organ].max_ml
+            if stated.state == "enlarged":
+                holds = volume > hi
+            elif stated.state == "small":
+                holds = not partial and volume < lo
+            else:
+                holds = lo <= volume <= hi
+        else:
+            holds = None  # no criterion for this organ's size: not scored
+        if holds is not None:
+            fields[f"{organ}.state"] = holds
+        if stated.severity is not None and ref is not None and holds is not None:
+            grade = grade_volume(organ, volume, partial)[1] if volume is not None else None
+            fields[f"{organ}.severity"] = grade == stated.severity
+    if stated.volume_ml is not None:
+        fields[f"{organ}.volume_ml"] = volume is not None and within(volume, stated.volume_ml, tolerance)
     return fields
