@@ -233,6 +233,16 @@ def test_liver_lobes() -> None:
     array[ball(shape, (150.0, 60.0, 60.0), 8.0, spacing)] = ID["tumour"]
     tumours = measure_labels(volume(array, spacing)).attributes.tumours or ()
     assert {t.segment for t in tumours} == {"left lobe", "right lobe"}
+    # Cut at the dome (the top face), as scans and sampled maps often are: lobes still told apart.
+    dome = array.copy()
+    dome[10:90, 10:50, 50:] = ID["liver"]
+    tumours = measure_labels(volume(dome, spacing)).attributes.tumours or ()
+    assert {t.segment for t in tumours} == {"left lobe", "right lobe"}
+    # Cut by the left edge: where the left lobe ends is unknown, so no lobe is named.
+    side = array.copy()
+    side[:10, 10:50, 10:50] = ID["liver"]
+    tumours = measure_labels(volume(side, spacing)).attributes.tumours or ()
+    assert tumours and {t.segment for t in tumours} == {None}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ CASES: list[tuple[str, dict]] = [
         dict(tumours=(T("liver", "right lobe", 60.0, 1),), organs=organs(liver="enlarged")),
     ),
     ("Caecal mass 40mm", dict(tumours=(T("colon", "caecum", 40.0, 1),))),
+    ("liver metastases, two lesions up to 25 mm", dict(tumours=(T("liver", None, 25.0, 2),))),
+    ("sigmoid cancer 4 cm, another lesion 2 cm", dict(tumours=(T("colon", "sigmoid", 40.0, 1), T(None, None, 20.0, 1)))),
     ("cecum tumor, 3.2 cm, delayed phase", dict(phase="delayed", tumours=(T("colon", "caecum", 32.0, 1),))),
     ("transverse colon carcinoma", dict(tumours=(T("colon", "transverse", None, 1),))),
     (

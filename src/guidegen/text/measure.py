@@ -495,8 +495,11 @@ class _LiverFrame:
     The left lobe (Couinaud II-IV) holds roughly a third of the liver volume and lies to the
     patient's left of Cantlie's line, so a point left of the 30th percentile of the liver's x is
     called "left lobe" and one right of the 45th percentile "right lobe"; in between (near the
-    oblique Cantlie plane, where a vertical cut is unreliable) the lobe is not stated. A partially
-    imaged liver gives no lobe (its percentiles would be biased).
+    oblique Cantlie plane, where a vertical cut is unreliable) the lobe is not stated. A liver cut
+    by the volume's left or right edge gives no lobe (its left-right percentiles would be biased);
+    one cut at the dome, the lower tip or front/back, as abdominal scans and the sampler's maps
+    often cut it, keeps them: readers name the lobes of such livers, and the percentiles along x
+    barely move when a slab above or below is missing.
     """
 
     def __init__(self, left_of: float, right_of: float):
@@ -507,8 +510,10 @@ class _LiverFrame:
         liver = array == ID["liver"]
         if liver.sum() < 20:
             return None
-        # Any liver voxel on the volume's faces: the liver is cut and its percentiles are biased.
-        if any(face.any() for face in (liver[0], liver[-1], liver[:, 0], liver[:, -1], liver[:, :, 0], liver[:, :, -1])):
+        # Liver on a face crossed by the left-right axis: the liver is cut there and its x
+        # percentiles are biased.
+        axis = int(np.argmax(np.abs(labels.affine[0, :3])))
+        if np.take(liver, 0, axis=axis).any() or np.take(liver, -1, axis=axis).any():
             return None
         index = np.argwhere(liver)
         if len(index) > 200_000:
@@ -544,7 +549,7 @@ def liver_lobe_of(labels: Volume, points_mm: np.ndarray) -> list[str | None]:
 
     Uses the same liver frame as the reports (see `_LiverFrame`), so a tumour centred where this
     says "right lobe" is reported in the right lobe. ``None`` near Cantlie's line, and everywhere
-    when the liver is missing or cut by the volume's edge.
+    when the liver is missing or cut by the volume's left or right edge.
     """
     frame = _LiverFrame.build(labels.array, labels)
     points_mm = np.atleast_2d(np.asarray(points_mm, dtype=np.float64))

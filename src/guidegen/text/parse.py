@@ -36,6 +36,9 @@ Decisions (documented because a prompt can be ambiguous):
 * Hepatic / splenic flexure → ascending / descending colon (the record has no flexure segments).
 * "small" is only an organ state when it describes the organ, not a tumour ("small liver lesion").
 * A later organ-less definite reference ("the mass measures 4 cm") refers to the previous tumour.
+* An organ-less mention set off by a comma right after a mention without a size describes it:
+  "liver metastases, two lesions up to 25 mm" → two liver tumours, the largest 25 mm ("another …"
+  stays a separate tumour).
 
 Known limitations: one tumour mentioned once with and once without its segment is read as two
 groups; "hepatic and splenic lesions" attaches the lesions to the spleen only; no coreference
@@ -595,12 +598,24 @@ class _Reader:
         for span in spans:
             _analyse(span)
         sentence_mentions: list[_Mention] = []
+        last = -2  # span of the last mention
         for position, span in enumerate(spans):
             if not span.tumours:
                 continue
             mention = self._mention(spans, position)
-            if mention is not None:
+            if mention is None:
+                continue
+            previous = sentence_mentions[-1] if sentence_mentions else None
+            if (previous is not None and last == position - 1 and span.connector == "," and mention.organ is None
+                    and previous.organ is not None and previous.diameter_mm is None
+                    and not _NEW_TUMOUR.search(span.text)):
+                # "liver metastases, two lesions up to 25 mm": an organ-less apposition right after a
+                # mention without a size describes that mention's tumours.
+                previous.diameter_mm = mention.diameter_mm
+                previous.count = mention.count if previous.count is None else previous.count
+            else:
                 sentence_mentions.append(mention)
+            last = position
         self._add_sentence_mentions(sentence_mentions)
         self._read_states(spans)
 
