@@ -212,3 +212,36 @@ def test_generator_receives_the_requested_phase(tiny_model, labels, phase, expec
     finally:
         del tiny_model.forward
     assert seen and all(torch.all(p == expected) for p in seen)
+
+
+def test_phase_prior_channel_marks_enhancing_structures(labels, tmp_path):
+    # phase_prior: the network sees the requested phase's typical HU on the pixels of aorta, IVC,
+    # liver, spleen and kidneys of slice k, nothing elsewhere, and nothing for the unknown phase.
+    from guidegen.data.phase import TYPICAL_HU
+    from guidegen.images.hu import hu_to_unit
+    from guidegen.images.model import assemble_inputs, context_labels, mask_channels
+    from guidegen.labels.vocabulary import ID
+
+    model = ConditionalImageGenerator(tiny_config(phase_prior=True)).eval()
+    cfg = model.config
+    lab = torch.from_numpy(labels.array.astype(np.int64)).unsqueeze(0).expand(2, -1, -1, -1)
+    k = int(np.argmax((labels.array == ID["liver"]).sum(axis=(0, 1))))
+    ctx = context_labels(lab, k, cfg.context_radius)
+    inputs = assemble_inputs(torch.zeros(2, 1, *lab.shape[1:3]), mask_channels(ctx, cfg.num_classes),
+                             torch.zeros(2, 1, *lab.shape[1:3]), torch.zeros(2), torch.zeros(2))
+    prior = model.net.phase_prior(inputs, torch.tensor([1, 3]))[:, 0].numpy()
+    centre = labels.array[..., k]
+    for structure in ("liver", "spleen", "aorta"):
+        where = centre == ID[structure]
+        assert where.any()
+        for row, name in enumerate(("non_contrast", "portal_venous")):
+            np.testing.assert_allclose(prior[row][where], hu_to_unit(np.array(TYPICAL_HU[name][structure])), atol=1e-6)
+    assert np.all(prior[:, ~np.isin(centre, [ID[s] for s in TYPICAL_HU["arterial"]])] == 0)
+    assert np.all(model.net.phase_prior(inputs, torch.tensor([0, 0])).numpy() == 0)
+    # The network takes it as one more channel; the table is code, not weights: save/load round trip.
+    small = labels.with_array(labels.array[..., k - 1:k + 2].copy())
+    out = model.generate(small, seed=1, steps=1, phase="arterial")[0]
+    folder = model.save_pretrained(tmp_path / "prior")
+    again = ConditionalImageGenerator.from_pretrained(folder).generate(small, seed=1, steps=1, phase="arterial")[0]
+    assert np.array_equal(out.array, again.array)
+    assert model.net.unet.conv_in.conv.in_channels == cfg.in_channels + 1

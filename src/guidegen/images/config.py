@@ -149,6 +149,15 @@ class ImageGeneratorConfig:
     # brighter along z (docs/results/image_generator_phase_remap.txt); an unreliable level makes
     # it take organ HU from the phase and the masks instead. 0 (old models) draws nothing.
     prev_shift_hu: float = 0.0
+    # Give the network, as one more input channel, the typical HU of each enhancing structure
+    # (aorta, IVC, liver, spleen, kidneys) in the requested phase on that structure's pixels of the
+    # slice (`guidegen.data.phase.TYPICAL_HU`, the centres of published ranges; zero elsewhere and
+    # for the unknown / unconditional phase). Why: the phase embedding alone is a weak, global
+    # signal, and with five training scans the model rendered every phase of an unseen map at the
+    # enhanced average (docs/results/image_generator_phase_remap.txt); a per-pixel prior says where
+    # and how bright, and the network learns the texture and the deviations. False (old models): no
+    # such channel.
+    phase_prior: bool = False
     holdout_cases: tuple[str, ...] = ()
     infer_phase: bool = True
 
@@ -238,6 +247,7 @@ class ImageGeneratorConfig:
 
     @property
     def in_channels(self) -> int:
-        """UNet input channels: noisy slice (1) + per context slice K one-hot + 1 unknown, + previous
-        slice (1) + has-previous flag (1) + z position (1)."""
+        """Assembled input channels (`guidegen.images.model.assemble_inputs`): noisy slice (1) + per
+        context slice K one-hot + 1 unknown, + previous slice (1) + has-previous flag (1) + z position
+        (1). The network adds the phase-prior channel itself when ``phase_prior`` is on."""
         return 1 + self.context_slices * (self.num_classes + 1) + 3

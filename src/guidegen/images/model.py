@@ -19,7 +19,10 @@ S × (K + 1)                 per context slice k−r … k+r:    the anatomy to 
 Global conditions:
 
 * contrast phase → MONAI's class embedding (``num_class_embeds``), added to the time embedding;
-  phase 0 ("unknown") is also the unconditional phase for classifier-free guidance;
+  phase 0 ("unknown") is also the unconditional phase for classifier-free guidance; with
+  ``phase_prior`` also a per-pixel channel, added inside `SliceDenoiser`: the phase's typical HU
+  (`guidegen.data.phase.TYPICAL_HU`, model units) on the pixels of each enhancing structure of
+  slice k, zero elsewhere and for phase 0;
 * the per-case *annotated classes* K-vector, the pooled prompt embedding (D = 384) and a has-text
   flag → one MLP-projected cross-attention token (N, 1, context_dim). A learned null token
   replaces it for unconditional samples (CFG dropout and the unconditional branch of guidance).
@@ -31,15 +34,19 @@ that "body" may hide a liver there. At generation time every class is annotated.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
+from guidegen.data.phase import TYPICAL_HU
 from guidegen.images.config import PHASES, ImageGeneratorConfig
-from guidegen.labels.vocabulary import UNKNOWN
+from guidegen.images.hu import hu_to_unit
+from guidegen.labels.vocabulary import ID, UNKNOWN
 
-__all__ = ["OUTSIDE", "SliceDenoiser", "assemble_inputs", "context_labels", "mask_channels", "phase_id"]
+__all__ = ["OUTSIDE", "SliceDenoiser", "assemble_inputs", "context_labels", "mask_channels", "phase_id",
+           "phase_prior_table"]
 
 #: Label value marking a context slice outside the volume (all its channels are zero).
 OUTSIDE = -1
@@ -120,6 +127,17 @@ def assemble_inputs(noisy: Tensor, masks: Tensor, prev: Tensor, has_prev: Tensor
     return torch.cat([noisy, masks.to(noisy.dtype), prev.to(noisy.dtype), flag, zpos], dim=1)
 
 
+def phase_prior_table(num_phases: int, num_classes: int) -> Tensor:
+    """(P, K) typical value of each class in each phase, model units: `TYPICAL_HU` for the enhancing
+    structures of the named phases, 0 for every other class and for phase 0 (unknown)."""
+    table = torch.zeros(num_phases, num_classes)
+    for p, name in enumerate(PHASES[:num_phases]):
+        for structure, hu in TYPICAL_HU.get(name, {}).items():
+            if ID[structure] < num_classes:
+                table[p, ID[structure]] = float(hu_to_unit(np.array(hu)))
+    return table
+
+
 class SliceDenoiser(nn.Module):
     """Velocity network ``v_θ(x_t, t | masks, prev, phase, annotated, text)`` for one axial slice.
 
@@ -130,9 +148,13 @@ class SliceDenoiser(nn.Module):
     def __init__(self, config: ImageGeneratorConfig):
         super().__init__()
         self.config = config
+        if config.phase_prior:
+            # Built from the code's table, not stored with the weights (persistent=False): a
+            # checkpoint stays loadable, and the table is documented in guidegen.data.phase.
+            self.register_buffer("prior_table", phase_prior_table(config.num_phases, config.num_classes), persistent=False)
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=config.in_channels,
+            in_channels=config.in_channels + int(config.phase_prior),
             out_channels=1,
             num_res_blocks=config.num_res_blocks,
             channels=tuple(config.channels),
@@ -196,4 +218,15 @@ class SliceDenoiser(nn.Module):
         if uncond is not None:
             phase = torch.where(uncond, torch.zeros_like(phase), phase)
         context = self.condition_token(annotated, text, uncond)
+        if self.config.phase_prior:
+            inputs = torch.cat([inputs, self.phase_prior(inputs, phase)], dim=1)
         return self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
+
+    def phase_prior(self, inputs: Tensor, phase: Tensor) -> Tensor:
+        """(N, 1, H, W) the phase's typical value of each pixel's class of slice k (the centre context
+        slice's one-hot channels of ``inputs``); zero where the table has none."""
+        k = self.config.num_classes
+        start = 1 + self.config.context_radius * (k + 1)  # after x_t and the context slices above k
+        onehot = inputs[:, start:start + k]
+        weights = self.prior_table[phase.long()].to(inputs.dtype)  # (N, K)
+        return torch.einsum("nkhw,nk->nhw", onehot, weights).unsqueeze(1)
