@@ -81,6 +81,7 @@ def test_case_folder_contents(gg, tmp_path):
     assert meta["sampling"]["mask_steps"] == 3 and meta["shape"] == list(ct.shape)
     placed = meta["tumour_placement"]  # what the sampler placed for the stated liver tumour, and whether it holds
     assert placed["mode"] == "insert" and placed["stated"] is True and "tumours" in placed["agreement"]
+    assert meta["organ_sizes"] == {}  # the prompt states no organ size: nothing resized
     assert np.allclose(meta["spacing_mm"], ct.header.get_zooms()) and meta["synthetic"] is True
     assert all(meta["labels"][str(v)] for v in np.unique(np.asarray(labels.dataobj)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
