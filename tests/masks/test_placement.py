@@ -151,6 +151,10 @@ def test_host_drawn_too_small_is_grown_to_hold_the_tumour(anatomy, prompt, host)
     assert volume_ml(out, host) + volume_ml(out, "tumour") >= 0.8 * needed
     changed = out.array != small.array
     assert set(np.unique(small.array[changed])) <= {ID[host], *SOFT}
+    # Grown in one piece (the tumour may cut through it, as the component check allows).
+    pieces, n = ndimage.label(np.isin(out.array, [ID[host], TUMOUR]), structure=np.ones((3, 3, 3), bool))
+    host_voxels = out.array == ID[host]
+    assert np.bincount(pieces[host_voxels]).max() == host_voxels.sum()
     # An organ whose size the prompt states keeps it.
     _, record = place_stated_tumours(small, parse_prompt(prompt).tumours, np.random.default_rng(0), keep_size=[host])
     assert "host_grown_ml" not in record["groups"][0]

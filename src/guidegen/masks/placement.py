@@ -242,8 +242,21 @@ def _scale_to(labels: Volume, organ: str, target_ml: float, measure=None) -> Vol
         scaled, _ = _SCALING.apply(labels, ScalingParams(organ=organ, volume_factor=factor))
         if np.array_equal(scaled.array, labels.array):
             break  # blocked all round
-        labels = scaled
+        labels = _one_piece(scaled, organ)
     return labels
+
+
+def _one_piece(labels: Volume, organ: str) -> Volume:
+    """``organ`` reduced to its largest 26-connected piece. Growth only takes over fat and bowel, so
+    an organ grown around a vessel or a neighbour can leave detached specks on the far side; they
+    go to the nearest fat or bowel."""
+    mask = labels.array == ID[organ]
+    pieces, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return labels
+    largest = 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+    stray = mask & (pieces != largest)
+    return labels.with_array(_fill_soft(labels.array, stray))
 
 
 def grow_host(labels: Volume, host: str, needed_ml: float) -> tuple[Volume, list[float] | None]:
