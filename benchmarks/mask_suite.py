@@ -74,7 +74,7 @@ def main() -> None:
         for b in range(0, len(jobs), args.batch):
             chunk = jobs[b:b + args.batch]
             samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
-                                            guidance=args.guidance, tumour_placement="network",
+                                            guidance=args.guidance, tumour_placement="network", organ_sizes="network",
                                             final_decode=args.final_decode)
             print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
         if cached is not None:
