@@ -316,7 +316,8 @@ def apply_stated_organs(labels: Volume, stated: Mapping[str, OrganFinding], rng:
 
     Returns:
         (labels, record): record ``organ → {"stated", "before_ml", "after_ml", "changed", "holds"}``
-        (``"error"`` where nothing could be done), checked with `organ_agreement` on the final map.
+        (``"error"`` where nothing could be done), checked with `organ_agreement` on the final map
+        (``holds`` is ``None`` for organs without a size criterion, e.g. the stomach).
     """
     record: dict[str, Any] = {}
     original = labels
@@ -350,7 +351,8 @@ def apply_stated_organs(labels: Volume, stated: Mapping[str, OrganFinding], rng:
         measured = measure_labels(labels).attributes.organs
     for organ, entry in record.items():
         entry["after_ml"] = finding_volume(measured.get(organ))
-        entry["holds"] = all(organ_agreement(organ, stated[organ], measured.get(organ)).values())
+        fields = organ_agreement(organ, stated[organ], measured.get(organ))
+        entry["holds"] = all(fields.values()) if fields else None  # None: no size criterion (hollow organs)
     if not any(entry["changed"] for entry in record.values()):
         return original, record
     meta = {k: v for k, v in labels.meta.items() if k != "augmentations"}
