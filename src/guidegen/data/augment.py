@@ -372,7 +372,7 @@ def _class_volumes_ml(labels: Volume) -> dict[str, float]:
     return {NAMES[i]: round(float(counts[i]) * labels.voxel_volume_ml, 3) for i in range(1, len(NAMES)) if counts[i]}
 
 
-def _soft_ids(array: np.ndarray) -> np.ndarray:
+def soft_ids(array: np.ndarray) -> np.ndarray:
     """Ids of `SOFT_CLASSES` usable here: background only where the map has no body outline."""
     ids = [ID[n] for n in SOFT_CLASSES if n != "background"]
     if not np.any(array == ID["body"]):
@@ -683,7 +683,7 @@ class OrganScaling:
         rhi = np.minimum(np.ceil(centre + (hi - centre) * reach) + 3, shape).astype(int)
         region = tuple(slice(a, b) for a, b in zip(rlo, rhi))
         sub = array[region]
-        allowed = organ[region] | np.isin(sub, _soft_ids(array))
+        allowed = organ[region] | np.isin(sub, soft_ids(array))
         grid = _grid_points(sub.shape) + rlo.astype(np.float32)[:, None, None, None]
 
         def grown(scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -712,7 +712,7 @@ class OrganScaling:
             ct_sub = new_ct[region]
             ct_sub[mask] = stretched[mask]
         if vacated.any():
-            fill_from = np.isin(out, _soft_ids(array)) & (out != organ_id)
+            fill_from = np.isin(out, soft_ids(array)) & (out != organ_id)
             if not fill_from.any():  # nothing soft anywhere: the nearest other known class
                 fill_from = (out != organ_id) & (out != UNKNOWN)
             if fill_from.any():
@@ -1020,14 +1020,14 @@ class TumourInsertion:
         # Distances inside the host and to anything protected, mm. The padding counts the volume's
         # edge as protected: beyond it the anatomy is unknown, and a tumour cut by the edge would
         # not have the diameter asked for.
-        allowed = host_mask | np.isin(array, _soft_ids(array)) | (array == ID["tumour"])
+        allowed = host_mask | np.isin(array, soft_ids(array)) | (array == ID["tumour"])
         depth = ndimage.distance_transform_edt(np.pad(host_mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
         clearance = ndimage.distance_transform_edt(np.pad(allowed, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
         cand_depth = depth[tuple(candidates.T)]
         cand_clear = clearance[tuple(candidates.T)]
         cand_world = labels.world_coordinates(candidates)
         shapes = self.shapes
-        soft = _soft_ids(array)
+        soft = soft_ids(array)
         work = array.copy()  # the map as apply will see it, tumour after tumour
         specs: list[TumourSpec] = []
         placed: list[tuple[np.ndarray, float]] = []
@@ -1144,7 +1144,7 @@ class TumourInsertion:
         host_id = ID[params.host]
         tumour_id = ID["tumour"]
         out = labels.array.copy()
-        soft = _soft_ids(labels.array)
+        soft = soft_ids(labels.array)
         results = []
         for spec in params.tumours:
             box, mask, diameter, scale = self._place(out, labels.affine, spec, host_id, soft)

@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from guidegen.data.augment import (DIAMETER_RANGES_MM, SOFT_CLASSES, OrganScaling, ScalingParams, TumourInsertion,
-                                   TumourShape)
+from guidegen.data.augment import (DIAMETER_RANGES_MM, OrganScaling, ScalingParams, TumourInsertion, TumourShape,
+                                   soft_ids)
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
 from guidegen.text.agreement import DIAMETER_TOLERANCE, finding_volume, organ_agreement, tumour_agreement
@@ -195,11 +195,6 @@ def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng:
     return best[1].with_array(best[1].array, meta=meta), best[2]
 
 
-def _soft_ids(array: np.ndarray) -> list[int]:
-    """Fat / bowel ids (`SOFT_CLASSES`; background only where the map has no body outline)."""
-    return [ID[n] for n in SOFT_CLASSES if n != "background" or not np.any(array == ID["body"])]
-
-
 def _wrap_in_host(labels: Volume, lesion: np.ndarray, host: str) -> Volume:
     """Fat and bowel voxels touching a new lesion become its host organ, when the host makes up
     less than half of what surrounds it.
@@ -217,7 +212,7 @@ def _wrap_in_host(labels: Volume, lesion: np.ndarray, host: str) -> Volume:
     if np.count_nonzero(around == ID[host]) >= 0.5 * around.size:
         return labels
     array = labels.array.copy()
-    array[shell & np.isin(labels.array, _soft_ids(labels.array))] = ID[host]
+    array[shell & np.isin(labels.array, soft_ids(labels.array))] = ID[host]
     return labels.with_array(array)
 
 
@@ -297,7 +292,7 @@ def stated_volume_band(organ: str, finding: OrganFinding) -> tuple[float, float]
 def _fill_soft(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``mask`` voxels given the class of the nearest fat / bowel voxel (`SOFT_CLASSES`; background
     only where the map has no body outline), as an organ's bed looks once the organ is gone."""
-    source = np.isin(array, _soft_ids(array)) & ~mask
+    source = np.isin(array, soft_ids(array)) & ~mask
     if not source.any():
         return fill_from_nearest(array, mask)
     out = array.copy()
