@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/phase_check.py [--model models/default] [--prepared prepared]
         [--case amos-0001-slices] [--generated N] [--threads 2]
+    .venv/bin/python benchmarks/phase_check.py --cases OUT_NC OUT_PV   # measure `guidegen generate` output
 
 Renders the same label maps in every contrast phase and prints, per phase, the mean HU of aorta,
 liver, spleen and kidneys in the generated CT next to the published range for that phase. The
 label maps are ones the image generator did not train on: the held-out prepared case (the demo
 recipe holds out amos-0001-slices) and, with ``--generated N``, N maps drawn by the mask sampler.
+With ``--cases``, nothing is generated: the script measures the case folders (``case_*/ct.nii.gz``,
+``labels.nii.gz``, ``case.json``) that ``guidegen generate --prompt "…"`` wrote, against the range of
+the phase each case was generated in (issue 8: the prompt's phase through the whole pipeline).
 Means are taken inside each structure eroded by one voxel, so boundary voxels (partial volume
 with fat) do not pull them down.
 
@@ -59,8 +63,13 @@ def main() -> None:
     parser.add_argument("--phases", default="non_contrast,arterial,portal_venous,delayed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="measure these `guidegen generate` output folders instead of generating")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cases:
+        print_table(measure_cases(args.cases))
+        return
 
     from guidegen.data.prepare import load_prepared
     from guidegen.io.nifti import read_nifti
@@ -72,22 +81,50 @@ def main() -> None:
     for e in entries:
         real_ct = read_nifti(e["ct_path"], kind="ct")
         labels = read_nifti(e["labels_path"], kind="labels")
-        maps.append((f"{args.case} (real labels)", labels, structure_means(real_ct.array, labels.array), e.get("phase")))
+        maps.append((f"{args.case} (real labels)", labels, structure_means(real_ct.array, labels.array), e.get("phase"),
+                     e["annotated"]))
     if args.generated:
         coarse = gg.mask_sampler.sample_masks("normal abdomen", n=args.generated, seed=[args.seed + i for i in range(args.generated)])
         for i, c in enumerate(coarse):
-            maps.append((f"sampled map {i}", gg._upsample(c), None, None))
+            maps.append((f"sampled map {i}", gg._upsample(c), None, None, None))
     phases = args.phases.split(",")
     print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}")
     rows = []
-    for name, labels, real, real_phase in maps:
+    for name, labels, real, real_phase, annotated in maps:
         if real is not None:
             rows.append((name, f"real CT ({real_phase})", real))
         for phase in phases:
             start = time.perf_counter()
-            ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase)[0]
+            # A partial real map (AMOS: no bones) says which classes it annotates, as in training
+            # and in validate_image_generator.py; sampled maps are complete.
+            ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase, annotated=annotated)[0]
             rows.append((name, phase, structure_means(ct.array, labels.array)))
             print(f"  {name}, {phase}: {time.perf_counter() - start:.0f} s", flush=True)
+    print_table(rows)
+
+
+def measure_cases(folders: list[str]) -> list[tuple[str, str, dict[str, float]]]:
+    """(case, phase it was generated in, structure means) for every case folder under ``folders``."""
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+
+    rows = []
+    for folder in folders:
+        cases = sorted(Path(folder).glob("case_*"))
+        if not cases:
+            raise SystemExit(f"error: {folder}: no case_* folders (run `guidegen generate --out {folder}` first)")
+        for case in cases:
+            meta = json.loads((case / "case.json").read_text())
+            ct = np.asanyarray(nib.load(str(case / "ct.nii.gz")).dataobj)
+            labels = np.asanyarray(nib.load(str(case / "labels.nii.gz")).dataobj)
+            name = f"{Path(folder).name}/{case.name}: {meta.get('prompt', '')!r}"
+            rows.append((name, meta.get("phase") or "unknown", structure_means(ct, labels)))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, dict[str, float]]]) -> None:
     print()
     print("| label map | requested phase | " + " | ".join(f"{s} HU (range)" for s in STRUCTURES) + " | in range |")
     print("|---|---|" + "---|" * (len(STRUCTURES) + 1))

@@ -103,6 +103,40 @@ def test_a_batch_of_volumes_equals_generating_them_one_by_one(tiny_model, labels
     assert np.abs(vols[1].array.astype(int) - tiny_model.generate(other, seed=4)[0].array).max() <= 1
 
 
+class ZeroVelocity(nn.Module):
+    """Velocity 0: every slice comes out as its starting noise (clipped to [−1, 1])."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = tiny_config()
+
+    def forward(self, inputs, t, phase, annotated, text, uncond):
+        return torch.zeros_like(inputs[:, :1])
+
+
+def _adjacent_correlation(vol: torch.Tensor) -> float:
+    a, b = vol[..., :-1].flatten(), vol[..., 1:].flatten()
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def test_noise_correlation_along_z(labels):
+    args = dict(flow=FlowConfig(), steps=2, guidance=1.0, precision="fp32", **_batch(labels, 2))
+    run = lambda rho, seeds=(0, 1), **kw: sample_volume(ZeroVelocity(), generators=[torch.Generator().manual_seed(s) for s in seeds],
+                                                        noise_correlation=rho, **{**args, **kw})
+    independent, correlated = run(0.0), run(0.9)
+    assert abs(_adjacent_correlation(independent)) < 0.05
+    # ρ = 0.9 before the clip at ±1; clipping lowers it a little.
+    assert 0.8 < _adjacent_correlation(correlated) < 0.92
+    assert torch.equal(independent[..., 0], correlated[..., 0])  # slice 0 is the same first draw
+    # Each slice's noise stays standard normal: the clipped spread is the same as for independent noise.
+    assert abs(float(correlated[..., 1:].std()) / float(independent[..., 1:].std()) - 1) < 0.05
+    # Per-volume generators: a batch equals its volumes generated one by one.
+    one = run(0.9, seeds=(1,), labels=args["labels"][:1], phase=args["phase"][:1], annotated=args["annotated"][:1])
+    assert torch.equal(correlated[1], one[0])
+    with pytest.raises(ValueError, match="noise_correlation"):
+        run(1.0)
+
+
 class CountingModel(nn.Module):
     def __init__(self, inner, force_uncond=False):
         super().__init__()

@@ -222,3 +222,51 @@ def test_command_line(tiny_prepared, tmp_path, capsys):
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert main(["--prepared", str(tmp_path / "missing"), "--run", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no manifest" in capsys.readouterr().out
+
+
+def test_structure_level_loss_by_hand():
+    from guidegen.images.train import structure_level_loss
+
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[0, :, :2] = 1  # 8 pixels of class 1
+    labels[0, :, 2:] = 2  # 8 pixels of class 2
+    labels[1] = 255  # slice 1: unknown everywhere, contributes nothing
+    error = torch.zeros(2, 1, 4, 4)
+    error[0, 0, :, :2] = 1.0  # class 1: mean error 1
+    error[0, 0, :, 2:] = torch.tensor([2.0, -2.0]).repeat(4, 1)  # class 2: large pixel errors, mean 0
+    error[1] = 5.0
+    assert float(structure_level_loss(error, labels, 18)) == pytest.approx((1.0 ** 2 + 0.0 ** 2) / 2)
+    # A structure below min_pixels is skipped; no structure at all gives 0.
+    assert float(structure_level_loss(error, labels, 18, min_pixels=9)) == 0.0
+    labels[0, 0, 0] = 0  # background does not count: class 1 now has 7 pixels of error 1
+    assert float(structure_level_loss(error, labels, 18, min_pixels=8)) == pytest.approx(0.0)
+    # "body" is excluded by default (a scan-dependent mix, not a structure with a level).
+    labels[0, 0, 0] = 1
+    labels[0, :, 2:] = ID["body"]
+    assert float(structure_level_loss(error, labels, 18)) == pytest.approx(1.0)
+    assert float(structure_level_loss(error, labels, 18, exclude=())) == pytest.approx(0.5)
+
+
+def test_level_loss_weight_adds_the_weighted_structure_level_loss(tiny_prepared):
+    from dataclasses import replace
+
+    from guidegen.images.model import assemble_inputs, mask_channels
+    from guidegen.images.train import structure_level_loss
+
+    base = tiny_config(p_phase_remap=0.0)
+    data = SliceDataset(tiny_prepared, base)
+    batch = data.make_batch(np.random.default_rng(0), torch.Generator().manual_seed(0), 4)
+    g = torch.Generator().manual_seed(1)
+    t, eps = torch.rand(4, generator=g) * 0.8 + 0.1, torch.randn(4, 1, 32, 32, generator=g)
+    model = ConditionalImageGenerator(base)
+    weighted = ConditionalImageGenerator(replace(base, level_loss_weight=3.0))
+    weighted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        plain = float(flow_matching_loss(model, batch, t, eps, "fp32"))
+        both = float(flow_matching_loss(weighted, batch, t, eps, "fp32"))
+        x_t = (1 - t.reshape(-1, 1, 1, 1)) * batch.target + t.reshape(-1, 1, 1, 1) * eps
+        inputs = assemble_inputs(x_t, mask_channels(batch.ctx, base.num_classes), batch.prev, batch.has_prev, batch.z)
+        error = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond) - (eps - batch.target)
+        level = float(structure_level_loss(error, batch.ctx[:, base.context_radius], base.num_classes))
+    assert level > 0
+    assert both == pytest.approx(plain + 3.0 * level, rel=1e-4)

@@ -68,6 +68,7 @@ class ImageGeneratorConfig:
         guidance_scale: classifier-free guidance ``s`` (1 = conditional only, one network call
             per step; > 1 needs two).
         precision: autocast precision for training and sampling: "bf16", "fp16" or "fp32".
+        noise_correlation: correlation of the starting noise of neighbouring slices (see below).
 
     Training:
         lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up then cosine decay
@@ -113,6 +114,14 @@ class ImageGeneratorConfig:
     flow_steps: int = 8
     guidance_scale: float = 1.0
     precision: str = "bf16"
+    # Correlation ρ of the starting noise of neighbouring slices: ε_k = ρ·ε_{k−1} + √(1−ρ²)·ξ_k
+    # (each ε_k still standard normal). Why: the flow maps noise to a slice deterministically, so
+    # independent noise per slice gives every slice its own texture and the volume flickers along z
+    # even when the organ levels are right; correlated noise keeps the texture of slice k close to
+    # that of slice k−1 (the mixed noise prior of video diffusion, Ge et al. 2023, "Preserve Your Own
+    # Correlation"). A sampling setting only: the model is trained on independent noise, for which
+    # every ε_k is still distributed correctly. 0 (old models) = independent noise.
+    noise_correlation: float = 0.0
 
     lr: float = 2e-4
     weight_decay: float = 0.01
@@ -158,6 +167,14 @@ class ImageGeneratorConfig:
     # and how bright, and the network learns the texture and the deviations. False (old models): no
     # such channel.
     phase_prior: bool = False
+    # Weight λ of the structure-level loss: the squared *mean* velocity error inside each labelled
+    # structure of slice k (not "body", a scan-dependent mix), averaged over the structures present,
+    # added to the per-pixel loss (`guidegen.images.train.structure_level_loss`). Why: a kidney is ~2 % of a slice, so a 60 HU
+    # bias of its level is ~2 % of its share of the per-pixel loss, dwarfed by texture; the network
+    # then learns the texture and misses organ HU on unseen maps by 60+ HU. Both losses have the
+    # same minimiser (the conditional mean), so λ only changes what the network learns first, not
+    # what it aims at. 0 (old models) = per-pixel loss only.
+    level_loss_weight: float = 0.0
     holdout_cases: tuple[str, ...] = ()
     infer_phase: bool = True
 
@@ -201,6 +218,8 @@ class ImageGeneratorConfig:
         _check_positive_int("flow_steps", self.flow_steps)
         if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)):
             raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale!r}")
+        if not (isinstance(self.noise_correlation, (int, float)) and 0 <= self.noise_correlation < 1):
+            raise ValueError(f"noise_correlation must be in [0, 1), got {self.noise_correlation!r}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -221,6 +240,8 @@ class ImageGeneratorConfig:
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
         _check_probability("p_hide_classes", self.p_hide_classes)
         _check_probability("p_phase_remap", self.p_phase_remap)
+        if not (isinstance(self.level_loss_weight, (int, float)) and 0 <= self.level_loss_weight <= 100):
+            raise ValueError(f"level_loss_weight must be in [0, 100], got {self.level_loss_weight!r}")
         if not (isinstance(self.prev_shift_hu, (int, float)) and 0 <= self.prev_shift_hu <= 500):
             raise ValueError(f"prev_shift_hu must be in [0, 500] HU, got {self.prev_shift_hu!r}")
         _check_positive_int("log_every", self.log_every)

@@ -18,6 +18,7 @@ per slice (4–10 suffice; shared/CPU-MEASUREMENTS.md) instead of DDPM.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -87,7 +88,8 @@ class ConditionalImageGenerator(nn.Module):
     def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
                  phase: str | int | None | Sequence[str | int | None] = None, prompt: str | None = None,
                  text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
-                 precision: str | None = None, callback: SliceCallback | None = None) -> list[Volume]:
+                 precision: str | None = None, noise_correlation: float | None = None,
+                 callback: SliceCallback | None = None) -> list[Volume]:
         """Generate CTs for label maps already on the model grid (use `generate_ct` for any other grid).
 
         Volumes of equal shape are generated together as one batch.
@@ -101,8 +103,8 @@ class ConditionalImageGenerator(nn.Module):
             prompt: text prompt (encoded with the offline MiniLM `guidegen.text.encoder.TextEncoder`).
             text_embedding: (D,) or (N, D) pooled prompt embedding instead of ``prompt``.
             annotated: class names treated as annotated; default every class.
-            steps, guidance, precision: override the config's ``flow_steps``, ``guidance_scale``,
-                ``precision``.
+            steps, guidance, precision, noise_correlation: override the config's ``flow_steps``,
+                ``guidance_scale``, ``precision``, ``noise_correlation``.
             callback: see `SliceCallback` (called per batch of equal-shape volumes).
 
         Returns:
@@ -115,11 +117,12 @@ class ConditionalImageGenerator(nn.Module):
             _check_model_grid(v, self.config)
         return self._generate(vols, seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
                               annotated=annotated, steps=steps, guidance=guidance, precision=precision,
-                              callback=callback)
+                              noise_correlation=noise_correlation, callback=callback)
 
     def _generate(self, vols: list[Volume], seed: int | Sequence[int], *, phase: str | int | None | Sequence[str | int | None], prompt: str | None,
                   text_embedding: Tensor | None, annotated: Sequence[str] | None, steps: int | None,
-                  guidance: float | None, precision: str | None, callback: SliceCallback | None) -> list[Volume]:
+                  guidance: float | None, precision: str | None, callback: SliceCallback | None,
+                  noise_correlation: float | None = None) -> list[Volume]:
         cfg = self.config
         seeds = _seeds(seed, len(vols))
         text = _text_embedding(prompt, text_embedding, len(vols), cfg.text_dim)
@@ -143,7 +146,8 @@ class ConditionalImageGenerator(nn.Module):
                 phase=torch.tensor([phases[i] for i in idx], dtype=torch.long, device=self.device),
                 annotated=ann.expand(len(idx), -1).to(self.device),
                 text=None if text is None else text[idx].to(self.device),
-                generators=gens, precision=precision or cfg.precision, callback=callback)
+                generators=gens, precision=precision or cfg.precision, callback=callback,
+                noise_correlation=cfg.noise_correlation if noise_correlation is None else noise_correlation)
             for j, i in enumerate(idx):
                 meta = {"seed": seeds[i], "phase": PHASES[phases[i]] if phases[i] else None, "prompt": prompt,
                         "generator": "guidegen.images"}
@@ -211,7 +215,8 @@ def _checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
 @torch.no_grad()
 def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: int, guidance: float, phase: Tensor,
                   annotated: Tensor, text: Tensor | None, generators: Sequence[torch.Generator],
-                  precision: str = "bf16", callback: SliceCallback | None = None) -> Tensor:
+                  precision: str = "bf16", callback: SliceCallback | None = None,
+                  noise_correlation: float = 0.0) -> Tensor:
     """Generate N volumes slice by slice along z, each slice conditioned on the generated previous one.
 
     For k = 0 … Z−1, all volumes together: draw ``ε_k`` (N, 1, X, Y) (volume i from ``generators[i]``),
@@ -232,12 +237,16 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
         generators: N generators, one per volume.
         precision: autocast precision ("bf16", "fp16", "fp32").
         callback: ``callback(k, slices)`` after each slice.
+        noise_correlation: ρ in [0, 1); the starting noise of slice k is ρ·ε_{k−1} + √(1−ρ²)·ξ_k
+            (`ImageGeneratorConfig.noise_correlation`); 0 = independent noise per slice.
 
     Returns:
         (N, X, Y, Z) float32 volumes in model units (`guidegen.images.hu`).
     """
     cfg = model.config
     n, x, y, z = labels.shape
+    if not 0.0 <= noise_correlation < 1.0:
+        raise ValueError(f"noise_correlation must be in [0, 1), got {noise_correlation!r}")
     if len(generators) != n:
         raise ValueError(f"generators must hold one generator per volume ({n}), got {len(generators)}")
     device = labels.device
@@ -249,7 +258,10 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
     for k in range(z):
         masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
         zpos = torch.full((n,), k / max(z - 1, 1), device=device)
-        noise = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
+        fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
+        # ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1.
+        noise = fresh if k == 0 or noise_correlation == 0.0 else (
+            noise_correlation * noise + math.sqrt(1.0 - noise_correlation ** 2) * fresh)
 
         def velocity(x_t: Tensor, t: float) -> Tensor:
             inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)

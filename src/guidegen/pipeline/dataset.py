@@ -184,7 +184,7 @@ def _remove_stale_temporaries(out: Path, case: CaseRequest) -> None:
 
 
 def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: float, image_steps: int,
-               image_guidance: float, files: list[str]) -> dict:
+               image_guidance: float, files: list[str], image_noise_correlation: float = 0.0) -> dict:
     present = sorted(int(v) for v in np.unique(case.labels.array) if v != UNKNOWN)
     return {
         "format_version": 1,
@@ -195,7 +195,7 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
         "measured": case.measured.to_dict(),
         "phase": case.requested.phase,
         "sampling": {"mask_steps": steps, "mask_guidance": guidance, "image_steps": image_steps,
-                     "image_guidance": image_guidance},
+                     "image_guidance": image_guidance, "image_noise_correlation": image_noise_correlation},
         # Where the tumours came from ("insert": placed into the sampled anatomy) and whether they
         # hold what the prompt states; absent with tumour_placement="network".
         "tumour_placement": case.labels.meta.get("tumour_placement"),
@@ -345,7 +345,8 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
     settings = {"steps": steps or sampler_cfg.sample_steps,
                 "guidance": sampler_cfg.guidance_scale if guidance is None else guidance,
                 "image_steps": image_steps or image_cfg.flow_steps,
-                "image_guidance": image_cfg.guidance_scale if image_guidance is None else image_guidance}
+                "image_guidance": image_cfg.guidance_scale if image_guidance is None else image_guidance,
+                "image_noise_correlation": image_cfg.noise_correlation}
     started = time.perf_counter()
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
