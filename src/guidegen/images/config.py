@@ -169,9 +169,9 @@ class ImageGeneratorConfig:
     phase_prior: bool = False
     # Weight λ of the structure-level loss: the squared *mean* velocity error inside each labelled
     # structure of slice k (not "body", a scan-dependent mix), averaged over the structures present,
-    # added to the per-pixel loss (`guidegen.images.train.structure_level_loss`). Why: a kidney is ~2 % of a slice, so a 60 HU
-    # bias of its level is ~2 % of its share of the per-pixel loss, dwarfed by texture; the network
-    # then learns the texture and misses organ HU on unseen maps by 60+ HU. Both losses have the
+    # added to the per-pixel loss (`guidegen.images.train.structure_level_loss`). Why: a kidney is
+    # ~2 % of a slice, so a 60 HU error in its level adds little to the per-pixel loss, which texture
+    # dominates; the network then misses organ HU on unseen maps by 60+ HU. Both losses have the
     # same minimiser (the conditional mean), so λ only changes what the network learns first, not
     # what it aims at. 0 (old models) = per-pixel loss only.
     level_loss_weight: float = 0.0
