@@ -105,10 +105,10 @@ def main() -> None:
 
 def measure_cases(folders: list[str]) -> list[tuple[str, str, dict[str, float]]]:
     """(case, phase it was generated in, structure means) for every case folder under ``folders``."""
-    import json
     from pathlib import Path
 
-    import nibabel as nib
+    from guidegen.io.nifti import read_nifti
+    from guidegen.io.layouts import read_json_object
 
     rows = []
     for folder in folders:
@@ -116,11 +116,11 @@ def measure_cases(folders: list[str]) -> list[tuple[str, str, dict[str, float]]]
         if not cases:
             raise SystemExit(f"error: {folder}: no case_* folders (run `guidegen generate --out {folder}` first)")
         for case in cases:
-            meta = json.loads((case / "case.json").read_text())
-            ct = np.asanyarray(nib.load(str(case / "ct.nii.gz")).dataobj)
-            labels = np.asanyarray(nib.load(str(case / "labels.nii.gz")).dataobj)
+            meta = read_json_object(case / "case.json")
+            ct = read_nifti(case / "ct.nii.gz", kind="ct")
+            labels = read_nifti(case / "labels.nii.gz", kind="labels")
             name = f"{Path(folder).name}/{case.name}: {meta.get('prompt', '')!r}"
-            rows.append((name, meta.get("phase") or "unknown", structure_means(ct, labels)))
+            rows.append((name, meta.get("phase") or "unknown", structure_means(ct.array, labels.array)))
     return rows
 
 

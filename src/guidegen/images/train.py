@@ -424,9 +424,9 @@ def structure_level_loss(error: Tensor, labels: Tensor, num_classes: int, min_pi
     for name in exclude:
         valid &= labels != ID[name]
     flat = torch.where(valid, labels, torch.zeros_like(labels)).reshape(b, -1)
-    one_hot = F.one_hot(flat, num_classes).to(error.dtype) * valid.reshape(b, -1, 1)  # (B, HW, K)
+    one_hot = (F.one_hot(flat, num_classes) * valid.reshape(b, -1, 1)).float()  # (B, HW, K)
     counts = one_hot.sum(1)  # (B, K)
-    sums = torch.einsum("bp,bpk->bk", error.reshape(b, -1).float(), one_hot.float())
+    sums = torch.einsum("bp,bpk->bk", error.reshape(b, -1).float(), one_hot)
     present = counts >= min_pixels
     if not present.any():
         return error.new_zeros((), dtype=torch.float32)
