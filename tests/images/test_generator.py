@@ -279,3 +279,40 @@ def test_phase_prior_channel_marks_enhancing_structures(labels, tmp_path):
     again = ConditionalImageGenerator.from_pretrained(folder).generate(small, seed=1, steps=1, phase="arterial")[0]
     assert np.array_equal(out.array, again.array)
     assert model.net.unet.conv_in.conv.in_channels == cfg.in_channels + 1
+
+
+class FixedSample(nn.Module):
+    """A stand-in UNet that outputs a fixed "clean slice" whatever it is shown."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, timesteps, context=None, class_labels=None):
+        return torch.full((x.shape[0], 1, *x.shape[2:]), self.value)
+
+
+def test_sample_prediction_turns_the_predicted_slice_into_a_velocity(labels):
+    # prediction="sample": the UNet outputs x̂_0 and the network returns v = (x_t − x̂_0) / t, t
+    # floored at SAMPLE_PREDICTION_MIN_T; so one Euler step from t = 1 lands exactly on x̂_0.
+    from guidegen.images.config import SAMPLE_PREDICTION_MIN_T
+    from guidegen.images.hu import hu_to_unit
+
+    model = ConditionalImageGenerator(tiny_config(prediction="sample")).eval()
+    model.net.unet = FixedSample(0.2)
+    cfg = model.config
+    x_t = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    inputs = torch.cat([x_t, torch.zeros(3, cfg.in_channels - 1, 32, 32)], dim=1)
+    t = torch.tensor([1.0, 0.25, 0.01])
+    v = model(inputs, t, torch.zeros(3, dtype=torch.long), torch.ones(3, K))
+    expected = (x_t - 0.2) / torch.tensor([1.0, 0.25, SAMPLE_PREDICTION_MIN_T]).reshape(3, 1, 1, 1)
+    torch.testing.assert_close(v, expected)
+    ct = model.generate(labels.with_array(labels.array[..., 10:12].copy()), steps=1)[0].array
+    assert np.all(np.abs(hu_to_unit(ct.astype(np.float64)) - 0.2) < 3e-3)  # int16 rounding only
+    # A velocity model (the default, and every model saved before the option) returns the UNet's output.
+    plain = ConditionalImageGenerator(tiny_config()).eval()
+    assert plain.config.prediction == "velocity"
+    plain.net.unet = FixedSample(0.2)
+    assert torch.all(plain(inputs, t, torch.zeros(3, dtype=torch.long), torch.ones(3, K)) == 0.2)
+    with pytest.raises(ValueError, match="prediction"):
+        tiny_config(prediction="noise")

@@ -41,7 +41,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from guidegen.data.phase import TYPICAL_HU
-from guidegen.images.config import PHASES, ImageGeneratorConfig
+from guidegen.images.config import PHASES, SAMPLE_PREDICTION_MIN_T, ImageGeneratorConfig
 from guidegen.images.hu import hu_to_unit
 from guidegen.labels.vocabulary import ID, UNKNOWN
 
@@ -200,7 +200,8 @@ class SliceDenoiser(nn.Module):
 
     def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
                 uncond: Tensor | None = None) -> Tensor:
-        """Predict the velocity ``ε − x_0`` of the noisy slice.
+        """Predict the velocity ``ε − x_0`` of the noisy slice (directly, or from the predicted clean
+        slice when ``config.prediction`` is "sample").
 
         Args:
             inputs: (N, C_in, H, W) from `assemble_inputs`.
@@ -218,9 +219,16 @@ class SliceDenoiser(nn.Module):
         if uncond is not None:
             phase = torch.where(uncond, torch.zeros_like(phase), phase)
         context = self.condition_token(annotated, text, uncond)
+        noisy = inputs[:, :1]
         if self.config.phase_prior:
             inputs = torch.cat([inputs, self.phase_prior(inputs, phase)], dim=1)
-        return self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
+        out = self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
+        if self.config.prediction == "sample":
+            # x_t = (1 − t)·x_0 + t·ε  ⇒  v = ε − x_0 = (x_t − x_0) / t. In float32: the division
+            # magnifies the bf16 rounding of x̂_0 by up to 1 / SAMPLE_PREDICTION_MIN_T.
+            t_div = t.float().clamp_min(SAMPLE_PREDICTION_MIN_T).reshape(-1, 1, 1, 1)
+            out = (noisy.float() - out.float()) / t_div
+        return out
 
     def phase_prior(self, inputs: Tensor, phase: Tensor) -> Tensor:
         """(N, 1, H, W) the phase's typical value of each pixel's class of slice k (the centre context
