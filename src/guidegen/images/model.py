@@ -224,8 +224,9 @@ class SliceDenoiser(nn.Module):
             inputs = torch.cat([inputs, self.phase_prior(inputs, phase)], dim=1)
         out = self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
         if self.config.prediction == "sample":
-            # x_t = (1 − t)·x_0 + t·ε  ⇒  v = ε − x_0 = (x_t − x_0) / t. In float32: the division
-            # magnifies the bf16 rounding of x̂_0 by up to 1 / SAMPLE_PREDICTION_MIN_T.
+            # x_t = (1 − t)·x_0 + t·ε  ⇒  v = ε − x_0 = (x_t − x_0) / t. The division magnifies any
+            # error by up to 1 / SAMPLE_PREDICTION_MIN_T, so it is done in float32 and adds no bf16
+            # rounding of its own.
             t_div = t.float().clamp_min(SAMPLE_PREDICTION_MIN_T).reshape(-1, 1, 1, 1)
             out = (noisy.float() - out.float()) / t_div
         return out
