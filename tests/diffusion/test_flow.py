@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from guidegen.config import config_from_dict, config_to_dict
-from guidegen.diffusion.flow import (FlowConfig, add_noise, euler_sample, guided_velocity, predict_x0,
+from guidegen.diffusion.flow import (FlowConfig, add_noise, euler_sample, guided_velocity, predict_x0, velocity_from_x0,
                                      sample_training_times, sampling_schedule, shift_times, velocity_target)
 
 
@@ -31,6 +31,15 @@ def test_path_and_target_are_consistent():
     # The velocity is the time derivative of the path.
     h = 1e-6
     assert torch.allclose((add_noise(x0, eps, t + h) - x_t) / h, v, atol=1e-6)
+
+
+def test_velocity_from_x0_inverts_predict_x0():
+    x0, eps = _data(1)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    x_t = add_noise(x0, eps, t)
+    torch.testing.assert_close(velocity_from_x0(x_t, x0, t), velocity_target(x0, eps).float())
+    # Below min_t the division uses min_t.
+    torch.testing.assert_close(velocity_from_x0(x_t, x0, t, min_t=0.5)[0], ((x_t - x0)[0] / 0.5).float())
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7])

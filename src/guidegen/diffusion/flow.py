@@ -55,6 +55,7 @@ __all__ = [
     "sample_training_times",
     "shift_times",
     "sampling_schedule",
+    "velocity_from_x0",
     "velocity_target",
 ]
 
@@ -133,6 +134,17 @@ def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
 def predict_x0(x_t: Tensor, velocity: Tensor, t: Tensor | float) -> Tensor:
     """Clean-data estimate ``x̂_0 = x_t − t·v`` (follows from ``x_t = x_0 + t·(ε − x_0)``)."""
     return x_t - _broadcast_time(t, x_t) * velocity
+
+
+def velocity_from_x0(x_t: Tensor, x0: Tensor, t: Tensor | float, min_t: float = 0.0) -> Tensor:
+    """Inverse of `predict_x0`: the velocity ``v = (x_t − x̂_0) / t`` of a clean-data estimate.
+
+    ``t`` is floored at ``min_t`` in the division (at ``t → 0`` it would magnify any error of
+    ``x̂_0`` without bound). Computed in float32 whatever the inputs' dtype, so that the division
+    adds no low-precision rounding of its own.
+    """
+    x_t, x0 = x_t.float(), x0.float()
+    return (x_t - x0) / _broadcast_time(t, x_t).clamp_min(min_t)
 
 
 def shift_times(t: Tensor, shift: float) -> Tensor:

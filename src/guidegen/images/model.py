@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
+from guidegen.diffusion.flow import velocity_from_x0
 from guidegen.data.phase import TYPICAL_HU
 from guidegen.images.config import PHASES, SAMPLE_PREDICTION_MIN_T, ImageGeneratorConfig
 from guidegen.images.hu import hu_to_unit
@@ -224,11 +225,7 @@ class SliceDenoiser(nn.Module):
             inputs = torch.cat([inputs, self.phase_prior(inputs, phase)], dim=1)
         out = self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
         if self.config.prediction == "sample":
-            # x_t = (1 − t)·x_0 + t·ε  ⇒  v = ε − x_0 = (x_t − x_0) / t. The division magnifies any
-            # error by up to 1 / SAMPLE_PREDICTION_MIN_T, so it is done in float32 and adds no bf16
-            # rounding of its own.
-            t_div = t.float().clamp_min(SAMPLE_PREDICTION_MIN_T).reshape(-1, 1, 1, 1)
-            out = (noisy.float() - out.float()) / t_div
+            out = velocity_from_x0(noisy, out, t, min_t=SAMPLE_PREDICTION_MIN_T)
         return out
 
     def phase_prior(self, inputs: Tensor, phase: Tensor) -> Tensor:
