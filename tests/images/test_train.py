@@ -270,3 +270,44 @@ def test_level_loss_weight_adds_the_weighted_structure_level_loss(tiny_prepared)
         level = float(structure_level_loss(error, batch.ctx[:, base.context_radius], base.num_classes))
     assert level > 0
     assert both == pytest.approx(plain + 3.0 * level, rel=1e-4)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "linear"])
+def test_linear_label_interpolation_puts_label_edges_on_the_moved_ct_edges(interpolation):
+    """With "linear", a moved label boundary is exactly where the bilinearly moved CT crosses halfway;
+    nearest labels miss it on some pixels (the misalignment the option removes)."""
+    from guidegen.images.train import SliceBatch, _augment
+    from guidegen.labels.vocabulary import UNKNOWN
+
+    h = w = 32
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((yy - 15.3) ** 2 + (xx - 16.7) ** 2 < 9.2 ** 2)
+    ring = disc & ((yy - 15.3) ** 2 + (xx - 16.7) ** 2 >= 5.1 ** 2)
+    labels = np.where(ring, ID["liver"], np.where(disc, ID["spleen"], 0))
+    # A CT whose value is a linear function of the one-hot label, so its halfway levels are label edges.
+    ct = np.select([labels == ID["liver"], labels == ID["spleen"]], [0.5, 1.0], -1.0).astype(np.float32)
+    b = 4
+    batch = SliceBatch(
+        target=torch.from_numpy(np.repeat(ct[None, None], b, 0)), ctx=torch.from_numpy(np.repeat(labels[None, None], b, 0)).long(),
+        prev=torch.zeros(b, 1, h, w), has_prev=torch.ones(b), z=torch.zeros(b), phase=torch.zeros(b, dtype=torch.int64),
+        annotated=torch.ones(b, 18), text=torch.zeros(b, 4), uncond=torch.zeros(b, dtype=torch.bool))
+    angle, zoom = np.deg2rad([7.0, -5.0, 13.0, 2.0]), np.array([1.05, 0.93, 1.0, 1.08])
+    shift = np.array([[1.4, -2.2], [0.7, 3.1], [-1.9, 0.4], [12.0, 9.0]])  # mm; the last pushes the map out of view
+    _augment(batch, np.ones(b, bool), angle, zoom, shift, (1.0, 1.0), interpolation)
+    moved_ct, moved = batch.target[:, 0].numpy(), batch.ctx[:, 0].numpy()
+    assert set(np.unique(moved)) <= {0, ID["liver"], ID["spleen"], UNKNOWN}
+    assert (moved[3] == UNKNOWN).any()  # out-of-view pixels are unknown, not background
+    in_view = moved != UNKNOWN
+    # Outer edge (pixels mixing background −1 with liver 0.5): liver has the larger bilinear weight
+    # exactly where the moved CT is above the halfway level −0.25.
+    outer = in_view & (moved_ct < 0.5 - 1e-6)
+    disagree = ((moved[outer] != 0) != (moved_ct[outer] > -0.25)).sum()
+    if interpolation == "linear":
+        assert disagree == 0
+    else:
+        assert disagree > 0
+
+
+def test_unknown_label_interpolation_is_refused():
+    with pytest.raises(ValueError, match="label_interpolation"):
+        ImageGeneratorConfig(label_interpolation="cubic")

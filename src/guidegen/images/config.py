@@ -153,6 +153,13 @@ class ImageGeneratorConfig:
     rotate_deg: float = 8.0
     scale: float = 0.08
     translate_mm: float = 12.0
+    # How the augmentation's in-plane transform resamples the label slices: "nearest" (old models),
+    # or "linear" (bilinear weights on the one-hot labels, the largest wins). Why: the CT is moved
+    # bilinearly, and nearest labels then sit up to half a pixel off the CT's edge, at random; the
+    # network learns the average, a blurred edge (generated organs had a darker rim than real CT,
+    # which pulls small structures' mean HU down). With linear labels the boundary lands where the
+    # moved CT edge crosses halfway, for every transform.
+    label_interpolation: str = "nearest"
     # Probability that a training slice has some of its annotated classes hidden (pixels shown as
     # background, annotated flag off; each class hidden with probability 1/2, never the tumour).
     # Partial label maps (AMOS: no bones; LiTS: liver only) then look like cases seen in training
@@ -256,6 +263,8 @@ class ImageGeneratorConfig:
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
         _check_probability("p_hide_classes", self.p_hide_classes)
         _check_probability("p_phase_remap", self.p_phase_remap)
+        if self.label_interpolation not in ("nearest", "linear"):
+            raise ValueError(f"label_interpolation must be 'nearest' or 'linear', got {self.label_interpolation!r}")
         if not (isinstance(self.level_loss_weight, (int, float)) and 0 <= self.level_loss_weight <= 100):
             raise ValueError(f"level_loss_weight must be in [0, 100], got {self.level_loss_weight!r}")
         if not (isinstance(self.prev_shift_hu, (int, float)) and 0 <= self.prev_shift_hu <= 500):

@@ -252,7 +252,7 @@ class SliceDataset:
         batch.has_prev = batch.has_prev * (~drop_prev).float()
         batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)
         if do_aug.any():
-            _augment(batch, do_aug, angle, zoom, shift, cfg.spacing[:2])
+            _augment(batch, do_aug, angle, zoom, shift, cfg.spacing[:2], cfg.label_interpolation)
         hide = None
         if cfg.p_hide_classes > 0:
             # Drawn after everything else, and only when enabled: old configs keep their streams.
@@ -360,8 +360,11 @@ def _hide_classes(batch: SliceBatch, hide: np.ndarray) -> None:
 
 
 def _augment(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom: np.ndarray, shift_mm: np.ndarray,
-             spacing_xy: Sequence[float]) -> None:
-    """Joint in-plane similarity transform of target, prev and context masks (in place)."""
+             spacing_xy: Sequence[float], label_interpolation: str = "nearest") -> None:
+    """Joint in-plane similarity transform of target, prev and context masks (in place).
+
+    ``label_interpolation``: "nearest", or "linear" (`ImageGeneratorConfig.label_interpolation`).
+    """
     b, _, h, w = batch.target.shape
     theta = torch.zeros(b, 2, 3, dtype=torch.float32)
     cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
@@ -384,14 +387,37 @@ def _augment(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom: np.n
         x[sel] = moved
         setattr(batch, name, x)
     batch.prev = batch.prev * batch.has_prev.reshape(b, 1, 1, 1)  # a hidden previous slice stays zero
-    # Labels: nearest, padded with UNKNOWN; slices outside the volume stay outside.
-    ctx = batch.ctx[sel].float()
+    # Labels: padded with UNKNOWN; slices outside the volume stay outside.
+    ctx = batch.ctx[sel]
     outside = (ctx == OUTSIDE).all(dim=(2, 3), keepdim=True)
-    moved = F.grid_sample(ctx - UNKNOWN, grid[sel], mode="nearest", padding_mode="zeros", align_corners=False) + UNKNOWN
+    if label_interpolation == "linear":
+        moved = _resample_labels_linear(ctx, grid[sel])
+    else:
+        moved = F.grid_sample(ctx.float() - UNKNOWN, grid[sel], mode="nearest", padding_mode="zeros",
+                              align_corners=False).round().long() + UNKNOWN
     moved = torch.where(outside, torch.full_like(moved, OUTSIDE), moved)
     new_ctx = batch.ctx.clone()
-    new_ctx[sel] = moved.round().long()
+    new_ctx[sel] = moved
     batch.ctx = new_ctx
+
+
+def _resample_labels_linear(ctx: Tensor, grid: Tensor) -> Tensor:
+    """Label slices (N, C, H, W) int64 moved by ``grid`` with bilinear weights on their one-hot codes.
+
+    Each output pixel takes the label with the largest bilinear weight, so a boundary lands where the
+    bilinearly moved CT crosses halfway between the two sides, exactly where the CT edge went;
+    out-of-volume weight counts for UNKNOWN. Every value of ``ctx`` other than UNKNOWN (the classes,
+    and OUTSIDE, which never mixes with them within a slice) keeps its own code.
+    """
+    order = torch.unique(torch.cat([ctx.flatten(), torch.tensor([UNKNOWN], dtype=ctx.dtype)]))  # sorted codes
+    index = torch.searchsorted(order, ctx)
+    n, c, h, w = ctx.shape
+    one_hot = F.one_hot(index, len(order)).permute(0, 1, 4, 2, 3).float()  # (N, C, V, H, W)
+    weights = F.grid_sample(one_hot.reshape(n, c * len(order), h, w), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False).reshape(n, c, len(order), h, w)
+    unknown = int(torch.nonzero(order == UNKNOWN)[0])
+    weights[:, :, unknown] += 1.0 - weights.sum(2)  # weight that fell outside the slice is unknown
+    return order[weights.argmax(2)]
 
 
 #: Smallest number of pixels of a structure in slice k for its level to enter `structure_level_loss`
