@@ -154,11 +154,11 @@ class ImageGeneratorConfig:
     scale: float = 0.08
     translate_mm: float = 12.0
     # How the augmentation's in-plane transform resamples the label slices: "nearest" (old models),
-    # or "linear" (bilinear weights on the one-hot labels, the largest wins). Why: the CT is moved
-    # bilinearly, and nearest labels then sit up to half a pixel off the CT's edge, at random; the
-    # network learns the average, a blurred edge (generated organs had a darker rim than real CT,
-    # which pulls small structures' mean HU down). With linear labels the boundary lands where the
-    # moved CT edge crosses halfway, for every transform.
+    # or "linear" (bilinear weights on the one-hot labels, the largest wins). Why tried: the CT is
+    # moved bilinearly, and nearest labels then sit up to half a pixel off the CT's edge, at random,
+    # which could teach the network a blurred edge (generated organs have a darker rim than real CT).
+    # With linear labels the boundary lands where the moved CT edge crosses halfway. Measured: it did
+    # not sharpen the rims (docs/results/image_generator_noncontrast.txt), so it stays off.
     label_interpolation: str = "nearest"
     # Probability that a training slice has some of its annotated classes hidden (pixels shown as
     # background, annotated flag off; each class hidden with probability 1/2, never the tumour).
