@@ -41,9 +41,9 @@ def edge_profile(ct: np.ndarray, labels: np.ndarray, real: np.ndarray | None = N
         bands = []
         for lo, hi in BANDS:
             sel = (dist >= lo) & (dist < hi)
-            n = int(sel.sum())
-            bands.append((n, float(ct[sel].mean()) if n >= 10 else float("nan"),
-                          float(real[sel].mean()) if (real is not None and n >= 10) else float("nan")))
+            enough = sel.sum() >= 10
+            bands.append((float(ct[sel].mean()) if enough else float("nan"),
+                          float(real[sel].mean()) if (real is not None and enough) else float("nan")))
         eroded = ndimage.binary_erosion(mask)
         out[name] = {"voxels": int(mask.sum()), "bands": bands,
                      "eroded": float(ct[eroded].mean()) if eroded.sum() >= 20 else float("nan"),
@@ -58,7 +58,7 @@ def print_profile(name: str, profile: dict[str, dict]) -> None:
     print("|---|---|" + "---|" * (len(BANDS) + 1))
     for s, p in profile.items():
         cells = []
-        for n, g, r in p["bands"]:
+        for g, r in p["bands"]:
             cells.append("–" if np.isnan(g) else (f"{g:.0f}" if np.isnan(r) else f"{g:.0f} ({r:.0f})"))
         e = "–" if np.isnan(p["eroded"]) else f"{p['eroded']:.0f}" + ("" if np.isnan(p["eroded_real"]) else f" ({p['eroded_real']:.0f})")
         print(f"| {s} | {p['voxels']} | " + " | ".join(cells) + f" | {e} |")

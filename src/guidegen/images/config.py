@@ -21,6 +21,7 @@ PHASES: tuple[str, ...] = ("unknown", "non_contrast", "arterial", "portal_venous
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _PREDICTIONS = ("velocity", "sample")
+_LABEL_INTERPOLATIONS = ("nearest", "linear")
 #: Floor on t in the velocity (x_t − x̂_0) / t of a "sample"-predicting network: below it the division
 #: would magnify the network's error without bound (JiT uses the same kind of clip).
 SAMPLE_PREDICTION_MIN_T = 0.05
@@ -263,8 +264,9 @@ class ImageGeneratorConfig:
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
         _check_probability("p_hide_classes", self.p_hide_classes)
         _check_probability("p_phase_remap", self.p_phase_remap)
-        if self.label_interpolation not in ("nearest", "linear"):
-            raise ValueError(f"label_interpolation must be 'nearest' or 'linear', got {self.label_interpolation!r}")
+        if self.label_interpolation not in _LABEL_INTERPOLATIONS:
+            raise ValueError(f"label_interpolation must be one of {', '.join(_LABEL_INTERPOLATIONS)}, "
+                             f"got {self.label_interpolation!r}")
         if not (isinstance(self.level_loss_weight, (int, float)) and 0 <= self.level_loss_weight <= 100):
             raise ValueError(f"level_loss_weight must be in [0, 100], got {self.level_loss_weight!r}")
         if not (isinstance(self.prev_shift_hu, (int, float)) and 0 <= self.prev_shift_hu <= 500):
