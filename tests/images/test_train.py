@@ -58,7 +58,7 @@ def test_prev_dropout_hides_the_previous_slice(tiny_prepared):
 
 
 def test_hidden_classes_look_unannotated(tiny_prepared):
-    """p_hide_classes shows some annotated classes as background with their flag off, like a partial map."""
+    """p_hide_classes shows some annotated classes as "body" with their flag off, like a prepared partial map."""
     cfg = tiny_config(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0)
     data = SliceDataset(tiny_prepared, cfg)
     full = next(i for i, c in enumerate(data.cases) if c.case_id == "totalseg-example-a")
@@ -73,11 +73,11 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
     changed = 0
     for b in range(8):
         off = (plain.annotated[b] > 0) & (batch.annotated[b] == 0)
-        assert not bool(off[0]) and not bool(off[ID["tumour"]])
+        assert not bool(off[0]) and not bool(off[ID["tumour"]]) and not bool(off[ID["body"]])
         assert torch.all(batch.annotated[b][~off] == plain.annotated[b][~off])
         for c in torch.nonzero(off).flatten().tolist():
             assert not torch.any(batch.ctx[b] == c)  # hidden class: gone from the map …
-            assert torch.all(batch.ctx[b][plain.ctx[b] == c] == 0)  # … shown as background
+            assert torch.all(batch.ctx[b][plain.ctx[b] == c] == ID["body"])  # … shown as body, as prepare does
         kept = ~torch.isin(plain.ctx[b], torch.nonzero(off).flatten())
         assert torch.equal(batch.ctx[b][kept], plain.ctx[b][kept])  # everything else as it was
         changed += int(off.sum())

@@ -162,7 +162,8 @@ class ImageGeneratorConfig:
     # not sharpen the rims (docs/results/image_generator_noncontrast.txt), so it stays off.
     label_interpolation: str = "nearest"
     # Probability that a training slice has some of its annotated classes hidden (pixels shown as
-    # background, annotated flag off; each class hidden with probability 1/2, never the tumour).
+    # "body", as preparation shows unannotated tissue, annotated flag off; each class hidden with
+    # probability 1/2, never background, body or the tumour).
     # Partial label maps (AMOS: no bones; LiTS: liver only) then look like cases seen in training
     # instead of like the one scan that shares their label set, and the model learns to draw
     # unannotated anatomy from context. 0 (old models) draws nothing.

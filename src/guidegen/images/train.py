@@ -346,16 +346,27 @@ def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int) -> Non
 
 
 def _hide_classes(batch: SliceBatch, hide: np.ndarray) -> None:
-    """Show classes ``hide[b, c]`` of item b as unannotated: background pixels, flag off (in place)."""
+    """Show classes ``hide[b, c]`` of item b as unannotated, the way preparation shows them (in place).
+
+    A prepared partial map (AMOS: no bones or bowel) labels unannotated tissue inside the body as
+    "body" (`guidegen.data.prepare`), so hidden pixels become "body" where the item's body class is
+    annotated and background elsewhere, and their flags go off. Background, "body" (every prepared
+    case has it) and the tumour are never hidden. Hidden pixels shown as background instead made a
+    pattern no prepared map has (holes inside the body), and the model trained on it rendered the
+    held-out AMOS map's body ever darker along z, −100 to −350 HU
+    (docs/results/image_generator_noncontrast.txt).
+    """
     hide = torch.from_numpy(hide) & (batch.annotated > 0)
-    hide[:, 0] = False
-    hide[:, NAMES.index("tumour")] = False
+    for name in ("background", "body", "tumour"):
+        hide[:, NAMES.index(name)] = False
     if not bool(hide.any()):
         return
     ctx = batch.ctx
     valid = (ctx >= 0) & (ctx < hide.shape[1])
     hidden = torch.gather(hide, 1, torch.where(valid, ctx, 0).flatten(1)).reshape(ctx.shape) & valid
-    batch.ctx = torch.where(hidden, torch.zeros_like(ctx), ctx)
+    has_body = (batch.annotated[:, ID["body"]] > 0).reshape(-1, *([1] * (ctx.dim() - 1)))
+    fill = torch.where(has_body, torch.full_like(ctx, ID["body"]), torch.zeros_like(ctx))
+    batch.ctx = torch.where(hidden, fill, ctx)
     batch.annotated = torch.where(hide, torch.zeros_like(batch.annotated), batch.annotated)
 
 
