@@ -82,6 +82,18 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
         assert torch.equal(batch.ctx[b][kept], plain.ctx[b][kept])  # everything else as it was
         changed += int(off.sum())
     assert changed > 8  # about half of ~16 classes per item
+    # An item without a body class (none is prepared so, but a dataset could be) shows hidden pixels as background.
+    import dataclasses
+    from guidegen.images.train import _hide_classes
+    nobody = dataclasses.replace(plain, ctx=plain.ctx.clone(), annotated=plain.annotated.clone())
+    nobody.annotated[:, ID["body"]] = 0
+    organ = max((c for c in range(1, ID["tumour"])), key=lambda c: int((plain.ctx == c).sum()))  # the largest organ shown
+    hide = np.zeros(tuple(plain.annotated.shape), dtype=bool)
+    hide[:, organ] = True
+    _hide_classes(nobody, hide)
+    where = plain.ctx == organ
+    assert bool(where.any()) and torch.all(nobody.ctx[where] == 0) and torch.all(nobody.annotated[:, organ] == 0)
+    assert torch.equal(nobody.ctx[~where], plain.ctx[~where])
 
 
 def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prepared):
