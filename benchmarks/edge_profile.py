@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from phase_check import interior, interior_mean  # the eroded mean phase_check reports (a script's folder is on sys.path)
+
 STRUCTURES = ("aorta", "inferior_vena_cava", "liver", "spleen", "kidney_left", "kidney_right")
 #: In-plane distance bands [lo, hi) in pixels from outside the label (1 = the first pixel inside).
 BANDS = ((1, 2), (2, 3), (3, 5), (5, 10_000))
@@ -44,10 +46,9 @@ def edge_profile(ct: np.ndarray, labels: np.ndarray, real: np.ndarray | None = N
             enough = sel.sum() >= 10
             bands.append((float(ct[sel].mean()) if enough else float("nan"),
                           float(real[sel].mean()) if (real is not None and enough) else float("nan")))
-        eroded = ndimage.binary_erosion(mask)
-        out[name] = {"voxels": int(mask.sum()), "bands": bands,
-                     "eroded": float(ct[eroded].mean()) if eroded.sum() >= 20 else float("nan"),
-                     "eroded_real": float(real[eroded].mean()) if (real is not None and eroded.sum() >= 20) else float("nan")}
+        inner = interior(labels, (name,))
+        out[name] = {"voxels": int(mask.sum()), "bands": bands, "eroded": interior_mean(ct, inner),
+                     "eroded_real": interior_mean(real, inner) if real is not None else float("nan")}
     return out
 
 

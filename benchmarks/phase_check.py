@@ -42,16 +42,27 @@ CITED = {("non_contrast", "aorta"), ("non_contrast", "liver"), ("arterial", "aor
 STRUCTURES = {"aorta": ("aorta",), "liver": ("liver",), "spleen": ("spleen",), "kidneys": ("kidney_left", "kidney_right")}
 
 
-def structure_means(ct: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+#: Fewest voxels for a structure's mean to be reported.
+MIN_VOXELS = 20
+
+
+def interior(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Voxels of ``classes``, each eroded by one voxel (its rim is partial volume with fat)."""
     from guidegen.labels.vocabulary import ID
 
-    out = {}
-    for name, classes in STRUCTURES.items():
-        mask = np.zeros(labels.shape, bool)
-        for c in classes:
-            mask |= ndimage.binary_erosion(labels == ID[c])
-        out[name] = float(ct[mask].mean()) if mask.sum() >= 20 else float("nan")
-    return out
+    mask = np.zeros(labels.shape, bool)
+    for c in classes:
+        mask |= ndimage.binary_erosion(labels == ID[c])
+    return mask
+
+
+def interior_mean(ct: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of ``ct`` over ``mask``; NaN under `MIN_VOXELS`."""
+    return float(ct[mask].mean()) if mask.sum() >= MIN_VOXELS else float("nan")
+
+
+def structure_means(ct: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {name: interior_mean(ct, interior(labels, classes)) for name, classes in STRUCTURES.items()}
 
 
 def main() -> None:
