@@ -33,9 +33,9 @@ def _batch(vol: Volume, n: int = 1) -> dict:
 class ChainStub(nn.Module):
     """Velocity whose Euler solution is ``x0 = prev + 0.1`` (an oracle), recording what it was shown."""
 
-    def __init__(self):
+    def __init__(self, **overrides):
         super().__init__()
-        self.config = tiny_config()
+        self.config = tiny_config(**overrides)
         self.seen: list[tuple[float, torch.Tensor]] = []
 
     def forward(self, inputs, t, phase, annotated, text, uncond):
@@ -71,6 +71,17 @@ def test_each_slice_is_conditioned_on_the_generated_previous_slice(labels):
         assert torch.equal(masks[j, K].bool(), ~known)
     first = stub.seen[0][2][0, 1:1 + K + 1]
     assert torch.all(first == 0)  # slice −1 is outside the volume
+
+
+def test_slice_position_off_feeds_a_constant_zero_z_channel(labels):
+    # slice_position=False: the z channel holds 0 on every slice instead of k / (Z − 1), as in training.
+    stub = ChainStub(slice_position=False)
+    sample_volume(stub, flow=FlowConfig(), steps=2, guidance=1.0, generators=[torch.Generator().manual_seed(0)],
+                  precision="fp32", **_batch(labels))
+    assert len(stub.seen) == 2 * labels.shape[2]
+    assert all(z == 0.0 for z, _, _ in stub.seen)
+    prev_ch = 1 + stub.config.context_slices * (K + 1)
+    assert all(torch.all(inputs[:, prev_ch + 2] == 0) for _, _, inputs in stub.seen)
 
 
 def test_outputs_int16_hu_on_the_labels_grid(tiny_model, labels):

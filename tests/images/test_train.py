@@ -284,6 +284,29 @@ def test_level_loss_weight_adds_the_weighted_structure_level_loss(tiny_prepared)
     assert both == pytest.approx(plain + 3.0 * level, rel=1e-4)
 
 
+@pytest.mark.parametrize("slice_position", [True, False])
+def test_slice_position_sets_the_z_channel_the_network_trains_on(tiny_prepared, slice_position):
+    class Recorder(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.inputs = None
+
+        def forward(self, inputs, t, phase, annotated, text, uncond):
+            self.inputs = inputs
+            return torch.zeros_like(inputs[:, :1])
+
+    config = tiny_config(p_phase_remap=0.0, slice_position=slice_position)
+    batch = SliceDataset(tiny_prepared, config).make_batch(np.random.default_rng(0), torch.Generator().manual_seed(0), 6)
+    assert float(batch.z.max()) > 0  # the batch holds slices away from the bottom of their scans
+    recorder = Recorder(config)
+    flow_matching_loss(recorder, batch, torch.full((6,), 0.5), torch.zeros_like(batch.target), "fp32")
+    z_channel = recorder.inputs[:, 1 + config.context_slices * (config.num_classes + 1) + 2]
+    expected = batch.z if slice_position else torch.zeros_like(batch.z)
+    assert torch.equal(z_channel[:, 0, 0], expected)
+    assert torch.all(z_channel == z_channel[:, :1, :1])
+
+
 @pytest.mark.parametrize("interpolation", ["nearest", "linear"])
 def test_linear_label_interpolation_puts_label_edges_on_the_moved_ct_edges(interpolation):
     """With "linear", a moved label boundary is exactly where the bilinearly moved CT crosses halfway;

@@ -190,6 +190,14 @@ class ImageGeneratorConfig:
     # and how bright, and the network learns the texture and the deviations. False (old models): no
     # such channel.
     phase_prior: bool = False
+    # Feed the slice's position k / (Z − 1) as the z channel (True, old models), or a constant 0.
+    # Why off: the fraction of a scan's field of view is no anatomical position (a 16-slice AMOS crop
+    # and a 112-slice abdomen-pelvis scan put the liver at 0–0.93 and 0.62–1.0), and with five
+    # training scans it mostly tells the network which scan it is looking at. The shipped generator,
+    # on the held-out crop, drew a non-contrast liver at 47 HU with the channel held at 0 and 35 at 1
+    # (real CT 53), sliding from 56 to 31 HU along z where the real liver is flat
+    # (docs/results/image_generator_noncontrast.txt). The label slices already say where we are.
+    slice_position: bool = True
     # Weight λ of the structure-level loss: the squared *mean* velocity error inside each labelled
     # structure of slice k (not "body", a scan-dependent mix), averaged over the structures present,
     # added to the per-pixel loss (`guidegen.images.train.structure_level_loss`). Why: a kidney is

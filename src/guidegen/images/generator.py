@@ -257,7 +257,7 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
     has_prev = torch.zeros(n, device=device)
     for k in range(z):
         masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
-        zpos = torch.full((n,), k / max(z - 1, 1), device=device)
+        zpos = torch.full((n,), k / max(z - 1, 1) if cfg.slice_position else 0.0, device=device)
         fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
         # ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1.
         noise = fresh if k == 0 or noise_correlation == 0.0 else (

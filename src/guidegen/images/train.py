@@ -477,7 +477,8 @@ def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: Slic
     ``level_loss_weight`` × `structure_level_loss` when the config asks for it."""
     x_t = add_noise(batch.target, noise, t)
     config = getattr(model, "module", model).config  # a DistributedDataParallel wrapper holds the model as .module
-    inputs = assemble_inputs(x_t, mask_channels(batch.ctx, config.num_classes), batch.prev, batch.has_prev, batch.z)
+    z = batch.z if config.slice_position else torch.zeros_like(batch.z)
+    inputs = assemble_inputs(x_t, mask_channels(batch.ctx, config.num_classes), batch.prev, batch.has_prev, z)
     with autocast(batch.target.device, precision):
         pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond)
     error = pred.float() - velocity_target(batch.target, noise)
