@@ -193,9 +193,9 @@ class ImageGeneratorConfig:
     # Feed the slice's position k / (Z − 1) as the z channel (True, old models), or a constant 0.
     # Why off: the fraction of a scan's field of view is no anatomical position (a 16-slice AMOS crop
     # and a 112-slice abdomen-pelvis scan put the liver at 0–0.93 and 0.62–1.0), and with five
-    # training scans it mostly tells the network which scan it is looking at. The shipped generator,
-    # on the held-out crop, drew a non-contrast liver at 47 HU with the channel held at 0 and 35 at 1
-    # (real CT 53), sliding from 56 to 31 HU along z where the real liver is flat
+    # training scans it mostly tells the network which scan it is looking at. The stop-15 generator
+    # (trained with it) drew the held-out crop's non-contrast liver at 47 HU with the channel held
+    # at 0 and 35 at 1 (real CT 53), sliding from 56 to 31 HU along z where the real liver is flat
     # (docs/results/image_generator_noncontrast.txt). The label slices already say where we are.
     slice_position: bool = True
     # Weight λ of the structure-level loss: the squared *mean* velocity error inside each labelled
@@ -306,5 +306,6 @@ class ImageGeneratorConfig:
     def in_channels(self) -> int:
         """Assembled input channels (`guidegen.images.model.assemble_inputs`): noisy slice (1) + per
         context slice K one-hot + 1 unknown, + previous slice (1) + has-previous flag (1) + z position
-        (1). The network adds the phase-prior channel itself when ``phase_prior`` is on."""
+        (1; a constant 0 when ``slice_position`` is off). The network adds the phase-prior channel
+        itself when ``phase_prior`` is on."""
         return 1 + self.context_slices * (self.num_classes + 1) + 3

@@ -14,6 +14,7 @@ S × (K + 1)                 per context slice k−r … k+r:    the anatomy to 
 1                           previous generated slice (u.)   autoregressive context along z
 1                           has-previous flag (0 or 1)      slice 0 / dropped context: prev is zeros
 1                           z position ``k / (Z − 1)``      rough cranio-caudal position in the scan
+                                                            (0 with ``slice_position`` off)
 ==========================  ==============================  ===========================================
 
 Global conditions:
