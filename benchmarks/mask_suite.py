@@ -41,6 +41,8 @@ def main() -> None:
                         help="last sampling step (default: the model's MaskSamplerConfig.final_decode)")
     parser.add_argument("--organ-sizes", choices=["scale", "network"], default=None,
                         help="stated organ sizes in the placed maps (default: the model's organ_sizes)")
+    parser.add_argument("--aorta-placement", choices=["tube", "network"], default=None,
+                        help="the aorta in the placed maps (default: the model's aorta_placement)")
     parser.add_argument("--maps", default=None,
                         help="npz of the network's maps: read if it exists (no sampling), else written after sampling")
     args = parser.parse_args()
@@ -75,7 +77,7 @@ def main() -> None:
             chunk = jobs[b:b + args.batch]
             samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
                                             guidance=args.guidance, tumour_placement="network", organ_sizes="network",
-                                            final_decode=args.final_decode)
+                                            aorta_placement="network", final_decode=args.final_decode)
             print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
         if cached is not None:
             np.savez_compressed(cached, maps=np.stack([v.array for v in samples]))
@@ -84,7 +86,8 @@ def main() -> None:
     # the model's `organ_sizes` or --organ-sizes says): same per-map random stream.
     placed_start = time.perf_counter()
     sizes = (args.organ_sizes or sampler.config.organ_sizes) == "scale"
-    inserted = [apply_statements(v, parse_prompt(p), s, organs=sizes) for v, (p, s) in zip(samples, jobs)]
+    tube = (args.aorta_placement or sampler.config.aorta_placement) == "tube"
+    inserted = [apply_statements(v, parse_prompt(p), s, organs=sizes, aorta=tube) for v, (p, s) in zip(samples, jobs)]
     placed_seconds = time.perf_counter() - placed_start
     reference = None
     if args.reference:
@@ -98,7 +101,8 @@ def main() -> None:
           f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in {seconds:.0f} s "
           f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
           f"last step {args.final_decode or cfg.final_decode}; "
-          f"placement stage (organ sizes {'scaled' if sizes else 'as drawn'}) {placed_seconds / len(jobs):.2f} s per map")
+          f"placement stage (organ sizes {'scaled' if sizes else 'as drawn'}, aorta {'tube' if tube else 'as drawn'}) "
+          f"{placed_seconds / len(jobs):.2f} s per map")
     modes = ["insert", "network"] if args.tumour_placement == "both" else [args.tumour_placement]
     reports = {}
     for mode in modes:

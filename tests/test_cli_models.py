@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from guidegen.data.augment import SOFT_CLASSES
 from guidegen.labels.vocabulary import ID
 
 from tests.pipeline.conftest import make_tiny_model
@@ -70,6 +71,26 @@ def test_sample_masks_records_organ_sizes(tiny_models, tmp_path, capsys):
             assert sized["spleen"]["holds"] is True and sized["spleen"]["after_ml"] == 0
             labels = nib.load(str(tmp_path / mode / "sample_000" / "labels.nii.gz"))
             assert not np.any(np.asanyarray(labels.dataobj) == ID["spleen"])
+
+
+def test_sample_masks_aorta_placement(tiny_models, tmp_path, capsys):
+    import json
+
+    arrays = {}
+    for mode in ("tube", "network"):
+        code, _, err = run(["sample-masks", "--prompt", "normal abdomen", "--model", str(tiny_models), "--seed", "3",
+                            "--aorta-placement", mode, "--out", str(tmp_path / mode)], capsys)
+        assert code == 0, err
+        meta = json.loads((tmp_path / mode / "prompt.json").read_text())
+        assert meta["aorta_placement"] == mode and (meta["aorta"][0] is None) == (mode == "network")
+        arrays[mode] = np.asanyarray(nib.load(str(tmp_path / mode / "sample_000" / "labels.nii.gz")).dataobj)
+    # Only the aorta and the soft tissue it grew into or gave its strays to differ.
+    changed = arrays["tube"] != arrays["network"]
+    allowed = {ID["aorta"]} | {ID[c] for c in SOFT_CLASSES}
+    assert set(np.unique(arrays["tube"][changed])) | set(np.unique(arrays["network"][changed])) <= allowed
+    code, _, err = run(["sample-masks", "--prompt", "normal abdomen", "--model", str(tiny_models),
+                        "--aorta-placement", "wide", "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "--aorta-placement" in err and not (tmp_path / "bad").exists()
 
 
 def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):

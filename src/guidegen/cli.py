@@ -173,21 +173,27 @@ def sample_masks(
     organ_sizes: Annotated[Optional[str], typer.Option(
         help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; network: "
              "organs as the network drew them (default: the model's setting).")] = None,
+    aorta_placement: Annotated[Optional[str], typer.Option(
+        help="tube: the aorta redrawn as one tube of normal calibre along the network's; network: the aorta as "
+             "the network drew it (default: the model's setting).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
     from guidegen.pipeline import sample_masks_to_folder
 
-    from guidegen.masks.config import ORGAN_SIZES, TUMOUR_PLACEMENTS
+    from guidegen.masks.config import AORTA_PLACEMENTS, ORGAN_SIZES, TUMOUR_PLACEMENTS
 
     if tumour_placement is not None and tumour_placement not in TUMOUR_PLACEMENTS:
         raise InputError("--tumour-placement", f"must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {tumour_placement!r}")
     if organ_sizes is not None and organ_sizes not in ORGAN_SIZES:
         raise InputError("--organ-sizes", f"must be one of {', '.join(ORGAN_SIZES)}, got {organ_sizes!r}")
+    if aorta_placement is not None and aorta_placement not in AORTA_PLACEMENTS:
+        raise InputError("--aorta-placement", f"must be one of {', '.join(AORTA_PLACEMENTS)}, got {aorta_placement!r}")
     lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, steps=steps, guidance=guidance,
                                             model=model, device=_device(device), overwrite=overwrite,
-                                            tumour_placement=tumour_placement, organ_sizes=organ_sizes)
+                                            tumour_placement=tumour_placement, organ_sizes=organ_sizes,
+                                            aorta_placement=aorta_placement)
     for line in lines:
         typer.echo(line)
     if check:

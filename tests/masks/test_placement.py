@@ -11,8 +11,8 @@ from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
 from guidegen.data.augment import SOFT_CLASSES, OrganScaling, ScalingParams
-from guidegen.masks.placement import (HOST_TUMOUR_RATIO, _wrap_in_host, apply_stated_organs, place_stated_tumours,
-                                      remove_tumours, stated_volume_band)
+from guidegen.masks.placement import (AORTA_DIAMETER_MM, HOST_TUMOUR_RATIO, _wrap_in_host, apply_stated_organs,
+                                      draw_aorta_tube, place_stated_tumours, remove_tumours, stated_volume_band)
 from guidegen.text.agreement import organ_agreement
 from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
 from guidegen.text.parse import parse_prompt
@@ -226,3 +226,72 @@ def test_organ_missing_from_the_map_is_reported(anatomy):
                                       np.random.default_rng(0))
     assert "no spleen" in record["spleen"]["error"] and record["spleen"]["holds"] is False
     np.testing.assert_array_equal(out.array, no_spleen)
+
+
+def _scattered_aorta_map(seed: int = 0) -> tuple[Volume, tuple[int, int]]:
+    """An 8 mm map: body, a spine, a kidney, and an aorta drawn as a sampled one looks (specks).
+
+    On slices 3-16 the aorta is one voxel at (15, 13) (the course), on a third of them moved up to
+    8 voxels sideways, plus two far strays; returns the map and the course.
+    """
+    rng = np.random.default_rng(seed)
+    array = np.full((30, 30, 20), ID["body"], np.uint8)
+    array[12:18, 5:11, :] = ID["bone"]           # vertebral bodies, behind the course
+    array[17:22, 14:20, 4:12] = ID["kidney_left"]  # an organ right next to it
+    for z in range(3, 17):
+        dx = int(rng.integers(-8, 9)) if z % 3 == 0 else 0
+        array[15 + dx, 13, z] = ID["aorta"]
+    array[3, 25, 9] = ID["aorta"]
+    array[27, 3, 12] = ID["aorta"]
+    affine = np.diag([8.0, 8.0, 8.0, 1.0])
+    return Volume(array, affine, "labels", {}), (15, 13)
+
+
+def test_aorta_specks_become_one_straight_tube_of_normal_calibre():
+    labels, course = _scattered_aorta_map()
+    out, record = draw_aorta_tube(labels, np.random.default_rng(1))
+    aorta = out.array == ID["aorta"]
+    # One piece, along the course, over the drawn extent.
+    assert ndimage.label(aorta, structure=np.ones((3, 3, 3)))[1] == 1
+    zs = np.nonzero(aorta.any(axis=(0, 1)))[0]
+    # Every slice of the drawn extent (its 5th-95th percentile: within a slice of 3-16).
+    assert 3 <= zs.min() <= 4 and 15 <= zs.max() <= 16 and record["slices"] == len(zs) == zs.max() - zs.min() + 1
+    lo, hi = AORTA_DIAMETER_MM
+    assert lo <= record["diameter_mm"] <= hi
+    target = round(np.pi * record["diameter_mm"] ** 2 / 4 / 64.0)
+    for z in zs:
+        assert np.linalg.norm(np.array(ndimage.center_of_mass(aorta[..., z])) - course) <= 1.5, z
+        if z >= 12:  # away from the kidney: the full disc
+            assert aorta[..., z].sum() == target, z
+    assert record["tube_mm2"] == pytest.approx(target * 64.0)
+    # Strays are gone (fat again); organs and bone are never taken.
+    assert out.array[3, 25, 9] == ID["body"] and out.array[27, 3, 12] == ID["body"]
+    for cls in ("bone", "kidney_left"):
+        assert np.array_equal(out.array == ID[cls], labels.array == ID[cls]), cls
+    assert set(np.unique(labels.array[aorta])) <= {ID["body"], ID["aorta"]}
+
+
+def test_aorta_tube_hemmed_in_stays_narrower_and_takes_no_organ():
+    labels, _ = _scattered_aorta_map()
+    array = labels.array.copy()
+    array[13:18, 11:17, 6] = ID["liver"]  # around the course on one slice, one body voxel left
+    array[15, 13, 6] = ID["body"]
+    out, _ = draw_aorta_tube(labels.with_array(array), np.random.default_rng(1))
+    assert (out.array[..., 6] == ID["aorta"]).sum() < (out.array[..., 14] == ID["aorta"]).sum()
+    assert np.array_equal(out.array == ID["liver"], array == ID["liver"])
+
+
+def test_aorta_tube_is_seeded_and_leaves_a_map_without_aorta_alone():
+    labels, _ = _scattered_aorta_map()
+    a, ra = draw_aorta_tube(labels, np.random.default_rng(5))
+    b, rb = draw_aorta_tube(labels, np.random.default_rng(5))
+    assert np.array_equal(a.array, b.array) and ra == rb
+    none = labels.with_array(np.where(labels.array == ID["aorta"], ID["body"], labels.array).astype(np.uint8))
+    same, record = draw_aorta_tube(none, np.random.default_rng(5))
+    assert same is none and "error" in record
+
+
+def test_an_aorta_drawn_as_a_vessel_is_kept(anatomy):
+    """The training map's aorta is already one tube of normal calibre: it is left as it is."""
+    out, record = draw_aorta_tube(anatomy, np.random.default_rng(0))
+    assert out is anatomy and record["kept"] is True and record["network_mm2"] >= 227

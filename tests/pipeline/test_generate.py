@@ -82,6 +82,9 @@ def test_case_folder_contents(gg, tmp_path):
     placed = meta["tumour_placement"]  # what the sampler placed for the stated liver tumour, and whether it holds
     assert placed["mode"] == "insert" and placed["stated"] is True and "tumours" in placed["agreement"]
     assert meta["organ_sizes"] == {}  # the prompt states no organ size: nothing resized
+    aorta = meta["aorta_placement"]  # the tiny network's aorta: redrawn as a tube, kept, or none drawn
+    assert set(aorta) in ({"diameter_mm", "slices", "network_mm2", "tube_mm2", "moved_voxels"},
+                          {"kept", "network_mm2"}, {"error"})
     assert np.allclose(meta["spacing_mm"], ct.header.get_zooms()) and meta["synthetic"] is True
     assert all(meta["labels"][str(v)] for v in np.unique(np.asarray(labels.dataobj)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

@@ -11,6 +11,8 @@ TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network")
 #: Values of `MaskSamplerConfig.organ_sizes`.
 ORGAN_SIZES: tuple[str, ...] = ("scale", "network")
 FINAL_DECODES: tuple[str, ...] = ("argmax", "matched")
+#: Values of `MaskSamplerConfig.aorta_placement`.
+AORTA_PLACEMENTS: tuple[str, ...] = ("tube", "network")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class MaskSamplerConfig:
     # normal / absent that size when the sampled one does not show it (`guidegen.masks.placement`:
     # the demo network follows size statements weakly); "network" keeps the network's organs.
     organ_sizes: str = "scale"
+    # The aorta when sampling: "tube" redraws it as one tube of normal adult calibre (17-23 mm)
+    # along the course the network's aorta takes (`guidegen.masks.placement.draw_aorta_tube`: the
+    # demo network draws it as scattered specks ~13 mm wide once upsampled, whose CT misses every
+    # phase's HU); "network" keeps the network's aorta.
+    aorta_placement: str = "tube"
     # Last sampling step: "argmax" of p(x0 | x1), or "matched": the argmax after per-class offsets
     # that give every class but the tumour its expected voxel count (`count_matched_argmax`): the
     # plain argmax drops organs whose location the network is unsure of (pancreas 1-8 voxels where
@@ -111,6 +118,8 @@ class MaskSamplerConfig:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.final_decode not in FINAL_DECODES:
             raise ValueError(f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {self.final_decode!r}")
+        if self.aorta_placement not in AORTA_PLACEMENTS:
+            raise ValueError(f"aorta_placement must be one of {', '.join(AORTA_PLACEMENTS)}, got {self.aorta_placement!r}")
         if self.organ_sizes not in ORGAN_SIZES:
             raise ValueError(f"organ_sizes must be one of {', '.join(ORGAN_SIZES)}, got {self.organ_sizes!r}")
         if self.tumour_placement not in TUMOUR_PLACEMENTS:

@@ -21,9 +21,9 @@ from guidegen.errors import InputError
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, ORGANS
 from guidegen.masks.conditioning import attribute_vector
-from guidegen.masks.config import FINAL_DECODES, ORGAN_SIZES, TUMOUR_PLACEMENTS, MaskSamplerConfig
+from guidegen.masks.config import AORTA_PLACEMENTS, FINAL_DECODES, ORGAN_SIZES, TUMOUR_PLACEMENTS, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
-from guidegen.masks.placement import apply_stated_organs, fill_from_nearest, place_stated_tumours
+from guidegen.masks.placement import apply_stated_organs, draw_aorta_tube, fill_from_nearest, place_stated_tumours
 from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
@@ -32,19 +32,25 @@ from guidegen.training import autocast
 
 #: Seed-sequence prefix of the tumour placement's random stream ("tumr").
 _PLACEMENT_STREAM = 0x74756D72
+#: Seed-sequence prefix of the aorta's stream ("aort"): its own, so that redrawing the aorta does
+#: not change the tumour and organ-size draws of the same seed.
+_AORTA_STREAM = 0x616F7274
 
 
-def placement_rng(seed: int, index: int | None = None) -> np.random.Generator:
+def placement_rng(seed: int, index: int | None = None, stream: int = _PLACEMENT_STREAM) -> np.random.Generator:
     """The tumour placement's random stream for a map: its own seed (and its index in the batch when
     the batch shares one seed), never the network's draws, so placement can be redone on saved maps."""
     # numpy seed sequences take non-negative integers only; torch seeds may be negative.
-    return np.random.default_rng([_PLACEMENT_STREAM, int(seed) % 2**64] + ([int(index)] if index is not None else []))
+    return np.random.default_rng([stream, int(seed) % 2**64] + ([int(index)] if index is not None else []))
 
 
 def apply_statements(volume: Volume, attributes: Attributes, seed: int, index: int | None = None, *,
-                     tumours: bool = True, organs: bool = True) -> Volume:
-    """The placement stage on one sampled map, with its own stream (`placement_rng`):
+                     tumours: bool = True, organs: bool = True, aorta: bool = True) -> Volume:
+    """The placement stage on one sampled map, with its own streams (`placement_rng`):
 
+    * ``aorta`` (``aorta_placement="tube"``): the network's aorta redrawn as one tube of normal
+      calibre along it (`guidegen.masks.placement.draw_aorta_tube`), the record in
+      ``meta["aorta_placement"]``; first, so that organs and tumours are placed around it;
     * ``organs`` (``organ_sizes="scale"``): organs the prompt calls enlarged, small, normal or
       absent are given that size (`guidegen.masks.placement.apply_stated_organs`), the record in
       ``meta["organ_sizes"]``;
@@ -52,6 +58,9 @@ def apply_statements(volume: Volume, attributes: Attributes, seed: int, index: i
       to hold them unless the prompt states the host's size (`place_stated_tumours`), the record in
       ``meta["tumour_placement"]``.
     """
+    if aorta:
+        volume, drawn = draw_aorta_tube(volume, placement_rng(seed, index, _AORTA_STREAM))
+        volume.meta["aorta_placement"] = drawn
     rng = placement_rng(seed, index)
     sized: dict = {}
     if organs:
@@ -148,7 +157,7 @@ class VolumetricMaskSampler:
                      guidance: float | None = None, attributes: Sequence[Attributes] | None = None,
                      clean: bool = True, precision: str = "bf16", tumour_placement: str | None = None,
                      final_decode: str | None = None, organ_sizes: str | None = None,
-                     callback: Callable[[int, int], None] | None = None) -> list[Volume]:
+                     aorta_placement: str | None = None, callback: Callable[[int, int], None] | None = None) -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
 
         Args:
@@ -165,11 +174,14 @@ class VolumetricMaskSampler:
             final_decode: "argmax" or "matched" (`MaskSamplerConfig.final_decode`); default the config's.
             organ_sizes: "scale" (stated organ sizes given to the sampled organs,
                 `guidegen.masks.placement.apply_stated_organs`) or "network"; default the config's.
+            aorta_placement: "tube" (the aorta redrawn as one tube of normal calibre along the
+                network's, `guidegen.masks.placement.draw_aorta_tube`) or "network"; default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
 
         Returns:
             Label `Volume`s (uint8 GuideGen ids) on the sampler grid, prompt-major order; with
-            "insert", ``meta["tumour_placement"]`` records what was placed and whether it holds.
+            "insert", ``meta["tumour_placement"]`` records what was placed and whether it holds; with
+            "tube", ``meta["aorta_placement"]`` what was drawn.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -182,6 +194,9 @@ class VolumetricMaskSampler:
         sizes = organ_sizes or self.config.organ_sizes
         if sizes not in ORGAN_SIZES:
             raise InputError(None, f"organ_sizes must be one of {', '.join(ORGAN_SIZES)}, got {sizes!r}")
+        aorta = aorta_placement or self.config.aorta_placement
+        if aorta not in AORTA_PLACEMENTS:
+            raise InputError(None, f"aorta_placement must be one of {', '.join(AORTA_PLACEMENTS)}, got {aorta!r}")
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
         scale = self.config.guidance_scale if guidance is None else float(guidance)
@@ -225,10 +240,10 @@ class VolumetricMaskSampler:
                 array = keep_main_components(array)
             item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
             volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i})
-            if placement == "insert" or sizes == "scale":
+            if placement == "insert" or sizes == "scale" or aorta == "tube":
                 volume = apply_statements(volume, attributes[i // n], item_seed,
                                           i if isinstance(generator, torch.Generator) else None,
-                                          tumours=placement == "insert", organs=sizes == "scale")
+                                          tumours=placement == "insert", organs=sizes == "scale", aorta=aorta == "tube")
             out.append(volume)
         return out
 

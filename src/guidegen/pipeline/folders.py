@@ -132,11 +132,12 @@ def _component(model: str | Path | None, name: str) -> Path:
 def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, steps: int | None = None,
                            guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
                            overwrite: bool = False, tumour_placement: str | None = None,
-                           organ_sizes: str | None = None) -> tuple[list[str], list[Volume]]:
+                           organ_sizes: str | None = None, aorta_placement: str | None = None
+                           ) -> tuple[list[str], list[Volume]]:
     """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``.
 
-    ``tumour_placement``: "insert" / "network", ``organ_sizes``: "scale" / "network"
-    (`guidegen.masks.placement`); default the model's.
+    ``tumour_placement``: "insert" / "network", ``organ_sizes``: "scale" / "network",
+    ``aorta_placement``: "tube" / "network" (`guidegen.masks.placement`); default the model's.
     """
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
@@ -150,8 +151,9 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
     started = time.perf_counter()
     placement = tumour_placement or sampler.config.tumour_placement
     sizes = organ_sizes or sampler.config.organ_sizes
+    aorta = aorta_placement or sampler.config.aorta_placement
     volumes = sampler.sample_masks(prompt, n=n, seed=seed, steps=steps, guidance=guidance, tumour_placement=placement,
-                                   organ_sizes=sizes)
+                                   organ_sizes=sizes, aorta_placement=aorta)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -170,6 +172,8 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
                                                      "placed": [v.meta.get("tumour_placement") for v in volumes],
                                                      "organ_sizes": sizes,
                                                      "sized": [v.meta.get("organ_sizes") for v in volumes],
+                                                     "aorta_placement": aorta,
+                                                     "aorta": [v.meta.get("aorta_placement") for v in volumes],
                                                      "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
     return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}"], volumes
 

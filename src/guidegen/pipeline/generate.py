@@ -242,7 +242,7 @@ class GuideGen:
             t_report = time.perf_counter() - started
             labels = fine[k]
             labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
-            for stage in ("tumour_placement", "organ_sizes"):  # what the placement stage did
+            for stage in ("tumour_placement", "organ_sizes", "aorta_placement"):  # what the placement stage did
                 if stage in coarse[k].meta:
                     labels.meta[stage] = coarse[k].meta[stage]
             cases.append(GeneratedCase(
