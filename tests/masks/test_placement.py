@@ -281,6 +281,18 @@ def test_aorta_tube_hemmed_in_stays_narrower_and_takes_no_organ():
     assert np.array_equal(out.array == ID["liver"], array == ID["liver"])
 
 
+def test_aorta_tube_stays_one_piece_where_obstacles_alternate_sides():
+    """Bone bulging onto the course from alternate sides must not cut the tube into pieces."""
+    labels, _ = _scattered_aorta_map()
+    array = labels.array.copy()
+    array[15:17, 10:17, 8] = ID["bone"]  # slice 8: the nearest room is on the low-x side
+    array[14:16, 10:17, 9] = ID["bone"]  # slice 9: ... on the high-x side
+    out, _ = draw_aorta_tube(labels.with_array(array), np.random.default_rng(1))
+    aorta = out.array == ID["aorta"]
+    assert ndimage.label(aorta, structure=np.ones((3, 3, 3)))[1] == 1
+    assert aorta[..., 8].any() and aorta[..., 9].any()
+
+
 def test_aorta_tube_is_seeded_and_leaves_a_map_without_aorta_alone():
     labels, _ = _scattered_aorta_map()
     a, ra = draw_aorta_tube(labels, np.random.default_rng(5))

@@ -420,7 +420,8 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     network does not draw: one straight piece (the abdominal aorta runs nearly parallel to the body
     axis: its course may drift at most `AORTA_MAX_DRIFT` mm per mm of height; the training map's
     drifts 0.22), with a diameter drawn uniformly in ``diameter_mm`` for the map. On each
-    slice a disc of that area (`_grow_disc`) grows from the free voxel nearest the course into
+    slice a disc of that area (`_grow_disc`) grows from the free voxel nearest the course (among
+    those touching the disc below, where there are any: the tube stays one piece) into
     ``body`` voxels (background where the map has no body outline) and the network's own aorta
     voxels; organs, bone, other vessels and tumour are never taken, so a slice hemmed in by them
     stays narrower (and one with no free voxel within a diameter of the course has none). Aorta voxels the tube does not reuse go to the nearest fat or bowel (`_fill_soft`).
@@ -468,15 +469,25 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     out = array.copy()
     tube = np.zeros(array.shape, bool)
     ii, jj = np.indices(array.shape[:2])
+    previous = None
     for z in range(z_lo, z_hi + 1):
         free = free_class[..., z] | mask[..., z]
         if not free.any():
             continue
         distance = np.hypot((ii - course[z, 0]) * spacing[0], (jj - course[z, 1]) * spacing[1])
+        # Seed where the disc touches the one below when it can (bone or an organ bulging onto the
+        # course would otherwise push neighbouring discs apart and cut the tube), else anywhere.
         seed = np.unravel_index(int(np.argmin(np.where(free, distance, np.inf))), free.shape)
         if distance[seed] > diameter:  # no room near the course on this slice (inside an organ)
+            previous = None
             continue
+        if previous is not None:
+            touching = free & ndimage.binary_dilation(previous, structure=np.ones((3, 3), bool))
+            near = np.unravel_index(int(np.argmin(np.where(touching, distance, np.inf))), free.shape)
+            if touching.any() and distance[near] <= diameter:
+                seed = near
         tube[..., z] = _grow_disc((int(seed[0]), int(seed[1])), free, target, spacing[:2])
+        previous = tube[..., z]
     stray = mask & ~tube
     out[tube] = aorta
     out = _fill_soft(out, stray)

@@ -38,8 +38,9 @@ _AORTA_STREAM = 0x616F7274
 
 
 def placement_rng(seed: int, index: int | None = None, stream: int = _PLACEMENT_STREAM) -> np.random.Generator:
-    """The tumour placement's random stream for a map: its own seed (and its index in the batch when
-    the batch shares one seed), never the network's draws, so placement can be redone on saved maps."""
+    """A placement stage's random stream for a map (``stream``: the tumours' and organ sizes', or the
+    aorta's): its own seed (and its index in the batch when the batch shares one seed), never the
+    network's draws, so placement can be redone on saved maps."""
     # numpy seed sequences take non-negative integers only; torch seeds may be negative.
     return np.random.default_rng([stream, int(seed) % 2**64] + ([int(index)] if index is not None else []))
 
