@@ -1,4 +1,6 @@
-"""Stated tumours placed into sampled anatomy (the sampler's ``tumour_placement="insert"``).
+"""The placement stage after the mask sampler's network: stated tumours and organ sizes, and the aorta.
+
+Stated tumours placed into sampled anatomy (the sampler's ``tumour_placement="insert"``).
 
 Why this stage exists: the demo network, trained on six scans on a CPU, learns the organs but not
 tumours. Probed along its sampling trajectory it spreads ~30 voxels' worth of tumour probability
@@ -39,9 +41,10 @@ given to the nearest fat or bowel. Organs without a normal range (stomach, bowel
 
 **The aorta** (`draw_aorta_tube`, the sampler's ``aorta_placement="tube"``): the demo network has
 not learnt the aorta as a vessel. Its aorta probability is low everywhere (the plain argmax draws
-0-2 slices of it), and the matched-count decoding gives it its expected volume as 10-15 specks of
-1-5 voxels of 8 mm, their in-plane centres jumping by up to 20 voxels from slice to slice, where
-the training map has one tube of 4-9 voxels a slice (about 20 mm across). Upsampled, such specks
+0-2 slices of it), and the matched-count decoding gives it its expected volume as 5-17 specks
+(median 11 on the prompt suite's maps) of 1-5 voxels of 8 mm, their in-plane centres jumping by up
+to 20 voxels from slice to slice, where the training map has one tube of 4-9 voxels a slice (about
+20 mm across). Upsampled, such specks
 are ~13 mm wide, their one-voxel-eroded interior is mostly the darker rim the image generator
 gives every structure, and the CT misses every phase's published aorta HU (2 of 16 phase pairs
 on sampled maps, docs/results/phase_check.txt). The aorta is therefore redrawn as one tube of a
@@ -66,8 +69,8 @@ from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
 from guidegen.text.measure import (REFERENCE_RANGES, SMALL_MILD_RATIO, SMALL_MODERATE_RATIO, ReferenceRange,
                                    colon_segment_of, liver_lobe_of, measure_labels)
 
-__all__ = ["AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs", "draw_aorta_tube", "fill_from_nearest", "grow_host", "place_stated_tumours",
-           "remove_tumours", "stated_volume_band"]
+__all__ = ["AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs", "draw_aorta_tube",
+           "fill_from_nearest", "grow_host", "place_stated_tumours", "remove_tumours", "stated_volume_band"]
 #: Lesions drawn for "multiple" when no number is stated.
 MULTIPLE_COUNT = (2, 4)
 #: Secondary lesions of a group get this fraction range of the stated (largest) diameter.
