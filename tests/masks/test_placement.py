@@ -11,8 +11,9 @@ from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
 from guidegen.data.augment import SOFT_CLASSES, OrganScaling, ScalingParams
-from guidegen.masks.placement import (AORTA_DIAMETER_MM, HOST_TUMOUR_RATIO, _wrap_in_host, apply_stated_organs,
-                                      draw_aorta_tube, place_stated_tumours, remove_tumours, stated_volume_band)
+from guidegen.masks.placement import (AORTA_BELOW_KIDNEYS_MM, AORTA_DIAMETER_MM, HOST_TUMOUR_RATIO, _wrap_in_host,
+                                      apply_stated_organs, draw_aorta_tube, place_stated_tumours, remove_tumours,
+                                      stated_volume_band)
 from guidegen.text.agreement import organ_agreement
 from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
 from guidegen.text.parse import parse_prompt
@@ -291,6 +292,21 @@ def test_aorta_tube_stays_one_piece_where_obstacles_alternate_sides():
     aorta = out.array == ID["aorta"]
     assert ndimage.label(aorta, structure=np.ones((3, 3, 3)))[1] == 1
     assert aorta[..., 8].any() and aorta[..., 9].any()
+
+
+def test_aorta_tube_ends_a_few_cm_below_the_kidneys():
+    """Specks reaching into the pelvis do not draw the aorta there: it divides below the kidneys."""
+    labels, _ = _scattered_aorta_map()
+    array = labels.array.copy()
+    array[15, 13, 0:3] = ID["aorta"]  # the network's specks go down to the first slice
+    array[17:22, 14:20, 4:12] = ID["body"]
+    array[17:22, 14:20, 10:14] = ID["kidney_left"]  # lowest kidney voxel at slice 10 (80 mm up)
+    out, _ = draw_aorta_tube(labels.with_array(array), np.random.default_rng(1))
+    zs = np.nonzero((out.array == ID["aorta"]).any(axis=(0, 1)))[0]
+    assert zs.min() == 10 - round(AORTA_BELOW_KIDNEYS_MM / 8.0)
+    without_kidney = np.where(array == ID["kidney_left"], ID["body"], array).astype(np.uint8)
+    out, _ = draw_aorta_tube(labels.with_array(without_kidney), np.random.default_rng(1))
+    assert np.nonzero((out.array == ID["aorta"]).any(axis=(0, 1)))[0].min() <= 1  # the specks' extent
 
 
 def test_aorta_tube_is_seeded_and_leaves_a_map_without_aorta_alone():

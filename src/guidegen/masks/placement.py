@@ -49,7 +49,7 @@ are ~13 mm wide, their one-voxel-eroded interior is mostly the darker rim the im
 gives every structure, and the CT misses every phase's published aorta HU (2 of 16 phase pairs
 on sampled maps, docs/results/phase_check.txt). The aorta is therefore redrawn as one tube of a
 normal adult calibre (`AORTA_DIAMETER_MM`) along the course and over the extent the network's
-specks indicate, grown into unlabelled tissue only; an aorta already drawn as a vessel is kept.
+specks indicate (down to a few cm below the kidneys), grown into unlabelled tissue only; an aorta already drawn as a vessel is kept.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
 from guidegen.text.measure import (REFERENCE_RANGES, SMALL_MILD_RATIO, SMALL_MODERATE_RATIO, ReferenceRange,
                                    colon_segment_of, liver_lobe_of, measure_labels)
 
-__all__ = ["AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs", "draw_aorta_tube",
+__all__ = ["AORTA_BELOW_KIDNEYS_MM", "AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs", "draw_aorta_tube",
            "fill_from_nearest", "grow_host", "place_stated_tumours", "remove_tumours", "stated_volume_band"]
 #: Lesions drawn for "multiple" when no number is stated.
 MULTIPLE_COUNT = (2, 4)
@@ -87,6 +87,10 @@ SCALING_ROUNDS = 3
 AORTA_DIAMETER_MM = (17.0, 23.0)
 #: Largest in-plane drift of the aorta's course per unit of height (mm / mm) that a drawn tube may take.
 AORTA_MAX_DRIFT = 0.25
+#: Lowest end of a drawn aorta below the kidneys' lowest voxel, mm: the aorta divides at about L4,
+#: a few cm below the lower renal poles (16 mm in the training map); the network's specks reach
+#: into the pelvis.
+AORTA_BELOW_KIDNEYS_MM = 50.0
 
 _TUMOUR = ID["tumour"]
 _SCALING = OrganScaling()
@@ -418,7 +422,8 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     """Replace the aorta a network drew (scattered, thin) by one tube of normal calibre along it.
 
     The tube keeps what the network decides: the aorta's cranio-caudal extent (the 5th to 95th
-    percentile of its voxels' slices) and its position (a straight course fitted robustly,
+    percentile of its voxels' slices, ending at most `AORTA_BELOW_KIDNEYS_MM` below the kidneys
+    when the map has them) and its position (a straight course fitted robustly,
     `_robust_line`, to the in-plane centres of the drawn voxels slice by slice). It sets what the
     network does not draw: one straight piece (the abdominal aorta runs nearly parallel to the body
     axis: its course may drift at most `AORTA_MAX_DRIFT` mm per mm of height; the training map's
@@ -456,6 +461,9 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     target = max(1, int(round(np.pi * diameter**2 / 4.0 / pixel_mm2)))
     zs_voxels = np.nonzero(mask)[2]
     z_lo, z_hi = (int(round(q)) for q in np.percentile(zs_voxels, [5, 95]))
+    kidneys = np.nonzero(np.isin(array, [ID["kidney_left"], ID["kidney_right"]]).any(axis=(0, 1)))[0]
+    if len(kidneys):
+        z_lo = max(z_lo, int(kidneys.min()) - int(round(AORTA_BELOW_KIDNEYS_MM / float(labels.spacing[2]))))
     nz = array.shape[2]
     counts = mask.sum(axis=(0, 1))
     present = counts > 0
