@@ -398,7 +398,8 @@ def _grow_disc(seed: tuple[int, int], free: np.ndarray, target: int, spacing: tu
 
 
 def _robust_line(z: np.ndarray, values: np.ndarray, weights: np.ndarray, max_slope: float) -> tuple[float, float]:
-    """(slope, intercept) of ``values`` against ``z``: Theil-Sen slope clipped to ±``max_slope``, weighted-median intercept.
+    """(slope, intercept) of ``values`` against ``z``: a Theil-Sen slope clipped to ±``max_slope``
+    and the weighted median intercept.
 
     Robust to the network's stray specks: half of the points may lie anywhere without moving it.
     """
@@ -432,9 +433,10 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     those touching the disc below, where there are any: the tube stays one piece) into
     ``body`` voxels (background where the map has no body outline) and the network's own aorta
     voxels; organs, bone, other vessels and tumour are never taken, so a slice hemmed in by them
-    stays narrower (and one with no free voxel within a diameter of the course has none). Aorta voxels the tube does not reuse go to the nearest fat or bowel (`_fill_soft`).
-    An aorta that is already a vessel (90 % of it one piece, its median cross-section at least the
-    band's smallest) is kept as drawn.
+    stays narrower (and one with no free voxel within a diameter of the course has none). Aorta
+    voxels the tube does not reuse go to the nearest fat or bowel (`_fill_soft`). An aorta that is
+    already a vessel (90 % of it one piece, its median cross-section at least the band's smallest)
+    is kept as drawn. ``labels`` is a map on the sampler's grid (RAS: the slice index grows upwards).
 
     Returns:
         (labels, record): record ``{"diameter_mm", "slices", "network_mm2", "tube_mm2", "moved_voxels"}``
@@ -486,12 +488,12 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
         if not free.any():
             continue
         distance = np.hypot((ii - course[z, 0]) * spacing[0], (jj - course[z, 1]) * spacing[1])
-        # Seed where the disc touches the one below when it can (bone or an organ bulging onto the
-        # course would otherwise push neighbouring discs apart and cut the tube), else anywhere.
         seed = np.unravel_index(int(np.argmin(np.where(free, distance, np.inf))), free.shape)
         if distance[seed] > diameter:  # no room near the course on this slice (inside an organ)
             previous = None
             continue
+        # Seed where the disc touches the one below when it can (bone or an organ bulging onto the
+        # course would otherwise push neighbouring discs apart and cut the tube), else as above.
         if previous is not None:
             touching = free & ndimage.binary_dilation(previous, structure=np.ones((3, 3), bool))
             near = np.unravel_index(int(np.argmin(np.where(touching, distance, np.inf))), free.shape)
