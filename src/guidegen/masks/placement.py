@@ -44,12 +44,12 @@ not learnt the aorta as a vessel. Its aorta probability is low everywhere (the p
 0-2 slices of it), and the matched-count decoding gives it its expected volume as 5-17 specks
 (median 11 on the prompt suite's maps) of 1-5 voxels of 8 mm, their in-plane centres jumping by up
 to 20 voxels from slice to slice, where the training map has one tube of 4-9 voxels a slice (about
-20 mm across). Upsampled, such specks
-are ~13 mm wide, their one-voxel-eroded interior is mostly the darker rim the image generator
-gives every structure, and the CT misses every phase's published aorta HU (2 of 16 phase pairs
-on sampled maps, docs/results/phase_check.txt). The aorta is therefore redrawn as one tube of a
-normal adult calibre (`AORTA_DIAMETER_MM`) along the course and over the extent the network's
-specks indicate (down to a few cm below the kidneys), grown into unlabelled tissue only; an aorta already drawn as a vessel is kept.
+20 mm across). Upsampled, such specks are ~13 mm wide, their one-voxel-eroded interior is mostly the
+darker rim the image generator gives every structure, and the CT misses every phase's published
+aorta HU (2 of 16 phase pairs on sampled maps, docs/results/phase_check.txt). The aorta is therefore
+redrawn as one tube of a normal adult calibre (`AORTA_DIAMETER_MM`) along the course and over the
+extent the network's specks indicate (down to a few cm below the kidneys), grown into unlabelled
+tissue only; an aorta already drawn as a vessel is kept.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
 from guidegen.text.measure import (REFERENCE_RANGES, SMALL_MILD_RATIO, SMALL_MODERATE_RATIO, ReferenceRange,
                                    colon_segment_of, liver_lobe_of, measure_labels)
 
-__all__ = ["AORTA_BELOW_KIDNEYS_MM", "AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs", "draw_aorta_tube",
-           "fill_from_nearest", "grow_host", "place_stated_tumours", "remove_tumours", "stated_volume_band"]
+__all__ = ["AORTA_BELOW_KIDNEYS_MM", "AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs",
+           "draw_aorta_tube", "fill_from_nearest", "grow_host", "place_stated_tumours", "remove_tumours", "stated_volume_band"]
 #: Lesions drawn for "multiple" when no number is stated.
 MULTIPLE_COUNT = (2, 4)
 #: Secondary lesions of a group get this fraction range of the stated (largest) diameter.
@@ -456,16 +456,17 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
         per = m.sum(axis=(0, 1))
         return round(float(np.median(per[per > 0])) * pixel_mm2, 1) if per.any() else 0.0
 
+    network_mm2 = median_mm2(mask)
     pieces = np.bincount(ndimage.label(mask, structure=np.ones((3, 3, 3)))[0].ravel())[1:]
-    if pieces.max() >= 0.9 * mask.sum() and median_mm2(mask) >= np.pi * diameter_mm[0] ** 2 / 4.0:
+    if pieces.max() >= 0.9 * mask.sum() and network_mm2 >= np.pi * diameter_mm[0] ** 2 / 4.0:
         # Already a vessel (one piece, at least the band's calibre), as in a real map: keep it.
-        return labels, {"kept": True, "network_mm2": median_mm2(mask)}
+        return labels, {"kept": True, "network_mm2": network_mm2}
     target = max(1, int(round(np.pi * diameter**2 / 4.0 / pixel_mm2)))
     zs_voxels = np.nonzero(mask)[2]
     z_lo, z_hi = (int(round(q)) for q in np.percentile(zs_voxels, [5, 95]))
     kidneys = np.nonzero(np.isin(array, [ID["kidney_left"], ID["kidney_right"]]).any(axis=(0, 1)))[0]
     if len(kidneys):
-        z_lo = max(z_lo, int(kidneys.min()) - int(round(AORTA_BELOW_KIDNEYS_MM / float(labels.spacing[2]))))
+        z_lo = max(z_lo, int(kidneys.min()) - int(round(AORTA_BELOW_KIDNEYS_MM / spacing[2])))
     nz = array.shape[2]
     counts = mask.sum(axis=(0, 1))
     present = counts > 0
@@ -505,5 +506,5 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     out[tube] = aorta
     out = _fill_soft(out, stray)
     record = {"diameter_mm": round(diameter, 1), "slices": int(tube.any(axis=(0, 1)).sum()),
-              "network_mm2": median_mm2(mask), "tube_mm2": median_mm2(tube), "moved_voxels": int(stray.sum())}
+              "network_mm2": network_mm2, "tube_mm2": median_mm2(tube), "moved_voxels": int(stray.sum())}
     return labels.with_array(out), record

@@ -201,7 +201,7 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
         "tumour_placement": case.labels.meta.get("tumour_placement"),
         # Organs resized to the size the prompt states (organ_sizes="scale"), before and after.
         "organ_sizes": case.labels.meta.get("organ_sizes"),
-        # The aorta redrawn as one tube of normal calibre (aorta_placement="tube"): its diameter.
+        # The aorta redrawn as one tube of normal calibre (aorta_placement="tube"): diameter, length, widths.
         "aorta_placement": case.labels.meta.get("aorta_placement"),
         "model": {"model_id": model_info.get("model_id"), "version": model_info.get("version")},
         "guidegen_version": __version__,
