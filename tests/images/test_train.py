@@ -96,8 +96,10 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
     assert torch.equal(nobody.ctx[~where], plain.ctx[~where])
 
 
-def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prepared):
-    """p_phase_remap re-renders a slice in another phase: organ HU → that phase's typical HU."""
+@pytest.mark.parametrize(("edge", "tolerance"), [("blur", 6.0), ("partial_volume", 0.5)])
+def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prepared, edge, tolerance):
+    """p_phase_remap re-renders a slice in another phase: organ HU → that phase's typical HU (the
+    partial-volume edge moves the interior by exactly the shift; the blurred map only about so)."""
     from guidegen.data.phase import TYPICAL_HU
     from guidegen.images.hu import unit_to_hu
     from guidegen.images.model import phase_id
@@ -111,7 +113,7 @@ def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prep
     k = int(np.argmax((case.labels == ID["liver"]).sum(dim=(0, 1)).numpy()))  # the slice with most liver
     idx = [i for i, (c, kk) in enumerate(data.index) if c == full and kk == k]
     plain = data.make_batch(*step_generators(0, 3), 16, indices=idx * 16)
-    remapped = SliceDataset(tiny_prepared, tiny_config(**base, p_phase_remap=1.0))
+    remapped = SliceDataset(tiny_prepared, tiny_config(**base, p_phase_remap=1.0, phase_remap_edge=edge))
     batch = remapped.make_batch(*step_generators(0, 3), 16, indices=idx * 16)
     assert torch.equal(batch.ctx, plain.ctx)  # the anatomy is untouched
     phases = set()
@@ -122,12 +124,65 @@ def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prep
         interior = ndimage.binary_erosion(liver)  # the blurred edge is partway
         moved = float(unit_to_hu(batch.target[b, 0])[torch.from_numpy(interior)].mean())
         before = float(unit_to_hu(plain.target[b, 0])[torch.from_numpy(interior)].mean())
-        assert moved - before == pytest.approx(TYPICAL_HU[phase]["liver"] - case.mean_hu["liver"], abs=6), phase
+        assert moved - before == pytest.approx(TYPICAL_HU[phase]["liver"] - case.mean_hu["liver"], abs=tolerance), phase
         fat = (plain.ctx[b, 1] == 0).numpy() & ~ndimage.binary_dilation(liver, iterations=3)
         assert torch.allclose(batch.target[b, 0][torch.from_numpy(fat)], plain.target[b, 0][torch.from_numpy(fat)], atol=1e-3)
     assert len(phases) >= 3  # a random phase per slice
     # A scan without any enhancing structure measured cannot be re-rendered.
     assert phase_shift_map(np.zeros((4, 4), np.int64), {}, "arterial") is None
+
+
+def _render_aorta_slice(blood_hu: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 32² slice at 3 mm of fat with a 20 mm aorta of ``blood_hu`` (partial volume at its edge, from
+    an 8× supersampled disc) and a block of bone one pixel to its right: (CT in HU, labels)."""
+    fine = 8
+    yy, xx = np.mgrid[0:32 * fine, 0:32 * fine] / fine + 0.5 / fine
+    inside = ((yy - 16.0) ** 2 + (xx - 15.6) ** 2) <= (20.0 / 3.0 / 2) ** 2
+    fraction = inside.reshape(32, fine, 32, fine).mean(axis=(1, 3))
+    ct = -100.0 + fraction * (blood_hu + 100.0)
+    labels = np.full((32, 32), ID["body"], dtype=np.int64)
+    labels[fraction >= 0.5] = ID["aorta"]
+    labels[12:21, 20:24] = ID["bone"]
+    ct[12:21, 20:24] = 500.0
+    return ct.astype(np.float32), labels
+
+
+def test_partial_volume_remap_renders_a_thin_vessel_as_if_scanned_in_the_phase():
+    """An arterial aorta (380 HU) re-rendered non-contrast: its inside lands on the phase's level,
+    its edge and the fat ring around it on what a non-contrast scan of the same vessel reads, and
+    the bone beside it and the fat beyond stay as they were. The blurred map leaves it bright inside."""
+    from guidegen.data.phase import TYPICAL_HU
+    from guidegen.images.train import partial_volume_shift_map, phase_shift_map
+
+    arterial, labels = _render_aorta_slice(380.0)
+    target = TYPICAL_HU["non_contrast"]["aorta"]
+    plain, _ = _render_aorta_slice(target)  # the same vessel scanned without contrast
+    aorta = labels == ID["aorta"]
+    interior = ndimage.binary_erosion(aorta)
+    assert 5 <= int(interior.sum()) <= int((aorta & ~interior).sum())  # half a vessel this thin is edge
+    measured = {"aorta": float(arterial[interior].mean())}
+    remapped = arterial + partial_volume_shift_map(arterial, labels, measured, "non_contrast")
+    assert np.allclose(remapped[interior], target, atol=0.5)
+    near = ndimage.binary_dilation(aorta) & (labels == ID["body"])
+    edge_and_ring = (aorta & ~interior) | near
+    assert np.abs(remapped[edge_and_ring] - plain[edge_and_ring]).max() < 2.0
+    bone = labels == ID["bone"]
+    far = ~ndimage.binary_dilation(aorta, iterations=2)
+    assert np.array_equal(remapped[bone], arterial[bone]) and np.array_equal(remapped[far], arterial[far])
+    blurred = arterial + phase_shift_map(labels, measured, "non_contrast")
+    assert blurred[interior].mean() > target + 20  # what the partial-volume edge fixes
+    # Too little unlabelled tissue around it to read the fat level: the whole label moves, nothing else.
+    boxed = labels.copy()
+    boxed[(labels == ID["body"])] = ID["liver"]
+    whole = partial_volume_shift_map(arterial, boxed, measured, "non_contrast")
+    assert np.allclose(whole[aorta], target - measured["aorta"]) and not whole[~aorta].any()
+    # A scan without any enhancing structure measured cannot be re-rendered.
+    assert partial_volume_shift_map(arterial, labels, {}, "arterial") is None
+
+
+def test_unknown_phase_remap_edge_is_refused():
+    with pytest.raises(ValueError, match="phase_remap_edge"):
+        ImageGeneratorConfig(phase_remap_edge="sharp")
 
 
 def test_prev_shift_moves_only_the_previous_slices_organs(tiny_prepared):

@@ -22,6 +22,7 @@ PHASES: tuple[str, ...] = ("unknown", "non_contrast", "arterial", "portal_venous
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _PREDICTIONS = ("velocity", "sample")
 _LABEL_INTERPOLATIONS = ("nearest", "linear")
+_REMAP_EDGES = ("blur", "partial_volume")
 #: Floor on t in the velocity (x_t − x̂_0) / t of a "sample"-predicting network: below it the division
 #: would magnify the network's error without bound (JiT uses the same kind of clip).
 SAMPLE_PREDICTION_MIN_T = 0.05
@@ -175,6 +176,15 @@ class ImageGeneratorConfig:
     # and annotation pattern (the one non-contrast scan is the one complete map); this unties them.
     # 0 (old models) draws nothing.
     p_phase_remap: float = 0.0
+    # How the phase remap treats a structure's edge. "blur" (old models): the shift map is blurred by
+    # one pixel, which also weakens the shift *inside* a thin structure: an arterial aorta 5-7 pixels
+    # across (interior 379 HU) re-rendered non-contrast came out at 81 HU inside instead of 40, so
+    # the generator learnt a non-contrast aorta of ~60 HU with a dark rim. "partial_volume": every
+    # pixel inside the label moves by the full shift except its one-pixel edge, which, like the
+    # one-pixel ring of unlabelled tissue outside it, moves by the fraction of the structure the
+    # pixel holds, read off the CT between the structure's level and the surrounding fat's
+    # (`guidegen.images.train.partial_volume_shift_map`).
+    phase_remap_edge: str = "blur"
     # Largest whole-slice HU offset added to the teacher-forced previous slice (drawn uniformly in
     # ±prev_shift_hu per slice, enhancing structures only). Generation feeds the model its own
     # previous slice, a little too bright, and a model that copies the previous slice's level drifts
@@ -275,6 +285,8 @@ class ImageGeneratorConfig:
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
         _check_probability("p_hide_classes", self.p_hide_classes)
         _check_probability("p_phase_remap", self.p_phase_remap)
+        if self.phase_remap_edge not in _REMAP_EDGES:
+            raise ValueError(f"phase_remap_edge must be one of {', '.join(_REMAP_EDGES)}, got {self.phase_remap_edge!r}")
         if self.label_interpolation not in _LABEL_INTERPOLATIONS:
             raise ValueError(f"label_interpolation must be one of {', '.join(_LABEL_INTERPOLATIONS)}, "
                              f"got {self.label_interpolation!r}")

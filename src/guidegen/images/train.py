@@ -268,7 +268,8 @@ class SliceDataset:
                 remap_item, remap_phase = remap_item[chosen], remap_phase[chosen]
             # Before hiding classes: the shift follows the true anatomy, whatever is shown.
             for b_i in np.flatnonzero(remap_item):
-                _remap_phase(batch, int(b_i), item_cases[b_i].mean_hu, REMAP_PHASES[int(remap_phase[b_i])], cfg.context_radius)
+                _remap_phase(batch, int(b_i), item_cases[b_i].mean_hu, REMAP_PHASES[int(remap_phase[b_i])], cfg.context_radius,
+                             cfg.phase_remap_edge)
         if cfg.prev_shift_hu > 0:
             shift_hu = rng.uniform(-cfg.prev_shift_hu, cfg.prev_shift_hu, size=full)
             if chosen is not None:
@@ -315,19 +316,70 @@ def phase_shift_map(labels: np.ndarray, mean_hu: dict[str, float], phase: str, s
     return ndimage.gaussian_filter(shift, sigma_px) if sigma_px > 0 else shift
 
 
+def partial_volume_shift_map(ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dict[str, float], phase: str,
+                             min_contrast_hu: float = 50.0) -> np.ndarray | None:
+    """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU, edges by
+    their partial volume (`ImageGeneratorConfig.phase_remap_edge` "partial_volume").
+
+    A pixel holding a fraction f of a structure at level S (the rest fat at level F) reads
+    F + f·(S − F); re-rendering the structure at T moves it by f·(T − S). Inside the label, away
+    from its one-pixel edge, f = 1: the whole shift T − S, so the interior lands on T and keeps the
+    scan's noise and texture (a blurred shift map weakens it inside anything a few pixels across).
+    On the label's edge and on the one-pixel ring of unlabelled tissue ("body") just outside it,
+    f = (CT − F) / (S − F) clipped to [0, 1], with F the median CT of the unlabelled tissue two to
+    three pixels out. Where that ring is too small (< 3 pixels) or the structure barely differs
+    from it (|S − F| < ``min_contrast_hu``) the edge takes the whole shift and nothing outside moves.
+    Other labelled neighbours (bone, other organs) never move. ``None`` as `phase_shift_map`.
+    """
+    targets = {k: v for k, v in TYPICAL_HU[phase].items() if k in mean_hu}
+    if not targets:
+        return None
+    shift = np.zeros(labels.shape, dtype=np.float32)
+    tissue = labels == ID["body"]
+    for name, value in targets.items():
+        mask = labels == ID[name]
+        if not mask.any():
+            continue
+        delta = value - mean_hu[name]
+        shift[mask] = delta
+        near = ndimage.binary_dilation(mask)
+        ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(near) & tissue
+        if ring.sum() < 3:
+            continue
+        fat = float(np.median(ct_hu[ring]))
+        contrast = mean_hu[name] - fat
+        if abs(contrast) < min_contrast_hu:
+            continue
+        fraction = np.clip((ct_hu - fat) / contrast, 0.0, 1.0)
+        edge = mask & ~ndimage.binary_erosion(mask)
+        outer = near & ~mask & tissue
+        shift[edge] = delta * fraction[edge]
+        shift[outer] += delta * fraction[outer]
+    return shift
+
+
 def _add_hu(slice_units: Tensor, shift_hu: np.ndarray) -> Tensor:
     """A model-unit slice with ``shift_hu`` added in HU (the unit mapping is piecewise linear)."""
     return hu_to_unit(unit_to_hu(slice_units) + torch.from_numpy(shift_hu))
 
 
-def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int) -> None:
-    """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place)."""
-    target_shift = phase_shift_map(batch.ctx[b, radius].numpy(), mean_hu, phase)
+def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int,
+                 edge: str = "blur") -> None:
+    """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place).
+
+    ``edge``: `ImageGeneratorConfig.phase_remap_edge`.
+    """
+    def shift_map(slice_units: Tensor, labels: Tensor) -> np.ndarray | None:
+        if edge == "partial_volume":
+            return partial_volume_shift_map(unit_to_hu(slice_units).numpy(), labels.numpy(), mean_hu, phase)
+        return phase_shift_map(labels.numpy(), mean_hu, phase)
+
+    target_shift = shift_map(batch.target[b, 0], batch.ctx[b, radius])
     if target_shift is None:
         return
     batch.target[b, 0] = _add_hu(batch.target[b, 0], target_shift)
     if radius >= 1 and float(batch.has_prev[b]) > 0:
-        prev_shift = phase_shift_map(batch.ctx[b, radius - 1].numpy(), mean_hu, phase)
+        prev_shift = shift_map(batch.prev[b, 0], batch.ctx[b, radius - 1])
         if prev_shift is not None:
             batch.prev[b, 0] = _add_hu(batch.prev[b, 0], prev_shift)
     batch.phase[b] = phase_id(phase)
