@@ -171,7 +171,17 @@ def test_partial_volume_remap_renders_a_thin_vessel_as_if_scanned_in_the_phase()
     assert np.array_equal(remapped[bone], arterial[bone]) and np.array_equal(remapped[far], arterial[far])
     blurred = arterial + phase_shift_map(labels, measured, "non_contrast")
     assert blurred[interior].mean() > target + 20  # what the partial-volume edge fixes
-    # Too little unlabelled tissue around it to read the fat level: the whole label moves, nothing else.
+    # An unenhanced aorta beside unlabelled soft tissue that reads like blood (the crus) re-rendered
+    # arterial: the crus does not light up as if it were aorta (at most the label blurred by a pixel).
+    unenhanced, _ = _render_aorta_slice(target)
+    crus = np.zeros_like(aorta)
+    crus[:, :14] = True  # the left side of the ring
+    crus &= ndimage.binary_dilation(aorta) & ~aorta
+    assert crus.sum() >= 3
+    unenhanced[crus] = 45.0
+    lit = partial_volume_shift_map(unenhanced, labels, {"aorta": target}, "arterial")
+    delta = TYPICAL_HU["arterial"]["aorta"] - target
+    assert np.allclose(lit[interior], delta) and lit[crus].max() < 0.5 * delta
     boxed = labels.copy()
     boxed[(labels == ID["body"])] = ID["liver"]
     whole = partial_volume_shift_map(arterial, boxed, measured, "non_contrast")

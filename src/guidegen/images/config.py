@@ -182,8 +182,9 @@ class ImageGeneratorConfig:
     # the generator learnt a non-contrast aorta of ~60 HU with a dark rim. "partial_volume": every
     # pixel inside the label moves by the full shift except its one-pixel edge, which, like the
     # one-pixel ring of unlabelled tissue outside it, moves by the fraction of the structure the
-    # pixel holds, read off the CT between the structure's level and the surrounding fat's
-    # (`guidegen.images.train.partial_volume_shift_map`).
+    # pixel holds, read off the CT between the structure's level and the surrounding fat's (outside
+    # an unenhanced structure, whose level soft tissue shares, at most the blurred label's share;
+    # `guidegen.images.train.partial_volume_shift_map`).
     phase_remap_edge: str = "blur"
     # Largest whole-slice HU offset added to the teacher-forced previous slice (drawn uniformly in
     # ±prev_shift_hu per slice, enhancing structures only). Generation feeds the model its own

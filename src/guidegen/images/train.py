@@ -316,6 +316,11 @@ def phase_shift_map(labels: np.ndarray, mean_hu: dict[str, float], phase: str, s
     return ndimage.gaussian_filter(shift, sigma_px) if sigma_px > 0 else shift
 
 
+#: Above this mean HU a structure is enhanced, brighter than any unlabelled soft tissue (muscle,
+#: bowel wall, unenhanced vessels: 30-70 HU).
+SOFT_TISSUE_MAX_HU = 100.0
+
+
 def partial_volume_shift_map(ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dict[str, float], phase: str,
                              min_contrast_hu: float = 50.0) -> np.ndarray | None:
     """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU, edges by
@@ -327,7 +332,8 @@ def partial_volume_shift_map(ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dic
     scan's noise and texture (a blurred shift map weakens it inside anything a few pixels across).
     On the label's edge and on the one-pixel ring of unlabelled tissue ("body") just outside it,
     f = (CT − F) / (S − F) clipped to [0, 1], with F the median CT of the unlabelled tissue two to
-    three pixels out. Where that ring is too small (< 3 pixels) or the structure barely differs
+    three pixels out; on the ring around a structure no brighter than soft tissue
+    (< `SOFT_TISSUE_MAX_HU`), at most the label blurred by one pixel. Where that ring is too small (< 3 pixels) or the structure barely differs
     from it (|S − F| < ``min_contrast_hu``) the edge takes the whole shift and nothing outside moves.
     Other labelled neighbours (bone, other organs) never move. ``None`` as `phase_shift_map`.
     """
@@ -354,6 +360,12 @@ def partial_volume_shift_map(ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dic
         edge = mask & ~ndimage.binary_erosion(mask)
         outer = near & ~mask & tissue
         shift[edge] = delta * fraction[edge]
+        if mean_hu[name] < SOFT_TISSUE_MAX_HU:
+            # Outside the label the CT cannot tell a partial-volume pixel of an unenhanced structure
+            # from soft tissue (the crus beside an unenhanced aorta reads like blood): there, never
+            # more than the label blurred by one pixel gives. An enhanced structure is brighter
+            # than any soft tissue, so a bright pixel beside it is its partial volume.
+            fraction = np.minimum(fraction, ndimage.gaussian_filter(mask.astype(np.float32), 1.0))
         shift[outer] += delta * fraction[outer]
     return shift
 
