@@ -303,6 +303,34 @@ class FixedSample(nn.Module):
         return torch.full((x.shape[0], 1, *x.shape[2:]), self.value)
 
 
+def test_prior_residual_offsets_the_predicted_slice_by_the_phase_prior(labels):
+    # prior_residual: x̂_0 = UNet output + phase prior, so a UNet that outputs 0 draws each enhancing
+    # structure at its phase's typical HU, everything else at unit 0, and nothing for the unknown phase.
+    from guidegen.data.phase import TYPICAL_HU
+    from guidegen.images.hu import hu_to_unit, unit_to_hu
+    from guidegen.labels.vocabulary import ID
+
+    model = ConditionalImageGenerator(tiny_config(phase_prior=True, prediction="sample", prior_residual=True)).eval()
+    model.net.unet = FixedSample(0.0)
+    k = int(np.argmax((labels.array == ID["liver"]).sum(axis=(0, 1))))
+    small = labels.with_array(labels.array[..., k:k + 1].copy())
+    centre = small.array[..., 0]
+    for phase in ("non_contrast", "portal_venous"):
+        ct = model.generate(small, steps=1, phase=phase)[0].array[..., 0].astype(np.float64)
+        for structure in ("liver", "spleen", "aorta"):
+            where = centre == ID[structure]
+            assert where.any()
+            np.testing.assert_allclose(ct[where], TYPICAL_HU[phase][structure], atol=1.0)
+        other = ~np.isin(centre, [ID[s] for s in TYPICAL_HU[phase]])
+        np.testing.assert_allclose(ct[other], float(unit_to_hu(np.array(0.0))), atol=1.0)
+    unknown = model.generate(small, steps=1)[0].array
+    assert np.all(np.abs(hu_to_unit(unknown.astype(np.float64))) < 3e-3)
+    with pytest.raises(ValueError, match="prior_residual"):
+        tiny_config(prior_residual=True, prediction="sample")
+    with pytest.raises(ValueError, match="prior_residual"):
+        tiny_config(prior_residual=True, phase_prior=True)
+
+
 def test_sample_prediction_turns_the_predicted_slice_into_a_velocity(labels):
     # prediction="sample": the UNet outputs x̂_0 and the network returns v = (x_t − x̂_0) / t, t
     # floored at SAMPLE_PREDICTION_MIN_T; so one Euler step from t = 1 lands exactly on x̂_0.

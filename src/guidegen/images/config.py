@@ -201,6 +201,14 @@ class ImageGeneratorConfig:
     # and how bright, and the network learns the texture and the deviations. False (old models): no
     # such channel.
     phase_prior: bool = False
+    # With ``phase_prior`` and ``prediction`` "sample": the UNet predicts the clean slice *minus* the
+    # phase-prior channel, so each enhancing structure starts from its phase's typical HU and the
+    # network learns the deviations (texture, edges, a scan's own level). Why tried: with five
+    # training scans, how bright a structure comes out on an unseen map swung by 20-40 HU between
+    # runs that differed only in seed or in a detail of the data (docs/results/
+    # image_generator_noncontrast.txt); the input channel alone did not hold the level there. False
+    # (old models): the UNet predicts the whole slice.
+    prior_residual: bool = False
     # Feed the slice's position k / (Z − 1) as the z channel (True, old models), or a constant 0.
     # Why off: the fraction of a scan's field of view is no anatomical position (a 16-slice AMOS crop
     # and a 112-slice abdomen-pelvis scan put the liver at 0–0.93 and 0.62–1.0), and with five
@@ -286,6 +294,8 @@ class ImageGeneratorConfig:
         _check_positive_int("keep_checkpoints", self.keep_checkpoints)
         _check_probability("p_hide_classes", self.p_hide_classes)
         _check_probability("p_phase_remap", self.p_phase_remap)
+        if self.prior_residual and not (self.phase_prior and self.prediction == "sample"):
+            raise ValueError("prior_residual needs phase_prior true and prediction \"sample\" (it offsets the predicted slice)")
         if self.phase_remap_edge not in _REMAP_EDGES:
             raise ValueError(f"phase_remap_edge must be one of {', '.join(_REMAP_EDGES)}, got {self.phase_remap_edge!r}")
         if self.label_interpolation not in _LABEL_INTERPOLATIONS:

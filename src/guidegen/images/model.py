@@ -223,8 +223,11 @@ class SliceDenoiser(nn.Module):
         context = self.condition_token(annotated, text, uncond)
         noisy = inputs[:, :1]
         if self.config.phase_prior:
-            inputs = torch.cat([inputs, self.phase_prior(inputs, phase)], dim=1)
+            prior = self.phase_prior(inputs, phase)
+            inputs = torch.cat([inputs, prior], dim=1)
         out = self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
+        if self.config.prior_residual:
+            out = out + prior.to(out.dtype)  # the UNet predicted the deviation from the typical level
         if self.config.prediction == "sample":
             out = velocity_from_x0(noisy, out, t, min_t=SAMPLE_PREDICTION_MIN_T)
         return out
