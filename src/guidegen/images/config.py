@@ -184,7 +184,9 @@ class ImageGeneratorConfig:
     # one-pixel ring of unlabelled tissue outside it, moves by the fraction of the structure the
     # pixel holds, read off the CT between the structure's level and the surrounding fat's (outside
     # an unenhanced structure, whose level soft tissue shares, at most the blurred label's share;
-    # `guidegen.images.train.partial_volume_shift_map`).
+    # `guidegen.images.train.partial_volume_shift_map`). Measured: the training scan's non-contrast
+    # aorta came down from 60 to 50-51 HU, but maps not used in training did no better (runs M, M2
+    # in docs/results/image_generator_noncontrast.txt), so the shipped recipe keeps "blur".
     phase_remap_edge: str = "blur"
     # Largest whole-slice HU offset added to the teacher-forced previous slice (drawn uniformly in
     # ±prev_shift_hu per slice, enhancing structures only). Generation feeds the model its own
@@ -206,8 +208,9 @@ class ImageGeneratorConfig:
     # network learns the deviations (texture, edges, a scan's own level). Why tried: with five
     # training scans, how bright a structure comes out on an unseen map swung by 20-40 HU between
     # runs that differed only in seed or in a detail of the data (docs/results/
-    # image_generator_noncontrast.txt); the input channel alone did not hold the level there. False
-    # (old models): the UNet predicts the whole slice.
+    # image_generator_noncontrast.txt); the input channel alone did not hold the level there.
+    # Measured (run N there): it did not hold it either, and put fewer pairs in range. False (old
+    # models, the shipped recipe): the UNet predicts the whole slice.
     prior_residual: bool = False
     # Feed the slice's position k / (Z − 1) as the z channel (True, old models), or a constant 0.
     # Why off: the fraction of a scan's field of view is no anatomical position (a 16-slice AMOS crop

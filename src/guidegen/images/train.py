@@ -333,9 +333,10 @@ def partial_volume_shift_map(ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dic
     On the label's edge and on the one-pixel ring of unlabelled tissue ("body") just outside it,
     f = (CT − F) / (S − F) clipped to [0, 1], with F the median CT of the unlabelled tissue two to
     three pixels out; on the ring around a structure no brighter than soft tissue
-    (< `SOFT_TISSUE_MAX_HU`), at most the label blurred by one pixel. Where that ring is too small (< 3 pixels) or the structure barely differs
-    from it (|S − F| < ``min_contrast_hu``) the edge takes the whole shift and nothing outside moves.
-    Other labelled neighbours (bone, other organs) never move. ``None`` as `phase_shift_map`.
+    (< `SOFT_TISSUE_MAX_HU`), at most the label blurred by one pixel. Where that tissue is too
+    little (< 3 pixels) or the structure barely differs from it (|S − F| < ``min_contrast_hu``),
+    the edge takes the whole shift and nothing outside moves. Other labelled neighbours (bone,
+    other organs) never move. ``None`` as `phase_shift_map`.
     """
     targets = {k: v for k, v in TYPICAL_HU[phase].items() if k in mean_hu}
     if not targets:
