@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--phases", default="non_contrast,arterial,portal_venous,delayed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="the image generator's classifier-free guidance scale (default: the model's config)")
     parser.add_argument("--cases", nargs="+", default=None,
                         help="measure these `guidegen generate` output folders instead of generating")
     args = parser.parse_args()
@@ -99,7 +101,9 @@ def main() -> None:
         for i, c in enumerate(coarse):
             maps.append((f"sampled map {i}", gg._upsample(c), None, None, None))
     phases = args.phases.split(",")
-    print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}")
+    guidance = gg.image_generator.config.guidance_scale if args.guidance is None else args.guidance
+    print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}; "
+          f"image guidance {guidance:g}")
     rows = []
     for name, labels, real, real_phase, annotated in maps:
         if real is not None:
@@ -108,7 +112,8 @@ def main() -> None:
             start = time.perf_counter()
             # A partial real map (AMOS: no bones) says which classes it annotates, as in training
             # and in validate_image_generator.py; sampled maps are complete.
-            ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase, annotated=annotated)[0]
+            ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase, annotated=annotated,
+                                             guidance=args.guidance)[0]
             rows.append((name, phase, structure_means(ct.array, labels.array)))
             print(f"  {name}, {phase}: {time.perf_counter() - start:.0f} s", flush=True)
     print_table(rows)
