@@ -283,6 +283,14 @@ def test_phase_prior_channel_marks_enhancing_structures(labels, tmp_path):
             np.testing.assert_allclose(prior[row][where], hu_to_unit(np.array(TYPICAL_HU[name][structure])), atol=1e-6)
     assert np.all(prior[:, ~np.isin(centre, [ID[s] for s in TYPICAL_HU["arterial"]])] == 0)
     assert np.all(model.net.phase_prior(inputs, torch.tensor([0, 0])).numpy() == 0)
+    # Training with prior_levels "measured" states each item's own levels instead; phase 0 stays empty.
+    levels = torch.zeros(2, cfg.num_classes)
+    levels[:, ID["liver"]] = 0.25
+    own = model.net.phase_prior(inputs, torch.tensor([1, 0]), levels)[:, 0].numpy()
+    assert np.all(own[0][centre == ID["liver"]] == 0.25) and np.all(own[0][centre != ID["liver"]] == 0)
+    assert np.all(own[1] == 0)
+    with pytest.raises(ValueError, match="levels"):
+        model.net.phase_prior(inputs, torch.tensor([1, 0]), levels[:1])
     # The network takes it as one more channel; the table is code, not weights: save/load round trip.
     small = labels.with_array(labels.array[..., k - 1:k + 2].copy())
     out = model.generate(small, seed=1, steps=1, phase="arterial")[0]

@@ -196,6 +196,68 @@ def test_unknown_phase_remap_edge_is_refused():
         ImageGeneratorConfig(phase_remap_edge="sharp")
 
 
+def test_measured_prior_levels_state_the_level_each_training_target_shows(tiny_prepared):
+    """prior_levels "measured": the phase-prior channel of a training item holds its scan's measured
+    level of each enhancing structure, or the typical level where the remap put it there."""
+    from guidegen.data.phase import TYPICAL_HU
+    from guidegen.images.hu import hu_to_unit
+    from guidegen.images.config import PHASES
+
+    def unit(hu: float) -> float:
+        return float(hu_to_unit(np.array(hu)))
+
+    base = dict(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0, phase_prior=True)
+    assert SliceDataset(tiny_prepared, tiny_config(**base)).make_batch(*step_generators(0, 1), 4).levels is None
+    data = SliceDataset(tiny_prepared, tiny_config(**base, prior_levels="measured"))
+    by_id = {c.case_id: c for c in data.cases}
+    ct, spleen_only = by_id["totalseg-example-a"], by_id["msd-spleen-8"]
+    assert abs(ct.mean_hu["spleen"] - TYPICAL_HU["non_contrast"]["spleen"]) > 5  # the scan is off the typical level
+    batch = data.make_batch(*step_generators(0, 2), 32)
+    for b, (c, _) in enumerate(data.index[i] for i in _drawn_indices(0, 2, 32, len(data))):
+        case, phase = data.cases[c], PHASES[int(batch.phase[b])]
+        assert phase == PHASES[case.phase] != "unknown"
+        for name in TYPICAL_HU[phase]:
+            want = case.mean_hu.get(name, TYPICAL_HU[phase][name])  # msd-spleen-8 measured only its spleen
+            assert float(batch.levels[b, ID[name]]) == pytest.approx(unit(want), abs=1e-5), (case.case_id, name)
+        assert float(batch.levels[b, ID["stomach"]]) == 0.0  # not an enhancing structure
+    assert {data.cases[c].case_id for c, _ in (data.index[i] for i in _drawn_indices(0, 2, 32, len(data)))} == {
+        ct.case_id, spleen_only.case_id}
+    # A re-rendered item shows the typical levels, and its channel says so; the others keep their own.
+    remap = SliceDataset(tiny_prepared, tiny_config(**base, prior_levels="measured", p_phase_remap=0.5))
+    plain = remap.make_batch(*step_generators(0, 4), 32, train=False)
+    batch = remap.make_batch(*step_generators(0, 4), 32)
+    moved = [not torch.equal(batch.target[b], plain.target[b]) for b in range(32)]  # remapped, with a structure shown
+    assert 4 <= sum(moved) <= 28
+    for b in range(32):
+        phase = PHASES[int(batch.phase[b])]
+        case = remap.cases[remap.index[_drawn_indices(0, 4, 32, len(remap))[b]][0]]
+        shown = set(batch.ctx[b, remap.config.context_radius].unique().tolist())
+        for name in (n for n in TYPICAL_HU[phase] if ID[n] in shown):  # the channel paints only these
+            want = TYPICAL_HU[phase][name] if moved[b] else case.mean_hu.get(name, TYPICAL_HU[phase][name])
+            assert float(batch.levels[b, ID[name]]) == pytest.approx(unit(want), abs=1e-5)
+    # The network is given them: the loss passes the batch's levels to the model.
+    model = ConditionalImageGenerator(remap.config)
+    seen = []
+    forward = model.net.forward
+    model.net.forward = lambda *args: seen.append(args[-1]) or forward(*args)
+    with torch.no_grad():
+        flow_matching_loss(model, batch, torch.full((32,), 0.5), torch.zeros_like(batch.target), "fp32")
+    assert seen and seen[0] is batch.levels
+
+
+def _drawn_indices(seed: int, step: int, n: int, size: int) -> list[int]:
+    """The slice indices `SliceDataset.make_batch` draws first from a step's generators."""
+    rng, _ = step_generators(seed, step)
+    return rng.integers(0, size, size=n).tolist()
+
+
+def test_measured_prior_levels_need_the_phase_prior():
+    with pytest.raises(ValueError, match="prior_levels"):
+        ImageGeneratorConfig(prior_levels="measured")
+    with pytest.raises(ValueError, match="prior_levels"):
+        ImageGeneratorConfig(phase_prior=True, prior_levels="median")
+
+
 def test_prev_shift_moves_only_the_previous_slices_organs(tiny_prepared):
     """prev_shift_hu offsets the enhancing organs of the teacher-forced previous slice, nothing else."""
     from guidegen.images.hu import unit_to_hu

@@ -23,6 +23,7 @@ _PRECISIONS = ("fp32", "bf16", "fp16")
 _PREDICTIONS = ("velocity", "sample")
 _LABEL_INTERPOLATIONS = ("nearest", "linear")
 _REMAP_EDGES = ("blur", "partial_volume")
+_PRIOR_LEVELS = ("typical", "measured")
 #: Floor on t in the velocity (x_t − x̂_0) / t of a "sample"-predicting network: below it the division
 #: would magnify the network's error without bound (JiT uses the same kind of clip).
 SAMPLE_PREDICTION_MIN_T = 0.05
@@ -212,6 +213,16 @@ class ImageGeneratorConfig:
     # Measured (run N there): it did not hold it either, and put fewer pairs in range. False (old
     # models, the shipped recipe): the UNet predicts the whole slice.
     prior_residual: bool = False
+    # What the phase-prior channel holds on a *training* slice. "typical" (old models): the phase's
+    # typical HU, whatever the scan measured. "measured": the scan's own mean HU of each enhancing
+    # structure it has measured (the typical HU for a slice the phase remap re-rendered, which puts
+    # them there, and for structures the scan has not measured). Why: the real scans sit 10-30 HU
+    # off the typical levels (non-contrast spleen 34 against 45, kidneys 12-20 against 32; contrast
+    # spleens 78 and 147 against 120), so with "typical" the channel says one level and the target
+    # shows another, and the network has to guess each scan's offset from its anatomy; on an unseen
+    # map that guess is what swung between runs. With "measured" the channel always states the
+    # level the target has. Generation is the same in both: the typical HU of the requested phase.
+    prior_levels: str = "typical"
     # Feed the slice's position k / (Z − 1) as the z channel (True, old models), or a constant 0.
     # Why off: the fraction of a scan's field of view is no anatomical position (a 16-slice AMOS crop
     # and a 112-slice abdomen-pelvis scan put the liver at 0–0.93 and 0.62–1.0), and with five
@@ -299,6 +310,10 @@ class ImageGeneratorConfig:
         _check_probability("p_phase_remap", self.p_phase_remap)
         if self.prior_residual and not (self.phase_prior and self.prediction == "sample"):
             raise ValueError("prior_residual needs phase_prior true and prediction \"sample\" (it offsets the predicted slice)")
+        if self.prior_levels not in _PRIOR_LEVELS:
+            raise ValueError(f"prior_levels must be one of {', '.join(_PRIOR_LEVELS)}, got {self.prior_levels!r}")
+        if self.prior_levels != "typical" and not self.phase_prior:
+            raise ValueError("prior_levels \"measured\" needs phase_prior true (it sets the phase-prior channel)")
         if self.phase_remap_edge not in _REMAP_EDGES:
             raise ValueError(f"phase_remap_edge must be one of {', '.join(_REMAP_EDGES)}, got {self.phase_remap_edge!r}")
         if self.label_interpolation not in _LABEL_INTERPOLATIONS:

@@ -60,9 +60,9 @@ class ConditionalImageGenerator(nn.Module):
         self.net = SliceDenoiser(config)
 
     def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
-                uncond: Tensor | None = None) -> Tensor:
+                uncond: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
         """See `SliceDenoiser.forward`: (N, C_in, H, W) inputs → (N, 1, H, W) velocity."""
-        return self.net(inputs, t, phase, annotated, text, uncond)
+        return self.net(inputs, t, phase, annotated, text, uncond, levels)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> ConditionalImageGenerator:

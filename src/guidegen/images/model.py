@@ -201,7 +201,7 @@ class SliceDenoiser(nn.Module):
         return token
 
     def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
-                uncond: Tensor | None = None) -> Tensor:
+                uncond: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
         """Predict the velocity ``ε − x_0`` of the noisy slice (directly, or from the predicted clean
         slice when ``config.prediction`` is "sample").
 
@@ -212,6 +212,9 @@ class SliceDenoiser(nn.Module):
             annotated: (N, K) annotated-class indicator.
             text: (N, D) pooled prompt embeddings or ``None``.
             uncond: (N,) bool: unconditional samples (phase → 0, null token).
+            levels: (N, K) the value of each class in the phase-prior channel, model units, in place
+                of the phase's typical values (training with ``prior_levels`` "measured"); ignored
+                without ``phase_prior``; still zero for phase 0 (unknown or unconditional).
 
         Returns:
             (N, 1, H, W) velocity in model units per unit time.
@@ -223,7 +226,7 @@ class SliceDenoiser(nn.Module):
         context = self.condition_token(annotated, text, uncond)
         noisy = inputs[:, :1]
         if self.config.phase_prior:
-            prior = self.phase_prior(inputs, phase)
+            prior = self.phase_prior(inputs, phase, levels)
             inputs = torch.cat([inputs, prior], dim=1)
         out = self.unet(inputs, t * self.config.flow.time_scale, context=context, class_labels=phase.long())
         if self.config.prior_residual:
@@ -232,11 +235,17 @@ class SliceDenoiser(nn.Module):
             out = velocity_from_x0(noisy, out, t, min_t=SAMPLE_PREDICTION_MIN_T)
         return out
 
-    def phase_prior(self, inputs: Tensor, phase: Tensor) -> Tensor:
-        """(N, 1, H, W) the phase's typical value of each pixel's class of slice k (the centre context
-        slice's one-hot channels of ``inputs``); zero where the table has none."""
+    def phase_prior(self, inputs: Tensor, phase: Tensor, levels: Tensor | None = None) -> Tensor:
+        """(N, 1, H, W) the phase's typical value (or ``levels``, (N, K)) of each pixel's class of
+        slice k (the centre context slice's one-hot channels of ``inputs``); zero where the table
+        has none and for phase 0."""
         k = self.config.num_classes
         start = 1 + self.config.context_radius * (k + 1)  # after x_t and the context slices above k
         onehot = inputs[:, start:start + k]
-        weights = self.prior_table[phase.long()].to(inputs.dtype)  # (N, K)
+        if levels is None:
+            weights = self.prior_table[phase.long()].to(inputs.dtype)  # (N, K); row 0 is all zero
+        else:
+            if levels.shape != (inputs.shape[0], k):
+                raise ValueError(f"levels must have shape (N, {k}), got {tuple(levels.shape)}")
+            weights = torch.where((phase.long() > 0).reshape(-1, 1), levels.to(inputs.dtype), 0.0)
         return torch.einsum("nkhw,nk->nhw", onehot, weights).unsqueeze(1)

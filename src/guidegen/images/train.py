@@ -68,13 +68,14 @@ from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.data.phase import TYPICAL_HU
 from guidegen.images.hu import AIR_UNIT, hu_to_unit, unit_to_hu
-from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase_id
+from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase_id, phase_prior_table
 from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
                                remove_stale_checkpoints, resume_training, set_threads, step_generators, truncate_log)
 
-__all__ = ["SliceBatch", "SliceDataset", "flow_matching_loss", "structure_level_loss", "infer_phase", "main", "train_image_generator"]
+__all__ = ["SliceBatch", "SliceDataset", "flow_matching_loss", "structure_level_loss", "infer_phase", "main", "measured_levels",
+           "train_image_generator"]
 
 #: Config fields that may change between a checkpoint and its resumed run without breaking exactness.
 _RESUME_MUTABLE = {"checkpoint_every", "keep_checkpoints", "log_every", "grad_accumulation"}
@@ -112,6 +113,8 @@ class SliceBatch:
         annotated: (B, K) float annotated-class indicators.
         text: (B, D) pooled prompt embeddings (zeros = no prompt).
         uncond: (B,) bool, trained unconditionally.
+        levels: (B, K) the phase-prior channel's value of each class, model units
+            (`ImageGeneratorConfig.prior_levels` "measured"), or ``None``: the phase's typical values.
     """
 
     target: Tensor
@@ -123,6 +126,7 @@ class SliceBatch:
     annotated: Tensor
     text: Tensor
     uncond: Tensor
+    levels: Tensor | None = None
 
 
 @dataclass
@@ -261,6 +265,7 @@ class SliceDataset:
             if chosen is not None:
                 hide_item, hide_class = hide_item[chosen], hide_class[chosen]
             hide = hide_item[:, None] & hide_class
+        remapped = np.zeros(b, dtype=bool)
         if cfg.p_phase_remap > 0:
             remap_item = rng.random(full) < cfg.p_phase_remap
             remap_phase = rng.integers(0, len(REMAP_PHASES), size=full)
@@ -268,8 +273,11 @@ class SliceDataset:
                 remap_item, remap_phase = remap_item[chosen], remap_phase[chosen]
             # Before hiding classes: the shift follows the true anatomy, whatever is shown.
             for b_i in np.flatnonzero(remap_item):
-                _remap_phase(batch, int(b_i), item_cases[b_i].mean_hu, REMAP_PHASES[int(remap_phase[b_i])], cfg.context_radius,
-                             cfg.phase_remap_edge)
+                remapped[b_i] = _remap_phase(batch, int(b_i), item_cases[b_i].mean_hu, REMAP_PHASES[int(remap_phase[b_i])],
+                                             cfg.context_radius, cfg.phase_remap_edge)
+        if cfg.prior_levels == "measured":
+            batch.levels = measured_levels(batch.phase, [c.mean_hu for c in item_cases], remapped, cfg.num_phases,
+                                           cfg.num_classes)
         if cfg.prev_shift_hu > 0:
             shift_hu = rng.uniform(-cfg.prev_shift_hu, cfg.prev_shift_hu, size=full)
             if chosen is not None:
@@ -376,9 +384,30 @@ def _add_hu(slice_units: Tensor, shift_hu: np.ndarray) -> Tensor:
     return hu_to_unit(unit_to_hu(slice_units) + torch.from_numpy(shift_hu))
 
 
+def measured_levels(phase: Tensor, mean_hu: Sequence[dict[str, float]], remapped: np.ndarray, num_phases: int,
+                    num_classes: int) -> Tensor:
+    """(B, K) the phase-prior channel's value of each class for B training items, model units
+    (`ImageGeneratorConfig.prior_levels` "measured").
+
+    An item keeps the typical values of its phase (`phase_prior_table`; zero for phase 0) except for
+    the enhancing structures its scan has measured (``mean_hu``, HU), which take the measured
+    level, unless the phase remap re-rendered the item (``remapped``): that puts every measured
+    structure at the typical level, so the typical values are then what the target shows.
+    """
+    levels = phase_prior_table(num_phases, num_classes)[phase.long()].clone()
+    for b, means in enumerate(mean_hu):
+        if remapped[b] or int(phase[b]) == 0:
+            continue
+        for name, hu in means.items():
+            if name in _ENHANCING and ID[name] < num_classes:
+                levels[b, ID[name]] = float(hu_to_unit(np.array(hu)))
+    return levels
+
+
 def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int,
-                 edge: str = "blur") -> None:
-    """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place).
+                 edge: str = "blur") -> bool:
+    """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place);
+    False when the scan has measured none of the structures to move (nothing changed).
 
     ``edge``: `ImageGeneratorConfig.phase_remap_edge`.
     """
@@ -389,13 +418,14 @@ def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: st
 
     target_shift = shift_map(batch.target[b, 0], batch.ctx[b, radius])
     if target_shift is None:
-        return
+        return False
     batch.target[b, 0] = _add_hu(batch.target[b, 0], target_shift)
     if radius >= 1 and float(batch.has_prev[b]) > 0:
         prev_shift = shift_map(batch.prev[b, 0], batch.ctx[b, radius - 1])
         if prev_shift is not None:
             batch.prev[b, 0] = _add_hu(batch.prev[b, 0], prev_shift)
     batch.phase[b] = phase_id(phase)
+    return True
 
 
 def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int) -> None:
@@ -545,7 +575,7 @@ def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: Slic
     z = batch.z if config.slice_position else torch.zeros_like(batch.z)
     inputs = assemble_inputs(x_t, mask_channels(batch.ctx, config.num_classes), batch.prev, batch.has_prev, z)
     with autocast(batch.target.device, precision):
-        pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond)
+        pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond, batch.levels)
     error = pred.float() - velocity_target(batch.target, noise)
     loss = (error ** 2).mean()
     if config.level_loss_weight:
@@ -602,7 +632,8 @@ def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path
 
 def _take(batch: SliceBatch, idx: Tensor, device: torch.device) -> SliceBatch:
     """Items ``idx`` of a batch, on ``device``."""
-    return SliceBatch(**{f: getattr(batch, f)[idx].to(device) for f in SliceBatch.__dataclass_fields__})
+    return SliceBatch(**{f: None if getattr(batch, f) is None else getattr(batch, f)[idx].to(device)
+                         for f in SliceBatch.__dataclass_fields__})
 
 
 def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path, resume: bool, progress: bool,
