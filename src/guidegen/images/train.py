@@ -575,7 +575,9 @@ def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: Slic
     z = batch.z if config.slice_position else torch.zeros_like(batch.z)
     inputs = assemble_inputs(x_t, mask_channels(batch.ctx, config.num_classes), batch.prev, batch.has_prev, z)
     with autocast(batch.target.device, precision):
-        pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond, batch.levels)
+        # Levels only when the batch has them: a model without them keeps the six-argument call.
+        extra = {} if batch.levels is None else {"levels": batch.levels}
+        pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond, **extra)
     error = pred.float() - velocity_target(batch.target, noise)
     loss = (error ** 2).mean()
     if config.level_loss_weight:
