@@ -222,6 +222,10 @@ class ImageGeneratorConfig:
     # shows another, and the network has to guess each scan's offset from its anatomy; on an unseen
     # map that guess is what swung between runs. With "measured" the channel always states the
     # level the target has. Generation is the same in both: the typical HU of the requested phase.
+    # Measured (runs P and P1, docs/results/image_generator_noncontrast.txt; with phase_remap_edge
+    # "partial_volume", which it needs): more structure-phase pairs in range on complete maps not
+    # used in training in both seeds, but the held-out map missed issue 4's validation bars in both,
+    # so the shipped recipe keeps "typical".
     prior_levels: str = "typical"
     # Feed the slice's position k / (Z − 1) as the z channel (True, old models), or a constant 0.
     # Why off: the fraction of a scan's field of view is no anatomical position (a 16-slice AMOS crop
