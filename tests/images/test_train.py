@@ -213,24 +213,25 @@ def test_measured_prior_levels_state_the_level_each_training_target_shows(tiny_p
     ct, spleen_only = by_id["totalseg-example-a"], by_id["msd-spleen-8"]
     assert abs(ct.mean_hu["spleen"] - TYPICAL_HU["non_contrast"]["spleen"]) > 5  # the scan is off the typical level
     batch = data.make_batch(*step_generators(0, 2), 32)
-    for b, (c, _) in enumerate(data.index[i] for i in _drawn_indices(0, 2, 32, len(data))):
+    drawn = [data.index[i][0] for i in _drawn_indices(0, 2, 32, len(data))]  # each item's case
+    for b, c in enumerate(drawn):
         case, phase = data.cases[c], PHASES[int(batch.phase[b])]
         assert phase == PHASES[case.phase] != "unknown"
         for name in TYPICAL_HU[phase]:
             want = case.mean_hu.get(name, TYPICAL_HU[phase][name])  # msd-spleen-8 measured only its spleen
             assert float(batch.levels[b, ID[name]]) == pytest.approx(unit(want), abs=1e-5), (case.case_id, name)
         assert float(batch.levels[b, ID["stomach"]]) == 0.0  # not an enhancing structure
-    assert {data.cases[c].case_id for c, _ in (data.index[i] for i in _drawn_indices(0, 2, 32, len(data)))} == {
-        ct.case_id, spleen_only.case_id}
+    assert {data.cases[c].case_id for c in drawn} == {ct.case_id, spleen_only.case_id}
     # A re-rendered item shows the typical levels, and its channel says so; the others keep their own.
     remap = SliceDataset(tiny_prepared, tiny_config(**base, prior_levels="measured", p_phase_remap=0.5))
     plain = remap.make_batch(*step_generators(0, 4), 32, train=False)
     batch = remap.make_batch(*step_generators(0, 4), 32)
     moved = [not torch.equal(batch.target[b], plain.target[b]) for b in range(32)]  # remapped, with a structure shown
     assert 4 <= sum(moved) <= 28
+    drawn = [remap.index[i][0] for i in _drawn_indices(0, 4, 32, len(remap))]
     for b in range(32):
         phase = PHASES[int(batch.phase[b])]
-        case = remap.cases[remap.index[_drawn_indices(0, 4, 32, len(remap))[b]][0]]
+        case = remap.cases[drawn[b]]
         shown = set(batch.ctx[b, remap.config.context_radius].unique().tolist())
         for name in (n for n in TYPICAL_HU[phase] if ID[n] in shown):  # the channel paints only these
             want = TYPICAL_HU[phase][name] if moved[b] else case.mean_hu.get(name, TYPICAL_HU[phase][name])
