@@ -1,58 +1,118 @@
-"""End-to-end generation speed and memory with a model folder (a script, not a test).
+"""End-to-end generation speed and memory per precision and backend (a script, not a test).
 
-    .venv/bin/python benchmarks/generate.py [--model models/default] [--threads 2] [--paper]
+    .venv/bin/python benchmarks/generate.py [--model models/default] [--threads 2] [--only NAME ...]
+        [--paper-estimate]
 
-Prints the per-stage times of one case (load, masks, upsample, CT slices, report, writing the case
-folder), the peak resident memory, and with ``--paper`` the same case generated with the paper's
-sampling procedure at the same size: 1000 ancestral mask steps (full T, no striding) and 50
-network evaluations per CT slice (the paper's 50 DDIM steps; our generator is a rectified flow,
-so these are 50 Euler steps), measured in the same process, with the ratio of the two.
+Prints the CPU's capabilities (what PyTorch and /proc/cpuinfo say: AVX2, AVX-512, AVX512-BF16,
+AMX, oneDNN bf16), then one row per configuration, each run in a fresh process so that its peak
+resident memory is its own:
+
+* ``previous default``: PyTorch under bf16 autocast with the previous sampling steps (25 mask
+  steps, 6 flow steps per slice): what the release before issue 23 ran on every CPU. Where bf16
+  is not native this is 10-100x slower than fp32, so it is extrapolated from its first mask steps
+  and slices (marked), not run to the end;
+* ``torch fp32`` at the previous and at the current steps;
+* every installed faster backend (``onnxruntime``, ``openvino``) at the current steps, in the
+  precision ``auto`` resolves to on this machine;
+* ``auto``: what ``guidegen generate`` does by default.
+
+Per row: start-up (import, model load, network compile: a first use exports and checks, later
+uses read the cache), the stages of one case (masks, upsample, CT slices, report, writing the case
+folder), the case's total, and the peak RSS. Run it alone on the machine: timings of runs that
+share the CPU mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 PROMPT = "68-year-old man, 4 cm sigmoid colon cancer, mild splenomegaly, portal venous phase"
+PREVIOUS_STEPS = (25, 6)  # mask sampler steps, flow steps per slice of the release before issue 23
+STAGES = ("masks", "upsample", "images", "report", "write")
+
+
+def cpu_line() -> str:
+    from guidegen.runtime import cpu_capabilities
+
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        model = "unknown CPU"
+    caps = cpu_capabilities()
+    cpuinfo = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+    capped = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    return (f"CPU: {model}, {os.cpu_count()} logical cores; /proc/cpuinfo: {cpuinfo}; PyTorch: kernels {caps['aten_kernels']}, "
+            f"AVX512-BF16 {caps['avx512_bf16']}, AMX {caps['amx']}, oneDNN bf16 {caps['onednn_bf16']}"
+            + (f"; ISA capped by {capped}" if capped else ""))
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def one_case(gg, seed: int, steps: int | None, image_steps: int | None) -> tuple[dict[str, float], object]:
-    from guidegen.pipeline.dataset import write_case_folder
-
-    start = time.perf_counter()
-    case = gg.generate(PROMPT, n=1, seed=seed, steps=steps, image_steps=image_steps)[0]
-    total = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = {"steps": steps or gg.mask_sampler.config.sample_steps, "guidance": gg.mask_sampler.config.guidance_scale,
-                    "image_steps": image_steps or gg.image_generator.config.flow_steps,
-                    "image_guidance": gg.image_generator.config.guidance_scale}
-        write_case_folder(case, Path(tmp), gg.info, settings)
-    times = dict(case.timings)
-    times["total"] = total + times["write"]
-    return times, case
-
-
 class _Stop(Exception):
     pass
 
 
-def paper_estimate(gg, seed: int, ours: dict[str, float], case) -> dict[str, float]:
-    """Time the first 20 mask steps of the 1000-step ancestral sampler and the first 4 slices at 50
-    flow steps, in this process, and scale by the number of steps / slices of a whole case. Each
-    network evaluation costs the same whatever the schedule, so this is a linear extrapolation of
-    measured evaluations, not a full run (``--paper`` runs it in full)."""
-    ms = gg.mask_sampler.config
-    timed_steps, timed_slices = 20, 4
+def run_one(args: argparse.Namespace) -> dict:
+    """One configuration in this process: start-up, then one case, timed per stage."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    from guidegen.pipeline import GuideGen
+    from guidegen.pipeline.dataset import write_case_folder
+
+    imported = time.perf_counter() - started
+    started = time.perf_counter()
+    gg = GuideGen.from_pretrained(args.model)
+    gg.mask_sampler.text_encoder.encode([PROMPT])
+    loaded = time.perf_counter() - started
+    started = time.perf_counter()
+    runtime = gg.warm_up(args.precision, args.backend)
+    compiled = time.perf_counter() - started
+    steps = args.mask_steps or gg.mask_sampler.config.sample_steps
+    image_steps = args.image_steps or gg.image_generator.config.flow_steps
+    result = {"startup": {"import": imported, "load": loaded, "compile": compiled}, "runtime": runtime,
+              "steps": [steps, image_steps], "extrapolated": False}
+    if args.extrapolate:
+        return extrapolate(gg, args, steps, image_steps, result)
+    start = time.perf_counter()
+    case = gg.generate(PROMPT, n=1, seed=args.seed, steps=steps, image_steps=image_steps,
+                       precision=args.precision, backend=args.backend)[0]
+    generated = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {"steps": steps, "guidance": gg.mask_sampler.config.guidance_scale, "image_steps": image_steps,
+                    "image_guidance": gg.image_generator.config.guidance_scale}
+        write_case_folder(case, Path(tmp), gg.info, settings)
+    times = {k: case.timings[k] for k in STAGES}
+    times["total"] = generated + times["write"]
+    result.update(times=times, shape=list(case.ct.shape), peak_rss_gb=peak_rss_gb())
+    if args.save:
+        import numpy as np
+
+        np.savez_compressed(args.save, ct=case.ct.array, labels=case.labels.array)
+    return result
+
+
+def extrapolate(gg, args: argparse.Namespace, steps: int, image_steps: int, result: dict) -> dict:
+    """Time the first mask steps and CT slices and scale to a whole case (each network call costs
+    the same whatever the step): for configurations that would take many minutes."""
+    timed_steps, timed_slices = min(3, steps), 2
 
     def stop_masks(i: int, total: int) -> None:
         if i >= timed_steps:
@@ -60,27 +120,52 @@ def paper_estimate(gg, seed: int, ours: dict[str, float], case) -> dict[str, flo
 
     start = time.perf_counter()
     try:
-        gg.mask_sampler.sample_masks(PROMPT, n=1, seed=seed, steps=ms.num_timesteps, callback=stop_masks)
+        gg.mask_sampler.sample_masks(PROMPT, n=1, seed=[args.seed], steps=steps, callback=stop_masks,
+                                     precision=args.precision, backend=args.backend)
     except _Stop:
         pass
-    masks = (time.perf_counter() - start) / timed_steps * ms.num_timesteps
+    masks = (time.perf_counter() - start) / timed_steps * steps
+    coarse = gg.mask_sampler.sample_masks(PROMPT, n=1, seed=[args.seed], steps=1, precision="fp32", backend="torch")[0]
+    start = time.perf_counter()
+    labels = gg._upsample(coarse)
+    upsample = time.perf_counter() - start
 
     def stop_images(k: int, _slices) -> None:
         if k + 1 >= timed_slices:
             raise _Stop
 
-    labels = case.labels
     start = time.perf_counter()
     try:
-        gg.image_generator.generate(labels, seed=seed, steps=50, callback=stop_images)
+        gg.image_generator.generate(labels, seed=args.seed, steps=image_steps, callback=stop_images,
+                                    precision=args.precision, backend=args.backend)
     except _Stop:
         pass
     images = (time.perf_counter() - start) / timed_slices * labels.shape[2]
-    out = dict(ours, masks=masks, images=images)
-    out["total"] = sum(out[k] for k in ("masks", "upsample", "images", "report", "write"))
-    print(f"paper procedure extrapolated from {timed_steps} of {ms.num_timesteps} mask steps and {timed_slices} of "
-          f"{labels.shape[2]} slices at 50 steps each")
-    return out
+    times = {"masks": masks, "upsample": upsample, "images": images, "report": 0.0, "write": 0.0}
+    times["total"] = sum(times.values())
+    result.update(times=times, shape=list(labels.shape), peak_rss_gb=peak_rss_gb(), extrapolated=True)
+    return result
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    from guidegen.runtime import available_backends, native_bf16
+
+    old = ["--mask-steps", str(PREVIOUS_STEPS[0]), "--image-steps", str(PREVIOUS_STEPS[1])]
+    rows = [("previous default (torch bf16, 25/6 steps)", ["--precision", "bf16", "--backend", "torch", *old]
+             + ([] if native_bf16("cpu") else ["--extrapolate"])),
+            ("torch fp32, 25/6 steps", ["--precision", "fp32", "--backend", "torch", *old]),
+            ("torch fp32", ["--precision", "fp32", "--backend", "torch"])]
+    if native_bf16("cpu"):
+        rows.append(("torch bf16", ["--precision", "bf16", "--backend", "torch"]))
+    for backend in available_backends()[1:]:
+        rows.append((f"{backend} (precision auto)", ["--precision", "auto", "--backend", backend]))
+    rows.append(("auto (the default)", ["--precision", "auto", "--backend", "auto"]))
+    if args.paper_estimate:
+        rows.append(("paper procedure (1000/50 steps, auto)", ["--precision", "auto", "--backend", "auto",
+                                                               "--mask-steps", "1000", "--image-steps", "50", "--extrapolate"]))
+    if args.only:
+        rows = [r for r in rows if any(o in r[0] for o in args.only)]
+    return rows
 
 
 def main() -> None:
@@ -88,41 +173,43 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--paper", action="store_true", help="also run the paper's procedure in full (slow: ~20 min here)")
+    parser.add_argument("--only", nargs="*", default=None, help="only rows whose name contains one of these")
     parser.add_argument("--paper-estimate", action="store_true",
-                        help="time the first steps of the paper's procedure and extrapolate (minutes → seconds)")
+                        help="add the paper's sampling procedure (1000 mask steps, 50 per slice), extrapolated")
+    # One configuration in this process (what the parent runs in each child):
+    parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--mask-steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--image-steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--extrapolate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.precision is not None:
+        print(json.dumps(run_one(args)))
+        return
 
-    start = time.perf_counter()
-    from guidegen.pipeline import GuideGen
-
-    imported = time.perf_counter() - start
-    start = time.perf_counter()
-    gg = GuideGen.from_pretrained(args.model)
-    gg.mask_sampler.text_encoder.encode([PROMPT])  # load the text encoder (part of start-up, not of a case)
-    loaded = time.perf_counter() - start
-    ms, ig = gg.mask_sampler.config, gg.image_generator.config
-    print(f"model {gg.info.get('model_id')} {gg.info.get('version')}: masks {ms.shape} at {ms.spacing} mm "
-          f"({ms.sample_steps} strided steps, guidance {ms.guidance_scale}); CT {ig.image_size}² at {ig.spacing} mm "
-          f"({ig.flow_steps} flow steps per slice, {ig.precision}); {args.threads} threads")
-    print(f"start-up: import {imported:.1f} s, load models + text encoder {loaded:.1f} s")
-    ours, case = one_case(gg, args.seed, None, None)
-    print(f"case: CT {case.ct.shape} voxels at {tuple(round(s, 2) for s in case.ct.spacing)} mm")
-    rows = [("ours", ours)]
-    if args.paper:
-        paper, _ = one_case(gg, args.seed, ms.num_timesteps, 50)
-        rows.append((f"paper ({ms.num_timesteps} mask steps, 50/slice)", paper))
-    if args.paper_estimate and not args.paper:
-        rows.append(("paper (extrapolated, see below)", paper_estimate(gg, args.seed, ours, case)))
-    stages = ["masks", "upsample", "images", "report", "write", "total"]
-    print(f"{'procedure':38s}" + "".join(f"{s:>10s}" for s in stages))
-    for name, times in rows:
-        print(f"{name:38s}" + "".join(f"{times[s]:9.1f}s" for s in stages))
-    if args.paper or args.paper_estimate:
-        print(f"paper / ours (end to end, same process, same case size): {rows[1][1]['total'] / ours['total']:.1f}×"
-              f"  (masks {rows[1][1]['masks'] / ours['masks']:.1f}×, CT {rows[1][1]['images'] / ours['images']:.1f}×)")
-    print(f"peak resident memory: {peak_rss_gb():.2f} GB")
+    print(cpu_line())
+    print(f"prompt: {PROMPT!r}, seed {args.seed}, {args.threads} threads; each row in a fresh process")
+    header = f"{'configuration':44s} {'networks':34s} {'steps':>6s} {'start-up':>9s}" + "".join(f"{s:>9s}" for s in (*STAGES, "total")) + "  peak RSS"
+    print(header)
+    base = [sys.executable, __file__, "--threads", str(args.threads), "--seed", str(args.seed)]
+    if args.model:
+        base += ["--model", args.model]
+    for name, extra in configurations(args):
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name:44s} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        nets = f"masks {r['runtime']['masks']['backend']} {r['runtime']['masks']['precision']}, images {r['runtime']['images']['backend']} {r['runtime']['images']['precision']}"
+        nets = nets.replace("onnxruntime", "ort").replace("openvino", "ov")
+        startup = sum(r["startup"].values())
+        t = r["times"]
+        mark = "~" if r["extrapolated"] else " "
+        print(f"{name:44s} {nets:34s} {r['steps'][0]:>3d}/{r['steps'][1]:<2d} {startup:8.1f}s"
+              + "".join(f"{mark}{t[s]:7.1f}s" for s in (*STAGES, "total")) + f"  {r['peak_rss_gb']:.2f} GB")
+    print("start-up = import + model load + network compile (a first use exports, checks and times the backends; "
+          "later uses read the cache); ~ = extrapolated from the first steps and slices")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="prepared folder with the training maps (volume check)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (guidegen.runtime)")
+    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (guidegen.runtime)")
     parser.add_argument("--out", default=None, help="write the full report as JSON here")
     parser.add_argument("--tumour-placement", choices=["insert", "network", "both"], default="both",
                         help="score maps with stated tumours inserted, the network's own maps, or both (one sampling)")
@@ -77,7 +79,8 @@ def main() -> None:
             chunk = jobs[b:b + args.batch]
             samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
                                             guidance=args.guidance, tumour_placement="network", organ_sizes="network",
-                                            aorta_placement="network", final_decode=args.final_decode)
+                                            aorta_placement="network", final_decode=args.final_decode,
+                                            precision=args.precision, backend=args.backend)
             print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
         if cached is not None:
             np.savez_compressed(cached, maps=np.stack([v.array for v in samples]))

@@ -74,6 +74,10 @@ def main() -> None:
     parser.add_argument("--phases", default="non_contrast,arterial,portal_venous,delayed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-steps", type=int, default=None, help="flow steps per slice (default: the model's)")
+    parser.add_argument("--steps", type=int, default=None, help="mask sampler steps for --generated maps (default: the model's)")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (guidegen.runtime)")
+    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (guidegen.runtime)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="the image generator's classifier-free guidance scale (default: the model's config)")
     parser.add_argument("--cases", nargs="+", default=None,
@@ -97,11 +101,13 @@ def main() -> None:
         maps.append((f"{args.case} (real labels)", labels, structure_means(real_ct.array, labels.array), e.get("phase"),
                      e["annotated"]))
     if args.generated:
-        coarse = gg.mask_sampler.sample_masks("normal abdomen", n=args.generated, seed=[args.seed + i for i in range(args.generated)])
+        coarse = gg.mask_sampler.sample_masks("normal abdomen", n=args.generated, seed=[args.seed + i for i in range(args.generated)],
+                                              steps=args.steps, precision=args.precision, backend=args.backend)
         for i, c in enumerate(coarse):
             maps.append((f"sampled map {i}", gg._upsample(c), None, None, None))
     phases = args.phases.split(",")
     guidance = gg.image_generator.config.guidance_scale if args.guidance is None else args.guidance
+    print(f"runtime: {gg.warm_up(args.precision, args.backend)}; image steps {args.image_steps or gg.image_generator.config.flow_steps}")
     print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}; "
           f"image guidance {guidance:g}")
     rows = []
@@ -113,7 +119,8 @@ def main() -> None:
             # A partial real map (AMOS: no bones) says which classes it annotates, as in training
             # and in validate_image_generator.py; sampled maps are complete.
             ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase, annotated=annotated,
-                                             guidance=args.guidance)[0]
+                                             guidance=args.guidance, steps=args.image_steps,
+                                             precision=args.precision, backend=args.backend)[0]
             rows.append((name, phase, structure_means(ct.array, labels.array)))
             print(f"  {name}, {phase}: {time.perf_counter() - start:.0f} s", flush=True)
     print_table(rows)

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--case", default="amos-0001-slices")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (guidegen.runtime)")
+    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (guidegen.runtime)")
     parser.add_argument("--out", default=None, help="folder for the comparison picture")
     parser.add_argument("--phase", default=None, help="contrast phase to ask for (default: the prepared case's estimate)")
     args = parser.parse_args()
@@ -47,12 +49,13 @@ def main() -> None:
     labels = read_nifti(entry["labels_path"], kind="labels")
     started = time.perf_counter()
     generated = model.generate(labels, seed=args.seed, steps=args.steps, phase=args.phase or entry.get("phase"),
-                               annotated=entry["annotated"])[0]
+                               annotated=entry["annotated"], precision=args.precision, backend=args.backend)[0]
     seconds = time.perf_counter() - started
     table = compare_mean_hu(generated, real, labels)
     body = (labels.array > 0) & (labels.array != 255)
     result = {
         "case": args.case, "phase": args.phase or entry.get("phase"), "seconds": round(seconds, 1), "slices": labels.shape[2],
+        "steps": args.steps or model.config.flow_steps, "runtime": generated.meta["runtime"],
         "mean_hu": table,
         "adjacent_slice_median_abs_diff_hu": {"real": adjacent_slice_difference(real.array, body),
                                                "generated": adjacent_slice_difference(generated.array, body)},

@@ -30,6 +30,15 @@ _STATE = {"debug": False}
 DEFAULT_DATA = Path(os.environ.get("GUIDEGEN_DATA", Path(__file__).resolve().parents[2] / "data" / "real"))
 
 
+#: The options that say how the networks run (`guidegen.runtime`), shared by every generating command.
+PrecisionOption = Annotated[str, typer.Option(
+    "--precision", help="auto (bf16 only where the hardware runs it natively: AMX, AVX512-BF16 or a CUDA GPU with "
+                        "bf16; else fp32), fp32, bf16 or fp16.")]
+BackendOption = Annotated[str, typer.Option(
+    "--backend", help="auto (the fastest installed one that passes a self-check against torch), torch, "
+                      "onnxruntime or openvino (pip install \"guidegen[fast]\").")]
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
@@ -132,7 +141,7 @@ def train_masks(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train the Volumetric Mask Sampler (bf16 on CPU, EMA, exact resume).
+    """Train the Volumetric Mask Sampler (the recipe's precision: auto = bf16 where native; EMA, exact resume).
 
     Data-parallel: ``torchrun --nproc-per-node N -m guidegen train masks …``."""
     from guidegen.config import load_config
@@ -178,8 +187,13 @@ def sample_masks(
              "the network drew it (default: the model's setting).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
+    from guidegen.runtime import check_runtime_options
+
+    check_runtime_options(precision, backend)
     from guidegen.pipeline import sample_masks_to_folder
 
     from guidegen.masks.config import AORTA_PLACEMENTS, ORGAN_SIZES, TUMOUR_PLACEMENTS
@@ -193,7 +207,7 @@ def sample_masks(
     lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, steps=steps, guidance=guidance,
                                             model=model, device=_device(device), overwrite=overwrite,
                                             tumour_placement=tumour_placement, organ_sizes=organ_sizes,
-                                            aorta_placement=aorta_placement)
+                                            aorta_placement=aorta_placement, precision=precision, backend=backend)
     for line in lines:
         typer.echo(line)
     if check:
@@ -230,7 +244,7 @@ def train_images(
     device: Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU per process).")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train the Conditional Image Generator on prepared real CT slices (bf16, EMA, exact resume).
+    """Train the Conditional Image Generator on prepared real CT slices (recipe precision, EMA, exact resume).
 
     Data-parallel: ``torchrun --nproc-per-node N -m guidegen train images …``."""
     from guidegen.config import load_config
@@ -257,12 +271,18 @@ def generate_ct_command(
     model: Annotated[Optional[Path], typer.Option(help="Image generator folder (default: the shipped model).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     """Bring your own mask: generate a CT (int16 HU) that matches a label map, on the label map's own grid."""
+    from guidegen.runtime import check_runtime_options
+
+    check_runtime_options(precision, backend)
     from guidegen.pipeline import generate_ct_to_folder
 
     for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, phase=phase, prompt=prompt,
-                                      steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite):
+                                      steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite,
+                                      precision=precision, backend=backend):
         typer.echo(line)
 
 
@@ -287,16 +307,22 @@ def generate_command(
     dataset_name: Annotated[str, typer.Option(help="nnU-Net dataset name (--format nnunet).")] = "GuideGen",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     """Generate CT volumes (int16 HU) with aligned label maps from prompts. Works under torchrun (sharded)."""
-    from guidegen.pipeline.cli_support import run_generate
+    from guidegen.runtime import check_runtime_options
 
     if (prompt is None) == (prompts is None):
         raise InputError("--prompt/--prompts", "give exactly one of --prompt TEXT or --prompts FILE")
+    check_runtime_options(precision, backend)
+    from guidegen.pipeline.cli_support import run_generate
+
     for line in run_generate(prompt=prompt, prompts_file=prompts, n=n, seed=seed, out=out, format=format, steps=steps,
                              guidance=guidance, image_steps=image_steps, image_guidance=image_guidance, phase=phase,
                              batch_size=batch_size, model=model, device=_device(device), threads=threads,
-                             dataset_id=dataset_id, dataset_name=dataset_name, overwrite=overwrite, progress=not quiet):
+                             dataset_id=dataset_id, dataset_name=dataset_name, overwrite=overwrite, progress=not quiet,
+                             precision=precision, backend=backend):
         typer.echo(line)
 
 

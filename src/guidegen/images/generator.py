@@ -37,12 +37,32 @@ from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.masks.upsample import upsample_labels
-from guidegen.training import autocast
+from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
+from guidegen.runtime.backends import default_cache_dir, weights_digest
+from guidegen.runtime.precision import autocast, resolve_precision
 
 __all__ = ["ConditionalImageGenerator", "SliceCallback", "annotated_vector", "generate_ct", "model_grid", "sample_volume"]
 
 #: ``callback(k, slices)`` after slice k of every volume is finished; ``slices`` is (N, X, Y) model units.
 SliceCallback = Callable[[int, Tensor], None]
+#: ``network(inputs, t, phase, annotated, text, uncond) → (N, 1, H, W)`` float32 velocity; ``text``
+#: and ``uncond`` may be ``None`` (no prompt; all conditional).
+VelocityNetwork = Callable[..., Tensor]
+#: Folder inside a checkpoint folder where the ONNX export and backend verdicts are cached.
+RUNTIME_CACHE = ".runtime-cache"
+
+
+class _ExportableSlice(nn.Module):
+    """The slice denoiser with every argument a tensor (no ``None``), as ONNX export needs: no prompt
+    is a row of zeros (`SliceDenoiser.condition_token` treats both alike), all-conditional is an
+    all-False ``uncond``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor, uncond: Tensor) -> Tensor:
+        return self.net(inputs, t, phase, annotated, text, uncond)
 
 
 class ConditionalImageGenerator(nn.Module):
@@ -58,6 +78,8 @@ class ConditionalImageGenerator(nn.Module):
             raise ValueError(f"config must be an ImageGeneratorConfig, got {type(config).__name__}")
         self.config = config
         self.net = SliceDenoiser(config)
+        self.source: Path | None = None  # the checkpoint folder it was loaded from (caches the exports)
+        self._networks: dict[tuple[str, str, str], VelocityNetwork] = {}
 
     def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
                 uncond: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
@@ -73,6 +95,7 @@ class ConditionalImageGenerator(nn.Module):
             model.load_state_dict(weights)
         except RuntimeError as exc:
             raise InputError(Path(folder) / "model.safetensors", f"does not match its config.json ({exc})") from None
+        model.source = Path(folder)
         return model.to(device).eval()
 
     def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
@@ -84,12 +107,36 @@ class ConditionalImageGenerator(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def network(self, backend: str = "auto", precision: str | None = "auto") -> CompiledNetwork:
+        """The velocity network ready for sampling in a backend and precision (`guidegen.runtime`).
+
+        ``precision`` "auto" is bf16 only where it is native; the config's ``precision`` is the
+        training precision and does not apply here. Compiled once per (backend, precision, device)
+        and kept; ONNX exports are cached next to the checkpoint (``.runtime-cache/``).
+        """
+        key = (backend, precision or "auto", str(self.device))
+        if key not in self._networks:
+            cfg = self.config
+            n = 2  # the export frees the batch dimension; two items show it which one that is
+            example = (torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0)),
+                       torch.tensor([0.7, 0.3]), torch.tensor([min(3, cfg.num_phases - 1), 0]),
+                       torch.ones(n, cfg.num_classes), torch.randn(n, cfg.text_dim, generator=torch.Generator().manual_seed(1)),
+                       torch.tensor([False, True]))
+            dirs = ([self.source / RUNTIME_CACHE] if self.source is not None else []) + [default_cache_dir()]
+            # Wraps the generator itself (not only .net), so a forward replaced on the instance is used.
+            spec = NetworkSpec("image_generator", _ExportableSlice(self).eval(), example,
+                               ("inputs", "t", "phase", "annotated", "text", "uncond"),
+                               weights_digest(self.net, repr(cfg)), tuple(dirs))
+            compiled = compile_network(spec, backend, precision or "auto", self.device)
+            self._networks[key] = _with_defaults(compiled, cfg.text_dim)
+        return self._networks[key]  # type: ignore[return-value]
+
     @torch.no_grad()
     def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
                  phase: str | int | None | Sequence[str | int | None] = None, prompt: str | None = None,
                  text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
                  precision: str | None = None, noise_correlation: float | None = None,
-                 callback: SliceCallback | None = None) -> list[Volume]:
+                 callback: SliceCallback | None = None, backend: str = "auto") -> list[Volume]:
         """Generate CTs for label maps already on the model grid (use `generate_ct` for any other grid).
 
         Volumes of equal shape are generated together as one batch.
@@ -103,12 +150,17 @@ class ConditionalImageGenerator(nn.Module):
             prompt: text prompt (encoded with the offline MiniLM `guidegen.text.encoder.TextEncoder`).
             text_embedding: (D,) or (N, D) pooled prompt embedding instead of ``prompt``.
             annotated: class names treated as annotated; default every class.
-            steps, guidance, precision, noise_correlation: override the config's ``flow_steps``,
-                ``guidance_scale``, ``precision``, ``noise_correlation``.
+            steps, guidance, noise_correlation: override the config's ``flow_steps``,
+                ``guidance_scale``, ``noise_correlation``.
+            precision: "auto" (default: bf16 where the hardware runs it natively, else fp32),
+                "fp32", "bf16" or "fp16" (`guidegen.runtime.resolve_precision`).
             callback: see `SliceCallback` (called per batch of equal-shape volumes).
+            backend: "auto" (the fastest installed backend that passes its self-check), "torch",
+                "onnxruntime" or "openvino" (`guidegen.runtime.compile_network`).
 
         Returns:
-            int16 HU CT `Volume`s on the labels' grids, in input order.
+            int16 HU CT `Volume`s on the labels' grids, in input order; ``meta["runtime"]`` says which
+            backend and precision really ran.
         """
         vols = [labels] if isinstance(labels, Volume) else list(labels)
         if not vols:
@@ -117,13 +169,14 @@ class ConditionalImageGenerator(nn.Module):
             _check_model_grid(v, self.config)
         return self._generate(vols, seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
                               annotated=annotated, steps=steps, guidance=guidance, precision=precision,
-                              noise_correlation=noise_correlation, callback=callback)
+                              noise_correlation=noise_correlation, callback=callback, backend=backend)
 
     def _generate(self, vols: list[Volume], seed: int | Sequence[int], *, phase: str | int | None | Sequence[str | int | None], prompt: str | None,
                   text_embedding: Tensor | None, annotated: Sequence[str] | None, steps: int | None,
                   guidance: float | None, precision: str | None, callback: SliceCallback | None,
-                  noise_correlation: float | None = None) -> list[Volume]:
+                  noise_correlation: float | None = None, backend: str = "auto") -> list[Volume]:
         cfg = self.config
+        network = self.network(backend, precision)
         seeds = _seeds(seed, len(vols))
         text = _text_embedding(prompt, text_embedding, len(vols), cfg.text_dim)
         ann = annotated_vector(annotated, cfg.num_classes)
@@ -146,13 +199,31 @@ class ConditionalImageGenerator(nn.Module):
                 phase=torch.tensor([phases[i] for i in idx], dtype=torch.long, device=self.device),
                 annotated=ann.expand(len(idx), -1).to(self.device),
                 text=None if text is None else text[idx].to(self.device),
-                generators=gens, precision=precision or cfg.precision, callback=callback,
+                generators=gens, network=network, callback=callback,
                 noise_correlation=cfg.noise_correlation if noise_correlation is None else noise_correlation)
             for j, i in enumerate(idx):
                 meta = {"seed": seeds[i], "phase": PHASES[phases[i]] if phases[i] else None, "prompt": prompt,
-                        "generator": "guidegen.images"}
+                        "generator": "guidegen.images",
+                        "runtime": {"backend": network.backend, "precision": network.precision}}
                 results[i] = Volume(units_to_int16_hu(units[j]), vols[i].affine.copy(), "ct", meta)
         return results  # type: ignore[return-value]
+
+
+def _with_defaults(compiled: CompiledNetwork, text_dim: int) -> CompiledNetwork:
+    """Give an exported network the tensors that stand for ``None`` (see `_ExportableSlice`)."""
+    if compiled.backend == "torch":
+        return compiled
+    call = compiled._call
+
+    def filled(inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None,
+               uncond: Tensor | None) -> Tensor:
+        n = inputs.shape[0]
+        text = inputs.new_zeros(n, text_dim) if text is None else text.float()
+        uncond = torch.zeros(n, dtype=torch.bool, device=inputs.device) if uncond is None else uncond.bool()
+        return call(inputs.float(), t.float(), phase.long(), annotated.float(), text, uncond)
+
+    compiled._call = filled
+    return compiled
 
 
 def annotated_vector(annotated: Sequence[str] | None, num_classes: int) -> Tensor:
@@ -215,30 +286,33 @@ def _checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
 @torch.no_grad()
 def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: int, guidance: float, phase: Tensor,
                   annotated: Tensor, text: Tensor | None, generators: Sequence[torch.Generator],
-                  precision: str = "bf16", callback: SliceCallback | None = None,
-                  noise_correlation: float = 0.0) -> Tensor:
+                  precision: str = "auto", callback: SliceCallback | None = None,
+                  noise_correlation: float = 0.0, network: VelocityNetwork | None = None) -> Tensor:
     """Generate N volumes slice by slice along z, each slice conditioned on the generated previous one.
 
     For k = 0 … Z−1, all volumes together: draw ``ε_k`` (N, 1, X, Y) (volume i from ``generators[i]``),
     integrate the rectified-flow ODE from t = 1 to 0 with ``steps`` Euler steps, the velocity being
-    ``v = v_u + s·(v_c − v_u)`` (classifier-free guidance; only ``v_c`` when s = 1), and feed the
-    result (clipped to [−1, 1]) as the previous slice of k + 1. Slice 0 has has-prev = 0.
+    ``v = v_u + s·(v_c − v_u)`` (classifier-free guidance; only ``v_c`` when s = 1, only ``v_u`` when
+    s = 0, both in one batched call otherwise), and feed the result (clipped to [−1, 1]) as the
+    previous slice of k + 1. Slice 0 has has-prev = 0.
 
     Args:
         model: callable ``(inputs, t, phase, annotated, text, uncond) → velocity`` (a
             `ConditionalImageGenerator`); it must have ``config.context_radius`` / ``num_classes``.
         labels: (N, X, Y, Z) int64 label volumes (255 = unknown).
-        flow: rectified-flow settings (the schedule's shift).
+        flow: rectified-flow settings (the schedule's shift, unless ``model.config.sample_shift`` is set).
         steps: Euler steps per slice.
         guidance: classifier-free guidance scale s.
         phase: (N,) phase ids.
         annotated: (N, K) annotated-class indicators.
         text: (N, D) pooled prompt embeddings or ``None``.
         generators: N generators, one per volume.
-        precision: autocast precision ("bf16", "fp16", "fp32").
+        precision: autocast precision of ``model`` ("auto", "fp32", "bf16", "fp16"); unused with ``network``.
         callback: ``callback(k, slices)`` after each slice.
         noise_correlation: ρ in [0, 1); the starting noise of slice k is ρ·ε_{k−1} + √(1−ρ²)·ξ_k
             (`ImageGeneratorConfig.noise_correlation`); 0 = independent noise per slice.
+        network: the velocity network to call instead of ``model`` (`ConditionalImageGenerator.network`:
+            another backend or precision); ``model`` then only gives the config.
 
     Returns:
         (N, X, Y, Z) float32 volumes in model units (`guidegen.images.hu`).
@@ -250,8 +324,18 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
     if len(generators) != n:
         raise ValueError(f"generators must hold one generator per volume ({n}), got {len(generators)}")
     device = labels.device
-    schedule = sampling_schedule(steps, flow.shift)
+    if network is None:
+        precision = resolve_precision(precision, device)
+
+        def network(*args: Tensor | None) -> Tensor:
+            with autocast(device, precision):
+                return model(*args).float()
+    shift = getattr(cfg, "sample_shift", None)
+    schedule = sampling_schedule(steps, flow.shift if shift is None else shift)
     uncond_flags = torch.ones(n, dtype=torch.bool, device=device)
+    pair_flags = torch.cat([torch.zeros(n, dtype=torch.bool, device=device), uncond_flags])
+    phase2, annotated2 = torch.cat([phase, phase]), torch.cat([annotated, annotated])
+    text2 = None if text is None else torch.cat([text, text])
     out = torch.empty(n, x, y, z, dtype=torch.float32, device=device)
     prev = torch.zeros(n, 1, x, y, device=device)
     has_prev = torch.zeros(n, device=device)
@@ -266,12 +350,12 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
         def velocity(x_t: Tensor, t: float) -> Tensor:
             inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
             tt = torch.full((n,), t, device=device)
-            with autocast(device, precision):
-                v = model(inputs, tt, phase, annotated, text, None).float()
-                if guidance != 1.0:
-                    v_u = model(inputs, tt, phase, annotated, text, uncond_flags).float()
-                    v = guided_velocity(v, v_u, guidance)
-            return v
+            if guidance == 1.0:
+                return network(inputs, tt, phase, annotated, text, None)
+            if guidance == 0.0:
+                return network(inputs, tt, phase, annotated, text, uncond_flags)
+            both = network(torch.cat([inputs, inputs]), torch.cat([tt, tt]), phase2, annotated2, text2, pair_flags)
+            return guided_velocity(both[:n], both[n:], guidance)
 
         slice_k = euler_sample(velocity, noise, schedule).clamp(-1.0, 1.0)
         out[..., k] = slice_k[:, 0]
@@ -331,7 +415,7 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
                 seed: int = 0, phase: str | int | None = None, prompt: str | None = None,
                 text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None,
                 steps: int | None = None, guidance: float | None = None, fov: Literal["crop", "fit"] = "crop",
-                callback: SliceCallback | None = None) -> Volume:
+                callback: SliceCallback | None = None, precision: str | None = "auto", backend: str = "auto") -> Volume:
     """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
 
     The labels are resampled onto the model grid (`model_grid`; shape-based interpolation with
@@ -345,7 +429,7 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
             array of ids in RAS+ order together with ``spacing``.
         spacing: voxel size in mm; required for a bare array, and overrides a `Volume`'s voxel
             size (keeping its axis directions and position) when its header is wrong.
-        seed, phase, prompt, text_embedding, annotated, steps, guidance, callback: see
+        seed, phase, prompt, text_embedding, annotated, steps, guidance, callback, precision, backend: see
             `ConditionalImageGenerator.generate`.
         fov: see `model_grid`.
 
@@ -371,8 +455,8 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
     on_grid = upsample_labels(source, affine=affine, shape=shape)
     # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
     ct = model._generate([on_grid], seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
-                        annotated=annotated, steps=steps, guidance=guidance, precision=None,
-                         callback=callback)[0]
+                        annotated=annotated, steps=steps, guidance=guidance, precision=precision,
+                        callback=callback, backend=backend)[0]
     model_ct = Volume(ct.array.astype(np.float32), affine, "ct")
     back = resample_ct(model_ct, labels.affine, labels.shape)
     hu = np.clip(np.rint(back.array), HU_MIN, HU_MAX).astype(np.int16)

@@ -71,6 +71,7 @@ from guidegen.images.hu import AIR_UNIT, hu_to_unit, unit_to_hu
 from guidegen.images.model import OUTSIDE, assemble_inputs, mask_channels, phase_id, phase_prior_table
 from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
+from guidegen.runtime.precision import resolve_precision
 from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
                                remove_stale_checkpoints, resume_training, set_threads, step_generators, truncate_log)
 
@@ -567,7 +568,7 @@ def structure_level_loss(error: Tensor, labels: Tensor, num_classes: int, min_pi
 
 
 def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: SliceBatch, t: Tensor, noise: Tensor,
-                       precision: str = "bf16") -> Tensor:
+                       precision: str = "auto") -> Tensor:
     """Mean squared velocity error ``‖v_θ(x_t, t | c) − (ε − x_0)‖²`` of a batch (float32 scalar), plus
     ``level_loss_weight`` × `structure_level_loss` when the config asks for it."""
     x_t = add_noise(batch.target, noise, t)
@@ -647,7 +648,8 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
     data = SliceDataset(prepared_dir, config, text_embeddings)
     model = _init_model(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    precision = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = EMA(model, config.ema_decay)
     step = resume_training(run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler,
                            same_run=_same_run, ctx=ctx, resume=resume)
@@ -688,7 +690,7 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
                 weight = len(share) / config.batch_size  # the loss is a mean over the global batch
                 with no_sync(net, sync=j == len(micro) - 1):
                     loss = flow_matching_loss(net, _take(batch, idx, device), t[idx].to(device), noise[idx].to(device),
-                                              config.precision)
+                                              precision)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss at step {step}; lower lr or use precision='fp32'")
                     # DDP averages the gradients over the ranks, hence × world size.

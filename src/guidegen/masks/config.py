@@ -91,7 +91,7 @@ class MaskSamplerConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.998
-    precision: str = "bf16"
+    precision: str = "auto"
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     # training data
@@ -114,8 +114,8 @@ class MaskSamplerConfig:
             raise ValueError(f"grad_accumulation must be a positive divisor of batch_size={self.batch_size}, got {self.grad_accumulation!r}")
         if not self.tumour_weight > 0:
             raise ValueError(f"tumour_weight must be positive, got {self.tumour_weight!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.final_decode not in FINAL_DECODES:
             raise ValueError(f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {self.final_decode!r}")
         if self.aorta_placement not in AORTA_PLACEMENTS:

@@ -27,8 +27,12 @@ from guidegen.masks.placement import apply_stated_organs, draw_aorta_tube, fill_
 from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
-from guidegen.training import autocast
+from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
+from guidegen.runtime.backends import default_cache_dir, weights_digest
 
+
+#: Folder inside a checkpoint folder where the ONNX export and backend verdicts are cached.
+RUNTIME_CACHE = ".runtime-cache"
 
 #: Seed-sequence prefix of the tumour placement's random stream ("tumr").
 _PLACEMENT_STREAM = 0x74756D72
@@ -126,6 +130,8 @@ class VolumetricMaskSampler:
         self.model = (model or MaskDenoiser(config)).to(self.device).eval()
         self.text_encoder = text_encoder or TextEncoder(TextEncoderConfig(max_length=config.max_text_tokens))
         self.diffusion = diffusion_from_config(config)
+        self.source: Path | None = None  # the checkpoint folder it was loaded from (caches the exports)
+        self._networks: dict[tuple[str, str], CompiledNetwork] = {}
 
     # -- persistence -------------------------------------------------------------------------
     @classmethod
@@ -137,11 +143,33 @@ class VolumetricMaskSampler:
             model.load_state_dict(weights)
         except RuntimeError as exc:
             raise InputError(Path(folder) / "model.safetensors", f"does not match its config.json ({str(exc).splitlines()[0]})") from None
-        return cls(config, model, text_encoder, device)
+        sampler = cls(config, model, text_encoder, device)
+        sampler.source = Path(folder)
+        return sampler
 
     def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
         return save_checkpoint(folder, self.config, self.model.state_dict(), overwrite=overwrite,
                                metadata={"component": "mask_sampler", "text_encoder": self.text_encoder.model_id})
+
+    def network(self, backend: str = "auto", precision: str | None = "auto") -> CompiledNetwork:
+        """The denoiser ``(x_t, t, context) → logits`` ready for sampling in a backend and precision
+        (`guidegen.runtime`); compiled once per (backend, precision) and kept, ONNX exports cached
+        next to the checkpoint (``.runtime-cache/``)."""
+        key = (backend, precision or "auto")
+        if key not in self._networks:
+            cfg = self.config
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(2, cfg.num_classes, *cfg.shape, generator=gen).softmax(1)
+            with torch.no_grad():
+                attr = torch.from_numpy(np.stack([attribute_vector(None)] * 2)).to(self.device)
+                tokens = torch.randn(2, cfg.max_text_tokens, cfg.text_dim, generator=gen).to(self.device)
+                context = self.model.context(tokens, attr)
+            example = (x.to(self.device), torch.tensor([700, 300], device=self.device), context)
+            dirs = ([self.source / RUNTIME_CACHE] if self.source is not None else []) + [default_cache_dir()]
+            spec = NetworkSpec("mask_sampler", self.model, example, ("x_t", "t", "context"),
+                               weights_digest(self.model, repr(cfg)), tuple(dirs))
+            self._networks[key] = compile_network(spec, backend, precision or "auto", self.device)
+        return self._networks[key]
 
     # -- conditioning ------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], attributes: Sequence[Attributes] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +184,10 @@ class VolumetricMaskSampler:
     @torch.no_grad()
     def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, steps: int | None = None,
                      guidance: float | None = None, attributes: Sequence[Attributes] | None = None,
-                     clean: bool = True, precision: str = "bf16", tumour_placement: str | None = None,
+                     clean: bool = True, precision: str | None = "auto", tumour_placement: str | None = None,
                      final_decode: str | None = None, organ_sizes: str | None = None,
-                     aorta_placement: str | None = None, callback: Callable[[int, int], None] | None = None) -> list[Volume]:
+                     aorta_placement: str | None = None, callback: Callable[[int, int], None] | None = None,
+                     backend: str = "auto") -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
 
         Args:
@@ -178,11 +207,16 @@ class VolumetricMaskSampler:
             aorta_placement: "tube" (the aorta redrawn as one tube of normal calibre along the
                 network's, `guidegen.masks.placement.draw_aorta_tube`) or "network"; default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
+            precision: "auto" (bf16 where the hardware runs it natively, else fp32), "fp32", "bf16"
+                or "fp16" (`guidegen.runtime.resolve_precision`); the config's ``precision`` is the
+                training precision and does not apply here.
+            backend: "auto", "torch", "onnxruntime" or "openvino" (`guidegen.runtime.compile_network`).
 
         Returns:
             Label `Volume`s (uint8 GuideGen ids) on the sampler grid, prompt-major order; with
             "insert", ``meta["tumour_placement"]`` records what was placed and whether it holds; with
-            "tube", ``meta["aorta_placement"]`` what was drawn.
+            "tube", ``meta["aorta_placement"]`` what was drawn; ``meta["runtime"]`` the backend and
+            precision that really ran.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -208,14 +242,14 @@ class VolumetricMaskSampler:
         cond_ctx = self.model.context(text, attr)
         uncond_ctx = self.model.context(None, torch.from_numpy(np.stack([attribute_vector(None)] * batch)).to(self.device))
         total = steps
+        network = self.network(backend, precision)
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with autocast(self.device, precision):
-                if scale == 1.0:
-                    return self.model(x_t, t, cond_ctx).float()
-                if scale == 0.0:
-                    return self.model(x_t, t, uncond_ctx).float()
-                both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond_ctx, uncond_ctx])).float()
+            if scale == 1.0:
+                return network(x_t, t, cond_ctx)
+            if scale == 0.0:
+                return network(x_t, t, uncond_ctx)
+            both = network(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond_ctx, uncond_ctx]))
             return guided_logits(both[:batch], both[batch:], scale)
 
         generator: torch.Generator | list[torch.Generator]
@@ -240,7 +274,9 @@ class VolumetricMaskSampler:
             if clean:
                 array = keep_main_components(array)
             item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
-            volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i})
+            volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i,
+                                                             "runtime": {"backend": network.backend,
+                                                                         "precision": network.precision}})
             if placement == "insert" or sizes == "scale" or aorta == "tube":
                 volume = apply_statements(volume, attributes[i // n], item_seed,
                                           i if isinstance(generator, torch.Generator) else None,

@@ -45,6 +45,7 @@ from guidegen.masks.examples import MaskExamples
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.sampler import diffusion_from_config
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
+from guidegen.runtime.precision import resolve_precision
 from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
                                remove_stale_checkpoints, resume_training, step_generators, truncate_log)
 
@@ -224,7 +225,8 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
     model = MaskDenoiser(config).to(device)
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    precision = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start = resume_training(run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler,
                             same_run=_same_run, ctx=ctx, resume=resume)
     diffusion = diffusion_from_config(config)
@@ -287,7 +289,7 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
                 weight = float(known[idx].sum()) / total_known
                 with no_sync(net, sync=j == len(micro) - 1):
                     x_in = F.one_hot(x_t[idx], config.num_classes).permute(0, 4, 1, 2, 3).float().to(device)
-                    with autocast(device, config.precision):
+                    with autocast(device, precision):
                         logits = net(x_in, t[idx].to(device), text[idx].to(device), attr[idx].to(device), drop_t[idx].to(device))
                     losses = diffusion.loss(logits.float(), x0[idx].to(device), x_t[idx].to(device), t[idx].to(device),
                                             ignore_classes=ignore[idx].to(device),

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from guidegen.errors import InputError
+from guidegen.pipeline.folders import runtime_line
 from guidegen.pipeline.dataset import FORMATS, MAX_CASES, CaseRequest, Shard, generate_dataset, read_prompts_file, world_from_env
 from guidegen.pipeline.generate import MAX_IMAGE_STEPS, GeneratedCase, GuideGen, check_prompt, check_seed
 
@@ -34,7 +35,8 @@ def _process_group(shard: Shard, device: str) -> Iterator[object | None]:
 def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed: int, out: Path, format: str,
                  steps: int | None, guidance: float | None, image_steps: int | None, image_guidance: float | None,
                  phase: str | None, batch_size: int, model: Path | None, device: str, threads: int | None,
-                 dataset_id: int, dataset_name: str, overwrite: bool, progress: bool) -> list[str]:
+                 dataset_id: int, dataset_name: str, overwrite: bool, progress: bool, precision: str = "auto",
+                 backend: str = "auto") -> list[str]:
     """Run one `guidegen generate` request; returns the summary lines (rank 0) or nothing (other ranks)."""
     from guidegen.training import set_threads
 
@@ -61,6 +63,7 @@ def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed:
     shard = world_from_env()
     set_threads(threads)
     gg = GuideGen.from_pretrained(model, device=_rank_device(device, shard))
+    runtime = gg.warm_up(precision, backend)  # networks compiled (on first use: checked) before any case
     if steps is not None and steps > gg.mask_sampler.config.num_timesteps:
         raise InputError("--steps", f"must be at most the model's {gg.mask_sampler.config.num_timesteps} diffusion steps, got {steps}")
     total = sum(c for _, c in entries)
@@ -71,7 +74,7 @@ def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed:
             gg, entries, out, seed=seed, steps=steps, guidance=guidance, image_steps=image_steps,
             image_guidance=image_guidance, phase=phase, format=format, batch_size=batch_size, overwrite=overwrite,
             shard=shard, dataset_id=dataset_id, dataset_name=dataset_name, on_case=bar.on_case, progress=bar.on_stage,
-            barrier=None if dist is None else dist.barrier)
+            barrier=None if dist is None else dist.barrier, precision=precision, backend=backend)
     if shard.rank != 0:
         return []
     lines = [f"{summary['generated']} case(s) generated, {summary['skipped']} already there, "
@@ -82,6 +85,7 @@ def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed:
         lines.append(f"per case: {per_case:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bar.stage_means().items()) + ")")
     lines.append(f"cases: {out}/case_*/ (ct.nii.gz, labels.nii.gz, case.json, report.txt, preview.png"
                  + (", dicom/" if format == "dicom" else "") + f"); manifest: {summary['manifest']}")
+    lines.append(runtime_line(runtime))
     if summary.get("export"):
         lines.append(f"nnU-Net dataset: {summary['export']}")
     if not summary.get("complete", True):

@@ -210,6 +210,8 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
         "spacing_mm": [round(float(s), 4) for s in case.ct.spacing],
         "affine": [[round(float(v), 6) for v in row] for row in case.ct.affine],
         "timings_s": {k: round(v, 3) for k, v in case.timings.items()},
+        # The backend and precision each network really ran in (precision "auto" resolves per machine).
+        "runtime": case.runtime,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
         "synthetic": True,
@@ -284,7 +286,8 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
                      steps: int | None = None, guidance: float | None = None, image_steps: int | None = None,
                      image_guidance: float | None = None, phase: str | None = None, format: str = "nifti",
                      batch_size: int = 4, overwrite: bool = False, shard: Shard | None = None,
-                     dataset_id: int = 500, dataset_name: str = "GuideGen",
+                     dataset_id: int = 500, dataset_name: str = "GuideGen", precision: str = "auto",
+                     backend: str = "auto",
                      on_case: Callable[[CaseRequest, GeneratedCase | None], None] | None = None,
                      progress: Callable[[str, int, int], None] | None = None,
                      barrier: Callable[[], None] | None = None) -> dict:
@@ -301,6 +304,8 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
         overwrite: replace an existing ``out`` (otherwise a matching run is resumed).
         shard: this process's share (default: everything).
         dataset_id, dataset_name: nnU-Net dataset id and name.
+        precision, backend: see `GuideGen.generate` (how the networks run, recorded per case;
+            not part of the request, so a run may be completed on another machine).
         on_case: called after each case with the request and the generated case (``None`` when
             skipped because it was already finished).
         progress: forwarded to `GuideGen.generate`.
@@ -354,7 +359,8 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
         batch = todo[start:start + batch_size]
         generated = model.generate_cases([c.prompt for c in batch], [c.seed for c in batch], [c.index for c in batch],
                                          steps=steps, guidance=guidance, image_steps=image_steps,
-                                         image_guidance=image_guidance, phase=phase, progress=progress)
+                                         image_guidance=image_guidance, phase=phase, progress=progress,
+                                         precision=precision, backend=backend)
         for req, case in zip(batch, generated):
             _remove_stale_temporaries(out, req)
             with atomic_dir(out / req.folder) as tmp:

@@ -132,12 +132,13 @@ def _component(model: str | Path | None, name: str) -> Path:
 def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, steps: int | None = None,
                            guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
                            overwrite: bool = False, tumour_placement: str | None = None,
-                           organ_sizes: str | None = None, aorta_placement: str | None = None
-                           ) -> tuple[list[str], list[Volume]]:
+                           organ_sizes: str | None = None, aorta_placement: str | None = None,
+                           precision: str = "auto", backend: str = "auto") -> tuple[list[str], list[Volume]]:
     """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``.
 
     ``tumour_placement``: "insert" / "network", ``organ_sizes``: "scale" / "network",
     ``aorta_placement``: "tube" / "network" (`guidegen.masks.placement`); default the model's.
+    ``precision``, ``backend``: how the network runs (`guidegen.runtime`), recorded in ``prompt.json``.
     """
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
@@ -153,7 +154,7 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
     sizes = organ_sizes or sampler.config.organ_sizes
     aorta = aorta_placement or sampler.config.aorta_placement
     volumes = sampler.sample_masks(prompt, n=n, seed=seed, steps=steps, guidance=guidance, tumour_placement=placement,
-                                   organ_sizes=sizes, aorta_placement=aorta)
+                                   organ_sizes=sizes, aorta_placement=aorta, precision=precision, backend=backend)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -174,14 +175,15 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
                                                      "sized": [v.meta.get("organ_sizes") for v in volumes],
                                                      "aorta_placement": aorta,
                                                      "aorta": [v.meta.get("aorta_placement") for v in volumes],
+                                                     "runtime": volumes[0].meta.get("runtime"),
                                                      "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
-    return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}"], volumes
+    return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}", runtime_line({"masks": volumes[0].meta["runtime"]})], volumes
 
 
 def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0,
                           phase: str | None = None, prompt: str | None = None, steps: int | None = None,
                           guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
-                          overwrite: bool = False) -> list[str]:
+                          overwrite: bool = False, precision: str = "auto", backend: str = "auto") -> list[str]:
     """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
 
     The label map keeps its own grid: the CT is generated on the model grid and resampled back, so
@@ -203,7 +205,8 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
     check_seed(seed)
     generator = ConditionalImageGenerator.from_pretrained(_component(model, "image_generator"), device=device)
     started = time.perf_counter()
-    ct = generate_ct(generator, labels_volume, seed=seed, phase=phase, prompt=prompt, steps=steps, guidance=guidance)
+    ct = generate_ct(generator, labels_volume, seed=seed, phase=phase, prompt=prompt, steps=steps, guidance=guidance,
+                     precision=precision, backend=backend)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -213,5 +216,11 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
                        title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
         (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": phase, "prompt": prompt,
                                                    "steps": steps, "guidance": guidance, "seconds": round(seconds, 2),
+                                                   "runtime": ct.meta.get("runtime"),
                                                    "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
-    return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}"]
+    return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}", runtime_line({"images": ct.meta["runtime"]})]
+
+
+def runtime_line(runtime: dict[str, dict[str, str]]) -> str:
+    """One line saying how each network ran, e.g. ``networks: masks onnxruntime fp32, images openvino fp32``."""
+    return "networks: " + ", ".join(f"{stage} {r['backend']} {r['precision']}" for stage, r in runtime.items())

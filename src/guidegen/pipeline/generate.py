@@ -92,6 +92,7 @@ class GeneratedCase:
             age and contrast phase, which a label map cannot show.
         report: the radiology-style report of ``measured``.
         timings: seconds per stage (batch stages divided evenly among the batch's cases).
+        runtime: per network stage ("masks", "images") the backend and precision that really ran.
     """
 
     index: int
@@ -103,6 +104,7 @@ class GeneratedCase:
     measured: Attributes
     report: str
     timings: dict[str, float] = field(default_factory=dict)
+    runtime: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def affine(self) -> np.ndarray:
@@ -152,7 +154,8 @@ class GuideGen:
     def generate(self, prompt: str | Sequence[str], n: int = 1, seed: int = 0, *, steps: int | None = None,
                  guidance: float | None = None, image_steps: int | None = None, image_guidance: float | None = None,
                  phase: str | None = None, first_index: int = 0,
-                 progress: ProgressCallback | None = None) -> list[GeneratedCase]:
+                 progress: ProgressCallback | None = None, precision: str = "auto",
+                 backend: str = "auto") -> list[GeneratedCase]:
         """Generate ``n`` cases per prompt, all stages batched.
 
         Args:
@@ -167,6 +170,10 @@ class GuideGen:
                 unknown.
             first_index: index of the first case (sharded runs number cases globally).
             progress: see `ProgressCallback`.
+            precision: "auto" (bf16 only where the hardware runs it natively, else fp32), "fp32",
+                "bf16" or "fp16", for both networks (`guidegen.runtime.resolve_precision`).
+            backend: "auto" (the fastest installed backend that passes its self-check against
+                PyTorch), "torch", "onnxruntime" or "openvino" (`guidegen.runtime.compile_network`).
 
         Returns:
             The cases in order.
@@ -180,12 +187,13 @@ class GuideGen:
         indices = [first_index + k for k in range(len(case_prompts))]
         return self.generate_cases(case_prompts, [int(seed) + i for i in indices], indices, steps=steps,
                                    guidance=guidance, image_steps=image_steps, image_guidance=image_guidance,
-                                   phase=phase, progress=progress)
+                                   phase=phase, progress=progress, precision=precision, backend=backend)
 
     def generate_cases(self, prompts: Sequence[str], seeds: Sequence[int], indices: Sequence[int] | None = None, *,
                        steps: int | None = None, guidance: float | None = None, image_steps: int | None = None,
                        image_guidance: float | None = None, phase: str | None = None,
-                       progress: ProgressCallback | None = None) -> list[GeneratedCase]:
+                       progress: ProgressCallback | None = None, precision: str = "auto",
+                       backend: str = "auto") -> list[GeneratedCase]:
         """Generate one case per (prompt, seed) pair, as one batch; see `generate` for the options.
 
         Each case depends only on its own prompt, seed and the options, never on the rest of the
@@ -214,7 +222,8 @@ class GuideGen:
         started = time.perf_counter()
         coarse = self.mask_sampler.sample_masks(
             case_prompts, n=1, seed=seeds, steps=steps, guidance=guidance, attributes=case_attrs,
-            callback=None if progress is None else (lambda i, total: progress("masks", i, total)))
+            callback=None if progress is None else (lambda i, total: progress("masks", i, total)),
+            precision=precision, backend=backend)
         t_masks = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -229,7 +238,7 @@ class GuideGen:
             image_cb = lambda k, _slices: progress("images", k + 1, total_slices)  # noqa: E731
         cts = self.image_generator.generate(
             fine, seeds, phase=[a.phase for a in case_attrs], text_embedding=text, steps=image_steps,
-            guidance=image_guidance, callback=image_cb)
+            guidance=image_guidance, callback=image_cb, precision=precision, backend=backend)
         t_images = time.perf_counter() - started
 
         cases = []
@@ -249,8 +258,22 @@ class GuideGen:
                 index=indices[k], prompt=case_prompts[k], seed=seeds[k], ct=cts[k], labels=labels, requested=asked,
                 measured=measured, report=report,
                 timings={"masks": t_masks / count, "upsample": t_upsample / count, "images": t_images / count,
-                         "report": t_report}))
+                         "report": t_report},
+                runtime={"masks": coarse[k].meta["runtime"], "images": cts[k].meta["runtime"]}))
         return cases
+
+    def warm_up(self, precision: str = "auto", backend: str = "auto") -> dict[str, dict[str, str]]:
+        """Do the start-up work now rather than inside the first case: compile both networks (a
+        first use exports, checks and times them; later uses read the cache) and load the bank of
+        real tumour shapes that the placement stage draws from (~1.5 s). Returns, per stage, the
+        backend and precision that will run."""
+        from guidegen.data.augment import default_tumour_shapes
+
+        default_tumour_shapes()
+        masks = self.mask_sampler.network(backend, precision)
+        images = self.image_generator.network(backend, precision)
+        return {"masks": {"backend": masks.backend, "precision": masks.precision},
+                "images": {"backend": images.backend, "precision": images.precision}}
 
     def _upsample(self, coarse: Volume) -> Volume:
         """The sampler's map onto the image generator's grid (its voxel size, centred on the body)."""
