@@ -211,3 +211,18 @@ def test_cli_refuses_an_unknown_precision_or_backend_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {option}:") and value in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_torch_runs_on_one_thread_while_another_backend_samples():
+    from guidegen.runtime.backends import CompiledNetwork, torch_threads_for
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads_for(CompiledNetwork(lambda *a: a[0], "onnxruntime", "fp32")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with torch_threads_for(CompiledNetwork(lambda *a: a[0], "torch", "fp32")):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

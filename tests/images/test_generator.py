@@ -363,3 +363,26 @@ def test_sample_prediction_turns_the_predicted_slice_into_a_velocity(labels):
     assert torch.all(plain(inputs, t, torch.zeros(3, dtype=torch.long), torch.ones(3, K)) == 0.2)
     with pytest.raises(ValueError, match="prediction"):
         tiny_config(prediction="noise")
+
+
+def test_sample_shift_sets_the_sampling_schedule(labels):
+    # The config's sample_shift (not the training shift) spaces the Euler steps: with 0.5 the four
+    # steps of a slice start at t = 1, 0.6, 1/3 and 1/7 (t' = 0.5 t / (1 − 0.5 t)).
+    seen: list[float] = []
+
+    class TimeRecorder(ChainStub):
+        def forward(self, inputs, t, phase, annotated, text, uncond):
+            seen.append(float(t[0]))
+            return super().forward(inputs, t, phase, annotated, text, uncond)
+
+    small = labels.with_array(labels.array[..., :1].copy())
+    stub = TimeRecorder(sample_shift=0.5)
+    sample_volume(stub, flow=FlowConfig(), steps=4, guidance=1.0, generators=[torch.Generator().manual_seed(0)],
+                  precision="fp32", **_batch(small))
+    assert seen == pytest.approx([1.0, 0.6, 1 / 3, 1 / 7])
+    seen.clear()
+    sample_volume(TimeRecorder(), flow=FlowConfig(), steps=4, guidance=1.0, generators=[torch.Generator().manual_seed(0)],
+                  precision="fp32", **_batch(small))
+    assert seen == pytest.approx([1.0, 0.75, 0.5, 0.25])  # no sample_shift: the flow's own (1.0)
+    with pytest.raises(ValueError, match="sample_shift"):
+        tiny_config(sample_shift=0.0)

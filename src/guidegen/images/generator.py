@@ -38,7 +38,7 @@ from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.masks.upsample import upsample_labels
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
-from guidegen.runtime.backends import default_cache_dir, weights_digest
+from guidegen.runtime.backends import default_cache_dir, torch_threads_for, weights_digest
 from guidegen.runtime.precision import autocast, resolve_precision
 
 __all__ = ["ConditionalImageGenerator", "SliceCallback", "annotated_vector", "generate_ct", "model_grid", "sample_volume"]
@@ -339,29 +339,30 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
     out = torch.empty(n, x, y, z, dtype=torch.float32, device=device)
     prev = torch.zeros(n, 1, x, y, device=device)
     has_prev = torch.zeros(n, device=device)
-    for k in range(z):
-        masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
-        zpos = torch.full((n,), k / max(z - 1, 1) if cfg.slice_position else 0.0, device=device)
-        fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
-        # ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1.
-        noise = fresh if k == 0 or noise_correlation == 0.0 else (
-            noise_correlation * noise + math.sqrt(1.0 - noise_correlation ** 2) * fresh)
+    with torch_threads_for(network):
+        for k in range(z):
+            masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
+            zpos = torch.full((n,), k / max(z - 1, 1) if cfg.slice_position else 0.0, device=device)
+            fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
+            # ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1.
+            noise = fresh if k == 0 or noise_correlation == 0.0 else (
+                noise_correlation * noise + math.sqrt(1.0 - noise_correlation ** 2) * fresh)
 
-        def velocity(x_t: Tensor, t: float) -> Tensor:
-            inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
-            tt = torch.full((n,), t, device=device)
-            if guidance == 1.0:
-                return network(inputs, tt, phase, annotated, text, None)
-            if guidance == 0.0:
-                return network(inputs, tt, phase, annotated, text, uncond_flags)
-            both = network(torch.cat([inputs, inputs]), torch.cat([tt, tt]), phase2, annotated2, text2, pair_flags)
-            return guided_velocity(both[:n], both[n:], guidance)
+            def velocity(x_t: Tensor, t: float) -> Tensor:
+                inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
+                tt = torch.full((n,), t, device=device)
+                if guidance == 1.0:
+                    return network(inputs, tt, phase, annotated, text, None)
+                if guidance == 0.0:
+                    return network(inputs, tt, phase, annotated, text, uncond_flags)
+                both = network(torch.cat([inputs, inputs]), torch.cat([tt, tt]), phase2, annotated2, text2, pair_flags)
+                return guided_velocity(both[:n], both[n:], guidance)
 
-        slice_k = euler_sample(velocity, noise, schedule).clamp(-1.0, 1.0)
-        out[..., k] = slice_k[:, 0]
-        prev, has_prev = slice_k, torch.ones(n, device=device)
-        if callback is not None:
-            callback(k, slice_k[:, 0])
+            slice_k = euler_sample(velocity, noise, schedule).clamp(-1.0, 1.0)
+            out[..., k] = slice_k[:, 0]
+            prev, has_prev = slice_k, torch.ones(n, device=device)
+            if callback is not None:
+                callback(k, slice_k[:, 0])
     return out
 
 

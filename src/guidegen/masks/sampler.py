@@ -28,7 +28,7 @@ from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
-from guidegen.runtime.backends import default_cache_dir, weights_digest
+from guidegen.runtime.backends import default_cache_dir, torch_threads_for, weights_digest
 
 
 #: Folder inside a checkpoint folder where the ONNX export and backend verdicts are cached.
@@ -264,9 +264,10 @@ class VolumetricMaskSampler:
         decode = final_decode or self.config.final_decode
         if decode not in FINAL_DECODES:
             raise InputError(None, f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {decode!r}")
-        labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
-                                       callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
-                                       matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
+        with torch_threads_for(network):
+            labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
+                                           callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
+                                           matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
         affine = sampler_grid(self.config)
         out = []
         for i in range(batch):
