@@ -226,3 +226,14 @@ def test_torch_runs_on_one_thread_while_another_backend_samples():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_keeps_the_mask_network_on_torch(auto_env, trained_looking_model):
+    # Its categorical sampling turns a backend's ~1e-6 logit differences into other voxels, and no
+    # backend was faster for it: "auto" must not make a seed's label map depend on a timing.
+    from guidegen.masks.sampler import VolumetricMaskSampler
+
+    sampler = VolumetricMaskSampler.from_pretrained(trained_looking_model / "mask_sampler")
+    assert sampler.network("auto", "fp32").backend == "torch"
+    if FAST:
+        assert sampler.network(FAST[0], "fp32").backend == FAST[0]

@@ -154,7 +154,17 @@ class VolumetricMaskSampler:
     def network(self, backend: str = "auto", precision: str | None = "auto") -> CompiledNetwork:
         """The denoiser ``(x_t, t, context) → logits`` ready for sampling in a backend and precision
         (`guidegen.runtime`); compiled once per (backend, precision) and kept, ONNX exports cached
-        next to the checkpoint (``.runtime-cache/``)."""
+        next to the checkpoint (``.runtime-cache/``).
+
+        ``"auto"`` keeps this network on torch: ONNX Runtime and OpenVINO were not faster for the
+        3-D UNet (masks 10.8-11.1 s against torch's 10.9 s on an AVX2-capped CPU, 4.6 against 4.3 s
+        in bf16; docs/results/fast_cpu.txt), and the categorical sampler turns their ~1e-6
+        differences in the logits into other voxels (0.3 % of the map with OpenVINO fp32), so a
+        seed's label map would depend on which backend was timed fastest. Ask for one by name to
+        use it.
+        """
+        if backend == "auto":
+            backend = "torch"
         key = (backend, precision or "auto")
         if key not in self._networks:
             cfg = self.config
