@@ -153,6 +153,8 @@ def test_auto_takes_the_fastest_backend_that_passes(auto_env, tmp_path, monkeypa
 def test_unknown_backend_and_missing_backend(auto_env, tmp_path, monkeypatch, caplog):
     with pytest.raises(ValueError, match="backend"):
         compile_network(_spec(tmp_path), "tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):  # a one-line InputError naming --backend
+        compile_network(_spec(tmp_path), "onnxruntime", "fp32", device="cuda")
     monkeypatch.setattr(backends, "available_backends", lambda: ["torch"])
     with caplog.at_level(logging.WARNING, logger="guidegen.runtime"):
         net = compile_network(_spec(tmp_path), "openvino", "fp32")

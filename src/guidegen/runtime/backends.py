@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from guidegen.errors import InputError
 from guidegen.runtime.precision import autocast, cpu_capabilities, resolve_precision
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "CompiledNetwork", "NetworkSpec", "available_backends", "compile_network",
@@ -292,11 +293,11 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
         The compiled network; its ``backend`` and ``precision`` say what really runs.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError("--backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto" and os.environ.get(BACKEND_ENV, "auto") != "auto":
         backend = os.environ[BACKEND_ENV]
         if backend not in BACKENDS:
-            raise ValueError(f"${BACKEND_ENV} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise InputError(f"${BACKEND_ENV}", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     module = spec.module
@@ -304,7 +305,7 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
     if backend == "torch" or (backend == "auto" and device.type != "cpu"):
         return CompiledNetwork(torch_call, "torch", precision)
     if device.type != "cpu":
-        raise ValueError(f"backend {backend!r} runs on the CPU only; use backend 'torch' on {device.type}")
+        raise InputError("--backend", f"{backend} runs on the CPU only; use --backend torch (or auto) on {device.type}")
     installed = available_backends()
     wanted = [b for b in _MODULES if b in installed] if backend == "auto" else [backend]
     if backend != "auto" and backend not in installed:
