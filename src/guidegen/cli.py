@@ -35,8 +35,9 @@ PrecisionOption = Annotated[str, typer.Option(
     "--precision", help="auto (bf16 only where the hardware runs it natively: AMX, AVX512-BF16 or a CUDA GPU with "
                         "bf16; else fp32), fp32, bf16 or fp16.")]
 BackendOption = Annotated[str, typer.Option(
-    "--backend", help="auto (the fastest installed one that passes a self-check against torch), torch, "
-                      "onnxruntime or openvino (pip install \"guidegen[fast]\").")]
+    "--backend", help="auto (for the CT's slice network the fastest installed one that passes a self-check "
+                      "against torch; the mask network stays on torch), torch, onnxruntime or openvino "
+                      "(pip install \"guidegen\\[fast]\").")]
 
 
 @app.callback()
