@@ -38,7 +38,7 @@ from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.masks.upsample import upsample_labels
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
-from guidegen.runtime.backends import default_cache_dir, torch_threads_for, weights_digest
+from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.runtime.precision import autocast, resolve_precision
 
 __all__ = ["ConditionalImageGenerator", "SliceCallback", "annotated_vector", "generate_ct", "model_grid", "sample_volume"]
@@ -48,8 +48,6 @@ SliceCallback = Callable[[int, Tensor], None]
 #: ``network(inputs, t, phase, annotated, text, uncond) → (N, 1, H, W)`` float32 velocity; ``text``
 #: and ``uncond`` may be ``None`` (no prompt; all conditional).
 VelocityNetwork = Callable[..., Tensor]
-#: Folder inside a checkpoint folder where the ONNX export and backend verdicts are cached.
-RUNTIME_CACHE = ".runtime-cache"
 
 
 class _ExportableSlice(nn.Module):
@@ -79,7 +77,7 @@ class ConditionalImageGenerator(nn.Module):
         self.config = config
         self.net = SliceDenoiser(config)
         self.source: Path | None = None  # the checkpoint folder it was loaded from (caches the exports)
-        self._networks: dict[tuple[str, str, str], VelocityNetwork] = {}
+        self._networks: dict[tuple[str, str, str], CompiledNetwork] = {}
 
     def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
                 uncond: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
@@ -122,14 +120,13 @@ class ConditionalImageGenerator(nn.Module):
                        torch.tensor([0.7, 0.3]), torch.tensor([min(3, cfg.num_phases - 1), 0]),
                        torch.ones(n, cfg.num_classes), torch.randn(n, cfg.text_dim, generator=torch.Generator().manual_seed(1)),
                        torch.tensor([False, True]))
-            dirs = ([self.source / RUNTIME_CACHE] if self.source is not None else []) + [default_cache_dir()]
             # Wraps the generator itself (not only .net), so a forward replaced on the instance is used.
             spec = NetworkSpec("image_generator", _ExportableSlice(self).eval(), example,
                                ("inputs", "t", "phase", "annotated", "text", "uncond"),
-                               weights_digest(self.net, repr(cfg)), tuple(dirs))
+                               weights_digest(self.net, repr(cfg)), cache_dirs(self.source))
             compiled = compile_network(spec, backend, precision or "auto", self.device)
             self._networks[key] = _with_defaults(compiled, cfg.text_dim)
-        return self._networks[key]  # type: ignore[return-value]
+        return self._networks[key]
 
     @torch.no_grad()
     def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
@@ -213,17 +210,17 @@ def _with_defaults(compiled: CompiledNetwork, text_dim: int) -> CompiledNetwork:
     """Give an exported network the tensors that stand for ``None`` (see `_ExportableSlice`)."""
     if compiled.backend == "torch":
         return compiled
-    call = compiled._call
 
-    def filled(inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None,
-               uncond: Tensor | None) -> Tensor:
-        n = inputs.shape[0]
-        text = inputs.new_zeros(n, text_dim) if text is None else text.float()
-        uncond = torch.zeros(n, dtype=torch.bool, device=inputs.device) if uncond is None else uncond.bool()
-        return call(inputs.float(), t.float(), phase.long(), annotated.float(), text, uncond)
+    def fill(call: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def filled(inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None,
+                   uncond: Tensor | None) -> Tensor:
+            n = inputs.shape[0]
+            text = inputs.new_zeros(n, text_dim) if text is None else text.float()
+            uncond = torch.zeros(n, dtype=torch.bool, device=inputs.device) if uncond is None else uncond.bool()
+            return call(inputs.float(), t.float(), phase.long(), annotated.float(), text, uncond)
+        return filled
 
-    compiled._call = filled
-    return compiled
+    return compiled.wrapped(fill)
 
 
 def annotated_vector(annotated: Sequence[str] | None, num_classes: int) -> Tensor:

@@ -28,11 +28,8 @@ from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
-from guidegen.runtime.backends import default_cache_dir, torch_threads_for, weights_digest
+from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 
-
-#: Folder inside a checkpoint folder where the ONNX export and backend verdicts are cached.
-RUNTIME_CACHE = ".runtime-cache"
 
 #: Seed-sequence prefix of the tumour placement's random stream ("tumr").
 _PLACEMENT_STREAM = 0x74756D72
@@ -175,9 +172,8 @@ class VolumetricMaskSampler:
                 tokens = torch.randn(2, cfg.max_text_tokens, cfg.text_dim, generator=gen).to(self.device)
                 context = self.model.context(tokens, attr)
             example = (x.to(self.device), torch.tensor([700, 300], device=self.device), context)
-            dirs = ([self.source / RUNTIME_CACHE] if self.source is not None else []) + [default_cache_dir()]
             spec = NetworkSpec("mask_sampler", self.model, example, ("x_t", "t", "context"),
-                               weights_digest(self.model, repr(cfg)), tuple(dirs))
+                               weights_digest(self.model, repr(cfg)), cache_dirs(self.source))
             self._networks[key] = compile_network(spec, backend, precision or "auto", self.device)
         return self._networks[key]
 

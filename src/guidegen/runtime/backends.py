@@ -44,7 +44,7 @@ from guidegen.errors import InputError
 from guidegen.runtime.precision import autocast, cpu_capabilities, resolve_precision
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "CompiledNetwork", "NetworkSpec", "available_backends", "compile_network",
-           "default_cache_dir", "torch_threads_for", "weights_digest"]
+           "RUNTIME_CACHE", "cache_dirs", "default_cache_dir", "torch_threads_for", "weights_digest"]
 
 #: Backends a user may ask for; ``"auto"`` picks the fastest that passes its self-check.
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
@@ -66,6 +66,15 @@ _LOG = logging.getLogger("guidegen.runtime")
 def available_backends() -> list[str]:
     """The backends installed here (``"torch"`` always)."""
     return ["torch"] + [b for b, mod in _MODULES.items() if importlib.util.find_spec(mod) is not None]
+
+
+#: Folder inside a checkpoint folder where its ONNX exports and backend verdicts are cached.
+RUNTIME_CACHE = ".runtime-cache"
+
+
+def cache_dirs(checkpoint: Path | None) -> tuple[Path, ...]:
+    """Where a network's exports go, first writable wins: next to its checkpoint, else the user cache."""
+    return ((checkpoint / RUNTIME_CACHE,) if checkpoint is not None else ()) + (default_cache_dir(),)
 
 
 def default_cache_dir() -> Path:
@@ -116,11 +125,16 @@ class CompiledNetwork:
     """
 
     def __init__(self, call: Callable[..., Tensor], backend: str, precision: str,
-                 seconds_per_call: float | None = None):
+                 seconds_per_call: float | None = None, keep_alive: object = None):
         self._call = call
         self.backend = backend
         self.precision = precision
         self.seconds_per_call = seconds_per_call
+        self._keep_alive = keep_alive  # e.g. the temporary folder holding an export OpenVINO reads
+
+    def wrapped(self, wrap: Callable[[Callable[..., Tensor]], Callable[..., Tensor]]) -> CompiledNetwork:
+        """The same network with its call wrapped (argument adapters), backend and precision kept."""
+        return CompiledNetwork(wrap(self._call), self.backend, self.precision, self.seconds_per_call, self._keep_alive)
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         return self._call(*inputs)
@@ -258,7 +272,7 @@ def _write_verdicts(path: Path, verdicts: dict) -> None:
     os.replace(tmp, path)
 
 
-def _check(call: Callable[..., Tensor], spec: NetworkSpec, references: list[tuple[tuple[Tensor, ...], Tensor]],
+def _check(call: Callable[..., Tensor], references: list[tuple[tuple[Tensor, ...], Tensor]],
            precision: str) -> tuple[bool, float]:
     """Worst error relative to the reference's scale over the check inputs; passes below `TOLERANCE`."""
     worst = 0.0
@@ -348,7 +362,7 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
             if references is None:
                 fp32 = _torch_call(module, "fp32")
                 references = [(example, fp32(*example)), (single, fp32(*single))]
-            ok, error = _check(call, spec, references, used)
+            ok, error = _check(call, references, used)
             known = {"ok": ok, "relative_error": error, "precision": used, "seconds": None}
             verdict[name] = known
         if known["ok"] and backend == "auto" and known.get("seconds") is None:
@@ -377,6 +391,4 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
     else:
         name = backend
     call, used, seconds = candidates[name]
-    network = CompiledNetwork(call, name, used, seconds)
-    network._scratch = scratch  # keeps a temporary export alive as long as the network
-    return network
+    return CompiledNetwork(call, name, used, seconds, keep_alive=scratch)
