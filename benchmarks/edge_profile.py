@@ -99,7 +99,7 @@ def main() -> None:
     print(f"model {gg.info.get('model_id')}; phase {args.phase}; seed {args.seed}; steps {args.steps or 'default'}")
     for name, labels, real, annotated in maps:
         start = time.perf_counter()
-        ct = gg.image_generator.generate(labels, seed=args.seed, phase=args.phase, annotated=annotated, steps=args.steps)[0]
+        ct = gg.image_generator.generate(labels, seed=args.seed, phase=args.phase, annotated=annotated, image_steps=args.steps)[0]
         print_profile(f"{name}: {time.perf_counter() - start:.0f} s", edge_profile(ct.array, labels.array, real))
 
 

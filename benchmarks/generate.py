@@ -74,7 +74,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    from guidegen.pipeline import GuideGen
+    from guidegen.pipeline import GenerationSettings, GuideGen
     from guidegen.pipeline.dataset import write_case_folder
 
     imported = time.perf_counter() - started
@@ -83,7 +83,7 @@ def run_one(args: argparse.Namespace) -> dict:
     gg.mask_sampler.text_encoder.encode([PROMPT])
     loaded = time.perf_counter() - started
     started = time.perf_counter()
-    runtime = gg.warm_up(args.precision, args.backend)
+    runtime = gg.warm_up(GenerationSettings(precision=args.precision, backend=args.backend))
     compiled = time.perf_counter() - started
     steps = args.mask_steps or gg.mask_sampler.config.sample_steps
     image_steps = args.image_steps or gg.image_generator.config.flow_steps
@@ -96,9 +96,9 @@ def run_one(args: argparse.Namespace) -> dict:
                        precision=args.precision, backend=args.backend)[0]
     generated = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        settings = {"steps": steps, "guidance": gg.mask_sampler.config.guidance_scale, "image_steps": image_steps,
-                    "image_guidance": gg.image_generator.config.guidance_scale}
-        write_case_folder(case, Path(tmp), gg.info, settings)
+        settings = GenerationSettings(steps=steps, image_steps=image_steps, precision=args.precision,
+                                      backend=args.backend)
+        write_case_folder(case, Path(tmp), gg.info, settings, {"mask_steps": steps, "image_steps": image_steps})
     times = {k: case.timings[k] for k in STAGES}
     times["total"] = generated + times["write"]
     result.update(times=times, shape=list(case.ct.shape), peak_rss_gb=peak_rss_gb())
@@ -136,7 +136,7 @@ def extrapolate(gg, args: argparse.Namespace, steps: int, image_steps: int, resu
 
     start = time.perf_counter()
     try:
-        gg.image_generator.generate(labels, seed=args.seed, steps=image_steps, callback=stop_images,
+        gg.image_generator.generate(labels, seed=args.seed, image_steps=image_steps, callback=stop_images,
                                     precision=args.precision, backend=args.backend)
     except _Stop:
         pass

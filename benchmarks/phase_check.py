@@ -90,7 +90,7 @@ def main() -> None:
 
     from guidegen.data.prepare import load_prepared
     from guidegen.io.nifti import read_nifti
-    from guidegen.pipeline import GuideGen
+    from guidegen.pipeline import GenerationSettings, GuideGen
 
     gg = GuideGen.from_pretrained(args.model)
     maps = []
@@ -107,7 +107,7 @@ def main() -> None:
             maps.append((f"sampled map {i}", gg._upsample(c), None, None, None))
     phases = args.phases.split(",")
     guidance = gg.image_generator.config.guidance_scale if args.guidance is None else args.guidance
-    print(f"runtime: {gg.warm_up(args.precision, args.backend)}; image steps {args.image_steps or gg.image_generator.config.flow_steps}")
+    print(f"runtime: {gg.warm_up(GenerationSettings(precision=args.precision, backend=args.backend))}; image steps {args.image_steps or gg.image_generator.config.flow_steps}")
     print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}; "
           f"image guidance {guidance:g}")
     rows = []
@@ -119,7 +119,7 @@ def main() -> None:
             # A partial real map (AMOS: no bones) says which classes it annotates, as in training
             # and in validate_image_generator.py; sampled maps are complete.
             ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase, annotated=annotated,
-                                             guidance=args.guidance, steps=args.image_steps,
+                                             image_guidance=args.guidance, image_steps=args.image_steps,
                                              precision=args.precision, backend=args.backend)[0]
             rows.append((name, phase, structure_means(ct.array, labels.array)))
             print(f"  {name}, {phase}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -48,7 +48,7 @@ def main() -> None:
     real = read_nifti(entry["ct_path"])
     labels = read_nifti(entry["labels_path"], kind="labels")
     started = time.perf_counter()
-    generated = model.generate(labels, seed=args.seed, steps=args.steps, phase=args.phase or entry.get("phase"),
+    generated = model.generate(labels, seed=args.seed, image_steps=args.steps, phase=args.phase or entry.get("phase"),
                                annotated=entry["annotated"], precision=args.precision, backend=args.backend)[0]
     seconds = time.perf_counter() - started
     table = compare_mean_hu(generated, real, labels)

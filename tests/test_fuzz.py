@@ -536,7 +536,7 @@ PROMPTS: list[tuple[str, str]] = [
 
 def _accepted(prompt: str) -> bool:
     from guidegen.errors import InputError
-    from guidegen.pipeline.generate import check_prompt
+    from guidegen.settings import check_prompt
 
     try:
         check_prompt(prompt)

@@ -7,7 +7,6 @@ stderr (``error: PATH: PROBLEM``) and exit status 2; ``--debug`` shows the trace
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +14,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from guidegen.errors import GuideGenError, InputError
+from guidegen import __version__
+from guidegen.errors import GuideGenError, InputError, OutputExistsError
+from guidegen.paths import REPO_ROOT, default_data_dir
+from guidegen.settings import GenerationSettings, check_threads
 
 app = typer.Typer(
     name="guidegen",
@@ -26,10 +28,6 @@ app = typer.Typer(
 )
 _STATE = {"debug": False}
 
-#: Where the bundled real data lives in a source checkout (override with GUIDEGEN_DATA).
-DEFAULT_DATA = Path(os.environ.get("GUIDEGEN_DATA", Path(__file__).resolve().parents[2] / "data" / "real"))
-
-
 #: The options that say how the networks run (`guidegen.runtime`), shared by every generating command.
 PrecisionOption = Annotated[str, typer.Option(
     "--precision", help="auto (bf16 only where the hardware runs it natively: AMX, AVX512-BF16 or a CUDA GPU with "
@@ -38,13 +36,47 @@ BackendOption = Annotated[str, typer.Option(
     "--backend", help="auto (for the CT's slice network the fastest installed one that passes a self-check "
                       "against torch; the mask network stays on torch), torch, onnxruntime or openvino "
                       "(pip install \"guidegen\\[fast]\").")]
+#: The placement stage's switches (`guidegen.masks.placement`), shared by the commands that sample masks.
+TumourPlacementOption = Annotated[Optional[str], typer.Option(
+    help="insert: stated tumours are real tumour shapes placed in the sampled anatomy; network: only the "
+         "network's own tumours (default: the model's setting).")]
+OrganSizesOption = Annotated[Optional[str], typer.Option(
+    help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; network: "
+         "organs as the network drew them (default: the model's setting).")]
+AortaPlacementOption = Annotated[Optional[str], typer.Option(
+    help="tube: the aorta redrawn as one tube of normal calibre along the network's; network: the aorta as "
+         "the network drew it (default: the model's setting).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    callback=lambda value: check_threads(value), help="CPU threads (default: all).")]  # checked while parsing
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"guidegen {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     _STATE["debug"] = debug
+
+
+def _new_output(out: Path, overwrite: bool) -> Path:
+    """Refuse an existing output before any model loads (the writers check again when they write)."""
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)
+    return out
+
+
+def _input_file(path: Path, what: str = "file") -> Path:
+    """A named input must exist: say so in a fraction of a second, not after the imports."""
+    if not path.exists():
+        raise InputError(path, f"{what} not found")
+    return path
 
 
 def _parse_triple(text: str, name: str) -> tuple[float, float, float]:
@@ -61,7 +93,7 @@ def _parse_triple(text: str, name: str) -> tuple[float, float, float]:
 
 @app.command()
 def prepare(
-    sources: Annotated[list[Path], typer.Argument(help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).")],
+    sources: Annotated[list[Path], typer.Argument(metavar="SOURCES...", help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the manifest and the case cache.")],
     spacing: Annotated[str, typer.Option(help="Target voxel size in mm: one value or x,y,z.")] = "3",
     size: Annotated[str, typer.Option(help="In-plane field of view in voxels: one value or x,y.")] = "128",
@@ -92,7 +124,7 @@ def prepare(
 
 @app.command()
 def report(
-    labels: Annotated[Path, typer.Argument(help="Label map (.nii/.nii.gz or a DICOM-SEG .dcm).")],
+    labels: Annotated[Path, typer.Argument(metavar="LABELS", help="Label map (.nii/.nii.gz or a DICOM-SEG .dcm).")],
     vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (default: from a guidegen-source.json beside it, or GuideGen's own ids for files GuideGen wrote).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the report's phrasing.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the attribute record as JSON after the report.")] = False,
@@ -116,20 +148,19 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
-    data: Annotated[Path, typer.Option(help="Bundled real data folder.")] = DEFAULT_DATA,
+    data: Annotated[Optional[Path], typer.Option(help="Bundled real data folder (default: $GUIDEGEN_DATA or data/real).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Run the data pipeline on the bundled real scan: prepared case, report and preview picture."""
     from guidegen.pipeline import run_demo
 
-    summary = run_demo(out=out, data=data, overwrite=overwrite)
+    summary = run_demo(out=out, data=data or default_data_dir(), overwrite=overwrite)
     for line in summary:
         typer.echo(line)
 
 
 train_app = typer.Typer(help="Train GuideGen's models from a JSON recipe.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @train_app.command("masks")
@@ -138,7 +169,7 @@ def train_masks(
     run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/mask_sampler"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this call.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    threads: ThreadsOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -171,44 +202,30 @@ def _device(name: str) -> str:
 def sample_masks(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to generate, in words.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    n: Annotated[int, typer.Option("-n", min=1, max=256, help="Samples of the prompt.")] = 1,
+    n: Annotated[int, typer.Option("-n", min=1, max=256, help="Samples of the prompt (sample i uses seed + i).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same masks.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's strided setting).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Mask sampler folder (default: the shipped model).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Report quality checks (components, relations, adherence, diversity).")] = False,
-    tumour_placement: Annotated[Optional[str], typer.Option(
-        help="insert: stated tumours are real tumour shapes placed in the sampled anatomy; network: only the "
-             "network's own tumours (default: the model's setting).")] = None,
-    organ_sizes: Annotated[Optional[str], typer.Option(
-        help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; network: "
-             "organs as the network drew them (default: the model's setting).")] = None,
-    aorta_placement: Annotated[Optional[str], typer.Option(
-        help="tube: the aorta redrawn as one tube of normal calibre along the network's; network: the aorta as "
-             "the network drew it (default: the model's setting).")] = None,
+    tumour_placement: TumourPlacementOption = None,
+    organ_sizes: OrganSizesOption = None,
+    aorta_placement: AortaPlacementOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     precision: PrecisionOption = "auto",
     backend: BackendOption = "auto",
 ) -> None:
     """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
-    from guidegen.runtime import check_runtime_options
-
-    check_runtime_options(precision, backend)
+    settings = GenerationSettings(steps=steps, guidance=guidance, tumour_placement=tumour_placement,
+                                  organ_sizes=organ_sizes, aorta_placement=aorta_placement, precision=precision,
+                                  backend=backend)
+    _new_output(out, overwrite)
+    device = _device(device)
     from guidegen.pipeline import sample_masks_to_folder
 
-    from guidegen.masks.config import AORTA_PLACEMENTS, ORGAN_SIZES, TUMOUR_PLACEMENTS
-
-    if tumour_placement is not None and tumour_placement not in TUMOUR_PLACEMENTS:
-        raise InputError("--tumour-placement", f"must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {tumour_placement!r}")
-    if organ_sizes is not None and organ_sizes not in ORGAN_SIZES:
-        raise InputError("--organ-sizes", f"must be one of {', '.join(ORGAN_SIZES)}, got {organ_sizes!r}")
-    if aorta_placement is not None and aorta_placement not in AORTA_PLACEMENTS:
-        raise InputError("--aorta-placement", f"must be one of {', '.join(AORTA_PLACEMENTS)}, got {aorta_placement!r}")
-    lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, steps=steps, guidance=guidance,
-                                            model=model, device=_device(device), overwrite=overwrite,
-                                            tumour_placement=tumour_placement, organ_sizes=organ_sizes,
-                                            aorta_placement=aorta_placement, precision=precision, backend=backend)
+    lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, settings=settings, model=model,
+                                            device=device, overwrite=overwrite)
     for line in lines:
         typer.echo(line)
     if check:
@@ -241,7 +258,7 @@ def train_images(
     run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/image_generator"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this step (resumable).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    threads: ThreadsOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU per process).")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -276,14 +293,16 @@ def generate_ct_command(
     backend: BackendOption = "auto",
 ) -> None:
     """Bring your own mask: generate a CT (int16 HU) that matches a label map, on the label map's own grid."""
-    from guidegen.runtime import check_runtime_options
-
-    check_runtime_options(precision, backend)
+    # This command has one network, so its --steps/--guidance are the image generator's.
+    settings = GenerationSettings(image_steps=steps, image_guidance=guidance, phase=phase, precision=precision,
+                                  backend=backend)
+    _input_file(labels, "label map")
+    _new_output(out, overwrite)
+    device = _device(device)
     from guidegen.pipeline import generate_ct_to_folder
 
-    for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, phase=phase, prompt=prompt,
-                                      steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite,
-                                      precision=precision, backend=backend):
+    for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, prompt=prompt,
+                                      settings=settings, model=model, device=device, overwrite=overwrite):
         typer.echo(line)
 
 
@@ -300,10 +319,13 @@ def generate_command(
     image_steps: Annotated[Optional[int], typer.Option(help="Image generator flow steps per slice.")] = None,
     image_guidance: Annotated[Optional[float], typer.Option(help="Image generator guidance scale.")] = None,
     phase: Annotated[Optional[str], typer.Option(help="Contrast phase for every case (default: what the prompt says).")] = None,
+    tumour_placement: TumourPlacementOption = None,
+    organ_sizes: OrganSizesOption = None,
+    aorta_placement: AortaPlacementOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,
     model: Annotated[Optional[Path], typer.Option(help="Model folder with mask_sampler/ and image_generator/ (default: the shipped model).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    threads: ThreadsOption = None,
     dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (--format nnunet).")] = 500,
     dataset_name: Annotated[str, typer.Option(help="nnU-Net dataset name (--format nnunet).")] = "GuideGen",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -312,18 +334,31 @@ def generate_command(
     backend: BackendOption = "auto",
 ) -> None:
     """Generate CT volumes (int16 HU) with aligned label maps from prompts. Works under torchrun (sharded)."""
-    from guidegen.runtime import check_runtime_options
+    from guidegen.settings import DatasetRequest, check_prompt, read_prompts_file
 
     if (prompt is None) == (prompts is None):
         raise InputError("--prompt/--prompts", "give exactly one of --prompt TEXT or --prompts FILE")
-    check_runtime_options(precision, backend)
+    settings = GenerationSettings(steps=steps, guidance=guidance, image_steps=image_steps,
+                                  image_guidance=image_guidance, phase=phase, tumour_placement=tumour_placement,
+                                  organ_sizes=organ_sizes, aorta_placement=aorta_placement, precision=precision,
+                                  backend=backend)
+    entries = read_prompts_file(prompts) if prompts is not None else [(check_prompt(prompt), n)]
+    request = DatasetRequest(tuple(entries), seed, settings, format)
+    if not 1 <= dataset_id <= 999:
+        raise InputError("--dataset-id", f"must be 1..999, got {dataset_id}")
+    if format == "nnunet":
+        from guidegen.io.nnunet import DATASET_NAME
+
+        if not DATASET_NAME.fullmatch(dataset_name):
+            raise InputError("--dataset-name", f"must be 1-100 letters, digits, '_' or '-', starting with a letter or digit, got {dataset_name!r}")
+    if out.exists() and not overwrite and not (out / "run.json").exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputExistsError(out)  # a run folder is resumed instead (its request is compared once the model is known)
+    device = _device(device)
     from guidegen.pipeline.cli_support import run_generate
 
-    for line in run_generate(prompt=prompt, prompts_file=prompts, n=n, seed=seed, out=out, format=format, steps=steps,
-                             guidance=guidance, image_steps=image_steps, image_guidance=image_guidance, phase=phase,
-                             batch_size=batch_size, model=model, device=_device(device), threads=threads,
-                             dataset_id=dataset_id, dataset_name=dataset_name, overwrite=overwrite, progress=not quiet,
-                             precision=precision, backend=backend):
+    for line in run_generate(request, out, batch_size=batch_size, model=model, device=device, threads=threads,
+                             dataset_id=dataset_id, dataset_name=dataset_name, overwrite=overwrite,
+                             progress=not quiet):
         typer.echo(line)
 
 
@@ -340,7 +375,7 @@ def evaluate_command(
     judge: Annotated[Optional[Path], typer.Option(help="A saved segmentation judge (default: train one on the real cases).")] = None,
     judge_steps: Annotated[int, typer.Option(min=1, help="Training steps of the judge.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split and the judge.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    threads: ThreadsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -365,7 +400,7 @@ def evaluate_downstream_command(
     test: Annotated[Optional[Path], typer.Option(help="Held-out real test cases (default: hold out part of --real).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run per seed and setting.")] = "0,1,2",
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 300,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).")] = None,
+    threads: ThreadsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result folder.")] = False,
 ) -> None:
     """Train one small segmenter on real, synthetic and real + synthetic cases; Dice on held-out real cases."""

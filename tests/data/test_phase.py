@@ -117,8 +117,14 @@ def test_prepared_cases_store_the_phase(real, tmp_path):
     assert entries["msd-spleen-8"]["phase_estimate"]["fallback"]
 
 
-def test_phase_names_match_the_attribute_record():
-    from guidegen.data.phase import PHASES as DATA_PHASES
-    from guidegen.text.attributes import PHASES as TEXT_PHASES
+def test_phase_names_are_defined_once():
+    from typing import get_args
 
-    assert tuple(DATA_PHASES) == tuple(TEXT_PHASES)
+    from guidegen import terms
+    from guidegen.data.phase import PHASES as DATA_PHASES
+    from guidegen.images.config import PHASES as MODEL_PHASES
+    from guidegen.text.attributes import PHASES as TEXT_PHASES, Phase
+
+    assert DATA_PHASES is TEXT_PHASES is terms.PHASES
+    assert MODEL_PHASES == ("unknown", *terms.PHASES)  # the image model's phase ids: 0 = unknown
+    assert get_args(Phase) == terms.PHASES  # the type annotation spells them out for type checkers

@@ -183,12 +183,12 @@ def test_bring_your_own_mask_at_another_spacing(tiny_model, labels):
     flip[:2, 3] = [fine.shape[0] - 1, fine.shape[1] - 1]
     lps.affine = fine.affine @ flip
     assert lps.orientation == "LPS"
-    ct = generate_ct(tiny_model, lps, seed=1, steps=1)
+    ct = generate_ct(tiny_model, lps, seed=1, image_steps=1)
     assert ct.same_grid(lps) and ct.array.dtype == np.int16
     assert ct.array.min() >= -1024 and ct.array.max() <= 3071
     assert ct.meta["model_grid"]["spacing_mm"] == [12.0, 12.0, 12.0]
     # A bare array with its spacing works too and lands on its own grid.
-    bare = generate_ct(tiny_model, labels.array[:, :, :5], spacing=(12.0, 12.0, 12.0), seed=1, steps=1)
+    bare = generate_ct(tiny_model, labels.array[:, :, :5], spacing=(12.0, 12.0, 12.0), seed=1, image_steps=1)
     assert bare.shape == (32, 32, 5) and np.allclose(bare.affine, np.diag([12.0, 12.0, 12.0, 1.0]))
 
 
@@ -253,7 +253,7 @@ def test_generator_receives_the_requested_phase(tiny_model, labels, phase, expec
 
     tiny_model.forward = recording_forward
     try:
-        tiny_model.generate(labels.with_array(labels.array[..., 8:10].copy()), phase=phase, steps=1)
+        tiny_model.generate(labels.with_array(labels.array[..., 8:10].copy()), phase=phase, image_steps=1)
     finally:
         del tiny_model.forward
     assert seen and all(torch.all(p == expected) for p in seen)
@@ -293,9 +293,9 @@ def test_phase_prior_channel_marks_enhancing_structures(labels, tmp_path):
         model.net.phase_prior(inputs, torch.tensor([1, 0]), levels[:1])
     # The network takes it as one more channel; the table is code, not weights: save/load round trip.
     small = labels.with_array(labels.array[..., k - 1:k + 2].copy())
-    out = model.generate(small, seed=1, steps=1, phase="arterial")[0]
+    out = model.generate(small, seed=1, image_steps=1, phase="arterial")[0]
     folder = model.save_pretrained(tmp_path / "prior")
-    again = ConditionalImageGenerator.from_pretrained(folder).generate(small, seed=1, steps=1, phase="arterial")[0]
+    again = ConditionalImageGenerator.from_pretrained(folder).generate(small, seed=1, image_steps=1, phase="arterial")[0]
     assert np.array_equal(out.array, again.array)
     assert model.net.unet.conv_in.conv.in_channels == cfg.in_channels + 1
 
@@ -324,14 +324,14 @@ def test_prior_residual_offsets_the_predicted_slice_by_the_phase_prior(labels):
     small = labels.with_array(labels.array[..., k:k + 1].copy())
     centre = small.array[..., 0]
     for phase in ("non_contrast", "portal_venous"):
-        ct = model.generate(small, steps=1, phase=phase)[0].array[..., 0].astype(np.float64)
+        ct = model.generate(small, image_steps=1, phase=phase)[0].array[..., 0].astype(np.float64)
         for structure in ("liver", "spleen", "aorta"):
             where = centre == ID[structure]
             assert where.any()
             np.testing.assert_allclose(ct[where], TYPICAL_HU[phase][structure], atol=1.0)
         other = ~np.isin(centre, [ID[s] for s in TYPICAL_HU[phase]])
         np.testing.assert_allclose(ct[other], float(unit_to_hu(np.array(0.0))), atol=1.0)
-    unknown = model.generate(small, steps=1)[0].array
+    unknown = model.generate(small, image_steps=1)[0].array
     assert np.all(np.abs(hu_to_unit(unknown.astype(np.float64))) < 3e-3)
     with pytest.raises(ValueError, match="prior_residual"):
         tiny_config(prior_residual=True, prediction="sample")
@@ -354,7 +354,7 @@ def test_sample_prediction_turns_the_predicted_slice_into_a_velocity(labels):
     v = model(inputs, t, torch.zeros(3, dtype=torch.long), torch.ones(3, K))
     expected = (x_t - 0.2) / torch.tensor([1.0, 0.25, SAMPLE_PREDICTION_MIN_T]).reshape(3, 1, 1, 1)
     torch.testing.assert_close(v, expected)
-    ct = model.generate(labels.with_array(labels.array[..., 10:12].copy()), steps=1)[0].array
+    ct = model.generate(labels.with_array(labels.array[..., 10:12].copy()), image_steps=1)[0].array
     assert np.all(np.abs(hu_to_unit(ct.astype(np.float64)) - 0.2) < 3e-3)  # int16 rounding only
     # A velocity model (the default, and every model saved before the option) returns the UNet's output.
     plain = ConditionalImageGenerator(tiny_config()).eval()

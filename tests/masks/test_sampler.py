@@ -14,6 +14,7 @@ from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import MaskExamples
 from guidegen.masks.sampler import VolumetricMaskSampler, keep_main_components
 from guidegen.masks.train import load_base_cases, train_mask_sampler
+from guidegen.settings import GenerationSettings
 from guidegen.text.parse import parse_prompt
 from guidegen.training import checkpoint_dirs
 
@@ -83,6 +84,14 @@ def test_training_resume_is_exact_and_sampling_is_deterministic(tiny, tmp_path):
     assert len(one) == 2 and one[0].shape == tiny.shape and one[0].array.dtype == np.uint8
     assert np.array_equal(one[0].array, two[0].array) and np.array_equal(one[1].array, two[1].array)
     assert not np.array_equal(one[0].array, other[0].array)
+    # One seed rule: map i uses seed + i, whatever else is in the batch (here: map 1 of seed 3 is map 0 of seed 4).
+    assert np.array_equal(one[1].array, other[0].array) and [v.meta["seed"] for v in one] == [3, 4]
+    # Settings as one value or as keywords mean the same.
+    by_value = sampler.sample_masks("4 cm liver tumour", seed=3, settings=GenerationSettings(steps=2, tumour_placement="network"))
+    by_name = sampler.sample_masks("4 cm liver tumour", seed=3, steps=2, tumour_placement="network")
+    assert np.array_equal(by_value[0].array, by_name[0].array) and "tumour_placement" not in by_name[0].meta
+    with pytest.raises(InputError, match="--steps"):
+        sampler.sample_masks("4 cm liver tumour", steps=tiny.num_timesteps + 1)
     assert one[0].spacing == pytest.approx(tiny.spacing)
     # A changed config cannot silently resume an old run.
     with pytest.raises(InputError, match="another configuration"):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 
 from guidegen.checkpoint import verify_checkpoint
-from guidegen.pipeline import DEFAULT_MODEL, GuideGen
+from guidegen.paths import default_model_dir
+from guidegen.pipeline import GuideGen
+
+DEFAULT_MODEL = default_model_dir()
 
 
 def test_default_model_is_complete_and_small():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from guidegen.errors import InputError, OutputExistsError
-from guidegen.pipeline import GuideGen
-from guidegen.pipeline.dataset import Shard, generate_dataset, plan_cases, read_prompts_file
+from guidegen.pipeline import GenerationSettings, GuideGen
+from guidegen.pipeline.dataset import DatasetRequest, Shard, generate_dataset, plan_cases, read_prompts_file
 
 PROMPT = "4 cm liver tumour, portal venous phase"
 
@@ -59,7 +59,7 @@ def test_a_case_does_not_depend_on_its_batch(gg):
 
 def test_same_seed_gives_identical_files(gg, tmp_path):
     for name in ("a", "b"):
-        generate_dataset(gg, [(PROMPT, 2)], tmp_path / name, seed=7)
+        generate_dataset(gg, DatasetRequest(((PROMPT, 2),), seed=7), tmp_path / name)
     for case in ("case_000000", "case_000001"):
         a, b = tmp_path / "a" / case, tmp_path / "b" / case
         for x, y in zip(_arrays(a), _arrays(b)):
@@ -69,7 +69,7 @@ def test_same_seed_gives_identical_files(gg, tmp_path):
 
 
 def test_case_folder_contents(gg, tmp_path):
-    summary = generate_dataset(gg, [(PROMPT, 1)], tmp_path / "out", seed=0)
+    summary = generate_dataset(gg, DatasetRequest(((PROMPT, 1),), seed=0), tmp_path / "out")
     folder = tmp_path / "out" / "case_000000"
     assert sorted(p.name for p in folder.iterdir()) == ["case.json", "ct.nii.gz", "labels.nii.gz", "preview.png", "report.txt"]
     ct, labels = nib.load(str(folder / "ct.nii.gz")), nib.load(str(folder / "labels.nii.gz"))
@@ -94,20 +94,20 @@ def test_case_folder_contents(gg, tmp_path):
 
 def test_rerun_completes_a_killed_run_and_refuses_other_requests(gg, tmp_path):
     out = tmp_path / "out"
-    generate_dataset(gg, [(PROMPT, 3)], out, seed=1)
+    generate_dataset(gg, DatasetRequest(((PROMPT, 3),), seed=1), out)
     before = _arrays(out / "case_000001")
     # What a kill leaves behind: a missing case and its half-written temporary folder.
     shutil.rmtree(out / "case_000001")
     (out / ".case_000001.abc123.tmp").mkdir()
     (out / ".case_000001.abc123.tmp" / "ct.nii.gz").write_bytes(b"partial")
-    summary = generate_dataset(gg, [(PROMPT, 3)], out, seed=1)
+    summary = generate_dataset(gg, DatasetRequest(((PROMPT, 3),), seed=1), out)
     assert (summary["generated"], summary["skipped"]) == (1, 2)
     assert not list(out.glob(".case_*.tmp"))
     after = _arrays(out / "case_000001")
     assert np.array_equal(before[1], after[1]) and _max_hu_difference(before[0], after[0]) <= 1  # batch of 1 vs 3
     with pytest.raises(InputError, match="different request.*seed"):
-        generate_dataset(gg, [(PROMPT, 3)], out, seed=2)
-    summary = generate_dataset(gg, [(PROMPT, 1)], out, seed=2, overwrite=True)
+        generate_dataset(gg, DatasetRequest(((PROMPT, 3),), seed=2), out)
+    summary = generate_dataset(gg, DatasetRequest(((PROMPT, 1),), seed=2), out, overwrite=True)
     assert summary["generated"] == 1 and not (out / "case_000001").exists()
 
 
@@ -115,16 +115,15 @@ def test_existing_unrelated_folder_is_not_overwritten(gg, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError):
-        generate_dataset(gg, [(PROMPT, 1)], tmp_path / "out")
+        generate_dataset(gg, DatasetRequest(((PROMPT, 1),)), tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
 def test_shards_together_equal_one_run(gg, tmp_path):
     prompts = [(PROMPT, 2), ("sigmoid colon cancer", 3)]
-    generate_dataset(gg, prompts, tmp_path / "one", seed=5, batch_size=2)
+    generate_dataset(gg, DatasetRequest(tuple(prompts), seed=5), tmp_path / "one", batch_size=2)
     for rank in (0, 1, 0):  # what torchrun's barrier orders; rank 0's last pass writes the full manifest
-        summary = generate_dataset(gg, prompts, tmp_path / "two", seed=5, batch_size=3, shard=Shard(rank, 2),
-                                   barrier=lambda: None)
+        summary = generate_dataset(gg, DatasetRequest(tuple(prompts), seed=5), tmp_path / "two", batch_size=3, shard=Shard(rank, 2), barrier=lambda: None)
     assert summary["complete"] and summary["skipped"] == 3
     for case in plan_cases(prompts, 5):
         assert case.seed == 5 + case.index
@@ -160,7 +159,7 @@ def test_bad_prompt_files(tmp_path, name, content, problem):
 
 
 def test_nnunet_export(gg, tmp_path):
-    summary = generate_dataset(gg, [(PROMPT, 2)], tmp_path / "out", format="nnunet", dataset_id=42, dataset_name="Tiny")
+    summary = generate_dataset(gg, DatasetRequest(((PROMPT, 2),), format="nnunet"), tmp_path / "out", dataset_id=42, dataset_name="Tiny")
     dataset = tmp_path / "out" / "nnUNet_raw" / "Dataset042_Tiny"
     assert summary["export"] == str(dataset)
     meta = json.loads((dataset / "dataset.json").read_text())
@@ -187,7 +186,7 @@ def test_dicom_export_reads_back_on_the_same_grid(gg, tmp_path):
     case.labels = case.labels.with_array(boxes)
     folder = tmp_path / "case"
     folder.mkdir()
-    write_case_folder(case, folder, gg.info, {"steps": 3, "guidance": 1.0, "image_steps": 2, "image_guidance": 1.0}, dicom=True)
+    write_case_folder(case, folder, gg.info, GenerationSettings(), {"mask_steps": 3, "image_steps": 2}, dicom=True)
     ct = read_nifti(folder / "ct.nii.gz", kind="ct")
     labels = read_nifti(folder / "labels.nii.gz", kind="labels")
     series = read_dicom_series(folder / "dicom" / "CT")

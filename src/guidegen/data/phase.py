@@ -42,8 +42,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-#: The phase names of `guidegen.text.attributes.PHASES` (data sits below text; a test keeps them equal).
-PHASES: tuple[str, ...] = ("non_contrast", "arterial", "portal_venous", "delayed")
+from guidegen.terms import PHASES
+
 
 Confidence = Literal["high", "medium", "low"]
 
@@ -124,7 +124,7 @@ class PhaseEstimate:
     """A contrast-phase estimate and why.
 
     Attributes:
-        phase: one of ``guidegen.text.attributes.PHASES`` ("non_contrast", "arterial",
+        phase: one of `guidegen.terms.PHASES` ("non_contrast", "arterial",
             "portal_venous", "delayed"), or ``None`` when the labelled structures cannot tell.
         confidence: "high" (two independent markers agree), "medium" (one clear marker, or markers
             that fit the phase less typically) or "low" (fallback on parenchyma alone, or none).

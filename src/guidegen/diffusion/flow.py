@@ -30,7 +30,7 @@ Conventions (the direction used by [E24] and MONAI's ``RFlowScheduler``):
       t' = s·t / (1 + (s − 1)·t)
 
 Nothing here is an ``nn.Module`` and nothing holds state: the schedule is rebuilt from a frozen
-`FlowConfig` (MONAI's ``RFlowScheduler`` cannot be ``.to()``-ed or saved, see shared/STYLE.md).
+`FlowConfig` (MONAI's ``RFlowScheduler`` cannot be ``.to()``-ed or saved with a checkpoint).
 All randomness comes from an explicit ``torch.Generator``.
 """
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 
 from guidegen.diffusion.flow import FlowConfig
 from guidegen.labels.vocabulary import NUM_CLASSES
+from guidegen.settings import PRECISIONS
+from guidegen.terms import PHASES as CONTRAST_PHASES
 
 __all__ = ["ImageGeneratorConfig", "PHASES", "SAMPLE_PREDICTION_MIN_T"]
 
 #: Contrast phase vocabulary of the class embedding; id 0 ("unknown") doubles as the CFG null phase.
-PHASES: tuple[str, ...] = ("unknown", "non_contrast", "arterial", "portal_venous", "delayed")
+PHASES: tuple[str, ...] = ("unknown", *CONTRAST_PHASES)
 
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _PREDICTIONS = ("velocity", "sample")
 _LABEL_INTERPOLATIONS = ("nearest", "linear")
 _REMAP_EDGES = ("blur", "partial_volume")
@@ -50,7 +51,7 @@ class ImageGeneratorConfig:
     Network (MONAI ``DiffusionModelUNet``, 2-D):
         channels: feature channels per resolution level.
         attention_levels: where self- and cross-attention run; ``None`` = only the lowest level
-            (attention at high resolution dominates the CPU cost, see shared/CPU-MEASUREMENTS.md).
+            (attention at high resolution dominates the CPU cost).
         num_res_blocks: residual blocks per level.
         norm_num_groups: GroupNorm groups (every entry of ``channels`` must be a multiple).
         num_head_channels: channels per attention head.
@@ -303,8 +304,8 @@ class ImageGeneratorConfig:
             raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale!r}")
         if not (isinstance(self.noise_correlation, (int, float)) and 0 <= self.noise_correlation < 1):
             raise ValueError(f"noise_correlation must be in [0, 1), got {self.noise_correlation!r}")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):

@@ -4,7 +4,7 @@ Dai et al. (2024) generate the CT of a sampled label map with a 2-D conditional 
 autoregressively along z: slice k is generated from noise, conditioned on the masks of slices
 k−1, k, k+1 and on the *generated* slice k−1, so the CT follows the mask exactly while neighbouring
 slices stay consistent. We use a rectified flow (`guidegen.diffusion.flow`) with a few Euler steps
-per slice (4–10 suffice; shared/CPU-MEASUREMENTS.md) instead of DDPM.
+per slice (the shipped model samples with 4; docs/results/fast_cpu.txt) instead of DDPM.
 
 * `sample_volume` is the sampling loop, a pure function: every volume of a batch is at slice k at
   the same time (the batch dimension is volumes), each volume draws its noise from its own
@@ -32,6 +32,7 @@ from guidegen.data.resample import grid_affine, resample_ct
 from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
 from guidegen.errors import InputError
 from guidegen.images.config import PHASES, ImageGeneratorConfig
+from guidegen.settings import GenerationSettings
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
@@ -131,9 +132,9 @@ class ConditionalImageGenerator(nn.Module):
     @torch.no_grad()
     def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
                  phase: str | int | None | Sequence[str | int | None] = None, prompt: str | None = None,
-                 text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
-                 precision: str | None = None, noise_correlation: float | None = None,
-                 callback: SliceCallback | None = None, backend: str = "auto") -> list[Volume]:
+                 text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None,
+                 settings: GenerationSettings | None = None, noise_correlation: float | None = None,
+                 callback: SliceCallback | None = None, check_grid: bool = True, **options: object) -> list[Volume]:
         """Generate CTs for label maps already on the model grid (use `generate_ct` for any other grid).
 
         Volumes of equal shape are generated together as one batch.
@@ -142,41 +143,37 @@ class ConditionalImageGenerator(nn.Module):
             labels: label `Volume`(s) (X, Y, Z) in GuideGen ids with X = Y = ``image_size`` and the
                 model's voxel size; 255 = unknown.
             seed: one seed, or one per volume (volume i uses ``seed + i`` when one seed is given).
-            phase: contrast phase name or id (`guidegen.images.config.PHASES`), ``None`` = unknown;
-                or a sequence with one per volume.
+            phase: contrast phase name or id (`guidegen.images.config.PHASES`), or a sequence with
+                one per volume; default the settings' ``phase`` (``None`` = unknown).
             prompt: text prompt (encoded with the offline MiniLM `guidegen.text.encoder.TextEncoder`).
             text_embedding: (D,) or (N, D) pooled prompt embedding instead of ``prompt``.
             annotated: class names treated as annotated; default every class.
-            steps, guidance, noise_correlation: override the config's ``flow_steps``,
-                ``guidance_scale``, ``noise_correlation``.
-            precision: "auto" (default: bf16 where the hardware runs it natively, else fp32),
-                "fp32", "bf16" or "fp16" (`guidegen.runtime.resolve_precision`).
+            settings: `guidegen.settings.GenerationSettings`; this stage reads ``image_steps`` and
+                ``image_guidance`` (default the config's ``flow_steps``, ``guidance_scale``),
+                ``phase``, ``precision`` and ``backend`` (`guidegen.runtime`).
+            noise_correlation: overrides the config's ``noise_correlation``.
             callback: see `SliceCallback` (called per batch of equal-shape volumes).
-            backend: "auto" (the fastest installed backend that passes its self-check), "torch",
-                "onnxruntime" or "openvino" (`guidegen.runtime.compile_network`).
+            check_grid: refuse labels whose grid is not the model's (`generate_ct` resamples onto a
+                grid of its own choosing first and turns this off).
+            **options: any `GenerationSettings` field, applied on top of ``settings``.
 
         Returns:
             int16 HU CT `Volume`s on the labels' grids, in input order; ``meta["runtime"]`` says which
             backend and precision really ran.
         """
+        settings = _image_settings(settings, options)
         vols = [labels] if isinstance(labels, Volume) else list(labels)
         if not vols:
             raise ValueError("labels must contain at least one Volume")
-        for v in vols:
-            _check_model_grid(v, self.config)
-        return self._generate(vols, seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
-                              annotated=annotated, steps=steps, guidance=guidance, precision=precision,
-                              noise_correlation=noise_correlation, callback=callback, backend=backend)
-
-    def _generate(self, vols: list[Volume], seed: int | Sequence[int], *, phase: str | int | None | Sequence[str | int | None], prompt: str | None,
-                  text_embedding: Tensor | None, annotated: Sequence[str] | None, steps: int | None,
-                  guidance: float | None, precision: str | None, callback: SliceCallback | None,
-                  noise_correlation: float | None = None, backend: str = "auto") -> list[Volume]:
+        if check_grid:
+            for v in vols:
+                _check_model_grid(v, self.config)
         cfg = self.config
-        network = self.network(backend, precision)
+        network = self.network(settings.backend, settings.precision)
         seeds = _seeds(seed, len(vols))
         text = _text_embedding(prompt, text_embedding, len(vols), cfg.text_dim)
         ann = annotated_vector(annotated, cfg.num_classes)
+        phase = settings.phase if phase is None else phase
         if phase is None or isinstance(phase, (str, int)):
             phases = [phase_id(phase)] * len(vols)
         else:
@@ -191,8 +188,8 @@ class ConditionalImageGenerator(nn.Module):
             lab = torch.stack([torch.from_numpy(_checked_ids(vols[i], cfg.num_classes)) for i in idx]).to(self.device)
             gens = [torch.Generator(device=self.device).manual_seed(seeds[i]) for i in idx]
             units = sample_volume(
-                self, lab, flow=cfg.flow, steps=steps or cfg.flow_steps,
-                guidance=cfg.guidance_scale if guidance is None else guidance,
+                self, lab, flow=cfg.flow, steps=settings.image_steps or cfg.flow_steps,
+                guidance=cfg.guidance_scale if settings.image_guidance is None else settings.image_guidance,
                 phase=torch.tensor([phases[i] for i in idx], dtype=torch.long, device=self.device),
                 annotated=ann.expand(len(idx), -1).to(self.device),
                 text=None if text is None else text[idx].to(self.device),
@@ -204,6 +201,16 @@ class ConditionalImageGenerator(nn.Module):
                         "runtime": {"backend": network.backend, "precision": network.precision}}
                 results[i] = Volume(units_to_int16_hu(units[j]), vols[i].affine.copy(), "ct", meta)
         return results  # type: ignore[return-value]
+
+
+def _image_settings(settings: GenerationSettings | None, options: dict[str, object]) -> GenerationSettings:
+    """The settings with keyword options applied; ``steps``/``guidance`` name the *mask* sampler's
+    settings, so passing them to the image stage is a mistake worth stopping (it would be ignored)."""
+    mistaken = sorted({"steps", "guidance"} & set(options))
+    if mistaken:
+        raise TypeError(f"{', '.join(mistaken)} are the mask sampler's settings; the image generator's are "
+                        f"{', '.join('image_' + m for m in mistaken)}")
+    return GenerationSettings.from_options(settings, **options)
 
 
 def _with_defaults(compiled: CompiledNetwork, text_dim: int) -> CompiledNetwork:
@@ -410,10 +417,10 @@ def model_grid(labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop"
 
 @torch.no_grad()
 def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *, spacing: Sequence[float] | None = None,
-                seed: int = 0, phase: str | int | None = None, prompt: str | None = None,
-                text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None,
-                steps: int | None = None, guidance: float | None = None, fov: Literal["crop", "fit"] = "crop",
-                callback: SliceCallback | None = None, precision: str | None = "auto", backend: str = "auto") -> Volume:
+                seed: int = 0, prompt: str | None = None, text_embedding: Tensor | None = None,
+                annotated: Sequence[str] | None = None, settings: GenerationSettings | None = None,
+                fov: Literal["crop", "fit"] = "crop", callback: SliceCallback | None = None,
+                **options: object) -> Volume:
     """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
 
     The labels are resampled onto the model grid (`model_grid`; shape-based interpolation with
@@ -427,13 +434,15 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
             array of ids in RAS+ order together with ``spacing``.
         spacing: voxel size in mm; required for a bare array, and overrides a `Volume`'s voxel
             size (keeping its axis directions and position) when its header is wrong.
-        seed, phase, prompt, text_embedding, annotated, steps, guidance, callback, precision, backend: see
-            `ConditionalImageGenerator.generate`.
+        seed, prompt, text_embedding, annotated, settings, callback: see
+            `ConditionalImageGenerator.generate` (the contrast phase is the settings' ``phase``).
         fov: see `model_grid`.
+        **options: any `GenerationSettings` field (``phase="arterial"``, ``image_steps=4``).
 
     Returns:
         int16 HU CT `Volume` with the input's shape and affine.
     """
+    settings = _image_settings(settings, options)
     if isinstance(labels, np.ndarray):
         if spacing is None:
             raise ValueError("spacing is required when labels is a bare array")
@@ -452,9 +461,8 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
     affine, shape = model_grid(canonical(source), model.config, fov)
     on_grid = upsample_labels(source, affine=affine, shape=shape)
     # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
-    ct = model._generate([on_grid], seed, phase=phase, prompt=prompt, text_embedding=text_embedding,
-                        annotated=annotated, steps=steps, guidance=guidance, precision=precision,
-                        callback=callback, backend=backend)[0]
+    ct = model.generate([on_grid], seed, prompt=prompt, text_embedding=text_embedding, annotated=annotated,
+                        settings=settings, callback=callback, check_grid=False)[0]
     model_ct = Volume(ct.array.astype(np.float32), affine, "ct")
     back = resample_ct(model_ct, labels.affine, labels.shape)
     hu = np.clip(np.rint(back.array), HU_MIN, HU_MAX).astype(np.int16)

@@ -72,5 +72,5 @@ def validate_case(model, entry: dict, seed: int = 0, steps: int | None = None, p
         raise ValueError(f"case {entry.get('case_id')!r} has no real CT to compare with")
     labels = read_nifti(entry["labels_path"], kind="labels")
     real = read_nifti(entry["ct_path"], kind="ct")
-    generated = model.generate(labels, seed, steps=steps, phase=phase, annotated=entry.get("annotated"))[0]
+    generated = model.generate(labels, seed, image_steps=steps, phase=phase, annotated=entry.get("annotated"))[0]
     return compare_mean_hu(generated, real, labels)

@@ -45,6 +45,13 @@ def _disk_full_names(path: Path) -> Iterator[None]:
         raise full from None
 
 
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Refuse to replace an existing output unless ``overwrite`` is set."""
     path = Path(path)
@@ -99,6 +106,8 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file owner-only; every output gets the mode a plain open() would give it.
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         with _disk_full_names(path):
             yield tmp_path
@@ -125,6 +134,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise InputError(path, "is a file; give a folder name")
     _make_parent(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp_path, 0o777 & ~_umask())  # mkdtemp's folder is owner-only; a plain mkdir's is not
     try:
         with _disk_full_names(path):
             yield tmp_path

@@ -65,7 +65,7 @@ class SeriesInfo:
 
 
 @dataclass(frozen=True)
-class _Slice:
+class DicomSlice:
     """Header of one slice file, with the fields the geometry needs as numbers."""
 
     path: Path
@@ -94,7 +94,7 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
         InputError: the folder is missing, is a file, holds no DICOM image, or holds a DICOM image
             file that cannot be read (truncated, corrupt).
     """
-    return _series_infos(_scan_folder(folder))
+    return _series_infos(scan_folder(folder))
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
@@ -121,7 +121,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
             median, e.g. a missing slice); multi-frame files; unreadable files or pixel data.
     """
     folder = Path(folder)
-    groups = _scan_folder(folder)
+    groups = scan_folder(folder)
     if series_uid is None:
         if len(groups) > 1:
             listing = "; ".join(info.summary() for info in _series_infos(groups))
@@ -134,14 +134,14 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         listing = "; ".join(info.summary() for info in _series_infos(groups))
         raise InputError(folder, f"has no DICOM series with SeriesInstanceUID {series_uid}; found: {listing}")
 
-    slices = [_slice_geometry(path, header) for path, header in groups[series_uid]]
+    slices = [slice_geometry(path, header) for path, header in groups[series_uid]]
     if len(slices) < 2:
         raise InputError(
             slices[0].path,
             "is the only slice of its series: a single DICOM slice is not a 3-D volume "
             "(a CT series needs at least 2 slices)",
         )
-    slices, step = _sort_and_check_geometry(folder, slices)
+    slices, step = sort_and_check_geometry(folder, slices)
 
     first = slices[0]
     check_shape(folder, (first.columns, first.rows, len(slices)))  # refuse huge volumes before decoding
@@ -208,7 +208,7 @@ def _is_image_sop_class(header: pydicom.Dataset) -> bool | None:
     return sop.name.endswith("Image Storage")
 
 
-def _scan_folder(folder: str | Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+def scan_folder(folder: str | Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     """Read every file's header; group DICOM images by SeriesInstanceUID.
 
     Raises:
@@ -262,7 +262,7 @@ def _numbers(path: Path, header: pydicom.Dataset, keyword: str, count: int) -> n
     return numbers
 
 
-def _slice_geometry(path: Path, header: pydicom.Dataset) -> _Slice:
+def slice_geometry(path: Path, header: pydicom.Dataset) -> DicomSlice:
     missing = [keyword for keyword in _GEOMETRY_KEYWORDS if header.get(keyword) in (None, "")]
     if missing:
         raise InputError(path, f"lacks {', '.join(missing)}: not a slice of a 3-D volume (or a damaged file)")
@@ -284,7 +284,7 @@ def _slice_geometry(path: Path, header: pydicom.Dataset) -> _Slice:
     spacing = _numbers(path, header, "PixelSpacing", 2)
     if np.any(spacing <= 0):
         raise InputError(path, f"has a non-positive PixelSpacing {spacing.tolist()}")
-    return _Slice(
+    return DicomSlice(
         path=path,
         header=header,
         position=_numbers(path, header, "ImagePositionPatient", 3),
@@ -295,7 +295,7 @@ def _slice_geometry(path: Path, header: pydicom.Dataset) -> _Slice:
     )
 
 
-def _sort_and_check_geometry(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
+def sort_and_check_geometry(folder: Path, slices: list[DicomSlice]) -> tuple[list[DicomSlice], np.ndarray]:
     """Sort slices along the normal; check they form one regular grid.
 
     Returns:
@@ -360,7 +360,7 @@ def _sort_and_check_geometry(folder: Path, slices: list[_Slice]) -> tuple[list[_
     return slices, step
 
 
-def _read_hu(item: _Slice) -> np.ndarray:
+def _read_hu(item: DicomSlice) -> np.ndarray:
     """Decode one slice and apply its rescale: (rows, columns) float32 Hounsfield units."""
     try:
         dataset = pydicom.dcmread(item.path)

@@ -32,7 +32,7 @@ from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir, atomic_file, check_writable
 # The folder scan and slice-geometry checks are the reader's own, so that a series is accepted for a
 # SEG exactly when `read_dicom_series` would accept it.
-from guidegen.io.dicom import LPS_TO_RAS, _scan_folder, _Slice, _slice_geometry, _sort_and_check_geometry
+from guidegen.io.dicom import LPS_TO_RAS, scan_folder, DicomSlice, slice_geometry, sort_and_check_geometry
 from guidegen.io.dicom_seg import GRID_TOLERANCE_VOXELS
 from guidegen.io.volume import HU_MAX, HU_MIN, LabelInfo, Volume
 
@@ -251,17 +251,17 @@ def write_dicom_seg(
         raise InputError(path, "label_classes must hold background (id 0), unique ids, and not the unknown id")
     array = _label_ids(path, labels, by_id, unknown_id)
 
-    groups = _scan_folder(ct_folder)
+    groups = scan_folder(ct_folder)
     if series_uid is None:
         if len(groups) > 1:
             raise InputError(ct_folder, f"holds {len(groups)} DICOM series; choose one with series_uid")
         series_uid = next(iter(groups))
     elif series_uid not in groups:
         raise InputError(ct_folder, f"has no DICOM series with SeriesInstanceUID {series_uid}")
-    slices = [_slice_geometry(file, header) for file, header in groups[series_uid]]
+    slices = [slice_geometry(file, header) for file, header in groups[series_uid]]
     if len(slices) < 2:
         raise InputError(ct_folder, "holds a single slice, not a CT volume")
-    slices, _ = _sort_and_check_geometry(ct_folder, slices)
+    slices, _ = sort_and_check_geometry(ct_folder, slices)
 
     frames = _frames_on_ct(path, array, labels.affine, slices, ct_folder)
     present = sorted(int(i) for i in np.unique(frames) if i not in (0, unknown_id))
@@ -428,7 +428,7 @@ def _label_ids(path: Path, labels: Volume, by_id: Mapping[int, SegmentClass], un
 
 
 def _frames_on_ct(
-    path: Path, array: np.ndarray, affine: np.ndarray, slices: list[_Slice], ct_folder: Path
+    path: Path, array: np.ndarray, affine: np.ndarray, slices: list[DicomSlice], ct_folder: Path
 ) -> np.ndarray:
     """Label frames (slices, rows, columns) matching each CT slice's pixels, without resampling.
 

@@ -44,7 +44,8 @@ GUIDEGEN_KEY = "guidegen"
 GUIDEGEN_FORMAT = 1
 #: Case ids become file names: letters, digits, "_" and "-" only (no dots, no path separators).
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+#: nnU-Net's rule for a dataset name (the part after ``Dataset###_``).
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 #: CT and labels count as one grid when affines agree to this many mm.
 GRID_ATOL_MM = 1e-3
 
@@ -254,7 +255,7 @@ def _check_options(
 ) -> None:
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
         raise InputError(out_dir, f"nnU-Net dataset id must be an integer from 1 to 999, got {dataset_id!r}")
-    if not isinstance(name, str) or not _DATASET_NAME.match(name):
+    if not isinstance(name, str) or not DATASET_NAME.match(name):
         raise InputError(
             out_dir, f"dataset name {name!r} must be 1-100 letters, digits, '_' or '-', starting with a letter or digit"
         )

@@ -5,14 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidegen.labels.vocabulary import NUM_CLASSES
+from guidegen.settings import AORTA_PLACEMENTS, ORGAN_SIZES, TUMOUR_PLACEMENTS
+from guidegen.text.encoder import MAX_TEXT_TOKENS
 
-#: Values of `MaskSamplerConfig.tumour_placement` and of its last sampling step (``final_decode``).
-TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network")
-#: Values of `MaskSamplerConfig.organ_sizes`.
-ORGAN_SIZES: tuple[str, ...] = ("scale", "network")
+#: Values of the sampler's last sampling step (``final_decode``).
 FINAL_DECODES: tuple[str, ...] = ("argmax", "matched")
-#: Values of `MaskSamplerConfig.aorta_placement`.
-AORTA_PLACEMENTS: tuple[str, ...] = ("tube", "network")
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class MaskSamplerConfig:
     num_head_channels: int = 32
     norm_num_groups: int = 8
     text_dim: int = 384
-    max_text_tokens: int = 48
+    max_text_tokens: int = MAX_TEXT_TOKENS
     # The attribute token also enters every residual block through the timestep embedding
     # (FiLM-like), not only the cross-attention of the attention levels: a tumour's site and size
     # must reach the full-resolution layers where a 3-voxel tumour is drawn. Off in old models.

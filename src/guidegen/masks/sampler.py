@@ -21,7 +21,7 @@ from guidegen.errors import InputError
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, ORGANS
 from guidegen.masks.conditioning import attribute_vector
-from guidegen.masks.config import AORTA_PLACEMENTS, FINAL_DECODES, ORGAN_SIZES, TUMOUR_PLACEMENTS, MaskSamplerConfig
+from guidegen.masks.config import FINAL_DECODES, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.placement import apply_stated_organs, draw_aorta_tube, fill_from_nearest, place_stated_tumours
 from guidegen.text.attributes import Attributes
@@ -29,6 +29,7 @@ from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
+from guidegen.settings import GenerationSettings
 
 
 #: Seed-sequence prefix of the tumour placement's random stream ("tumr").
@@ -178,45 +179,47 @@ class VolumetricMaskSampler:
         return self._networks[key]
 
     # -- conditioning ------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[str], attributes: Sequence[Attributes] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text tokens (N, L, D) and attribute vectors (N, A) for prompts (parsed unless given)."""
+    def encode(self, prompts: Sequence[str], attributes: Sequence[Attributes] | None = None,
+               text_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text tokens (N, L, D) and attribute vectors (N, A) for prompts (parsed and encoded unless given)."""
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
-        text = self.text_encoder.encode(list(prompts)).tokens.to(self.device)
+        if text_tokens is None:
+            text_tokens = self.text_encoder.encode(list(prompts)).tokens
+        elif text_tokens.shape[:2] != (len(prompts), self.config.max_text_tokens):
+            raise ValueError(f"text_tokens must be ({len(prompts)}, {self.config.max_text_tokens}, D), got {tuple(text_tokens.shape)}")
+        text = text_tokens.to(self.device)
         attr = torch.from_numpy(np.stack([attribute_vector(a) for a in attributes])).to(self.device)
         return text, attr
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, steps: int | None = None,
-                     guidance: float | None = None, attributes: Sequence[Attributes] | None = None,
-                     clean: bool = True, precision: str | None = "auto", tumour_placement: str | None = None,
-                     final_decode: str | None = None, organ_sizes: str | None = None,
-                     aorta_placement: str | None = None, callback: Callable[[int, int], None] | None = None,
-                     backend: str = "auto") -> list[Volume]:
+    def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, *,
+                     settings: GenerationSettings | None = None, attributes: Sequence[Attributes] | None = None,
+                     text_tokens: torch.Tensor | None = None, clean: bool = True, final_decode: str | None = None,
+                     callback: Callable[[int, int], None] | None = None, **options: object) -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
 
         Args:
             prompts: one prompt or a list; each is sampled ``n`` times.
-            seed: the batch's seed; the same (prompts, n, seed, steps, guidance) give the same maps.
-                A list gives each map its own seed (one per map, prompt-major): map i then depends
-                only on its prompt and seed, not on what else is in the batch.
-            steps: network evaluations (≤ T); default the config's strided ``sample_steps``.
-            guidance: classifier-free guidance scale (1 = conditional only, 0 = unconditional).
+            seed: map ``i`` of the batch (prompt-major) uses ``seed + i``, or give one seed per map.
+                Map i then depends only on its prompt, seed and the settings, not on what else is in
+                the batch: ``sample_masks(p, n=3, seed=s)[i]`` equals ``sample_masks(p, seed=s + i)[0]``.
+            settings: `guidegen.settings.GenerationSettings`; this stage reads ``steps`` (network
+                evaluations, ≤ T; default the config's strided ``sample_steps``), ``guidance``
+                (1 = conditional only, 0 = unconditional), the placement switches
+                ``tumour_placement`` ("insert": stated tumours placed into the sampled anatomy,
+                `guidegen.masks.placement`), ``organ_sizes`` ("scale": stated organ sizes given to the
+                sampled organs) and ``aorta_placement`` ("tube": the aorta redrawn as one tube of
+                normal calibre), each defaulting to the config's, and ``precision`` / ``backend``
+                (`guidegen.runtime`; the config's ``precision`` is the training precision).
             attributes: parsed records to use instead of parsing the prompts.
+            text_tokens: (len(prompts), L, D) prompt tokens from the pipeline's encoder instead of
+                encoding the prompts here.
             clean: keep each organ's main connected component (removes floating islands).
-            tumour_placement: "insert" (stated tumours placed into the sampled anatomy,
-                `guidegen.masks.placement`) or "network"; default the config's.
             final_decode: "argmax" or "matched" (`MaskSamplerConfig.final_decode`); default the config's.
-            organ_sizes: "scale" (stated organ sizes given to the sampled organs,
-                `guidegen.masks.placement.apply_stated_organs`) or "network"; default the config's.
-            aorta_placement: "tube" (the aorta redrawn as one tube of normal calibre along the
-                network's, `guidegen.masks.placement.draw_aorta_tube`) or "network"; default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
-            precision: "auto" (bf16 where the hardware runs it natively, else fp32), "fp32", "bf16"
-                or "fp16" (`guidegen.runtime.resolve_precision`); the config's ``precision`` is the
-                training precision and does not apply here.
-            backend: "auto", "torch", "onnxruntime" or "openvino" (`guidegen.runtime.compile_network`).
+            **options: any `GenerationSettings` field, applied on top of ``settings``.
 
         Returns:
             Label `Volume`s (uint8 GuideGen ids) on the sampler grid, prompt-major order; with
@@ -224,31 +227,36 @@ class VolumetricMaskSampler:
             "tube", ``meta["aorta_placement"]`` what was drawn; ``meta["runtime"]`` the backend and
             precision that really ran.
         """
+        settings = GenerationSettings.from_options(settings, **options)
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts or n < 1:
             raise InputError(None, "need at least one prompt and n ≥ 1")
-        steps = steps or self.config.sample_steps
-        placement = tumour_placement or self.config.tumour_placement
-        if placement not in TUMOUR_PLACEMENTS:
-            raise InputError(None, f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {placement!r}")
-        sizes = organ_sizes or self.config.organ_sizes
-        if sizes not in ORGAN_SIZES:
-            raise InputError(None, f"organ_sizes must be one of {', '.join(ORGAN_SIZES)}, got {sizes!r}")
-        aorta = aorta_placement or self.config.aorta_placement
-        if aorta not in AORTA_PLACEMENTS:
-            raise InputError(None, f"aorta_placement must be one of {', '.join(AORTA_PLACEMENTS)}, got {aorta!r}")
+        steps = settings.steps or self.config.sample_steps
+        if steps > self.config.num_timesteps:
+            raise InputError("--steps", f"must be at most the model's {self.config.num_timesteps} diffusion steps, got {steps}")
+        placement = settings.tumour_placement or self.config.tumour_placement
+        sizes = settings.organ_sizes or self.config.organ_sizes
+        aorta = settings.aorta_placement or self.config.aorta_placement
+        decode = final_decode or self.config.final_decode
+        if decode not in FINAL_DECODES:
+            raise InputError(None, f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {decode!r}")
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
-        scale = self.config.guidance_scale if guidance is None else float(guidance)
-        text, attr = self.encode(prompts, attributes)
+        scale = self.config.guidance_scale if settings.guidance is None else float(settings.guidance)
+        text, attr = self.encode(prompts, attributes, text_tokens)
         text = text.repeat_interleave(n, 0)
         attr = attr.repeat_interleave(n, 0)
         batch = text.shape[0]
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds = [int(seed) + i for i in range(batch)]
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != batch:
+                raise InputError(None, f"seed: need one seed per map ({batch}), got {len(seeds)}")
         cond_ctx = self.model.context(text, attr)
         uncond_ctx = self.model.context(None, torch.from_numpy(np.stack([attribute_vector(None)] * batch)).to(self.device))
-        total = steps
-        network = self.network(backend, precision)
+        network = self.network(settings.backend, settings.precision)
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if scale == 1.0:
@@ -258,18 +266,8 @@ class VolumetricMaskSampler:
             both = network(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond_ctx, uncond_ctx]))
             return guided_logits(both[:batch], both[batch:], scale)
 
-        generator: torch.Generator | list[torch.Generator]
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        else:
-            seeds = [int(s) for s in seed]
-            if len(seeds) != batch:
-                raise InputError(None, f"seed: need one seed per map ({batch}), got {len(seeds)}")
-            generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-        step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, total))
-        decode = final_decode or self.config.final_decode
-        if decode not in FINAL_DECODES:
-            raise InputError(None, f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {decode!r}")
+        generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, steps))
         with torch_threads_for(network):
             labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
                                            callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
@@ -280,14 +278,11 @@ class VolumetricMaskSampler:
             array = labels[i].to("cpu", torch.uint8).numpy()
             if clean:
                 array = keep_main_components(array)
-            item_seed = int(seed) if isinstance(generator, torch.Generator) else seeds[i]
-            volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": item_seed, "index": i,
+            volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": seeds[i], "index": i,
                                                              "runtime": {"backend": network.backend,
                                                                          "precision": network.precision}})
             if placement == "insert" or sizes == "scale" or aorta == "tube":
-                volume = apply_statements(volume, attributes[i // n], item_seed,
-                                          i if isinstance(generator, torch.Generator) else None,
-                                          tumours=placement == "insert", organs=sizes == "scale", aorta=aorta == "tube")
+                volume = apply_statements(volume, attributes[i // n], seeds[i], tumours=placement == "insert",
+                                          organs=sizes == "scale", aorta=aorta == "tube")
             out.append(volume)
         return out
-

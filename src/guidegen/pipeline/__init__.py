@@ -8,18 +8,18 @@
 """
 
 from guidegen.pipeline.folders import (
-    DEFAULT_MODEL,
     generate_ct_to_folder,
     load_labels,
     report_for_label_file,
     run_demo,
     sample_masks_to_folder,
 )
-from guidegen.pipeline.generate import GeneratedCase, GuideGen, check_prompt
+from guidegen.pipeline.generate import GeneratedCase, GuideGen
+from guidegen.settings import GenerationSettings, check_prompt
 
 __all__ = [
-    "DEFAULT_MODEL",
     "GeneratedCase",
+    "GenerationSettings",
     "GuideGen",
     "check_prompt",
     "generate_ct_to_folder",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from guidegen.errors import InputError
 from guidegen.pipeline.folders import runtime_line
-from guidegen.pipeline.dataset import FORMATS, MAX_CASES, CaseRequest, Shard, generate_dataset, read_prompts_file, world_from_env
-from guidegen.pipeline.generate import MAX_IMAGE_STEPS, GeneratedCase, GuideGen, check_prompt, check_seed
+from guidegen.pipeline.dataset import CaseRequest, DatasetRequest, Shard, generate_dataset, world_from_env
+from guidegen.pipeline.generate import GeneratedCase, GuideGen
 
 
 @contextlib.contextmanager
@@ -32,49 +32,33 @@ def _process_group(shard: Shard, device: str) -> Iterator[object | None]:
             dist.destroy_process_group()
 
 
-def run_generate(*, prompt: str | None, prompts_file: Path | None, n: int, seed: int, out: Path, format: str,
-                 steps: int | None, guidance: float | None, image_steps: int | None, image_guidance: float | None,
-                 phase: str | None, batch_size: int, model: Path | None, device: str, threads: int | None,
-                 dataset_id: int, dataset_name: str, overwrite: bool, progress: bool, precision: str = "auto",
-                 backend: str = "auto") -> list[str]:
-    """Run one `guidegen generate` request; returns the summary lines (rank 0) or nothing (other ranks)."""
+def run_generate(request: DatasetRequest, out: Path, *, batch_size: int, model: Path | None, device: str,
+                 threads: int | None, dataset_id: int, dataset_name: str, overwrite: bool,
+                 progress: bool) -> list[str]:
+    """Run one `guidegen generate` request; returns the summary lines (rank 0) or nothing (other ranks).
+
+    The request is checked already (`DatasetRequest`, `guidegen.settings.GenerationSettings`);
+    this loads the model, shards under torchrun and shows progress.
+    """
     from guidegen.training import set_threads
 
-    if format not in FORMATS:
-        raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {format!r}")
-    if steps is not None and steps < 1:
-        raise InputError("--steps", f"must be at least 1, got {steps}")
-    if image_steps is not None and not 1 <= image_steps <= MAX_IMAGE_STEPS:
-        raise InputError("--image-steps", f"must be 1 to {MAX_IMAGE_STEPS}, got {image_steps}")
-    for name, value in (("--guidance", guidance), ("--image-guidance", image_guidance)):
-        if value is not None and not (0.0 <= value <= 50.0):
-            raise InputError(name, f"must be between 0 and 50, got {value}")
-    if not 1 <= dataset_id <= 999:
-        raise InputError("--dataset-id", f"must be 1..999, got {dataset_id}")
-    if format == "nnunet":
-        from guidegen.io.nnunet import _DATASET_NAME
-
-        if not _DATASET_NAME.fullmatch(dataset_name):  # checked now, not after generating every case
-            raise InputError("--dataset-name", f"must be 1-100 letters, digits, '_' or '-', starting with a letter or digit, got {dataset_name!r}")
-    entries = read_prompts_file(prompts_file) if prompts_file is not None else [(check_prompt(prompt), n)]
-    if sum(c for _, c in entries) > MAX_CASES:
-        raise InputError("-n", f"asks for {sum(c for _, c in entries):,} cases; at most {MAX_CASES:,} per request")
-    check_seed(seed, sum(c for _, c in entries))
     shard = world_from_env()
     set_threads(threads)
     gg = GuideGen.from_pretrained(model, device=_rank_device(device, shard))
-    runtime = gg.warm_up(precision, backend)  # networks compiled (on first use: checked) before any case
-    if steps is not None and steps > gg.mask_sampler.config.num_timesteps:
-        raise InputError("--steps", f"must be at most the model's {gg.mask_sampler.config.num_timesteps} diffusion steps, got {steps}")
+    runtime = gg.warm_up(request.settings)  # networks compiled (on first use: checked) before any case
+    steps, limit = request.settings.steps, gg.mask_sampler.config.num_timesteps
+    if steps is not None and steps > limit:
+        raise InputError("--steps", f"must be at most the model's {limit} diffusion steps, got {steps}")
+    entries = request.prompts
+    format = request.format
     total = sum(c for _, c in entries)
     mine = len([i for i in range(total) if i % shard.world_size == shard.rank])
     show = progress and shard.rank == 0
     with _process_group(shard, device) as dist, _progress(show, mine) as bar:
         summary = generate_dataset(
-            gg, entries, out, seed=seed, steps=steps, guidance=guidance, image_steps=image_steps,
-            image_guidance=image_guidance, phase=phase, format=format, batch_size=batch_size, overwrite=overwrite,
-            shard=shard, dataset_id=dataset_id, dataset_name=dataset_name, on_case=bar.on_case, progress=bar.on_stage,
-            barrier=None if dist is None else dist.barrier, precision=precision, backend=backend)
+            gg, request, out, batch_size=batch_size, overwrite=overwrite, shard=shard, dataset_id=dataset_id,
+            dataset_name=dataset_name, on_case=bar.on_case, progress=bar.on_stage,
+            barrier=None if dist is None else dist.barrier)
     if shard.rank != 0:
         return []
     lines = [f"{summary['generated']} case(s) generated, {summary['skipped']} already there, "

@@ -18,8 +18,6 @@ partial case and a rerun generates only what is missing.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -36,15 +34,13 @@ from guidegen.errors import InputError, OutputExistsError
 from guidegen.io.atomic import atomic_dir, write_text
 from guidegen.io.nifti import write_nifti
 from guidegen.labels.vocabulary import CLASSES, ID, NAMES, UNKNOWN, preview_colour
-from guidegen.pipeline.generate import GeneratedCase, GuideGen, check_prompt
+from guidegen.pipeline.generate import GeneratedCase, GuideGen
+from guidegen.settings import FORMATS, DatasetRequest, GenerationSettings, read_prompts_file
 
 __all__ = ["FORMATS", "CaseRequest", "DatasetRequest", "Shard", "generate_dataset", "plan_cases", "read_prompts_file"]
 
-FORMATS = ("nifti", "nnunet", "dicom")
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
-#: Most cases one request may ask for (a typo like ``-n 1000000`` should fail at once).
-MAX_CASES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -61,26 +57,6 @@ class CaseRequest:
 
 
 @dataclass(frozen=True)
-class DatasetRequest:
-    """Everything that decides the cases' contents; stored as ``run.json``."""
-
-    prompts: tuple[tuple[str, int], ...]
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    image_steps: int | None = None
-    image_guidance: float | None = None
-    phase: str | None = None
-    format: str = "nifti"
-
-    def to_dict(self, model_info: dict) -> dict:
-        return {"prompts": [{"prompt": p, "count": c} for p, c in self.prompts], "seed": self.seed,
-                "steps": self.steps, "guidance": self.guidance, "image_steps": self.image_steps,
-                "image_guidance": self.image_guidance, "phase": self.phase, "format": self.format,
-                "model": {k: model_info.get(k) for k in ("model_id", "version")}}
-
-
-@dataclass(frozen=True)
 class Shard:
     """This process's share of the cases: ``index % world_size == rank``."""
 
@@ -90,55 +66,6 @@ class Shard:
     def __post_init__(self) -> None:
         if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
             raise InputError("--shard", f"rank {self.rank} of {self.world_size} is not a valid shard")
-
-
-def read_prompts_file(path: str | Path) -> list[tuple[str, int]]:
-    """Prompts and counts from a text file (one prompt a line; ``#`` comments) or a CSV.
-
-    A CSV (``.csv``) needs a header with a ``prompt`` column and may have a ``count`` (or ``n``)
-    column; without one every prompt is generated once.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(path, "is not UTF-8 text") from None
-    if "\0" in text:
-        raise InputError(path, "is not a text file (it contains NUL bytes)")
-    entries: list[tuple[str, int]] = []
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-        if "prompt" not in fields:
-            raise InputError(path, "CSV needs a header row with a 'prompt' column (and optionally 'count')")
-        reader.fieldnames = fields
-        count_key = "count" if "count" in fields else "n" if "n" in fields else None
-        for line, row in enumerate(reader, start=2):
-            prompt = check_prompt(row.get("prompt") or "", f"{path}: line {line}")
-            count = 1
-            if count_key is not None:
-                value = (row.get(count_key) or "").strip()
-                try:
-                    count = int(value)
-                except ValueError:
-                    raise InputError(path, f"line {line}: count {value!r} is not a whole number") from None
-                if count < 1:
-                    raise InputError(path, f"line {line}: count must be at least 1, got {count}")
-            entries.append((prompt, count))
-    else:
-        for line, content in enumerate(text.splitlines(), start=1):
-            if not content.strip() or content.lstrip().startswith("#"):
-                continue
-            entries.append((check_prompt(content, f"{path}: line {line}"), 1))
-    if not entries:
-        raise InputError(path, "holds no prompts")
-    if sum(c for _, c in entries) > MAX_CASES:
-        raise InputError(path, f"asks for more than {MAX_CASES} cases")
-    return entries
 
 
 def plan_cases(prompts: Sequence[tuple[str, int]], seed: int) -> list[CaseRequest]:
@@ -183,8 +110,8 @@ def _remove_stale_temporaries(out: Path, case: CaseRequest) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: float, image_steps: int,
-               image_guidance: float, files: list[str], image_noise_correlation: float = 0.0) -> dict:
+def _case_json(case: GeneratedCase, model_info: dict, settings: GenerationSettings, sampling: dict,
+               files: list[str]) -> dict:
     present = sorted(int(v) for v in np.unique(case.labels.array) if v != UNKNOWN)
     return {
         "format_version": 1,
@@ -194,8 +121,9 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
         "requested": case.requested.to_dict(),
         "measured": case.measured.to_dict(),
         "phase": case.requested.phase,
-        "sampling": {"mask_steps": steps, "mask_guidance": guidance, "image_steps": image_steps,
-                     "image_guidance": image_guidance, "image_noise_correlation": image_noise_correlation},
+        # The values that ran (the models' defaults filled in), and the settings as requested.
+        "sampling": sampling,
+        "settings": settings.to_dict(),
         # Where the tumours came from ("insert": placed into the sampled anatomy) and whether they
         # hold what the prompt states; absent with tumour_placement="network".
         "tumour_placement": case.labels.meta.get("tumour_placement"),
@@ -218,8 +146,8 @@ def _case_json(case: GeneratedCase, model_info: dict, steps: int, guidance: floa
     }
 
 
-def write_case_folder(case: GeneratedCase, folder: Path, model_info: dict, settings: dict,
-                      dicom: bool = False) -> None:
+def write_case_folder(case: GeneratedCase, folder: Path, model_info: dict, settings: GenerationSettings,
+                      sampling: dict, dicom: bool = False) -> None:
     """Write one case into ``folder`` (a temporary folder the caller renames)."""
     started = time.perf_counter()
     write_nifti(case.ct, folder / "ct.nii.gz")
@@ -242,7 +170,7 @@ def write_case_folder(case: GeneratedCase, folder: Path, model_info: dict, setti
                         colours={c.id: preview_colour(c.id) for c in CLASSES})
         files += ["dicom/CT/", "dicom/seg.dcm"]
     case.timings["write"] = time.perf_counter() - started
-    meta = _case_json(case, model_info, files=files + ["case.json"], **settings)
+    meta = _case_json(case, model_info, settings, sampling, files=files + ["case.json"])
     (folder / "case.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
@@ -282,12 +210,9 @@ def export_nnunet(out: Path, cases: Sequence[CaseRequest], dataset_id: int, name
                                 overwrite=existing.exists())
 
 
-def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: str | Path, *, seed: int = 0,
-                     steps: int | None = None, guidance: float | None = None, image_steps: int | None = None,
-                     image_guidance: float | None = None, phase: str | None = None, format: str = "nifti",
-                     batch_size: int = 4, overwrite: bool = False, shard: Shard | None = None,
-                     dataset_id: int = 500, dataset_name: str = "GuideGen", precision: str = "auto",
-                     backend: str = "auto",
+def generate_dataset(model: GuideGen, request: DatasetRequest, out: str | Path, *, batch_size: int = 4,
+                     overwrite: bool = False, shard: Shard | None = None, dataset_id: int = 500,
+                     dataset_name: str = "GuideGen",
                      on_case: Callable[[CaseRequest, GeneratedCase | None], None] | None = None,
                      progress: Callable[[str, int, int], None] | None = None,
                      barrier: Callable[[], None] | None = None) -> dict:
@@ -295,46 +220,32 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
 
     Args:
         model: the loaded `GuideGen`.
-        prompts: ``(prompt, count)`` pairs.
+        request: prompts and counts, seed, `GenerationSettings` and format (``nifti``: case
+            folders; ``nnunet``: plus an nnU-Net v2 raw dataset; ``dicom``: plus a DICOM CT series
+            and DICOM-SEG in every case folder). Its precision and backend say how the networks
+            run, recorded per case, and are not part of ``run.json`` (a run may be completed on
+            another machine).
         out: output folder (see the module docstring).
-        seed, steps, guidance, image_steps, image_guidance, phase: see `GuideGen.generate`.
-        format: ``nifti`` (case folders), ``nnunet`` (plus an nnU-Net v2 raw dataset) or ``dicom``
-            (plus a DICOM CT series and DICOM-SEG in every case folder).
         batch_size: cases generated together (same prompt or not).
         overwrite: replace an existing ``out`` (otherwise a matching run is resumed).
         shard: this process's share (default: everything).
         dataset_id, dataset_name: nnU-Net dataset id and name.
-        precision, backend: see `GuideGen.generate` (how the networks run, recorded per case;
-            not part of the request, so a run may be completed on another machine).
         on_case: called after each case with the request and the generated case (``None`` when
             skipped because it was already finished).
-        progress: forwarded to `GuideGen.generate`.
+        progress: forwarded to `GuideGen.generate_cases`.
         barrier: called before the final manifest/export (all ranks' cases finished); required
             when ``shard.world_size > 1``.
 
     Returns:
         Summary: requested, generated, skipped, seconds, the manifest path, export path.
     """
-    if format not in FORMATS:
-        raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {format!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("--batch-size", f"must be a positive whole number, got {batch_size!r}")
-    if phase is not None:
-        from guidegen.text.attributes import PHASES
-
-        if phase not in PHASES:
-            raise InputError("--phase", f"must be one of {', '.join(PHASES)}, got {phase!r}")
     shard = shard or Shard()
     if shard.world_size > 1 and barrier is None:
         raise ValueError("a sharded run needs a barrier")
     out = Path(out)
-    if sum(int(c) for _, c in prompts) > MAX_CASES:  # before numbering them one by one
-        raise InputError("-n", f"asks for {sum(int(c) for _, c in prompts):,} cases; at most {MAX_CASES:,} per request")
-    request = DatasetRequest(tuple((p, int(c)) for p, c in prompts), seed, steps, guidance, image_steps,
-                             image_guidance, phase, format)
-    all_cases = plan_cases(request.prompts, seed)
-    if not all_cases:
-        raise InputError("--prompt", "no cases requested")
+    all_cases = plan_cases(request.prompts, request.seed)
     _check_run_folder(out, request.to_dict(model.info), overwrite, shard)
     if barrier is not None:
         barrier()  # rank 0 has created out/ and run.json (or removed the old one with --overwrite)
@@ -348,23 +259,21 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
         for c in mine:
             if c not in todo:
                 on_case(c, None)
-    sampler_cfg, image_cfg = model.mask_sampler.config, model.image_generator.config
-    settings = {"steps": steps or sampler_cfg.sample_steps,
-                "guidance": sampler_cfg.guidance_scale if guidance is None else guidance,
-                "image_steps": image_steps or image_cfg.flow_steps,
-                "image_guidance": image_cfg.guidance_scale if image_guidance is None else image_guidance,
+    sampler_cfg, image_cfg, settings = model.mask_sampler.config, model.image_generator.config, request.settings
+    sampling = {"mask_steps": settings.steps or sampler_cfg.sample_steps,
+                "mask_guidance": sampler_cfg.guidance_scale if settings.guidance is None else settings.guidance,
+                "image_steps": settings.image_steps or image_cfg.flow_steps,
+                "image_guidance": image_cfg.guidance_scale if settings.image_guidance is None else settings.image_guidance,
                 "image_noise_correlation": image_cfg.noise_correlation}
     started = time.perf_counter()
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         generated = model.generate_cases([c.prompt for c in batch], [c.seed for c in batch], [c.index for c in batch],
-                                         steps=steps, guidance=guidance, image_steps=image_steps,
-                                         image_guidance=image_guidance, phase=phase, progress=progress,
-                                         precision=precision, backend=backend)
+                                         settings=settings, progress=progress)
         for req, case in zip(batch, generated):
             _remove_stale_temporaries(out, req)
             with atomic_dir(out / req.folder) as tmp:
-                write_case_folder(case, tmp, model.info, settings, dicom=format == "dicom")
+                write_case_folder(case, tmp, model.info, settings, sampling, dicom=request.format == "dicom")
             if on_case is not None:
                 on_case(req, case)
     seconds = time.perf_counter() - started
@@ -376,7 +285,7 @@ def generate_dataset(model: GuideGen, prompts: Sequence[tuple[str, int]], out: s
         manifest = write_manifest(out, all_cases)
         summary["manifest"] = str(out / MANIFEST)
         summary["complete"] = manifest["complete"]
-        if format == "nnunet" and manifest["complete"]:
+        if request.format == "nnunet" and manifest["complete"]:
             summary["export"] = str(export_nnunet(out, all_cases, dataset_id, dataset_name))
     return summary
 

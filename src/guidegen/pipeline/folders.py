@@ -6,7 +6,6 @@ Every writer here writes into a temporary folder renamed when complete (`guidege
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -14,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from guidegen.errors import InputError
-from guidegen.io.atomic import atomic_dir
+from guidegen.io.atomic import atomic_dir, check_writable
 from guidegen.io.layouts import SIDECAR, read_json_object
 from guidegen.io.nifti import quiet_nibabel, read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.remap import load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import CLASSES, ID, UNKNOWN, preview_colour
-from guidegen.pipeline.generate import MAX_IMAGE_STEPS, check_prompt, check_seed
+from guidegen.paths import default_model_dir
+from guidegen.settings import GenerationSettings, check_prompt, check_seed
 
 
 def _sidecar_vocabulary(path: Path) -> str | None:
@@ -116,12 +116,10 @@ def run_demo(out: str | Path, data: str | Path, overwrite: bool = False, case: s
     ]
 
 
-#: The shipped default model in a source checkout (override with GUIDEGEN_MODEL).
-DEFAULT_MODEL = Path(os.environ.get("GUIDEGEN_MODEL", Path(__file__).resolve().parents[3] / "models" / "default"))
-
-
-def _component(model: str | Path | None, name: str) -> Path:
-    folder = Path(model) if model is not None else DEFAULT_MODEL / name
+def model_component(model: str | Path | None, name: str) -> Path:
+    """The folder of one stage (``mask_sampler`` / ``image_generator``) in a model folder, the
+    stage's own folder, or the shipped default model (``None``)."""
+    folder = Path(model) if model is not None else default_model_dir() / name
     if (folder / name).is_dir():
         folder = folder / name
     if not folder.is_dir():
@@ -129,17 +127,18 @@ def _component(model: str | Path | None, name: str) -> Path:
     return folder
 
 
-def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, steps: int | None = None,
-                           guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
-                           overwrite: bool = False, tumour_placement: str | None = None,
-                           organ_sizes: str | None = None, aorta_placement: str | None = None,
-                           precision: str = "auto", backend: str = "auto") -> tuple[list[str], list[Volume]]:
+def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, *,
+                           settings: GenerationSettings | None = None, model: str | Path | None = None,
+                           device: str = "cpu", overwrite: bool = False) -> tuple[list[str], list[Volume]]:
     """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``.
 
-    ``tumour_placement``: "insert" / "network", ``organ_sizes``: "scale" / "network",
-    ``aorta_placement``: "tube" / "network" (`guidegen.masks.placement`); default the model's.
-    ``precision``, ``backend``: how the network runs (`guidegen.runtime`), recorded in ``prompt.json``.
+    ``settings``: the mask sampler's part of `GenerationSettings` (steps, guidance, the placement
+    switches of `guidegen.masks.placement`, precision, backend); stored in ``prompt.json`` with the
+    values the model filled in. Map ``i`` uses seed ``seed + i``.
     """
+    settings = settings or GenerationSettings()
+    check_writable(out, overwrite)  # before the model loads, not after sampling
+    check_seed(seed, n)
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
     from guidegen.masks.sampler import VolumetricMaskSampler
@@ -148,13 +147,12 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
 
     prompt = check_prompt(prompt)
     attributes = parse_prompt(prompt)
-    sampler = VolumetricMaskSampler.from_pretrained(_component(model, "mask_sampler"), device=device)
+    sampler = VolumetricMaskSampler.from_pretrained(model_component(model, "mask_sampler"), device=device)
     started = time.perf_counter()
-    placement = tumour_placement or sampler.config.tumour_placement
-    sizes = organ_sizes or sampler.config.organ_sizes
-    aorta = aorta_placement or sampler.config.aorta_placement
-    volumes = sampler.sample_masks(prompt, n=n, seed=seed, steps=steps, guidance=guidance, tumour_placement=placement,
-                                   organ_sizes=sizes, aorta_placement=aorta, precision=precision, backend=backend)
+    placement = settings.tumour_placement or sampler.config.tumour_placement
+    sizes = settings.organ_sizes or sampler.config.organ_sizes
+    aorta = settings.aorta_placement or sampler.config.aorta_placement
+    volumes = sampler.sample_masks(prompt, n=n, seed=seed, settings=settings, attributes=[attributes])
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -167,8 +165,8 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
             render_preview(folder / "preview.png", None, vol, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
                            title=prompt[:100], skip_classes=(0, UNKNOWN), focus_classes=(ID["tumour"],))
         (tmp / "prompt.json").write_text(json.dumps({"prompt": prompt, "attributes": attributes.to_dict(), "n": n, "seed": seed,
-                                                     "steps": steps or sampler.config.sample_steps,
-                                                     "guidance": sampler.config.guidance_scale if guidance is None else guidance,
+                                                     "steps": settings.steps or sampler.config.sample_steps,
+                                                     "guidance": sampler.config.guidance_scale if settings.guidance is None else settings.guidance,
                                                      "tumour_placement": placement,
                                                      "placed": [v.meta.get("tumour_placement") for v in volumes],
                                                      "organ_sizes": sizes,
@@ -176,37 +174,33 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
                                                      "aorta_placement": aorta,
                                                      "aorta": [v.meta.get("aorta_placement") for v in volumes],
                                                      "runtime": volumes[0].meta.get("runtime"),
+                                                     "settings": settings.to_dict(),
                                                      "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
     return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}", runtime_line({"masks": volumes[0].meta["runtime"]})], volumes
 
 
-def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0,
-                          phase: str | None = None, prompt: str | None = None, steps: int | None = None,
-                          guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
-                          overwrite: bool = False, precision: str = "auto", backend: str = "auto") -> list[str]:
+def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0, *,
+                          prompt: str | None = None, settings: GenerationSettings | None = None,
+                          model: str | Path | None = None, device: str = "cpu", overwrite: bool = False) -> list[str]:
     """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
 
     The label map keeps its own grid: the CT is generated on the model grid and resampled back, so
-    ``ct.nii.gz`` and ``labels.nii.gz`` share shape and affine exactly.
+    ``ct.nii.gz`` and ``labels.nii.gz`` share shape and affine exactly. ``settings``: the image
+    generator's part of `GenerationSettings` (image steps and guidance, phase, precision, backend).
     """
     from guidegen.images.generator import ConditionalImageGenerator, generate_ct
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
 
-    labels_volume, _annotated = load_labels(labels, vocabulary)
+    settings = settings or GenerationSettings()
+    check_writable(out, overwrite)  # before the label map is read and the model loads
+    check_seed(seed)
     if prompt is not None:
         prompt = check_prompt(prompt)
-    if phase is not None and phase not in ("non_contrast", "arterial", "portal_venous", "delayed"):
-        raise InputError("--phase", f"must be non_contrast, arterial, portal_venous or delayed, got {phase!r}")
-    if steps is not None and not 1 <= steps <= MAX_IMAGE_STEPS:
-        raise InputError("--steps", f"must be 1 to {MAX_IMAGE_STEPS}, got {steps}")
-    if guidance is not None and not 0.0 <= guidance <= 50.0:
-        raise InputError("--guidance", f"must be between 0 and 50, got {guidance}")
-    check_seed(seed)
-    generator = ConditionalImageGenerator.from_pretrained(_component(model, "image_generator"), device=device)
+    labels_volume, _annotated = load_labels(labels, vocabulary)
+    generator = ConditionalImageGenerator.from_pretrained(model_component(model, "image_generator"), device=device)
     started = time.perf_counter()
-    ct = generate_ct(generator, labels_volume, seed=seed, phase=phase, prompt=prompt, steps=steps, guidance=guidance,
-                     precision=precision, backend=backend)
+    ct = generate_ct(generator, labels_volume, seed=seed, prompt=prompt, settings=settings)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -214,8 +208,10 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
         write_nifti(labels_volume, tmp / "labels.nii.gz")
         render_preview(tmp / "preview.png", ct, labels_volume, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
                        title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
-        (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": phase, "prompt": prompt,
-                                                   "steps": steps, "guidance": guidance, "seconds": round(seconds, 2),
+        (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": settings.phase,
+                                                   "prompt": prompt, "steps": settings.image_steps,
+                                                   "guidance": settings.image_guidance, "settings": settings.to_dict(),
+                                                   "seconds": round(seconds, 2),
                                                    "runtime": ct.meta.get("runtime"),
                                                    "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
     return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}", runtime_line({"images": ct.meta["runtime"]})]

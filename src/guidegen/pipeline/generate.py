@@ -33,48 +33,20 @@ from guidegen.io.layouts import read_json_object
 from guidegen.io.volume import Volume
 from guidegen.masks.sampler import VolumetricMaskSampler
 from guidegen.masks.upsample import upsample_labels
+from guidegen.paths import default_model_dir
+from guidegen.settings import GenerationSettings, check_prompt
 from guidegen.text.attributes import Attributes
+from guidegen.text.encoder import TextEncoder
 from guidegen.text.parse import parse_prompt
 from guidegen.text.report import report_from_labels, write_report
 
-__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt", "check_seed"]
+__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt"]
 
 #: File in a model folder naming the model (id, version, recipe, training data).
 MODEL_INFO = "model.json"
 
-#: Longest prompt accepted: the text encoder reads 48–64 tokens, and the parser is linear time, but
-#: a prompt file of megabyte lines is a mistake worth stopping early.
-MAX_PROMPT_CHARS = 2000
-
-#: Most image flow steps per slice accepted (the models use 2–50): a typo like ``10**9`` should fail
-#: at once rather than run for ever.
-MAX_IMAGE_STEPS = 1000
-
-#: Seeds torch's generators accept; case i of a request uses seed + i.
-SEED_RANGE = (-(2**63), 2**64 - 1)
-
 #: ``progress(stage, done, total)`` — stage is "masks" or "images"; done/total count steps or slices.
 ProgressCallback = Callable[[str, int, int], None]
-
-
-def check_prompt(prompt: object, where: str | Path = "--prompt") -> str:
-    """Refuse empty, non-text or overlong prompts; replace control characters and normalise spaces."""
-    if not isinstance(prompt, str):
-        raise InputError(where, f"must be text, got {type(prompt).__name__}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(where, f"is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
-    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in prompt).split())
-    if not cleaned:
-        raise InputError(where, "is empty" if not prompt.strip() else "has no printable characters")
-    return cleaned
-
-
-def check_seed(seed: int, count: int = 1, where: str = "--seed") -> int:
-    """Refuse a seed that torch cannot take for all ``count`` cases (seed, seed + 1, …)."""
-    if not (SEED_RANGE[0] <= seed and seed + count - 1 <= SEED_RANGE[1]):
-        limit = "2**64 - 1" if count == 1 else f"2**64 - {count} (case i uses seed + i)"
-        raise InputError(where, f"must be from -2**63 to {limit}, got {seed}")
-    return seed
 
 
 @dataclass
@@ -114,16 +86,23 @@ class GeneratedCase:
 class GuideGen:
     """The two trained stages with their settings.
 
+    Components (the diffusers pipeline idea): the text encoder belongs to the pipeline, which
+    encodes each prompt once and hands the tokens to the mask sampler and the pooled embedding to
+    the image generator.
+
     Args:
         mask_sampler: the Volumetric Mask Sampler.
         image_generator: the Conditional Image Generator.
         info: model identity (``model_id``, ``version``, …), stored in every case.json.
+        text_encoder: the prompt encoder; default the one configured for the mask sampler (its
+            token limit, ``MaskSamplerConfig.max_text_tokens``, is the one both stages see).
     """
 
     def __init__(self, mask_sampler: VolumetricMaskSampler, image_generator: ConditionalImageGenerator,
-                 info: dict | None = None):
+                 info: dict | None = None, text_encoder: TextEncoder | None = None):
         self.mask_sampler = mask_sampler
         self.image_generator = image_generator
+        self.text_encoder = text_encoder or mask_sampler.text_encoder
         self.info = {"model_id": "custom", "version": __version__, **(info or {})}
 
     @classmethod
@@ -132,9 +111,7 @@ class GuideGen:
 
         ``None`` loads the shipped default model (``models/default``, or ``$GUIDEGEN_MODEL``).
         """
-        from guidegen.pipeline.folders import DEFAULT_MODEL
-
-        root = Path(folder) if folder is not None else DEFAULT_MODEL
+        root = Path(folder) if folder is not None else default_model_dir()
         if not root.is_dir():
             raise InputError(root, "model folder not found (train one with `guidegen train demo`, or pass --model)")
         for part in ("mask_sampler", "image_generator"):
@@ -151,33 +128,27 @@ class GuideGen:
     def device(self) -> torch.device:
         return self.image_generator.device
 
-    def generate(self, prompt: str | Sequence[str], n: int = 1, seed: int = 0, *, steps: int | None = None,
-                 guidance: float | None = None, image_steps: int | None = None, image_guidance: float | None = None,
-                 phase: str | None = None, first_index: int = 0,
-                 progress: ProgressCallback | None = None, precision: str = "auto",
-                 backend: str = "auto") -> list[GeneratedCase]:
+    def generate(self, prompt: str | Sequence[str], n: int = 1, seed: int = 0, *,
+                 settings: GenerationSettings | None = None, first_index: int = 0,
+                 progress: ProgressCallback | None = None, **options: object) -> list[GeneratedCase]:
         """Generate ``n`` cases per prompt, all stages batched.
 
         Args:
             prompt: one prompt, or several (each generated ``n`` times, prompt-major order).
             n: cases per prompt.
-            seed: case ``i`` (counting from ``first_index``) uses ``seed + i``.
-            steps, guidance: mask sampler steps (≤ T; default its strided setting) and
-                classifier-free guidance scale.
-            image_steps, image_guidance: flow steps per slice and guidance of the image generator.
-            phase: contrast phase for every case (``non_contrast``, ``arterial``, ``portal_venous``,
-                ``delayed``), overriding the prompt's; default: the phase the prompt states, else
-                unknown.
+            seed: case ``i`` (counting from ``first_index``) uses ``seed + i`` in both stages.
+            settings: sampling settings (`guidegen.settings.GenerationSettings`: mask and image
+                steps and guidance, contrast phase, placement switches, precision, backend);
+                default the models' own.
             first_index: index of the first case (sharded runs number cases globally).
             progress: see `ProgressCallback`.
-            precision: "auto" (bf16 only where the hardware runs it natively, else fp32), "fp32",
-                "bf16" or "fp16", for both networks (`guidegen.runtime.resolve_precision`).
-            backend: "auto" (the fastest installed backend that passes its self-check against
-                PyTorch), "torch", "onnxruntime" or "openvino" (`guidegen.runtime.compile_network`).
+            **options: any `GenerationSettings` field, applied on top of ``settings``
+                (``gg.generate(p, image_steps=4, precision="fp32")``).
 
         Returns:
             The cases in order.
         """
+        settings = GenerationSettings.from_options(settings, **options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InputError("--prompt", "no prompt given")
@@ -185,20 +156,18 @@ class GuideGen:
             raise InputError("-n", f"must be a positive number of cases, got {n!r}")
         case_prompts = [check_prompt(p) for p in prompts for _ in range(n)]
         indices = [first_index + k for k in range(len(case_prompts))]
-        return self.generate_cases(case_prompts, [int(seed) + i for i in indices], indices, steps=steps,
-                                   guidance=guidance, image_steps=image_steps, image_guidance=image_guidance,
-                                   phase=phase, progress=progress, precision=precision, backend=backend)
+        return self.generate_cases(case_prompts, [int(seed) + i for i in indices], indices, settings=settings,
+                                   progress=progress)
 
     def generate_cases(self, prompts: Sequence[str], seeds: Sequence[int], indices: Sequence[int] | None = None, *,
-                       steps: int | None = None, guidance: float | None = None, image_steps: int | None = None,
-                       image_guidance: float | None = None, phase: str | None = None,
-                       progress: ProgressCallback | None = None, precision: str = "auto",
-                       backend: str = "auto") -> list[GeneratedCase]:
+                       settings: GenerationSettings | None = None, progress: ProgressCallback | None = None,
+                       **options: object) -> list[GeneratedCase]:
         """Generate one case per (prompt, seed) pair, as one batch; see `generate` for the options.
 
-        Each case depends only on its own prompt, seed and the options, never on the rest of the
+        Each case depends only on its own prompt, seed and the settings, never on the rest of the
         batch (every stage draws a case's noise from its own generator).
         """
+        settings = GenerationSettings.from_options(settings, **options)
         case_prompts = [check_prompt(p) for p in prompts]
         seeds = [int(s) for s in seeds]
         indices = list(range(len(case_prompts))) if indices is None else [int(i) for i in indices]
@@ -208,22 +177,18 @@ class GuideGen:
         for p in unique:
             # One prompt at a time fills the encoder's cache, so a prompt's embedding is bit-identical
             # whatever batch it later appears in (batched matrix products may round differently).
-            self.mask_sampler.text_encoder.encode([p])
+            self.text_encoder.encode([p])
         parsed = {p: parse_prompt(p) for p in unique}
-        if phase is not None:
-            from guidegen.text.attributes import PHASES
-
-            if phase not in PHASES:
-                raise InputError("--phase", f"must be one of {', '.join(PHASES)}, got {phase!r}")
-            parsed = {p: dataclasses.replace(a, phase=phase) for p, a in parsed.items()}
+        if settings.phase is not None:
+            parsed = {p: dataclasses.replace(a, phase=settings.phase) for p, a in parsed.items()}
         case_attrs = [parsed[p] for p in case_prompts]
         count = len(case_prompts)
+        text = self.text_encoder.encode(case_prompts)
 
         started = time.perf_counter()
         coarse = self.mask_sampler.sample_masks(
-            case_prompts, n=1, seed=seeds, steps=steps, guidance=guidance, attributes=case_attrs,
-            callback=None if progress is None else (lambda i, total: progress("masks", i, total)),
-            precision=precision, backend=backend)
+            case_prompts, seed=seeds, settings=settings, attributes=case_attrs, text_tokens=text.tokens,
+            callback=None if progress is None else (lambda i, total: progress("masks", i, total)))
         t_masks = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -231,14 +196,13 @@ class GuideGen:
         t_upsample = time.perf_counter() - started
 
         started = time.perf_counter()
-        text = self.mask_sampler.text_encoder.encode(case_prompts).pooled
         image_cb = None
         if progress is not None:
             total_slices = max(v.shape[2] for v in fine)
             image_cb = lambda k, _slices: progress("images", k + 1, total_slices)  # noqa: E731
         cts = self.image_generator.generate(
-            fine, seeds, phase=[a.phase for a in case_attrs], text_embedding=text, steps=image_steps,
-            guidance=image_guidance, callback=image_cb, precision=precision, backend=backend)
+            fine, seeds, phase=[a.phase for a in case_attrs], text_embedding=text.pooled, settings=settings,
+            callback=image_cb)
         t_images = time.perf_counter() - started
 
         cases = []
@@ -262,16 +226,17 @@ class GuideGen:
                 runtime={"masks": coarse[k].meta["runtime"], "images": cts[k].meta["runtime"]}))
         return cases
 
-    def warm_up(self, precision: str = "auto", backend: str = "auto") -> dict[str, dict[str, str]]:
+    def warm_up(self, settings: GenerationSettings | None = None) -> dict[str, dict[str, str]]:
         """Do the start-up work now rather than inside the first case: compile both networks (a
         first use exports, checks and times them; later uses read the cache) and load the bank of
         real tumour shapes that the placement stage draws from (~1.5 s). Returns, per stage, the
         backend and precision that will run."""
         from guidegen.data.augment import default_tumour_shapes
 
+        settings = settings or GenerationSettings()
         default_tumour_shapes()
-        masks = self.mask_sampler.network(backend, precision)
-        images = self.image_generator.network(backend, precision)
+        masks = self.mask_sampler.network(settings.backend, settings.precision)
+        images = self.image_generator.network(settings.backend, settings.precision)
         return {"masks": {"backend": masks.backend, "precision": masks.precision},
                 "images": {"backend": images.backend, "precision": images.precision}}
 

@@ -27,8 +27,9 @@ from guidegen import __version__
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir
 from guidegen.io.layouts import read_json_object
+from guidegen.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = REPO_ROOT  # the recipes and data of a source checkout
 MASK_RECIPE = REPO / "recipes" / "mask_sampler_demo.json"
 IMAGE_RECIPE = REPO / "recipes" / "image_generator_demo.json"
 DATA = REPO / "data" / "real"

@@ -41,13 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from guidegen.errors import InputError
+from guidegen.paths import cache_root
 from guidegen.runtime.precision import autocast, cpu_capabilities, resolve_precision
+from guidegen.settings import BACKENDS
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "CompiledNetwork", "NetworkSpec", "available_backends", "compile_network",
            "RUNTIME_CACHE", "cache_dirs", "default_cache_dir", "torch_threads_for", "weights_digest"]
 
-#: Backends a user may ask for; ``"auto"`` picks the fastest that passes its self-check.
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 #: Environment variable that replaces "auto" with a fixed backend (a site-wide choice; the test
 #: suite uses torch, so that its outputs do not depend on which backend was timed fastest).
 BACKEND_ENV = "GUIDEGEN_BACKEND"
@@ -80,8 +80,7 @@ def cache_dirs(checkpoint: Path | None) -> tuple[Path, ...]:
 def default_cache_dir() -> Path:
     """``$GUIDEGEN_CACHE/runtime``, else ``~/.cache/guidegen/runtime``: used when the model's own folder
     is not writable (an installed model) or the model has no folder (built in memory)."""
-    root = os.environ.get("GUIDEGEN_CACHE") or Path.home() / ".cache" / "guidegen"
-    return Path(root) / "runtime"
+    return cache_root() / "runtime"
 
 
 def weights_digest(module: nn.Module, extra: str = "") -> str:

@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from guidegen.settings import PRECISIONS
+
 __all__ = ["PRECISIONS", "PRECISION_ENV", "autocast", "cpu_capabilities", "native_bf16", "resolve_precision"]
 
-#: Precisions a user may ask for; ``"auto"`` is resolved by `resolve_precision`.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Environment variable that replaces "auto" with a fixed precision.
 PRECISION_ENV = "GUIDEGEN_PRECISION"
 

@@ -20,21 +20,19 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from guidegen.labels.vocabulary import NAMES, ORGANS
+from guidegen.terms import COLON_SEGMENTS, PHASES
 
 Sex = Literal["male", "female"]
-Phase = Literal["non_contrast", "arterial", "portal_venous", "delayed"]
+Phase = Literal["non_contrast", "arterial", "portal_venous", "delayed"]  # = guidegen.terms.PHASES (a test checks)
 OrganState = Literal["enlarged", "normal", "small", "absent"]
 Severity = Literal["mild", "moderate", "marked"]
 FieldOfView = Literal["abdomen", "abdomen_pelvis", "upper_abdomen", "pelvis", "partial"]
 
 SEXES: tuple[str, ...] = get_args(Sex)
-PHASES: tuple[str, ...] = get_args(Phase)
 ORGAN_STATES: tuple[str, ...] = get_args(OrganState)
 SEVERITIES: tuple[str, ...] = get_args(Severity)
 FIELDS_OF_VIEW: tuple[str, ...] = get_args(FieldOfView)
 
-#: Colon segments, oral to aboral. Flexures are folded into the neighbouring segment by the parser.
-COLON_SEGMENTS: tuple[str, ...] = ("caecum", "ascending", "transverse", "descending", "sigmoid", "rectum")
 #: Liver lobes (Cantlie's line divides right from left).
 LIVER_SEGMENTS: tuple[str, ...] = ("right lobe", "left lobe")
 #: Segments allowed per host organ; other hosts take no segment.

@@ -42,6 +42,12 @@ from guidegen.io.atomic import atomic_file
 
 __all__ = ["TextEmbedding", "TextEncoder", "TextEncoderConfig", "bundled_model_path"]
 
+#: Tokens per prompt (``L``) wherever GuideGen encodes a prompt: the mask sampler's cross-attention
+#: was trained on this many (`guidegen.masks.config.MaskSamplerConfig.max_text_tokens`), and the
+#: image generator's pooled embedding is taken over the same tokens. The prompts GuideGen parses
+#: are well under it; a longer one is truncated.
+MAX_TEXT_TOKENS = 48
+
 #: Bumped when the cached tensors change meaning, so old cache files are recomputed.
 _CACHE_FORMAT = "1"
 
@@ -61,7 +67,7 @@ class TextEncoderConfig:
     """
 
     model_path: str | Path | None = None
-    max_length: int = 64
+    max_length: int = MAX_TEXT_TOKENS
     cache_dir: str | Path | None = None
     memory_cache_size: int = 1024
     device: str = "cpu"
@@ -112,7 +118,7 @@ class TextEncoder:
     first `encode` that misses both caches. Safe to share between threads.
 
     Args:
-        config: the settings; ``None`` means all defaults (bundled model, 64 tokens, no disk cache).
+        config: the settings; ``None`` means all defaults (bundled model, `MAX_TEXT_TOKENS` tokens, no disk cache).
 
     Raises:
         InputError: the model directory does not exist or is not a Hugging Face model directory.
