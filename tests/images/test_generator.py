@@ -10,10 +10,10 @@ from torch import nn
 from guidegen.data.prepare import load_prepared
 from guidegen.diffusion.flow import FlowConfig
 from guidegen.errors import InputError
+from guidegen.grids.upsample import upsample_labels
 from guidegen.images.generator import ConditionalImageGenerator, generate_ct, model_grid, sample_volume
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
-from guidegen.masks.upsample import upsample_labels
 from tests.images.conftest import tiny_config
 
 K = 18

@@ -8,7 +8,7 @@ import pytest
 from guidegen.errors import InputError
 from guidegen.io.volume import Volume, canonical
 from guidegen.labels.vocabulary import ID, UNKNOWN
-from guidegen.text.measure import REFERENCE_RANGES, grade_volume, longest_diameter_mm, measure_labels
+from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
 
 
 def volume(array: np.ndarray, spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> Volume:
@@ -116,24 +116,6 @@ def test_foreign_ids_and_bad_names_are_input_errors() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Tumours
-
-
-def test_sphere_diameter() -> None:
-    spacing = (1.0, 1.0, 1.0)
-    mask = ball((40, 40, 40), (20.0, 20.0, 20.0), 10.0, spacing)
-    assert longest_diameter_mm(np.argwhere(mask), np.diag([*spacing, 1.0])) == pytest.approx(20.0, abs=0.5)
-
-
-def test_box_diameter_with_anisotropic_voxels() -> None:
-    # 10 × 20 × 5 voxels of 0.5 × 0.5 × 3 mm: corner voxel centres 4.5 × 9.5 × 12 mm apart.
-    points = np.argwhere(np.ones((10, 20, 5), bool))
-    expected = float(np.sqrt(4.5**2 + 9.5**2 + 12.0**2))
-    assert longest_diameter_mm(points, np.diag([0.5, 0.5, 3.0, 1.0])) == pytest.approx(expected)
-    # Rotated / sheared grids: world coordinates, not indices.
-    affine = np.array([[0.0, 2.0, 0.0, 5.0], [-2.0, 0.0, 0.0, 1.0], [0.0, 0.0, 3.0, 0.0], [0, 0, 0, 1]])
-    assert longest_diameter_mm(np.array([[0, 0, 0], [3, 4, 0]]), affine) == pytest.approx(10.0)
-    assert longest_diameter_mm(np.array([[3, 3, 3]]), np.diag([0.5, 0.5, 3.0, 1.0])) == pytest.approx(3.0)
-    assert longest_diameter_mm(np.zeros((0, 3)), np.eye(4)) == 0.0
 
 
 def test_tumours_host_count_and_size() -> None:

@@ -20,7 +20,7 @@ orientation. `UNKNOWN` (255, "class not known here") is treated as a region of i
 with a deformation like any class, is never overwritten by organ growth or tumours, and points
 sampled outside the array take the value of the nearest edge voxel.
 
-Resampling of labels is shape-based (Raya & Udupa 1990), as in `guidegen.data.resample`: every
+Resampling of labels is shape-based (Raya & Udupa 1990), as in `guidegen.grids.resample`: every
 class's signed distance map (mm) is interpolated at the deformed positions and each voxel takes
 the class it lies deepest inside. Boundaries follow the interpolated zero level sets, so they stay
 smooth (no nearest-neighbour staircases), and every voxel gets exactly one class (no gaps at
@@ -43,9 +43,9 @@ from scipy import ndimage
 from scipy.interpolate import make_interp_spline
 from scipy.spatial.transform import Rotation
 
-from guidegen.data.resample import resample_labels, signed_distance
-from guidegen.data.geometry import longest_diameter_mm
 from guidegen.errors import InputError
+from guidegen.grids.geometry import longest_diameter_mm
+from guidegen.grids.resample import resample_labels, signed_distance
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, TUMOUR_HOSTS, UNKNOWN
 

@@ -37,7 +37,7 @@ from guidegen.io.validate import check_same_grid
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.data.body import body_outline
 from guidegen.data.phase import PhaseEstimate, estimate_phase
-from guidegen.data.resample import grid_affine, resample_ct, resample_labels
+from guidegen.grids.resample import grid_affine, resample_ct, resample_labels
 from guidegen.labels.remap import combine_structure_masks, load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 

@@ -28,16 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from guidegen.checkpoint import load_checkpoint, save_checkpoint
-from guidegen.data.resample import grid_affine, resample_ct
 from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
 from guidegen.errors import InputError
+from guidegen.grids.resample import grid_affine, resample_ct
+from guidegen.grids.upsample import upsample_labels
 from guidegen.images.config import PHASES, ImageGeneratorConfig
 from guidegen.settings import GenerationSettings
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
-from guidegen.masks.upsample import upsample_labels
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.runtime.precision import autocast, resolve_precision
@@ -424,7 +424,7 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
     """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
 
     The labels are resampled onto the model grid (`model_grid`; shape-based interpolation with
-    `guidegen.masks.upsample.upsample_labels`, so coarse maps are not staircased), the CT is generated
+    `guidegen.grids.upsample.upsample_labels`, so coarse maps are not staircased), the CT is generated
     there and resampled back (linear, anti-aliased when the input grid is coarser) onto the input
     grid; anything outside the model's field of view is air (−1024 HU).
 

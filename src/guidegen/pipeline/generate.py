@@ -28,11 +28,11 @@ import torch
 
 from guidegen import __version__
 from guidegen.errors import InputError
+from guidegen.grids.upsample import upsample_labels
 from guidegen.images.generator import ConditionalImageGenerator, model_grid
 from guidegen.io.layouts import read_json_object
 from guidegen.io.volume import Volume
 from guidegen.masks.sampler import VolumetricMaskSampler
-from guidegen.masks.upsample import upsample_labels
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt
 from guidegen.text.attributes import Attributes

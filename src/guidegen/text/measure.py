@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from guidegen.data.geometry import longest_diameter_mm
 from guidegen.errors import InputError
+from guidegen.grids.geometry import longest_diameter_mm
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
 from guidegen.text.attributes import Attributes, FieldOfView, OrganFinding, Severity, Tumour

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+__all__ = ["longest_diameter_mm"]
+
 
 def longest_diameter_mm(points: np.ndarray, affine: np.ndarray) -> float:
     """Longest diameter of a set of voxels in world millimetres.

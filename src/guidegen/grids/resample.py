@@ -16,6 +16,8 @@ from scipy import ndimage
 from guidegen.io.volume import HU_MIN, Volume
 from guidegen.labels.vocabulary import UNKNOWN
 
+__all__ = ["field_of_view", "grid_affine", "resample_ct", "resample_labels", "signed_distance"]
+
 _FAR = 1e6  # "very far outside" in mm
 
 

@@ -2,7 +2,7 @@
 
 The mask sampler works on a coarse grid (e.g. 6 mm); the CT generator needs the image grid (3 mm).
 Nearest-neighbour upsampling gives 2×2×2 blocks — staircase surfaces the CT generator would copy.
-We use the shape-based interpolation of `guidegen.data.resample.resample_labels` (Raya & Udupa 1990:
+We use the shape-based interpolation of `guidegen.grids.resample.resample_labels` (Raya & Udupa 1990:
 each class's signed distance map is interpolated linearly, every voxel takes the class it lies
 deepest inside), which gives smooth, piecewise-planar surfaces.
 
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from guidegen.data.resample import field_of_view, resample_labels
+from guidegen.grids.resample import field_of_view, resample_labels
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import UNKNOWN
 

@@ -1,4 +1,4 @@
-"""Upsampling sampled label maps to the image grid (guidegen.masks.upsample) on real masks."""
+"""Upsampling sampled label maps to the image grid (guidegen.grids.upsample) on real masks."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from guidegen.data.prepare import load_prepared, prepare
+from guidegen.grids.upsample import component_counts, upsample_grid, upsample_labels
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, UNKNOWN
-from guidegen.masks.upsample import component_counts, upsample_grid, upsample_labels
 
 LARGE_ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "urinary_bladder", "colon", "body")
 
