@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from guidegen.data.augment import SOFT_CLASSES
+from guidegen.data.ops import SOFT_CLASSES
 from guidegen.labels.vocabulary import ID
 
 from tests.pipeline.conftest import make_tiny_model

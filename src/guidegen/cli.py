@@ -253,9 +253,10 @@ def train_demo_command(
 
 @train_app.command("images")
 def train_images(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/image_generator_demo.json).")],
     prepared: Annotated[Path, typer.Option("--prepared", "-p", help="Output folder of `guidegen prepare`.")],
-    run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/image_generator"),
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe JSON (see recipes/image_generator_demo.json); "
+                                                   "default: ImageGeneratorConfig's defaults.")] = None,
+    run: Annotated[Path, typer.Option("--run", "--run-dir", "-r", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/image_generator"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this step (resumable).")] = None,
     threads: ThreadsOption = None,
@@ -271,7 +272,7 @@ def train_images(
     from guidegen.training import set_threads
 
     set_threads(threads)
-    cfg = load_config(ImageGeneratorConfig, config)
+    cfg = load_config(ImageGeneratorConfig, config) if config is not None else ImageGeneratorConfig()
     out = train_image_generator(cfg, prepared, run, resume=resume, progress=not quiet, max_steps=max_steps, device=_device(device))
     typer.echo(f"run folder: {out}")
 

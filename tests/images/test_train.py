@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 from guidegen.config import load_config, save_config
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator
-from guidegen.images.train import SliceDataset, flow_matching_loss, infer_phase, main, train_image_generator
+from guidegen.images.dataset import SliceDataset, infer_phase
+from guidegen.images.train import flow_matching_loss, train_image_generator
 from guidegen.labels.vocabulary import ID
 from guidegen.training import checkpoint_dirs, step_generators
 from tests.images.conftest import tiny_config
+from tests.test_cli import run
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -84,13 +86,13 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
     assert changed > 8  # about half of ~16 classes per item
     # An item without a body class (none is prepared so, but a dataset could be) shows hidden pixels as background.
     import dataclasses
-    from guidegen.images.train import _hide_classes
+    from guidegen.images.dataset import hide_classes
     nobody = dataclasses.replace(plain, ctx=plain.ctx.clone(), annotated=plain.annotated.clone())
     nobody.annotated[:, ID["body"]] = 0
     organ = max((c for c in range(1, ID["tumour"])), key=lambda c: int((plain.ctx == c).sum()))  # the largest organ shown
     hide = np.zeros(tuple(plain.annotated.shape), dtype=bool)
     hide[:, organ] = True
-    _hide_classes(nobody, hide)
+    hide_classes(nobody, hide)
     where = plain.ctx == organ
     assert bool(where.any()) and torch.all(nobody.ctx[where] == 0) and torch.all(nobody.annotated[:, organ] == 0)
     assert torch.equal(nobody.ctx[~where], plain.ctx[~where])
@@ -103,7 +105,7 @@ def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prep
     from guidegen.data.phase import TYPICAL_HU
     from guidegen.images.hu import unit_to_hu
     from guidegen.images.model import phase_id
-    from guidegen.images.train import REMAP_PHASES, phase_shift_map
+    from guidegen.images.dataset import REMAP_PHASES, phase_shift_map
 
     base = dict(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0)
     data = SliceDataset(tiny_prepared, tiny_config(**base))
@@ -152,7 +154,7 @@ def test_partial_volume_remap_renders_a_thin_vessel_as_if_scanned_in_the_phase()
     its edge and the fat ring around it on what a non-contrast scan of the same vessel reads, and
     the bone beside it and the fat beyond stay as they were. The blurred map leaves it bright inside."""
     from guidegen.data.phase import TYPICAL_HU
-    from guidegen.images.train import partial_volume_shift_map, phase_shift_map
+    from guidegen.images.dataset import partial_volume_shift_map, phase_shift_map
 
     arterial, labels = _render_aorta_slice(380.0)
     target = TYPICAL_HU["non_contrast"]["aorta"]
@@ -358,11 +360,14 @@ def test_config_json_round_trip_and_recipes(tmp_path):
 def test_command_line(tiny_prepared, tmp_path, capsys):
     recipe = tmp_path / "r.json"
     save_config(tiny_config(steps=2, checkpoint_every=2), recipe)
-    assert main(["--config", str(recipe), "--prepared", str(tiny_prepared), "--run", str(tmp_path / "run"),
-                 "--quiet", "--threads", "1"]) == 0
-    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
-    assert main(["--prepared", str(tmp_path / "missing"), "--run", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "no manifest" in capsys.readouterr().out
+    code, out, err = run(["train", "images", "--config", str(recipe), "--prepared", str(tiny_prepared),
+                          "--run", str(tmp_path / "run"), "--quiet", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists() and str(tmp_path / "run" / "model") in out
+    # Without --config the default settings are used; a missing prepared folder is refused in one line.
+    code, _, err = run(["train", "images", "--prepared", str(tmp_path / "missing"), "-r", str(tmp_path / "x"), "-q"], capsys)
+    assert code == 2 and "no manifest" in err
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_structure_level_loss_by_hand():
@@ -440,7 +445,7 @@ def test_slice_position_sets_the_z_channel_the_network_trains_on(tiny_prepared, 
 def test_linear_label_interpolation_puts_label_edges_on_the_moved_ct_edges(interpolation):
     """With "linear", a moved label boundary is exactly where the bilinearly moved CT crosses halfway;
     nearest labels miss it on some pixels (the misalignment the option removes)."""
-    from guidegen.images.train import SliceBatch, _augment
+    from guidegen.images.dataset import SliceBatch, augment_slices
     from guidegen.labels.vocabulary import UNKNOWN
 
     h = w = 32
@@ -457,7 +462,7 @@ def test_linear_label_interpolation_puts_label_edges_on_the_moved_ct_edges(inter
         annotated=torch.ones(b, 18), text=torch.zeros(b, 4), uncond=torch.zeros(b, dtype=torch.bool))
     angle, zoom = np.deg2rad([7.0, -5.0, 13.0, 2.0]), np.array([1.05, 0.93, 1.0, 1.08])
     shift = np.array([[1.4, -2.2], [0.7, 3.1], [-1.9, 0.4], [12.0, 9.0]])  # mm; the last pushes the map out of view
-    _augment(batch, np.ones(b, bool), angle, zoom, shift, (1.0, 1.0), interpolation)
+    augment_slices(batch, np.ones(b, bool), angle, zoom, shift, (1.0, 1.0), interpolation)
     moved_ct, moved = batch.target[:, 0].numpy(), batch.ctx[:, 0].numpy()
     assert set(np.unique(moved)) <= {0, ID["liver"], ID["spleen"], UNKNOWN}
     assert (moved[3] == UNKNOWN).any()  # out-of-view pixels are unknown, not background

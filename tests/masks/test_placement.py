@@ -10,7 +10,7 @@ from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
-from guidegen.data.augment import SOFT_CLASSES, OrganScaling, ScalingParams
+from guidegen.data.ops import SOFT_CLASSES, OrganScaling, ScalingParams
 from guidegen.masks.placement import (AORTA_BELOW_KIDNEYS_MM, AORTA_DIAMETER_MM, HOST_TUMOUR_RATIO, _wrap_in_host,
                                       apply_stated_organs, draw_aorta_tube, place_stated_tumours, remove_tumours,
                                       stated_volume_band)

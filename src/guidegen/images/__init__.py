@@ -1,8 +1,9 @@
 """Stage 2 of GuideGen: CT generation from a label map, slice by slice along z.
 
 Modules: `hu` (HU ↔ model units), `config` (`ImageGeneratorConfig`), `model` (the MONAI UNet and
-its inputs), `generator` (`ConditionalImageGenerator`, `sample_volume`, `generate_ct`), `train`
-(`train_image_generator`), `validate` (per-organ mean HU checks).
+its inputs), `generator` (`ConditionalImageGenerator`, `sample_volume`, `generate_ct`), `dataset`
+(`SliceDataset`: training batches), `train` (`train_image_generator`), `validate` (per-organ mean
+HU checks).
 
 The main names are importable from here; they load lazily so that ``import guidegen.images.hu``
 does not pull in MONAI.

@@ -194,7 +194,7 @@ class ImageGeneratorConfig:
     # one-pixel ring of unlabelled tissue outside it, moves by the fraction of the structure the
     # pixel holds, read off the CT between the structure's level and the surrounding fat's (outside
     # an unenhanced structure, whose level soft tissue shares, at most the blurred label's share;
-    # `guidegen.images.train.partial_volume_shift_map`). Measured: the training scan's non-contrast
+    # `guidegen.images.dataset.partial_volume_shift_map`). Measured: the training scan's non-contrast
     # aorta came down from 60 to 50-51 HU, but maps not used in training did no better (runs M, M2
     # in docs/results/image_generator_noncontrast.txt), so the shipped recipe keeps "blur".
     phase_remap_edge: str = "blur"

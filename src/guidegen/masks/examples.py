@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from guidegen.data.augment import AugmentConfig, ElasticDeformation, OrganScaling, RigidJitter, TumourInsertion, augment_case
+from guidegen.data.augment import AugmentConfig, augment_case
+from guidegen.data.ops import ElasticDeformation, OrganScaling, RigidJitter, TumourInsertion
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, NUM_CLASSES, TUMOUR_HOSTS
 from guidegen.masks.config import MaskSamplerConfig

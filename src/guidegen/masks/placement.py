@@ -9,7 +9,7 @@ same for "healthy abdomen"), so argmax and ancestral sampling both draw none: 0 
 prompts held (docs/results/mask_suite_32.txt). Loss weighting made it draw litres of tumour
 everywhere (docs/results/mask_sampler_tumour_weight.txt). Until a network learns them, the
 tumours a prompt states are put in by the procedure that made the training data: a real tumour
-shape (`guidegen.data.augment.TumourInsertion`), resized to the stated diameter, at a random site
+shape (`guidegen.data.ops.TumourInsertion`), resized to the stated diameter, at a random site
 of the stated host organ, colon segment or liver lobe *of the sampled anatomy*. The result is
 measured with the report generator's own measurements and checked with the adherence check's own
 definition (`guidegen.text.agreement`); a draw that does not hold (a tumour clipped by a
@@ -60,8 +60,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from guidegen.data.augment import (DIAMETER_RANGES_MM, OrganScaling, ScalingParams, TumourInsertion, TumourShape,
-                                   soft_ids)
+from guidegen.data.ops import DIAMETER_RANGES_MM, OrganScaling, ScalingParams, TumourInsertion, TumourShape, soft_ids
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
 from guidegen.text.agreement import DIAMETER_TOLERANCE, finding_volume, organ_agreement, tumour_agreement

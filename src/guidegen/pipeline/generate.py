@@ -231,7 +231,7 @@ class GuideGen:
         first use exports, checks and times them; later uses read the cache) and load the bank of
         real tumour shapes that the placement stage draws from (~1.5 s). Returns, per stage, the
         backend and precision that will run."""
-        from guidegen.data.augment import default_tumour_shapes
+        from guidegen.data.ops import default_tumour_shapes
 
         settings = settings or GenerationSettings()
         default_tumour_shapes()
