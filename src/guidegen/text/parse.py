@@ -6,7 +6,7 @@ learned model. It reads everything GuideGen's report writer (`guidegen.text.repo
 ``parse_prompt(write_report(a))`` recovers the stated fields of ``a``, and the usual ways people
 phrase the same things in a prompt. The terms it knows are in `guidegen.text.parse_lexicon`;
 cutting a sentence into spans and finding the terms in each is `guidegen.text.parse_spans`; this
-module relates them (steps 2-5 below).
+module normalises the text and relates what the spans hold (the steps below).
 
 How it reads a prompt:
 
