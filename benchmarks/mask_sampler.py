@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from guidegen.config import load_config
+from guidegen.diffusion.categorical_loss import categorical_loss
 from guidegen.masks.conditioning import attribute_dim
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
@@ -66,7 +67,7 @@ def main() -> None:
             x_t = diffusion.q_sample(x0, t)
             with autocast("cpu", precision):
                 logits = model(F.one_hot(x_t, k).permute(0, 4, 1, 2, 3).float(), t, model.context(text, attr))
-            loss = diffusion.loss(logits.float(), x0, x_t, t).total
+            loss = categorical_loss(diffusion, logits.float(), x0, x_t, t).total
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -52,7 +52,8 @@ def main() -> None:
 
     import numpy as np
 
-    from guidegen.evaluation.masks import check_masks, volume_statistics
+    from guidegen.evaluation.mask_volumes import volume_statistics
+    from guidegen.evaluation.masks import check_masks
     from guidegen.evaluation.prompt_suite import PROMPT_SUITE
     from guidegen.io.volume import Volume
     from guidegen.masks.sampler import VolumetricMaskSampler, apply_statements, sampler_grid

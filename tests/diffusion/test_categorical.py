@@ -12,9 +12,13 @@ from guidegen.diffusion.categorical import (
     CategoricalDiffusionConfig,
     sample_categorical,
 )
+from guidegen.diffusion.categorical_loss import categorical_loss
+from guidegen.diffusion.categorical_sampling import ancestral_sample, count_matched_argmax
 from guidegen.diffusion.guidance import guided_logits
 
 K3 = 3
+#: The unknown label of the tests that have unknown voxels (GuideGen's is 255 as well).
+UNKNOWN_LABEL = 255
 
 
 def make(k: int = K3, T: int = 10, **kw) -> CategoricalDiffusion:
@@ -99,7 +103,39 @@ def test_q_probs_hand_computed():
     torch.testing.assert_close(got[0, :, 1].double(), qbar[2], rtol=0, atol=1e-6)
     # t = 0 is the data itself; unknown voxels are uniform.
     torch.testing.assert_close(diff.q_probs(x0, 0), torch.tensor([[[1.0, 0], [0, 0], [0, 1.0]]]))
-    torch.testing.assert_close(diff.q_probs(torch.tensor([[255]]), 3), torch.full((1, 3, 1), 1 / 3))
+    with_unknown = make(T=10, ignore_index=UNKNOWN_LABEL)
+    torch.testing.assert_close(with_unknown.q_probs(torch.tensor([[UNKNOWN_LABEL]]), 3), torch.full((1, 3, 1), 1 / 3))
+
+
+def test_unknown_label_is_the_callers():
+    """No unknown label by default; whichever label the caller names is the unknown one."""
+    plain = make(k=4)
+    assert plain.config.ignore_index is None
+    with pytest.raises(ValueError, match="label 255, outside \\[0, 4\\) and not no unknown label is set"):
+        plain.q_probs(torch.tensor([[0, UNKNOWN_LABEL]]), 1)
+    with pytest.raises(ValueError, match="label -1"):
+        plain.q_probs(torch.tensor([[0, -1]]), 1)
+    for bad in (True, 2.5, "255"):
+        with pytest.raises(ValueError, match="ignore_index must be an integer or None"):
+            CategoricalDiffusionConfig(num_classes=4, ignore_index=bad)  # type: ignore[arg-type]
+    # The same case with its unknown voxels marked -1 or 255: the same noising and the same loss.
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, 4, (2, 3, 3, 3), generator=g)
+    unknown = torch.rand(x0.shape, generator=g) < 0.3
+    assert unknown.any() and not unknown.all()
+    logits = torch.randn(2, 4, 3, 3, 3, generator=g)
+    t = torch.tensor([1, 6])
+    results = []
+    for label in (-1, UNKNOWN_LABEL):
+        diff = make(k=4, ignore_index=label)
+        marked = torch.where(unknown, torch.full_like(x0, label), x0)
+        x_t = diff.q_sample(marked, t, torch.Generator().manual_seed(9))
+        results.append((x_t, categorical_loss(diff, logits, marked, x_t, t)))
+        assert torch.all(diff.q_probs(marked, 0).movedim(1, -1)[unknown] == 0.25)  # unknown: uniform
+    (xt_a, loss_a), (xt_b, loss_b) = results
+    assert torch.equal(xt_a, xt_b)
+    assert loss_a.num_voxels == loss_b.num_voxels == int((~unknown).sum())
+    torch.testing.assert_close(loss_a.total, loss_b.total, rtol=0, atol=0)
 
 
 def test_q_sample_frequencies_and_determinism():
@@ -186,7 +222,7 @@ def test_strided_posterior():
 
 
 def _case(seed: int = 0, k: int = 4, shape=(2, 3, 3, 3), T: int = 10):
-    diff = make(k=k, T=T, ce_weight=0.0)
+    diff = make(k=k, T=T, ce_weight=0.0, ignore_index=UNKNOWN_LABEL)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randint(0, k, shape, generator=g)
     t = torch.tensor([2, 7])
@@ -197,13 +233,13 @@ def _case(seed: int = 0, k: int = 4, shape=(2, 3, 3, 3), T: int = 10):
 def test_kl_zero_when_prediction_is_truth():
     diff, x0, x_t, t, _ = _case()
     perfect = 40.0 * torch.nn.functional.one_hot(x0, 4).movedim(-1, 1).float()
-    loss = diff.loss(perfect, x0, x_t, t)
+    loss = categorical_loss(diff, perfect, x0, x_t, t)
     assert float(loss.kl) < 1e-6 and float(loss.ce) < 1e-6
     wrong = 40.0 * torch.nn.functional.one_hot((x0 + 1) % 4, 4).movedim(-1, 1).float()
-    assert float(diff.loss(wrong, x0, x_t, t).kl) > 0.1
+    assert float(categorical_loss(diff, wrong, x0, x_t, t).kl) > 0.1
     # t = 1 contributes the decoder cross-entropy −log p̂(x_0).
     logits = torch.randn(2, 4, 3, 3, 3, generator=torch.Generator().manual_seed(5))
-    dec = diff.loss(logits, x0, x_t, 1)
+    dec = categorical_loss(diff, logits, x0, x_t, 1)
     ce = torch.nn.functional.cross_entropy(logits, x0)
     torch.testing.assert_close(dec.kl, ce)
     torch.testing.assert_close(dec.ce, ce)
@@ -212,54 +248,54 @@ def test_kl_zero_when_prediction_is_truth():
 def test_loss_ignores_unknown_voxels():
     diff, x0, x_t, t, g = _case()
     x0 = x0.clone()
-    x0[0, 1, 1, 1] = 255
-    x0[1, 0, 2, 0] = 255
+    x0[0, 1, 1, 1] = UNKNOWN_LABEL
+    x0[1, 0, 2, 0] = UNKNOWN_LABEL
     logits = torch.randn(2, 4, 3, 3, 3, generator=g, requires_grad=True)
-    diff = make(k=4, T=10, ce_weight=0.5)
-    loss = diff.loss(logits, x0, x_t, t)
+    diff = make(k=4, T=10, ce_weight=0.5, ignore_index=UNKNOWN_LABEL)
+    loss = categorical_loss(diff, logits, x0, x_t, t)
     loss.total.backward()
     assert loss.num_voxels == 2 * 27 - 2
     assert torch.all(logits.grad[0, :, 1, 1, 1] == 0) and torch.all(logits.grad[1, :, 0, 2, 0] == 0)
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     changed = logits.detach().clone()
     changed[0, :, 1, 1, 1] = torch.tensor([9.0, -9.0, 3.0, 0.0])
-    torch.testing.assert_close(diff.loss(changed, x0, x_t, t).total, loss.total.detach())
+    torch.testing.assert_close(categorical_loss(diff, changed, x0, x_t, t).total, loss.total.detach())
     # A boolean ignore_mask is the same as the unknown label.
-    mask = x0 == 255
+    mask = x0 == UNKNOWN_LABEL
     x0_filled = torch.where(mask, torch.zeros_like(x0), x0)
-    masked = diff.loss(logits.detach(), x0_filled, x_t, t, ignore_mask=mask)
+    masked = categorical_loss(diff, logits.detach(), x0_filled, x_t, t, ignore_mask=mask)
     torch.testing.assert_close(masked.total, loss.total.detach())
     # Nothing known: zero, still differentiable.
-    empty = diff.loss(logits, torch.full_like(x0, 255), x_t, t)
+    empty = categorical_loss(diff, logits, torch.full_like(x0, UNKNOWN_LABEL), x_t, t)
     assert float(empty.total.detach()) == 0.0 and empty.total.requires_grad
 
 
 def test_voxel_weights_give_weighted_means():
     diff, x0, x_t, t, g = _case()
     logits = torch.randn(2, 4, 3, 3, 3, generator=g)
-    plain = diff.loss(logits, x0, x_t, t)
-    ones = diff.loss(logits, x0, x_t, t, voxel_weight=torch.ones(x0.shape))
+    plain = categorical_loss(diff, logits, x0, x_t, t)
+    ones = categorical_loss(diff, logits, x0, x_t, t, voxel_weight=torch.ones(x0.shape))
     torch.testing.assert_close(ones.total, plain.total)
     # At t = 1 both terms are the decoder cross-entropy: check Σ w·ce / Σ w by hand, with an
     # unknown voxel whose weight must not count.
     x0 = x0.clone()
-    x0[1, 2, 2, 2] = 255
+    x0[1, 2, 2, 2] = UNKNOWN_LABEL
     w = torch.ones(x0.shape)
     w[0, 0, 0, 0] = 25.0
     w[1, 2, 2, 2] = 100.0  # unknown: ignored
-    ce = torch.nn.functional.cross_entropy(logits, torch.where(x0 == 255, 0, x0), reduction="none")
-    known = (x0 != 255).float()
+    ce = torch.nn.functional.cross_entropy(logits, torch.where(x0 == UNKNOWN_LABEL, 0, x0), reduction="none")
+    known = (x0 != UNKNOWN_LABEL).float()
     expected = (ce * w * known).sum() / (w * known).sum()
-    got = diff.loss(logits, x0, x_t, 1, voxel_weight=w)
+    got = categorical_loss(diff, logits, x0, x_t, 1, voxel_weight=w)
     torch.testing.assert_close(got.ce, expected)
     torch.testing.assert_close(got.kl, expected)
     # Up-weighting a voxel moves the mean towards that voxel's loss.
-    unweighted = diff.loss(logits, x0, x_t, 1)
+    unweighted = categorical_loss(diff, logits, x0, x_t, 1)
     assert abs(float(got.ce) - float(ce[0, 0, 0, 0])) < abs(float(unweighted.ce) - float(ce[0, 0, 0, 0]))
     with pytest.raises(ValueError, match="non-negative"):
-        diff.loss(logits, x0, x_t, 1, voxel_weight=-w)
+        categorical_loss(diff, logits, x0, x_t, 1, voxel_weight=-w)
     with pytest.raises(ValueError, match="voxel_weight"):
-        diff.loss(logits, x0, x_t, 1, voxel_weight=w[:1])
+        categorical_loss(diff, logits, x0, x_t, 1, voxel_weight=w[:1])
 
 
 def test_unannotated_classes_merge_with_background():
@@ -269,7 +305,7 @@ def test_unannotated_classes_merge_with_background():
     t = torch.tensor([3])
     unannotated = torch.tensor([[False, False, False, True]])
     base = torch.tensor([[[2.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 3.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])
-    ref = diff.loss(base, x0, x_t, t, ignore_classes=unannotated)
+    ref = categorical_loss(diff, base, x0, x_t, t, ignore_classes=unannotated)
     # Moving mass between background (0) and the unannotated class (3) at background voxels,
     # or showing class 3 instead of background in x_t, changes nothing...
     moved = base.clone()
@@ -278,20 +314,22 @@ def test_unannotated_classes_merge_with_background():
         moved[0, 0, voxel], moved[0, 3, voxel] = new_bg, math.log(mass - math.exp(new_bg))
     x_t_moved = torch.tensor([[3, 1, 2, 0]])
     for logits, xt in ((moved, x_t), (base, x_t_moved), (moved, x_t_moved)):
-        other = diff.loss(logits, x0, xt, t, ignore_classes=unannotated)
+        other = categorical_loss(diff, logits, x0, xt, t, ignore_classes=unannotated)
         torch.testing.assert_close(other.total, ref.total)
     # ...whereas with class 3 annotated, predicting it on a background voxel costs.
-    assert float(diff.loss(moved, x0, x_t, t).total) > float(diff.loss(base, x0, x_t, t).total) + 0.5
+    annotated_cost = float(categorical_loss(diff, moved, x0, x_t, t).total)
+    assert annotated_cost > float(categorical_loss(diff, base, x0, x_t, t).total) + 0.5
     # No unannotated classes: the lumped loss is the ordinary one.
     none = torch.zeros(1, 4, dtype=torch.bool)
-    torch.testing.assert_close(diff.loss(base, x0, x_t, t, ignore_classes=none).total, diff.loss(base, x0, x_t, t).total)
+    torch.testing.assert_close(categorical_loss(diff, base, x0, x_t, t, ignore_classes=none).total,
+                               categorical_loss(diff, base, x0, x_t, t).total)
     # Gradients stay finite with lumped classes at t = 1.
     logits = base.clone().requires_grad_(True)
-    out = diff.loss(logits, x0, x_t, torch.tensor([1]), ignore_classes=unannotated)
+    out = categorical_loss(diff, logits, x0, x_t, torch.tensor([1]), ignore_classes=unannotated)
     out.total.backward()
     assert torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="background"):
-        diff.loss(base, x0, x_t, t, ignore_classes=torch.tensor([[True, False, False, False]]))
+        categorical_loss(diff, base, x0, x_t, t, ignore_classes=torch.tensor([[True, False, False, False]]))
 
 
 def test_gradients_finite_everywhere():
@@ -302,7 +340,7 @@ def test_gradients_finite_everywhere():
     x_t = diff.q_sample(x0, t, g)
     logits = (60.0 * torch.randn(4, 4, 4, 4, generator=g)).requires_grad_(True)  # saturated softmax
     unannotated = torch.tensor([[False, True, False, False], [False, False, True, True], [False] * 4, [False, True, True, True]])
-    diff.loss(logits, x0, x_t, t, ignore_classes=unannotated).total.backward()
+    categorical_loss(diff, logits, x0, x_t, t, ignore_classes=unannotated).total.backward()
     assert torch.isfinite(logits.grad).all()
 
 
@@ -317,10 +355,10 @@ def test_sampling_deterministic_per_seed():
         return torch.einsum("nk...,kj->nj...", x, weights) + 0.01 * t.view(-1, 1, 1, 1).float()
 
     calls = []
-    a = diff.sample(model, (2, 4, 4), generator=torch.Generator().manual_seed(7), steps=10,
-                    callback=lambda i, s, x, p: calls.append((i, s, tuple(x.shape), tuple(p.shape))))
-    b = diff.sample(model, (2, 4, 4), generator=torch.Generator().manual_seed(7), steps=10)
-    c = diff.sample(model, (2, 4, 4), generator=torch.Generator().manual_seed(8), steps=10)
+    a = ancestral_sample(diff, model, (2, 4, 4), generator=torch.Generator().manual_seed(7), steps=10,
+                         callback=lambda i, s, x, p: calls.append((i, s, tuple(x.shape), tuple(p.shape))))
+    b = ancestral_sample(diff, model, (2, 4, 4), generator=torch.Generator().manual_seed(7), steps=10)
+    c = ancestral_sample(diff, model, (2, 4, 4), generator=torch.Generator().manual_seed(8), steps=10)
     assert a.shape == (2, 4, 4) and a.dtype == torch.long
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert [s for _, s, _, _ in calls] == diff.timestep_sequence(10)[1:]
@@ -349,7 +387,7 @@ def test_trained_per_voxel_model_reproduces_label_map():
     for _ in range(200):
         t = diff.sample_timesteps(1, g)
         x_t = diff.q_sample(target, t, g)
-        loss = diff.loss(logits, target, x_t, t).total
+        loss = categorical_loss(diff, logits, target, x_t, t).total
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -357,8 +395,8 @@ def test_trained_per_voxel_model_reproduces_label_map():
     def model(x_t, t):
         return logits.detach().expand(x_t.shape[0], -1, -1, -1, -1)
 
-    full = diff.sample(model, (1, 8, 8, 8), generator=torch.Generator().manual_seed(1))
-    strided = diff.sample(model, (1, 8, 8, 8), generator=torch.Generator().manual_seed(2), steps=20)
+    full = ancestral_sample(diff, model, (1, 8, 8, 8), generator=torch.Generator().manual_seed(1))
+    strided = ancestral_sample(diff, model, (1, 8, 8, 8), generator=torch.Generator().manual_seed(2), steps=20)
     assert (full == target).float().mean() >= 0.95
     assert (strided == target).float().mean() >= 0.95
 
@@ -384,8 +422,6 @@ def test_guided_logits():
 
 def test_count_matched_argmax_keeps_an_uncertain_small_class():
     """A class at p = 0.3 over a fuzzy region loses every voxel to argmax; matching keeps its volume."""
-    from guidegen.diffusion.categorical import count_matched_argmax
-
     probs = torch.zeros(1, 3, 10, 10)
     probs[0, 0] = 1.0  # class 0 certain everywhere …
     yy, xx = torch.meshgrid(torch.arange(10.0), torch.arange(10.0), indexing="ij")

@@ -10,20 +10,15 @@ import pytest
 from scipy import ndimage
 
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
-from guidegen.evaluation.masks import (
+from guidegen.evaluation.mask_anatomy import (
     RELATIONS,
-    VolumeStats,
-    adherence_check,
-    check_masks,
     component_check,
     components_pass,
-    diversity,
-    organ_volumes,
     relation_check,
     relation_pass_fraction,
-    volume_check,
-    volume_statistics,
 )
+from guidegen.evaluation.mask_volumes import VolumeStats, organ_volumes, volume_check, volume_statistics
+from guidegen.evaluation.masks import adherence_check, check_masks, diversity
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from guidegen.errors import InputError
-from guidegen.labels.vocabulary import ID, NUM_CLASSES
+from guidegen.labels.vocabulary import ID, NUM_CLASSES, UNKNOWN
 from guidegen.masks.conditioning import attribute_dim, attribute_vector
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import MaskExamples
@@ -106,6 +106,17 @@ def test_keep_main_components_removes_islands():
     labels[8, 8, 8] = ID["liver"]
     out = keep_main_components(labels)
     assert out[8, 8, 8] == ID["body"] and (out == ID["liver"]).sum() == 64
+
+
+def test_the_mask_diffusion_treats_unknown_voxels_as_unknown(tiny):
+    """The diffusion knows no vocabulary: the mask sampler (and its training) name UNKNOWN for it."""
+    from guidegen.masks.sampler import diffusion_from_config
+
+    diffusion = diffusion_from_config(tiny)
+    assert diffusion.config.ignore_index == UNKNOWN
+    probs = diffusion.q_probs(torch.tensor([[ID["liver"], UNKNOWN]]), 0)
+    assert probs[0, ID["liver"], 0] == 1.0
+    torch.testing.assert_close(probs[0, :, 1], torch.full((tiny.num_classes,), 1.0 / tiny.num_classes))
 
 
 def test_tumour_voxels_weigh_more_in_the_loss():

@@ -4,20 +4,23 @@ The Volumetric Mask Sampler draws low-resolution 3-D label maps (GuideGen ids, s
 `guidegen.labels.vocabulary`) from text prompts. None of these checks needs a ground truth: each
 compares a sample with anatomy, with the reference (training) set, or with its own prompt.
 
-* **Volumes** (`volume_statistics`, `volume_check`): each organ's volume (mL) against the
-  reference distribution; missing organs and absurd sizes (outside ``[mean / tolerance,
-  mean × tolerance]``, default 3×) are flagged unless the prompt asked for them.
-* **Components** (`component_check`): an organ should be one solid piece; it passes when its largest
-  26-connected component holds at least 95 % of its voxels (no fragments, no floating islands).
-* **Relations** (`relation_check`): coarse anatomical relations between organ centroids / extents in
-  world RAS+ millimetres (liver right of spleen, bladder below the kidneys …), see `RELATIONS`.
+* **Volumes** (`guidegen.evaluation.mask_volumes`: `volume_statistics`, `volume_check`): each
+  organ's volume (mL) against the reference distribution; missing organs and absurd sizes (outside
+  ``[mean / tolerance, mean × tolerance]``, default 3×) are flagged unless the prompt asked for them.
+* **Components** (`guidegen.evaluation.mask_anatomy.component_check`): an organ should be one solid
+  piece; it passes when its largest 26-connected component holds at least 95 % of its voxels (no
+  fragments, no floating islands).
+* **Relations** (`guidegen.evaluation.mask_anatomy.relation_check`): coarse anatomical relations
+  between organ centroids / extents in world RAS+ millimetres (liver right of spleen, bladder below
+  the kidneys …), see `guidegen.evaluation.mask_anatomy.RELATIONS`.
 * **Adherence** (`adherence_check`): the attributes the prompt states (tumour presence, host organ,
   colon segment / liver lobe, longest diameter, count, organ size state …) hold in the sample, as
   `guidegen.text.measure.measure_labels` measures it.
 * **Diversity** (`diversity`): mean pairwise Dice over organ classes between samples of one prompt;
   ``1 - Dice`` is the diversity (identical samples: Dice 1.0, diversity 0).
 
-`check_masks` runs them all on a batch of samples and returns a JSON-ready `MaskCheckReport`.
+This module holds adherence, diversity and `check_masks`, which runs them all on a batch of samples
+and returns a JSON-ready `MaskCheckReport`.
 
 World coordinates are RAS+ millimetres as `guidegen.io.volume` defines them: +x towards the
 patient's right, +y anterior, +z superior; every position test goes through the volume's affine, so
@@ -26,439 +29,36 @@ any orientation and voxel size is handled.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from guidegen.evaluation.mask_anatomy import (
+    MIN_MAIN_FRACTION,
+    RELATIONS,
+    ComponentResult,
+    component_check,
+    components_pass,
+    relation_check,
+    relation_pass_fraction,
+)
+from guidegen.evaluation.mask_arguments import check_class_names, check_label_array, check_label_volume
+from guidegen.evaluation.mask_volumes import (
+    VOLUME_TOLERANCE,
+    VolumeFinding,
+    check_reference_stats,
+    check_volume_tolerance,
+    volume_findings,
+)
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
 from guidegen.text.agreement import DIAMETER_TOLERANCE, ORGAN_VOLUME_TOLERANCE, finding_volume, organ_agreement, tumour_agreement
-from guidegen.text.attributes import Attributes, OrganFinding
+from guidegen.text.attributes import Attributes
 from guidegen.text.measure import measure_labels
 from guidegen.text.parse import parse_prompt
-
-#: An organ passes the component check when its largest component holds at least this share of
-#: its voxels.
-MIN_MAIN_FRACTION = 0.95
-#: Volume outliers: a volume below ``mean / VOLUME_TOLERANCE`` or above ``mean × VOLUME_TOLERANCE``
-#: of the reference set (3 → outside 0.33×-3× the reference mean).
-VOLUME_TOLERANCE = 3.0
-
-#: 26-connectivity (faces, edges and corners touch).
-_FULL = np.ones((3, 3, 3), dtype=bool)
-_TUMOUR = ID["tumour"]
-_KIDNEYS = ("kidney_right", "kidney_left")
-
-#: The anatomical relations `relation_check` tests, name → definition (RAS+: +x = patient's right,
-#: +z = superior). Centroids are the mean world position of a class's voxel centres.
-RELATIONS: dict[str, str] = {
-    "liver_right_of_spleen": "liver centroid x > spleen centroid x",
-    "kidney_right_right_of_kidney_left": "right kidney centroid x > left kidney centroid x",
-    "kidneys_either_side_of_midline": (
-        "the midline x lies between the two kidneys' centroid x; midline = aorta centroid x when the "
-        "aorta is present, else the middle of the body's x extent (1st-99th percentile of all labelled "
-        "voxels) when the body class is present"
-    ),
-    "stomach_left_of_liver": "stomach centroid x < liver centroid x",
-    "liver_above_bladder": "liver centroid z > urinary bladder centroid z",
-    "bladder_below_kidneys": (
-        "urinary bladder centroid z < lowest kidney voxel z (the lower pole of the lower kidney)"
-    ),
-    "liver_above_kidney_right": "liver centroid z > right kidney centroid z",
-    "spleen_above_kidney_left": "spleen centroid z > left kidney centroid z",
-    "pancreas_anterior_of_aorta": "pancreas centroid y > aorta centroid y",
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Volumes
-
-
-class VolumeStats(NamedTuple):
-    """Volume distribution of one class over a reference set, mL.
-
-    A plain 4-tuple ``(mean, std, min, max)`` (JSON: a list); ``std`` is the sample standard
-    deviation (0.0 for a single observation).
-    """
-
-    mean_ml: float
-    std_ml: float
-    min_ml: float
-    max_ml: float
-
-
-@dataclass(frozen=True)
-class VolumeFinding:
-    """One organ's volume in a sample against the reference distribution.
-
-    Attributes:
-        volume_ml: measured volume, mL (tumour voxels hosted by the organ included, as
-            `measure_labels` counts them); ``None`` when the class is not annotated in the sample.
-        reference_mean_ml: mean of the reference set, mL.
-        ratio: ``volume_ml / reference_mean_ml``; ``None`` when the volume is unknown.
-        z: ``(volume_ml - mean) / std``; ``None`` when unknown or the reference std is 0.
-        status: ``"ok"``, ``"missing"`` (no voxels, and the prompt did not say absent),
-            ``"too_small"`` (ratio < 1 / tolerance, prompt did not say small), ``"too_large"``
-            (ratio > tolerance, prompt did not say enlarged) or ``"unknown"`` (not annotated).
-        expected: the organ state the prompt stated (``"enlarged"`` …) or ``None``.
-    """
-
-    volume_ml: float | None
-    reference_mean_ml: float
-    ratio: float | None
-    z: float | None
-    status: str
-    expected: str | None = None
-
-    @property
-    def outlier(self) -> bool:
-        """Whether the volume is flagged (missing, too small or too large)."""
-        return self.status in ("missing", "too_small", "too_large")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "volume_ml": self.volume_ml,
-            "reference_mean_ml": self.reference_mean_ml,
-            "ratio": self.ratio,
-            "z": self.z,
-            "status": self.status,
-            "expected": self.expected,
-        }
-
-
-def organ_volumes(labels: Volume) -> dict[str, float | None]:
-    """Volume of every organ class in a label map, mL.
-
-    Volumes are `measure_labels`'s: organ voxels plus the tumour voxels it hosts (a tumour replaces
-    organ voxels in the map, but belongs to the organ's size). Annotated classes come from
-    ``labels.meta["annotated"]`` (default: every class).
-
-    Args:
-        labels: label map in GuideGen ids.
-
-    Returns:
-        Organ name → volume in mL (0.0 for an annotated organ without voxels); ``None`` for organs
-        that were not annotated (unknown, not absent).
-    """
-    _check_volume(labels, "labels")
-    organs = measure_labels(labels).attributes.organs
-    return {name: finding_volume(organs.get(name)) for name in ORGANS}
-
-
-def volume_statistics(labels_list: Iterable[Volume], classes: Sequence[str] = ORGANS) -> dict[str, VolumeStats]:
-    """Per-class volume distribution over a reference (training) set.
-
-    Only maps in which the class is annotated and present count: an organ outside one scan's field
-    of view (or removed) says nothing about normal size. Partially imaged organs do count (their
-    volume is a lower bound), because samples are drawn on the same grid and are cut the same way.
-
-    Args:
-        labels_list: reference label maps (`Volume`, GuideGen ids).
-        classes: organ names to summarise (a subset of `ORGANS`).
-
-    Returns:
-        Class name → `VolumeStats` ``(mean, std, min, max)`` in mL; classes never observed are left
-        out.
-
-    Raises:
-        ValueError: ``labels_list`` empty or not of volumes, or ``classes`` naming non-organs.
-    """
-    classes = _check_classes(classes, ORGANS, "classes")
-    observed: dict[str, list[float]] = {name: [] for name in classes}
-    count = 0
-    for index, labels in enumerate(labels_list):
-        _check_volume(labels, f"labels_list[{index}]")
-        count += 1
-        volumes = organ_volumes(labels)
-        for name in classes:
-            volume = volumes[name]
-            if volume is not None and volume > 0:
-                observed[name].append(volume)
-    if count == 0:
-        raise ValueError("labels_list must hold at least one label map")
-    stats: dict[str, VolumeStats] = {}
-    for name, values in observed.items():
-        if not values:
-            continue
-        data = np.asarray(values, dtype=np.float64)
-        std = float(data.std(ddof=1)) if len(data) > 1 else 0.0
-        stats[name] = VolumeStats(float(data.mean()), std, float(data.min()), float(data.max()))
-    return stats
-
-
-def volume_check(
-    sample: Volume,
-    reference_stats: Mapping[str, Sequence[float]],
-    tolerance: float = VOLUME_TOLERANCE,
-    prompt_attributes: Attributes | None = None,
-) -> dict[str, VolumeFinding]:
-    """Each organ's volume in a sample against the reference distribution.
-
-    Definition: with ``ratio = volume / reference mean``, an organ is flagged ``"missing"`` when it
-    has no voxels, ``"too_small"`` when ``ratio < 1 / tolerance`` and ``"too_large"`` when
-    ``ratio > tolerance``; the z-score is reported for information (reference sets are small and
-    organ volumes skewed, so the ratio decides). A state the prompt asked for is not an outlier:
-    "enlarged" lifts the upper bound, "small" the lower one, "absent" allows a missing organ.
-
-    Args:
-        sample: sampled label map (GuideGen ids).
-        reference_stats: class name → ``(mean, std, min, max)`` mL, as `volume_statistics` returns
-            (lists from JSON are accepted). Classes without reference statistics are not checked.
-        tolerance: ratio bound (> 1); 3.0 flags volumes outside 0.33×-3× the reference mean.
-        prompt_attributes: the sample's prompt parsed with `parse_prompt`, or ``None``.
-
-    Returns:
-        Organ name → `VolumeFinding` for every organ that has reference statistics.
-
-    Raises:
-        ValueError: bad ``sample``, ``reference_stats`` or ``tolerance``.
-    """
-    _check_volume(sample, "sample")
-    stats = _check_reference(reference_stats)
-    tolerance = _check_tolerance(tolerance)
-    return _volume_findings(organ_volumes(sample), stats, tolerance, prompt_attributes)
-
-
-def _volume_findings(
-    volumes: Mapping[str, float | None],
-    stats: Mapping[str, VolumeStats],
-    tolerance: float,
-    prompt_attributes: Attributes | None,
-) -> dict[str, VolumeFinding]:
-    stated = prompt_attributes.organs if prompt_attributes is not None else {}
-    findings: dict[str, VolumeFinding] = {}
-    for name, ref in stats.items():
-        if name not in volumes:
-            continue  # not an organ (reference statistics from elsewhere): nothing to compare
-        expected = stated[name].state if name in stated else None
-        volume = volumes[name]
-        if volume is None:
-            findings[name] = VolumeFinding(None, ref.mean_ml, None, None, "unknown", expected)
-            continue
-        ratio = volume / ref.mean_ml
-        z = (volume - ref.mean_ml) / ref.std_ml if ref.std_ml > 0 else None
-        if volume <= 0:
-            status = "ok" if expected == "absent" else "missing"
-        elif ratio < 1.0 / tolerance and expected not in ("small", "absent"):
-            status = "too_small"
-        elif ratio > tolerance and expected != "enlarged":
-            status = "too_large"
-        else:
-            status = "ok"
-        findings[name] = VolumeFinding(
-            volume_ml=round(volume, 1),
-            reference_mean_ml=round(ref.mean_ml, 1),
-            ratio=round(ratio, 3),
-            z=None if z is None else round(z, 2),
-            status=status,
-            expected=expected,
-        )
-    return findings
-
-
-# --------------------------------------------------------------------------------------------------
-# Connected components
-
-
-@dataclass(frozen=True)
-class ComponentResult:
-    """Connected components of one organ.
-
-    Attributes:
-        voxels: the organ's voxel count.
-        components: number of 26-connected components (0 when the organ has no voxels).
-        main_fraction: share of the voxels in the largest component (0-1); ``None`` without voxels.
-        outside_fraction: ``1 - main_fraction`` (fragments and floating islands); ``None`` without
-            voxels.
-        passed: ``main_fraction >= min_fraction``; ``None`` when the organ has no voxels (absent or
-            not annotated: nothing to judge).
-    """
-
-    voxels: int
-    components: int
-    main_fraction: float | None
-    outside_fraction: float | None
-    passed: bool | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "voxels": self.voxels,
-            "components": self.components,
-            "main_fraction": self.main_fraction,
-            "outside_fraction": self.outside_fraction,
-            "passed": self.passed,
-        }
-
-
-def component_check(
-    labels: Volume, classes: Sequence[str] = ORGANS, min_fraction: float = MIN_MAIN_FRACTION
-) -> dict[str, ComponentResult]:
-    """Connected components (26-connectivity) of each organ.
-
-    Definition: an organ passes when its largest component holds at least ``min_fraction`` (95 %) of
-    its voxels, i.e. it is one solid piece up to specks. Each kidney is its own class, so each must
-    be one main component. Tumour voxels count as part of the organ they touch when components are
-    formed (a tumour replaces organ voxels and may cut through its host), but are not counted in the
-    organ's voxels. The tumour class itself is not checked (several lesions are legitimate).
-
-    Args:
-        labels: label map (GuideGen ids).
-        classes: vocabulary class names to check (default: every organ).
-        min_fraction: pass threshold on the main component's share, in (0, 1].
-
-    Returns:
-        Class name → `ComponentResult`.
-
-    Raises:
-        ValueError: bad ``labels``, ``classes`` or ``min_fraction``.
-    """
-    array = _check_volume(labels, "labels")
-    classes = _check_classes(classes, NAMES[1:], "classes")
-    if not (isinstance(min_fraction, (int, float)) and 0.0 < min_fraction <= 1.0):
-        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction!r}")
-    boxes = ndimage.find_objects(array, max_label=len(NAMES))
-    tumour_box = boxes[_TUMOUR - 1]
-    results: dict[str, ComponentResult] = {}
-    for name in classes:
-        class_id = ID[name]
-        box = boxes[class_id - 1]
-        if box is None:
-            results[name] = ComponentResult(0, 0, None, None, None)
-            continue
-        if tumour_box is not None and name != "tumour":
-            # Tumours may bridge pieces of the organ from outside its own bounding box.
-            box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box, tumour_box))
-        crop = array[box]
-        organ = crop == class_id
-        mask = organ | (crop == _TUMOUR) if name != "tumour" else organ
-        components, _ = ndimage.label(mask, structure=_FULL)
-        sizes = np.bincount(components[organ])[1:]
-        sizes = sizes[sizes > 0]  # components made of tumour voxels only are not the organ's
-        total = int(sizes.sum())
-        main = float(sizes.max()) / total
-        results[name] = ComponentResult(
-            voxels=total,
-            components=int(len(sizes)),
-            main_fraction=round(main, 4),
-            outside_fraction=round(1.0 - main, 4),
-            passed=bool(main >= min_fraction),
-        )
-    return results
-
-
-def components_pass(results: Mapping[str, ComponentResult]) -> bool | None:
-    """Whether every checked organ is one main component; ``None`` when no organ was present."""
-    scored = [r.passed for r in results.values() if r.passed is not None]
-    return all(scored) if scored else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Anatomical relations
-
-
-class _Geometry:
-    """World positions of each class's voxel centres, computed on first use."""
-
-    def __init__(self, labels: Volume, array: np.ndarray):
-        self.labels = labels
-        self.array = array
-        self.boxes = ndimage.find_objects(array, max_label=len(NAMES))
-        self._points: dict[str, np.ndarray | None] = {}
-
-    def points(self, name: str) -> np.ndarray | None:
-        if name not in self._points:
-            box = self.boxes[ID[name] - 1]
-            if box is None:
-                self._points[name] = None
-            else:
-                index = np.argwhere(self.array[box] == ID[name]) + np.array([s.start for s in box])
-                self._points[name] = self.labels.world_coordinates(index)
-        return self._points[name]
-
-    def centroid(self, name: str) -> np.ndarray | None:
-        points = self.points(name)
-        return None if points is None else points.mean(axis=0)
-
-    def midline_x(self) -> float | None:
-        aorta = self.centroid("aorta")
-        if aorta is not None:
-            return float(aorta[0])
-        if self.boxes[ID["body"] - 1] is None:
-            return None  # without the body outline the labelled voxels do not span the body
-        # The body outline plus everything inside it; percentiles ignore arms / stray voxels.
-        inside = (self.array != 0) & (self.array != UNKNOWN)
-        x = self.labels.world_coordinates(np.argwhere(inside))[:, 0]
-        low, high = np.percentile(x, [1, 99])
-        return float(low + high) / 2.0
-
-
-def relation_check(labels: Volume) -> dict[str, bool | None]:
-    """Test the anatomical relations of `RELATIONS` in world RAS+ coordinates.
-
-    Centroids and extents are taken over each class's voxel centres mapped through the affine, so
-    any orientation works. Choices (documented because several definitions are possible):
-
-    * "kidneys either side of the midline" does not care which kidney is on which side (that is
-      ``kidney_right_right_of_kidney_left``); the midline is the aorta when present, else the middle
-      of the body's x extent.
-    * "bladder below the kidneys" compares the bladder's centroid with the *lowest* kidney voxel
-      (the lower pole of the lower kidney), not with the kidneys' centroids: the bladder sits in the
-      pelvis, ~10 cm below the lower poles, so the stricter rule still holds comfortably on real
-      maps while a bladder drawn at kidney level fails.
-
-    Args:
-        labels: label map (GuideGen ids).
-
-    Returns:
-        Relation name → ``True`` (holds), ``False`` (violated) or ``None`` (an organ it needs has no
-        voxels: absent or not annotated).
-
-    Raises:
-        ValueError: ``labels`` not a label `Volume`.
-    """
-    array = _check_volume(labels, "labels")
-    geo = _Geometry(labels, array)
-    needed = ("liver", "spleen", "stomach", "pancreas", "aorta", "urinary_bladder", *_KIDNEYS)
-    c = {name: geo.centroid(name) for name in needed}
-
-    def compare(a: str, b: str, axis: int) -> bool | None:
-        if c[a] is None or c[b] is None:
-            return None
-        return bool(c[a][axis] > c[b][axis])
-
-    results: dict[str, bool | None] = {
-        "liver_right_of_spleen": compare("liver", "spleen", 0),
-        "kidney_right_right_of_kidney_left": compare("kidney_right", "kidney_left", 0),
-        "kidneys_either_side_of_midline": None,
-        "stomach_left_of_liver": compare("liver", "stomach", 0),
-        "liver_above_bladder": compare("liver", "urinary_bladder", 2),
-        "bladder_below_kidneys": None,
-        "liver_above_kidney_right": compare("liver", "kidney_right", 2),
-        "spleen_above_kidney_left": compare("spleen", "kidney_left", 2),
-        "pancreas_anterior_of_aorta": compare("pancreas", "aorta", 1),
-    }
-    right, left = c["kidney_right"], c["kidney_left"]
-    if right is not None and left is not None:
-        midline = geo.midline_x()
-        if midline is not None:
-            low, high = sorted((float(right[0]), float(left[0])))
-            results["kidneys_either_side_of_midline"] = bool(low < midline < high)
-    kidney_points = [p for p in (geo.points(k) for k in _KIDNEYS) if p is not None]
-    if c["urinary_bladder"] is not None and kidney_points:
-        lowest = min(float(p[:, 2].min()) for p in kidney_points)
-        results["bladder_below_kidneys"] = bool(c["urinary_bladder"][2] < lowest)
-    return results
-
-
-def relation_pass_fraction(results: Mapping[str, bool | None]) -> float | None:
-    """Share of the testable relations that hold; ``None`` when none could be tested."""
-    scored = [r for r in results.values() if r is not None]
-    return sum(scored) / len(scored) if scored else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,8 +102,8 @@ def adherence_check(
         measured_attributes: ``measure_labels(sample).attributes``.
         diameter_tolerance: relative tolerance on tumour diameters (0.3 = ±30 %).
         volume_tolerance: relative tolerance on stated organ volumes.
-        reference_stats: optional reference volumes (see `volume_statistics`) for organs without a
-            normal range.
+        reference_stats: optional reference volumes (see `mask_volumes.volume_statistics`) for
+            organs without a normal range.
 
     Returns:
         Field → bool, plus ``"all"``.
@@ -518,7 +118,7 @@ def adherence_check(
     for arg, value in (("diameter_tolerance", diameter_tolerance), ("volume_tolerance", volume_tolerance)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise ValueError(f"{arg} must be in (0, 1), got {value!r}")
-    stats = _check_reference(reference_stats) if reference_stats is not None else {}
+    stats = check_reference_stats(reference_stats) if reference_stats is not None else {}
     result: dict[str, bool] = {}
     stated, measured = prompt_attributes.tumours, measured_attributes.tumours
     result.update(tumour_agreement(stated, measured, diameter_tolerance))
@@ -551,16 +151,16 @@ def diversity(samples: Sequence[Volume | np.ndarray], classes: Sequence[str] = O
     Raises:
         ValueError: fewer than two samples, different grids, or unknown class names.
     """
-    classes = _check_classes(classes, NAMES[1:], "classes")
+    classes = check_class_names(classes, NAMES[1:], "classes")
     if isinstance(samples, (Volume, np.ndarray)) or len(samples) < 2:
         raise ValueError("samples must be a sequence of at least two label maps")
     first = samples[0]
     arrays: list[np.ndarray] = []
     for index, sample in enumerate(samples):
         if isinstance(sample, Volume):
-            array = _check_volume(sample, f"samples[{index}]")
+            array = check_label_volume(sample, f"samples[{index}]")
         else:
-            array = _check_array(sample, f"samples[{index}]")
+            array = check_label_array(sample, f"samples[{index}]")
         if arrays and array.shape != arrays[0].shape:
             raise ValueError(f"samples[{index}] has shape {array.shape}, samples[0] {arrays[0].shape}")
         if isinstance(sample, Volume) and isinstance(first, Volume) and not sample.same_grid(first):
@@ -728,8 +328,8 @@ def check_masks(
         samples: sampled label maps (GuideGen ids); ``meta["annotated"]`` is honoured when present.
         prompts: the prompt each sample was drawn from (same length as ``samples``); ``None``: each
             sample's ``meta["prompt"]``, which `guidegen.masks.sampler` records.
-        reference_stats: reference volumes (`volume_statistics`); ``None`` skips the volume check.
-        tolerance: volume ratio bound of `volume_check`.
+        reference_stats: reference volumes (`mask_volumes.volume_statistics`); ``None`` skips the volume check.
+        tolerance: volume ratio bound of `mask_volumes.volume_check`.
         min_fraction: main-component share of `component_check`.
         component_classes: classes `component_check` examines.
 
@@ -750,12 +350,12 @@ def check_masks(
             raise ValueError(f"prompts not given and samples {missing[:8]} have no meta['prompt']")
     if isinstance(prompts, str) or len(prompts) != len(samples):
         raise ValueError(f"prompts must be a sequence of one prompt per sample ({len(samples)}), got {prompts!r:.80}")
-    stats = _check_reference(reference_stats) if reference_stats is not None else {}
-    tolerance = _check_tolerance(tolerance)
+    stats = check_reference_stats(reference_stats) if reference_stats is not None else {}
+    tolerance = check_volume_tolerance(tolerance)
     parsed: dict[str, Attributes] = {}
     checks: list[SampleCheck] = []
     for index, (sample, prompt) in enumerate(zip(samples, prompts)):
-        _check_volume(sample, f"samples[{index}]")
+        check_label_volume(sample, f"samples[{index}]")
         if not isinstance(prompt, str):
             raise ValueError(f"prompts[{index}] must be text, got {type(prompt).__name__}")
         if prompt not in parsed:
@@ -770,7 +370,7 @@ def check_masks(
                 components=component_check(sample, component_classes, min_fraction),
                 relations=relation_check(sample),
                 adherence=adherence_check(attributes, measured, reference_stats=stats or None),
-                volumes=_volume_findings(volumes, stats, tolerance, attributes),
+                volumes=volume_findings(volumes, stats, tolerance, attributes),
                 measured=measured,
             )
         )
@@ -859,53 +459,3 @@ def _field_kind(key: str) -> str:
         return key
     head, tail = key.split(".", 1)
     return f"tumour.{tail}" if head.startswith("tumour") and head[6:].isdigit() else f"organ.{tail}"
-
-
-def _check_array(array: Any, name: str) -> np.ndarray:
-    if not isinstance(array, np.ndarray) or array.ndim != 3:
-        raise ValueError(f"{name} must be a 3-D label array or a Volume, got {type(array).__name__}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer label ids, got dtype {array.dtype}")
-    if array.size and (int(array.min()) < 0 or int(array.max()) > UNKNOWN):
-        raise ValueError(f"{name} holds ids outside 0-{UNKNOWN}")
-    return array
-
-
-def _check_volume(volume: Any, name: str) -> np.ndarray:
-    if not isinstance(volume, Volume):
-        raise ValueError(f"{name} must be a guidegen Volume (label map), got {type(volume).__name__}")
-    return _check_array(np.asarray(volume.array), name)
-
-
-def _check_classes(classes: Sequence[str], allowed: Sequence[str], name: str) -> tuple[str, ...]:
-    if isinstance(classes, str):
-        classes = (classes,)
-    bad = [c for c in classes if c not in allowed]
-    if bad:
-        raise ValueError(f"{name}: {', '.join(map(repr, bad))} not allowed; valid: {', '.join(allowed)}")
-    return tuple(classes)
-
-
-def _check_tolerance(tolerance: float) -> float:
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (1.0 < tolerance < math.inf):
-        raise ValueError(f"tolerance must be a ratio > 1, got {tolerance!r}")
-    return float(tolerance)
-
-
-def _check_reference(reference_stats: Mapping[str, Sequence[float]] | None) -> dict[str, VolumeStats]:
-    if not isinstance(reference_stats, Mapping):
-        raise ValueError(
-            f"reference_stats must map class names to (mean, std, min, max) mL, got {type(reference_stats).__name__}"
-        )
-    stats: dict[str, VolumeStats] = {}
-    for name, values in reference_stats.items():
-        if name not in NAMES:
-            raise ValueError(f"reference_stats: unknown class {name!r}")
-        try:
-            entry = VolumeStats(*(float(v) for v in values))
-        except (TypeError, ValueError):
-            raise ValueError(f"reference_stats[{name!r}] must be (mean, std, min, max) in mL, got {values!r}") from None
-        if not all(math.isfinite(v) for v in entry) or entry.mean_ml <= 0 or entry.std_ml < 0:
-            raise ValueError(f"reference_stats[{name!r}] needs a positive mean and a non-negative std, got {values!r}")
-        stats[name] = entry
-    return stats

@@ -16,10 +16,11 @@ from scipy import ndimage
 
 from guidegen.checkpoint import load_checkpoint, save_checkpoint
 from guidegen.diffusion.categorical import CategoricalDiffusion, CategoricalDiffusionConfig
+from guidegen.diffusion.categorical_sampling import ancestral_sample
 from guidegen.diffusion.guidance import guided_logits
 from guidegen.errors import InputError
 from guidegen.io.volume import Volume
-from guidegen.labels.vocabulary import ID, ORGANS
+from guidegen.labels.vocabulary import ID, ORGANS, UNKNOWN
 from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.config import FINAL_DECODES, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
@@ -85,9 +86,10 @@ def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
 
 
 def diffusion_from_config(config: MaskSamplerConfig) -> CategoricalDiffusion:
+    """The mask sampler's categorical diffusion; voxels labelled `UNKNOWN` are the unknown ones."""
     return CategoricalDiffusion(CategoricalDiffusionConfig(
         num_classes=config.num_classes, num_timesteps=config.num_timesteps, schedule=config.schedule,  # type: ignore[arg-type]
-        kl_weight=config.kl_weight, ce_weight=config.ce_weight))
+        kl_weight=config.kl_weight, ce_weight=config.ce_weight, ignore_index=UNKNOWN))
 
 
 def keep_main_components(labels: np.ndarray, classes: Sequence[str] = ORGANS) -> np.ndarray:
@@ -269,9 +271,9 @@ class VolumetricMaskSampler:
         generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, steps))
         with torch_threads_for(network):
-            labels = self.diffusion.sample(model_fn, (batch, *self.config.shape), generator=generator, steps=steps,
-                                           callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
-                                           matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
+            labels = ancestral_sample(self.diffusion, model_fn, (batch, *self.config.shape), generator=generator,
+                                      steps=steps, callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
+                                      matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
         affine = sampler_grid(self.config)
         out = []
         for i in range(batch):

@@ -35,6 +35,7 @@ from guidegen.config import config_to_dict
 from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, cleanup,
                                   init_distributed, no_sync, wrap_ddp)
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
+from guidegen.diffusion.categorical_loss import categorical_loss
 from guidegen.errors import InputError
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
@@ -291,9 +292,9 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
                     x_in = F.one_hot(x_t[idx], config.num_classes).permute(0, 4, 1, 2, 3).float().to(device)
                     with autocast(device, precision):
                         logits = net(x_in, t[idx].to(device), text[idx].to(device), attr[idx].to(device), drop_t[idx].to(device))
-                    losses = diffusion.loss(logits.float(), x0[idx].to(device), x_t[idx].to(device), t[idx].to(device),
-                                            ignore_classes=ignore[idx].to(device),
-                                            voxel_weight=voxel_weight[idx].float().to(device))
+                    losses = categorical_loss(diffusion, logits.float(), x0[idx].to(device), x_t[idx].to(device),
+                                              t[idx].to(device), ignore_classes=ignore[idx].to(device),
+                                              voxel_weight=voxel_weight[idx].float().to(device))
                     scaler.scale(losses.total * (weight * ctx.world_size)).backward()
                 logged += torch.tensor([float(losses.total.detach()), float(losses.kl.detach()), float(losses.ce.detach())],
                                        dtype=torch.float64) * weight

@@ -4,7 +4,9 @@ an `Attributes` record.
 A tolerant rule-based parser: Unicode normalisation, regular expressions and synonym tables, no
 learned model. It reads everything GuideGen's report writer (`guidegen.text.report`) states, so
 ``parse_prompt(write_report(a))`` recovers the stated fields of ``a``, and the usual ways people
-phrase the same things in a prompt.
+phrase the same things in a prompt. The terms it knows are in `guidegen.text.parse_lexicon`;
+cutting a sentence into spans and finding the terms in each is `guidegen.text.parse_spans`; this
+module normalises the text and relates what the spans hold (the steps below).
 
 How it reads a prompt:
 
@@ -49,11 +51,32 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guidegen.errors import InputError
 from guidegen.labels.vocabulary import ORGANS
 from guidegen.text.attributes import MAX_AGE, Attributes, OrganFinding, Tumour
+from guidegen.text.parse_lexicon import (
+    AGE_RE,
+    CONTRAST_RE,
+    COUNT_RE,
+    COUNT_WORDS,
+    DEFINITE_BEFORE,
+    FOV_PARTIAL_RE,
+    FOV_RE,
+    KEEP_CONNECTORS,
+    NEGATION_AFTER,
+    NEGATION_BEFORE,
+    NEW_TUMOUR,
+    PHASE_RE,
+    PHASE_TABLE,
+    PLACE_START,
+    SENTENCE_RE,
+    SEX_RE,
+    TUMOUR_FREE_AFTER,
+    UNCERTAIN,
+)
+from guidegen.text.parse_spans import Hit, Span, analyse_span, nearest, split_spans
 
 #: Longer prompts are refused (every rule is linear-time, this only bounds memory and latency).
 MAX_PROMPT_CHARS = 1_000_000
@@ -109,211 +132,6 @@ def normalise(text: str) -> str:
     return re.sub(r" ?\n[\s]*", "\n", text).strip()
 
 
-# --------------------------------------------------------------------------------------------------
-# Lexicon. Every pattern is a plain alternation of literal words with bounded quantifiers, and the
-# text's white space is collapsed first, so matching is linear in the prompt length.
-
-_NUM = r"\d{1,4}(?:[.,]\d{1,3})?"
-_UNIT_CM = r"(?:cm|centimet(?:er|re)s?)"
-_UNIT_MM = r"(?:mm|millimet(?:er|re)s?)"
-_SIZE_RE = re.compile(
-    rf"(?<![\d.,])({_NUM})(?: ?({_UNIT_CM}|{_UNIT_MM}))?"
-    rf"(?: ?(?:x|by|\*) ?({_NUM})(?: ?({_UNIT_CM}|{_UNIT_MM}))?)?"
-    rf"(?: ?(?:x|by|\*) ?({_NUM})(?: ?({_UNIT_CM}|{_UNIT_MM}))?)?"
-    rf" ?-? ?({_UNIT_CM}|{_UNIT_MM})\b"
-)
-_VOLUME_RE = re.compile(
-    r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d{1,6})(?:[.,](\d{1,3}))? ?"
-    r"(?:ml|millilit(?:er|re)s?|cc|cm3|cubic centimet(?:er|re)s?)\b"
-)
-
-_ORGAN_TABLE: tuple[tuple[str, str, str | None], ...] = (
-    # (pattern, organ, segment); longer phrases first where they start at the same word.
-    (r"hepatic flexure", "colon", "ascending"),
-    (r"splenic flexure", "colon", "descending"),
-    (r"recto-?sigmoid(?: colon| junction)?", "colon", "sigmoid"),
-    (r"sigmoid(?: colon)?", "colon", "sigmoid"),
-    (r"(?:caecum|cecum|caecal|cecal|ileocaecal|ileocecal)(?: valve| pole)?", "colon", "caecum"),
-    (r"ascending colon|right colon|right-sided colon", "colon", "ascending"),
-    (r"transverse colon", "colon", "transverse"),
-    (r"descending colon|left colon|left-sided colon", "colon", "descending"),
-    (r"rectum|rectal|anorectal", "colon", "rectum"),
-    (r"colorectal|colonic|colon|large bowel|large intestine", "colon", None),
-    (r"right lobe of the liver|right hepatic lobe|right liver lobe|right lobe", "liver", "right lobe"),
-    (r"left lobe of the liver|left hepatic lobe|left liver lobe|left lobe", "liver", "left lobe"),
-    (r"gall ?bladder", "gallbladder", None),
-    (r"urinary bladder|bladder|vesical", "urinary_bladder", None),
-    (r"small bowel|small intestine|ileum|ileal|jejunum|jejunal", "small_bowel", None),
-    (r"duodenum|duodenal", "duodenum", None),
-    (r"stomach|gastric", "stomach", None),
-    (r"pancreas|pancreatic", "pancreas", None),
-    (r"spleen|splenic", "spleen", None),
-    (r"liver|hepatic", "liver", None),
-    (r"(?:both|bilateral) (?:kidneys|renal)|kidneys", "kidneys", None),
-    (r"right(?:[ -]sided)? (?:kidney|renal)", "kidney_right", None),
-    (r"left(?:[ -]sided)? (?:kidney|renal)", "kidney_left", None),
-    (r"kidney|renal", "kidney", None),
-)
-_ORGAN_RE = re.compile(r"\b(?:" + "|".join(f"(?P<o{i}>{p})" for i, (p, _, _) in enumerate(_ORGAN_TABLE)) + r")\b")
-
-_TUMOUR_TABLE: tuple[tuple[str, str | None], ...] = (
-    (r"hepatocellular carcinomas?|hepatomas?|hccs?|cholangiocarcinomas?", "liver"),
-    (r"renal cell carcinomas?|rccs?|hypernephromas?", "kidney"),
-    (r"colorectal cancers?|crcs?", "colon"),
-    (
-        r"adenocarcinomas?|carcinomas?|cancers?|tumou?rs?|masses|mass|lesions?|neoplasms?|neoplasia|"
-        r"malignanc(?:y|ies)|metastas[ie]s|metastatic (?:deposits?|disease|lesions?)|metastatic|mets|"
-        r"deposits?|nodules?|sarcomas?|lymphomas?|gists?|neoplastic",
-        None,
-    ),
-)
-_TUMOUR_RE = re.compile(r"\b(?:" + "|".join(f"(?P<t{i}>{p})" for i, (p, _) in enumerate(_TUMOUR_TABLE)) + r")\b")
-# "body mass index", "mass effect": not tumours.
-_NOT_TUMOUR_BEFORE = re.compile(r"\bbody $")
-_NOT_TUMOUR_AFTER = re.compile(r" (?:effect|index)\b")  # used with .match(text, pos)
-_TUMOUR_FREE_AFTER = re.compile(r" ?-? ?free\b")  # used with .match(text, pos)
-
-_NEGATION_BEFORE = re.compile(
-    r"\b(?:no|not|without|negative for|free of|absence of|absent|nor|denies|excluded)\b"
-)
-_NEGATION_AFTER = re.compile(
-    r"^[ :,-]{0,3}(?:is |are |was |were )?(?:absent|none|excluded|not (?:seen|identified|present|detected|"
-    r"visuali[sz]ed|demonstrated)|ruled out)\b"
-)
-_UNCERTAIN = re.compile(r"\b(?:rule out|to exclude|r/o)\b")
-_DEFINITE_BEFORE = re.compile(r"\b(?:the|this|that|these|those|its|said)(?: \w+)?$")
-_NEW_TUMOUR = re.compile(r"\b(?:another|further|additional|separate|second|new)\b")
-
-_COUNT_WORDS: dict[str, int | None] = {
-    "a": 1, "an": 1, "one": 1, "single": 1, "solitary": 1, "isolated": 1, "unifocal": 1,
-    "two": 2, "both": 2, "pair of": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
-    "multiple": None, "several": None, "numerous": None, "innumerable": None, "countless": None,
-    "many": None, "various": None, "multifocal": None, "few": None, "a few": None, "some": None,
-    "scattered": None, "diffuse": None, "widespread": None,
-}  # fmt: skip
-_COUNT_RE = re.compile(
-    r"\b(?:(?P<word>" + "|".join(sorted((re.escape(w) for w in _COUNT_WORDS), key=len, reverse=True)) + r")"
-    r"|(?<![\d.,])(?P<digits>\d{1,3})(?![\d.,]))\b"
-)
-
-_STATE_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    # (pattern, state, organs it implies); longer phrases first.
-    (r"hepatosplenomegaly", "enlarged", ("liver", "spleen")),
-    (r"splenomegaly", "enlarged", ("spleen",)),
-    (r"hepatomegaly", "enlarged", ("liver",)),
-    (r"nephromegaly", "enlarged", ("kidney",)),
-    (r"(?:status post |s/p |post-?)?splenectomy|asplenia", "absent", ("spleen",)),
-    (r"(?:status post |s/p |post-?)?cholecystectomy", "absent", ("gallbladder",)),
-    (r"(?:status post |s/p |post-?)?right nephrectomy", "absent", ("kidney_right",)),
-    (r"(?:status post |s/p |post-?)?left nephrectomy", "absent", ("kidney_left",)),
-    (r"(?:status post |s/p |post-?)?nephrectomy", "absent", ("kidney",)),
-    (r"not enlarged|normal in size|normal[ -]sized?|normal size|within normal limits|unremarkable|normal", "normal", ()),
-    (
-        r"enlarged|enlargement|increased in size|bulky|distended|distension|distention|hypertroph(?:y|ied|ic)",
-        "enlarged",
-        (),
-    ),
-    (
-        r"atrophic|atrophy|atrophied|shrunken|reduced in size|decreased in size|contracted|hypoplastic|small",
-        "small",
-        (),
-    ),
-    (
-        r"not seen|not visuali[sz]ed|not identified|not present|not included|not imaged|absent|"
-        r"surgically removed|removed|resected|outside the field of view",
-        "absent",
-        (),
-    ),
-)
-_STATE_RE = re.compile(r"\b(?:" + "|".join(f"(?P<s{i}>{p})" for i, (p, _, _) in enumerate(_STATE_TABLE)) + r")\b")
-_STATE_NEGATION_BEFORE = re.compile(r"\b(?:no|without|not|nor|negative for|absence of)(?: \w+){0,2} ?$")
-_SEVERITY_RE = re.compile(
-    r"\b(?:(?P<mild>mild|mildly|slight|slightly|minimal|minimally|borderline)|(?P<moderate>moderate|moderately)"
-    r"|(?P<marked>marked|markedly|massive|massively|severe|severely|gross|grossly|significant|significantly"
-    r"|extreme|extremely|considerable|considerably|pronounced))\b"
-)
-_PARTIAL_RE = re.compile(
-    r"\b(?:partially|partly|incompletely|only partly|only partially) (?:imaged|included|visuali[sz]ed|covered|"
-    r"seen|scanned|shown|in the field of view)|cut off|truncated|extends? beyond the (?:field of view|scan)\b"
-)
-
-# Spans: split sentences at commas and connectors.
-_SENTENCE_RE = re.compile(r"(?<!\d)\.|\.(?!\d)|[!?;\n]")
-_SPAN_RE = re.compile(
-    r"(?<!\d),|,(?!\d)|:(?! ?\d)|\((?! ?\d)|\)|\b(?:with|without|and|plus|as well as|along with|together with|while|whereas|but|"
-    r"from|secondary to|due to|in addition to|besides|also)\b(?! ?\d)"
-)
-#: Connectors that stay in the span they open (they negate it).
-_KEEP_CONNECTORS = {"without"}
-#: A span that starts like this is a place phrase that may give a neighbouring tumour its host.
-_PLACE_START = re.compile(r"^(?:in|within|of|involving|at|arising (?:in|from)|originating (?:in|from)|located in)\b")
-# A connector after these words is part of one phrase ("consistent with", "arising from").
-_NO_SPLIT_BEFORE = re.compile(
-    r"\b(?:consistent|compatible|keeping|associated|arising|originating|arises|originates|derived|"
-    r"separate|distinct|extending|presenting)$"
-)
-
-# Sex, age, phase, field of view.
-_SEX_RE = re.compile(
-    r"\b(?:(?P<male>man|men|male|gentleman|boy)|(?P<female>woman|women|female|lady|girl|mrs))\b"
-    r"|\b(?:sex|gender) ?:? ?(?:(?P<male2>m)|(?P<female2>f))\b"
-    r"|(?<![\d.,])\d{1,3} ?-?(?:(?P<male3>m)|(?P<female3>f))\b(?! ?[/.]? ?\d)"
-    r"|\b(?:yo|y/o|years? old|year-old|yr-old|yrs? old) ?(?:(?P<male4>m)|(?P<female4>f))\b"
-    r"|\b(?:(?P<male5>m)|(?P<female5>f)) ?/ ?\d{1,3}\b|(?<![\d.,])\d{1,3} ?/ ?(?:(?P<male6>m)|(?P<female6>f))\b"
-)
-_AGE_RE = re.compile(
-    r"(?<![\d.,])(?P<a1>\d{1,3}) ?-? ?(?:years?|yrs?|y) ?-? ?(?:old|of age)\b"
-    r"|(?<![\d.,])(?P<a2>\d{1,3}) ?(?:yo|y/o|y\.o\.?|yr|yrs)(?![a-z])"
-    r"|\b(?:aged|age|age of) ?:? ?(?P<a3>\d{1,3})(?![\d.,]\d| ?(?:cm|mm|ml|%))"
-    r"|(?<![\d.,])(?P<a4>\d{1,3}) ?(?:years?|yrs?)\b(?! ?(?:ago|after|before|since|later|prior|of follow|history|earlier))"
-    r"|(?<![\d.,])(?P<a5>\d{1,3}) ?-?(?:m|f)\b(?! ?[/.]? ?\d)"
-    r"|\b(?:m|f) ?/ ?(?P<a6>\d{1,3})\b|(?<![\d.,])(?P<a7>\d{1,3}) ?/ ?(?:m|f)\b"
-)
-_PHASE_TABLE: tuple[tuple[str, str], ...] = (
-    (
-        r"non-?contrast|non contrast|non-?enhanced|non enhanced|unenhanced|"
-        r"without (?:iv |i\.v\. |intravenous |oral or intravenous )?contrast|no (?:iv |i\.v\. |intravenous )?contrast|"
-        r"native (?:phase|ct|scan)|plain (?:ct|scan)|pre-?contrast|precontrast",
-        "non_contrast",
-    ),
-    (
-        r"(?:late|early) arterial|(?:hepatic )?arterial(?:-| )(?:phase|ct|scan|study|imaging|acquisition)|"
-        r"phase ?:? ?arterial|ct angiogra(?:m|phy)|cta",
-        "arterial",
-    ),
-    (
-        r"portal[ -]?venous|porto-?venous|(?:pv|venous) phase|phase ?:? ?(?:portal )?venous|nephrographic",
-        "portal_venous",
-    ),
-    (r"delayed|excretory|urographic|equilibrium phase|late phase|phase ?:? ?delayed", "delayed"),
-)
-_PHASE_RE = re.compile(r"\b(?:" + "|".join(f"(?P<p{i}>{p})" for i, (p, _) in enumerate(_PHASE_TABLE)) + r")\b")
-_CONTRAST_RE = re.compile(
-    r"\b(?:contrast[- ]enhanced|with (?:iv |i\.v\. |intravenous )?contrast|post-?contrast|"
-    r"(?:iv|i\.v\.|intravenous) contrast|enhanced ct|cect)\b"
-)
-
-
-def _region(tag: str) -> str:
-    # Named groups must be unique in one pattern: each use of the region alternation gets a suffix.
-    return (
-        rf"(?P<ap{tag}>abdomen(?: and | ?/ ?| ?& ?| ?\+ ?|-)pelvis|abdomino-?pelvic)|(?P<upper{tag}>upper abdom(?:en|inal))"
-        rf"|(?P<abdomen{tag}>abdomen|abdominal)|(?P<pelvis{tag}>pelvis|pelvic)"
-    )
-
-
-_FOV_PARTIAL_RE = re.compile(
-    r"\b(?:(?:limited|partial|restricted|incomplete|reduced) (?:field of view|fov|coverage|scan range|z-coverage)|"
-    r"(?:field of view|fov) ?:? ?(?:is )?(?:limited|partial))\b"
-)
-_FOV_RE = re.compile(
-    rf"\b(?:ct|cect|ncct|scan|study|examination|exam|imaging|coverage|field of view|fov)"
-    rf"(?: scan)?(?: of)?(?: the)? ?[:-]? ?(?:{_region('1')})\b"
-    rf"|\b(?:{_region('2')}) ?(?:ct|cect|scan|study|examination|exam|imaging|coverage)\b"
-    r"|\b(?P<ap3>abdomen(?: and | ?/ ?| ?& ?)pelvis|abdomino-?pelvic)\b"
-)
-
 
 # --------------------------------------------------------------------------------------------------
 # Public API
@@ -345,7 +163,7 @@ def parse_prompt(text: str) -> Attributes:
     phase = _parse_phase(norm)
     fov = _parse_fov(norm)
     reader = _Reader()
-    for sentence in _SENTENCE_RE.split(norm):
+    for sentence in SENTENCE_RE.split(norm):
         if sentence.strip():
             reader.read_sentence(sentence.strip())
     return Attributes(
@@ -363,14 +181,14 @@ def parse_prompt(text: str) -> Attributes:
 
 
 def _parse_sex(text: str) -> str | None:
-    match = _SEX_RE.search(text)
+    match = SEX_RE.search(text)
     if match is None:
         return None
     return "male" if any(match.group(g) for g in ("male", "male2", "male3", "male4", "male5", "male6")) else "female"
 
 
 def _parse_age(text: str) -> int | None:
-    for match in _AGE_RE.finditer(text):
+    for match in AGE_RE.finditer(text):
         value = next(v for v in match.groupdict().values() if v is not None)
         age = int(value)
         if 0 <= age <= MAX_AGE:
@@ -379,18 +197,18 @@ def _parse_age(text: str) -> int | None:
 
 
 def _parse_phase(text: str) -> str | None:
-    match = _PHASE_RE.search(text)
+    match = PHASE_RE.search(text)
     if match is not None:
-        return _PHASE_TABLE[int(match.lastgroup[1:])][1]  # type: ignore[index]
-    if _CONTRAST_RE.search(text):
+        return PHASE_TABLE[int(match.lastgroup[1:])][1]  # type: ignore[index]
+    if CONTRAST_RE.search(text):
         return "portal_venous"  # routine abdominal contrast CT is acquired in the portal venous phase
     return None
 
 
 def _parse_fov(text: str) -> str | None:
-    if _FOV_PARTIAL_RE.search(text):
+    if FOV_PARTIAL_RE.search(text):
         return "partial"
-    match = _FOV_RE.search(text)
+    match = FOV_RE.search(text)
     if match is None:
         return None
     groups = {k.rstrip("0123456789") for k, v in match.groupdict().items() if v is not None}
@@ -402,69 +220,6 @@ def _parse_fov(text: str) -> str | None:
         return "abdomen"
     return "pelvis"
 
-
-# --------------------------------------------------------------------------------------------------
-# Sentence reading
-
-
-@dataclass
-class _Hit:
-    start: int
-    end: int
-    value: object = None
-    extra: object = None
-    tumour_site: bool = False  # an organ word qualifying a tumour word ("liver lesion")
-
-
-def _gap(a: _Hit, b: _Hit) -> int:
-    """Characters between two hits (0 when they touch or overlap)."""
-    return max(a.start - b.end, b.start - a.end, 0)
-
-
-def _nearest(hits: list[_Hit], query: _Hit) -> tuple[int, _Hit] | None:
-    """The hit closest to ``query`` and its gap; ties go to the earlier hit.
-
-    ``hits`` come from one ``finditer`` (sorted, non-overlapping), so only the neighbours of the
-    query's position can be nearest: a bisection keeps long prompts linear overall.
-    """
-    if not hits:
-        return None
-    index = _bisect(hits, query.start)
-    best: tuple[int, _Hit] | None = None
-    for i in range(max(index - 2, 0), min(index + 2, len(hits))):
-        gap = _gap(hits[i], query)
-        if best is None or gap < best[0]:
-            best = (gap, hits[i])
-    return best
-
-
-def _bisect(hits: list[_Hit], position: int) -> int:
-    lo, hi = 0, len(hits)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if hits[mid].start < position:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@dataclass
-class _Span:
-    text: str
-    connector: str
-    organs: list[_Hit] = field(default_factory=list)
-    tumours: list[_Hit] = field(default_factory=list)
-    states: list[_Hit] = field(default_factory=list)
-    sizes: list[_Hit] = field(default_factory=list)
-    volumes: list[_Hit] = field(default_factory=list)
-    severities: list[_Hit] = field(default_factory=list)
-    partials: list[_Hit] = field(default_factory=list)
-    free_organs: list[_Hit] = field(default_factory=list)  # organ words not qualifying a tumour word
-
-    @property
-    def organ_only(self) -> bool:
-        return bool(self.organs) and not (self.tumours or self.states or self.sizes or self.volumes or self.partials)
 
 
 @dataclass
@@ -483,106 +238,6 @@ class _OrganNote:
     partial: bool | None = None
 
 
-def _number(text: str) -> float:
-    return float(text.replace(",", "."))
-
-
-def _split_spans(sentence: str) -> list[_Span]:
-    spans: list[_Span] = []
-    start, connector = 0, ""
-    for match in _SPAN_RE.finditer(sentence):
-        piece = sentence[start : match.start()].strip()
-        # A short window: a long unsplit run must not be rescanned at every connector.
-        if _NO_SPLIT_BEFORE.search(sentence[max(start, match.start() - 40) : match.start()].rstrip()):
-            continue  # keep "consistent with …", "arising from …" in one span
-        spans.append(_Span(piece, connector))
-        connector = match.group(0).strip()
-        start = match.start() if connector in _KEEP_CONNECTORS else match.end()
-    spans.append(_Span(sentence[start:].strip(), connector))
-    return [s for s in spans if s.text]
-
-
-def _analyse(span: _Span) -> None:
-    text = span.text
-    for match in _ORGAN_RE.finditer(text):
-        organ, segment = _ORGAN_TABLE[int(match.lastgroup[1:])][1:]  # type: ignore[index]
-        span.organs.append(_Hit(match.start(), match.end(), organ, segment))
-    for match in _SIZE_RE.finditer(text):
-        size = _size_mm(match)
-        if size > 0:  # "0 cm" states no size
-            span.sizes.append(_Hit(match.start(), match.end(), size))
-    for match in _VOLUME_RE.finditer(text):
-        whole, decimals = match.group(1), match.group(2)
-        value = float(whole.replace(",", "")) + (float("0." + decimals) if decimals else 0.0)
-        span.volumes.append(_Hit(match.start(), match.end(), value))
-    for match in _TUMOUR_RE.finditer(text):
-        if match.group(0) in ("mass", "masses"):
-            # Short windows / anchored matches, not whole-prefix searches: linear on long spans.
-            if _NOT_TUMOUR_BEFORE.search(text, max(match.start() - 6, 0), match.start()) or _NOT_TUMOUR_AFTER.match(
-                text, match.end()
-            ):
-                continue
-        implied = _TUMOUR_TABLE[int(match.lastgroup[1:])][1]  # type: ignore[index]
-        span.tumours.append(_Hit(match.start(), match.end(), implied, match.group(0)))
-    # Organ words used as a tumour's site adjective ("liver lesion") carry no organ state or volume.
-    tumour_starts = {t.start for t in span.tumours}
-    for organ in span.organs:
-        organ.tumour_site = bool(tumour_starts & {organ.end, organ.end + 1, organ.end + 2})
-    span.free_organs = [o for o in span.organs if not o.tumour_site]
-    taken = span.organs
-    for match in _STATE_RE.finditer(text):
-        hit = _Hit(match.start(), match.end())
-        near = _nearest(taken, hit)
-        if near is not None and hit.start < near[1].end and near[1].start < hit.end:
-            continue  # "small" of "small bowel"
-        state, implied = _STATE_TABLE[int(match.lastgroup[1:])][1:]  # type: ignore[index]
-        if state == "small" and not _describes_organ(hit, span):
-            continue
-        if state in ("absent", "small", "enlarged", "normal") and span.tumours and not implied:
-            # In a tumour span these words describe the tumour ("no mass is seen", "enlarged mass"),
-            # unless they sit right before an organ word that does not itself qualify the tumour.
-            if state == "absent" or not _describes_organ(hit, span):
-                continue
-        # Only a short window before the word: keeps the search linear on very long spans.
-        if state in ("enlarged", "small") and _STATE_NEGATION_BEFORE.search(text[max(0, hit.start - 40) : hit.start]):
-            state = "normal"  # "no splenomegaly", "without enlargement of the liver"
-        hit.value, hit.extra = state, implied
-        span.states.append(hit)
-    for match in _SEVERITY_RE.finditer(text):
-        span.severities.append(_Hit(match.start(), match.end(), match.lastgroup))
-    for match in _PARTIAL_RE.finditer(text):
-        span.partials.append(_Hit(match.start(), match.end(), True))
-
-
-def _describes_organ(hit: _Hit, span: _Span) -> bool:
-    """Whether a state adjective describes an organ rather than a tumour.
-
-    True when an organ word follows it (optionally after a side or "the") and is not itself followed
-    by a tumour word ("small left kidney" yes; "small liver lesion" no), or when it is predicative
-    ("the kidney is small"), i.e. an organ word precedes it and no tumour word follows it closely.
-    """
-    index = _bisect(span.organs, hit.end)
-    organ = span.organs[index] if index < len(span.organs) else None
-    if organ is not None and organ.start - hit.end <= 12:
-        return not organ.tumour_site
-    following = _bisect(span.tumours, hit.end)
-    if following < len(span.tumours) and span.tumours[following].start - hit.end <= 12:
-        return False  # "small lesion", "enlarged mass"
-    return _bisect(span.organs, hit.start) > 0 or not span.tumours
-
-
-def _size_mm(match: re.Match[str]) -> float:
-    final_unit = match.group(7)
-    values = []
-    for number_group, unit_group in ((1, 2), (3, 4), (5, 6)):
-        number = match.group(number_group)
-        if number is None:
-            continue
-        unit = match.group(unit_group) or final_unit
-        values.append(_number(number) * (10.0 if unit.startswith("c") else 1.0))
-    return max(values)
-
-
 class _Reader:
     """Accumulates tumour mentions and organ notes over the sentences of one text."""
 
@@ -594,9 +249,9 @@ class _Reader:
     # Tumours --------------------------------------------------------------------------------------
 
     def read_sentence(self, sentence: str) -> None:
-        spans = _split_spans(sentence)
+        spans = split_spans(sentence)
         for span in spans:
-            _analyse(span)
+            analyse_span(span)
         sentence_mentions: list[_Mention] = []
         last = -2  # span of the last mention
         for position, span in enumerate(spans):
@@ -608,7 +263,7 @@ class _Reader:
             previous = sentence_mentions[-1] if sentence_mentions else None
             if (previous is not None and last == position - 1 and span.connector == "," and mention.organ is None
                     and previous.organ is not None and previous.diameter_mm is None
-                    and not _NEW_TUMOUR.search(span.text)):
+                    and not NEW_TUMOUR.search(span.text)):
                 # "liver metastases, two lesions up to 25 mm": an organ-less apposition right after a
                 # mention without a size describes that mention's tumours.
                 previous.diameter_mm = mention.diameter_mm
@@ -619,19 +274,19 @@ class _Reader:
         self._add_sentence_mentions(sentence_mentions)
         self._read_states(spans)
 
-    def _mention(self, spans: list[_Span], position: int) -> _Mention | None:
+    def _mention(self, spans: list[Span], position: int) -> _Mention | None:
         span = spans[position]
         text = span.text
         first = span.tumours[0]
         before = text[: first.start]
         after = text[span.tumours[-1].end :]
-        if _UNCERTAIN.search(text):
+        if UNCERTAIN.search(text):
             return None
         if (
-            span.connector in _KEEP_CONNECTORS
-            or _NEGATION_BEFORE.search(before)
-            or _NEGATION_AFTER.search(after)
-            or any(_TUMOUR_FREE_AFTER.match(text, t.end) for t in span.tumours)
+            span.connector in KEEP_CONNECTORS
+            or NEGATION_BEFORE.search(before)
+            or NEGATION_AFTER.search(after)
+            or any(TUMOUR_FREE_AFTER.match(text, t.end) for t in span.tumours)
         ):
             self.negated = True
             return None
@@ -640,7 +295,7 @@ class _Reader:
         # Following size-only spans: "…, the largest measuring 3.1 cm".
         for later_position in range(position + 1, len(spans)):
             later = spans[later_position]
-            if later.tumours or later.states or (later.organs and not _PLACE_START.search(later.text)):
+            if later.tumours or later.states or (later.organs and not PLACE_START.search(later.text)):
                 break
             sizes.extend(s.value for s in later.sizes)
         count = self._count(span, first)
@@ -648,8 +303,8 @@ class _Reader:
         if (
             organ is None
             and count == 1
-            and _DEFINITE_BEFORE.search(before.rstrip())
-            and not _NEW_TUMOUR.search(before)
+            and DEFINITE_BEFORE.search(before.rstrip())
+            and not NEW_TUMOUR.search(before)
             and self.mentions
         ):
             # "The mass measures 4 cm": the tumour already described.
@@ -659,7 +314,7 @@ class _Reader:
             return None
         return _Mention(organ, segment, diameter, count)  # type: ignore[arg-type]
 
-    def _host(self, span: _Span, spans: list[_Span], position: int) -> tuple[str | None, str | None]:
+    def _host(self, span: Span, spans: list[Span], position: int) -> tuple[str | None, str | None]:
         implied = next((t.value for t in span.tumours if t.value is not None), None)
         organs = span.organs
         if not organs:
@@ -670,19 +325,19 @@ class _Reader:
             if (
                 previous is not None
                 and previous.organ_only
-                and (span.connector in ("with", ":") or _PLACE_START.search(previous.text))
+                and (span.connector in ("with", ":") or PLACE_START.search(previous.text))
             ):
                 best = previous.organs[-1]
-            elif following is not None and following.organ_only and _PLACE_START.search(following.text):
+            elif following is not None and following.organ_only and PLACE_START.search(following.text):
                 best = following.organs[0]
             else:
                 return (str(implied) if implied else None), None
         else:
-            best = min(organs, key=lambda o: _nearest(span.tumours, o)[0])  # type: ignore[index]
+            best = min(organs, key=lambda o: nearest(span.tumours, o)[0])  # type: ignore[index]
             if implied is not None:
                 compatible = [o for o in organs if _compatible(str(o.value), str(implied))]
                 if compatible:
-                    best = min(compatible, key=lambda o: _nearest(span.tumours, o)[0])  # type: ignore[index]
+                    best = min(compatible, key=lambda o: nearest(span.tumours, o)[0])  # type: ignore[index]
                 else:
                     return str(implied), None
         organ, segment = str(best.value), best.extra
@@ -693,14 +348,14 @@ class _Reader:
         return organ, segment  # type: ignore[return-value]
 
     @staticmethod
-    def _count(span: _Span, first: _Hit) -> int | None:
+    def _count(span: Span, first: Hit) -> int | None:
         text = span.text
         last: tuple[int, int | None] | None = None
-        for match in _COUNT_RE.finditer(text, 0, first.start):
-            probe = _Hit(match.start(), match.end())
+        for match in COUNT_RE.finditer(text, 0, first.start):
+            probe = Hit(match.start(), match.end())
             if any(
                 near is not None and near[1].start < probe.end and probe.start < near[1].end
-                for near in (_nearest(span.sizes, probe), _nearest(span.volumes, probe))
+                for near in (nearest(span.sizes, probe), nearest(span.volumes, probe))
             ):
                 continue  # a number that is part of a size or volume
             if match.group("digits") is not None:
@@ -711,7 +366,7 @@ class _Reader:
                 if value == 0:
                     continue
             else:
-                value = _COUNT_WORDS[match.group("word")]
+                value = COUNT_WORDS[match.group("word")]
             last = (match.start(), value)
         plural = any(_is_plural(str(t.extra)) for t in span.tumours)
         if last is not None:
@@ -759,8 +414,8 @@ class _Reader:
 
     # Organ states ---------------------------------------------------------------------------------
 
-    def _read_states(self, spans: list[_Span]) -> None:
-        pending: list[_Hit] = []  # organ-only spans waiting for a state ("the liver, spleen and …")
+    def _read_states(self, spans: list[Span]) -> None:
+        pending: list[Hit] = []  # organ-only spans waiting for a state ("the liver, spleen and …")
         recent: list[str] = []  # organs the sentence is currently about ("Liver: enlarged, 2800 mL")
         for span in spans:
             if span.organ_only:
@@ -777,7 +432,7 @@ class _Reader:
                         organs = list(recent)  # "spleen volume 520 mL, enlarged"
                 severity = None
                 if state.value in ("enlarged", "small"):
-                    near = _nearest(span.severities, state)
+                    near = nearest(span.severities, state)
                     if near is not None and near[0] <= 30:
                         severity = str(near[1].value)
                 for organ in organs:
@@ -798,7 +453,7 @@ class _Reader:
                 recent = [n for hit in span.organs for n in self._organ_names(hit, span.text)]
             pending = []
 
-    def _state_organs(self, span: _Span, state: _Hit, pending: list[_Hit]) -> list[str]:
+    def _state_organs(self, span: Span, state: Hit, pending: list[Hit]) -> list[str]:
         implied = tuple(state.extra or ())
         if implied:
             names = list(implied)
@@ -807,7 +462,7 @@ class _Reader:
             return names
         organs = span.free_organs
         if organs:
-            best = _nearest(organs, state)[1]  # type: ignore[index]
+            best = nearest(organs, state)[1]  # type: ignore[index]
             chosen = [best]
             # One state word after several organs of a run: "the liver, spleen and kidneys are normal".
             if pending and len(span.states) == 1:
@@ -816,12 +471,12 @@ class _Reader:
             chosen = list(pending)
         return [name for hit in chosen for name in self._organ_names(hit, span.text)]
 
-    def _nearest_organs(self, span: _Span, hit: _Hit, fallback: list[str]) -> list[str]:
+    def _nearest_organs(self, span: Span, hit: Hit, fallback: list[str]) -> list[str]:
         """Organ(s) a volume or "partially imaged" belongs to: nearest organ word in the span, else
         the organs its state words imply, else the one organ the sentence was just about."""
         candidates = span.free_organs
         if candidates:
-            best = _nearest(candidates, hit)[1]  # type: ignore[index]
+            best = nearest(candidates, hit)[1]  # type: ignore[index]
             return self._organ_names(best, span.text)
         implied = [name for s in span.states for name in (s.extra or ()) if name != "kidney"]
         if implied:
@@ -829,7 +484,7 @@ class _Reader:
         unique = list(dict.fromkeys(fallback))
         return unique if len(unique) == 1 else []
 
-    def _organ_names(self, hit: _Hit, text: str) -> list[str]:
+    def _organ_names(self, hit: Hit, text: str) -> list[str]:
         name = str(hit.value)
         if name == "kidneys":
             return ["kidney_right", "kidney_left"]
@@ -875,7 +530,7 @@ class _Reader:
 _FILLER = frozenset("is are was were appears appear seems looks it also but and otherwise in size both".split())
 
 
-def _bare_state(span: _Span) -> bool:
+def _bare_state(span: Span) -> bool:
     """A span holding only state words (and fillers): it can only be about the sentence's organ."""
     pieces, position = [], 0
     for hit in sorted(span.states + span.severities, key=lambda h: h.start):
@@ -912,4 +567,3 @@ def _merge_counts(a: int | None, b: int | None) -> int | None:
         known = a if a is not None else b
         return known if known is not None and known >= 2 else None
     return max(a, b)
-
