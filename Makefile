@@ -34,6 +34,8 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	GUIDEGEN_REQUIRE_NNUNET=1 $(PY) -m pytest -n 2 -q
 
 clean:

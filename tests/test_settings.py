@@ -103,3 +103,17 @@ def test_an_existing_output_is_refused_before_torch_is_imported(tmp_path):
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
         assert done.stdout.split() == ["False", "2"], done.stdout + done.stderr
         assert str(OutputExistsError(out)) in done.stderr
+
+
+def test_version_and_usage_lines():
+    from typer.testing import CliRunner
+
+    from guidegen import __version__
+    from guidegen.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output.strip() == f"guidegen {__version__}"
+    # typer marks a required argument with braces; it must read as a name, not a template slot.
+    for command, shown in (("report", "{LABELS}"), ("prepare", "{SOURCES}...")):
+        usage = next(line for line in runner.invoke(app, [command, "--help"]).output.splitlines() if "Usage" in line)
+        assert shown in usage, usage

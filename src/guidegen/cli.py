@@ -93,7 +93,7 @@ def _parse_triple(text: str, name: str) -> tuple[float, float, float]:
 
 @app.command()
 def prepare(
-    sources: Annotated[list[Path], typer.Argument(metavar="SOURCES...", help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).")],
+    sources: Annotated[list[Path], typer.Argument(metavar="SOURCES", help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the manifest and the case cache.")],
     spacing: Annotated[str, typer.Option(help="Target voxel size in mm: one value or x,y,z.")] = "3",
     size: Annotated[str, typer.Option(help="In-plane field of view in voxels: one value or x,y.")] = "128",

@@ -79,7 +79,7 @@ from guidegen.text.parse_lexicon import (
 from guidegen.text.parse_spans import Hit, Span, analyse_span, nearest, split_spans
 
 #: Longer prompts are refused (every rule is linear-time, this only bounds memory and latency).
-MAX_PROMPT_CHARS = 1_000_000
+MAX_PARSE_CHARS = 1_000_000
 
 # --------------------------------------------------------------------------------------------------
 # Normalisation
@@ -141,7 +141,7 @@ def parse_prompt(text: str) -> Attributes:
     """Parse a free-text prompt into an `Attributes` record.
 
     Args:
-        text: prompt or report in English, any length up to `MAX_PROMPT_CHARS` characters.
+        text: prompt or report in English, any length up to `MAX_PARSE_CHARS` characters.
 
     Returns:
         The attributes the text states; everything it does not state is ``None`` (or, for organs,
@@ -149,12 +149,12 @@ def parse_prompt(text: str) -> Attributes:
 
     Raises:
         InputError: empty / whitespace-only text, text that is not a string, or a text over
-            `MAX_PROMPT_CHARS` characters.
+            `MAX_PARSE_CHARS` characters.
     """
     if not isinstance(text, str):
         raise InputError(None, f"prompt must be text, got {type(text).__name__}")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(None, f"prompt is too long ({len(text):,} characters, limit {MAX_PROMPT_CHARS:,})")
+    if len(text) > MAX_PARSE_CHARS:
+        raise InputError(None, f"prompt is too long ({len(text):,} characters, limit {MAX_PARSE_CHARS:,})")
     norm = normalise(text)
     if not norm:
         raise InputError(None, "empty prompt")

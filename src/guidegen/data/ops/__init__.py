@@ -12,7 +12,7 @@ from guidegen.data.ops.jitter import MAX_JITTER_DEGREES, JitterParams, RigidJitt
 from guidegen.data.ops.scaling import SCALABLE_ORGANS, OrganScaling, ScalingParams
 from guidegen.data.ops.tumour import (COLON_SEGMENTS, COUNT_RANGES, DIAMETER_RANGES_MM, SiteOf, TumourInsertion,
                                       TumourParams, TumourSpec)
-from guidegen.data.ops.tumour_bank import (DEFAULT_TUMOUR_SOURCES, TumourShape, default_data_dir, default_tumour_shapes,
+from guidegen.data.ops.tumour_bank import (DEFAULT_TUMOUR_SOURCES, TumourShape, default_tumour_shapes,
                                            load_tumour_shapes)
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "TumourParams",
     "TumourShape",
     "TumourSpec",
-    "default_data_dir",
     "default_tumour_shapes",
     "load_tumour_shapes",
     "params_to_json",

@@ -17,9 +17,8 @@ from guidegen.data.ops.base import (CONNECTIVITY_26, FAR_OUTSIDE_MM, check_input
 from guidegen.data.ops.tumour_bank import TumourShape, default_tumour_shapes
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
+from guidegen.terms import COLON_SEGMENTS  # the names a ``site_of`` callable returns
 
-#: Colon segments a tumour site may name (the names a ``site_of`` callable returns).
-COLON_SEGMENTS: tuple[str, ...] = ("caecum", "ascending", "transverse", "descending", "sigmoid", "rectum")
 #: Default target longest diameters per host organ, mm: small hosts get smaller tumours, so that a
 #: drawn tumour usually fits inside its organ.
 DIAMETER_RANGES_MM: dict[str, tuple[float, float]] = {

@@ -19,6 +19,7 @@ from guidegen.data.ops.base import CONNECTIVITY_26, surface_points
 from guidegen.grids.resample import resample_labels, signed_distance
 from guidegen.errors import InputError
 from guidegen.io.volume import Volume
+from guidegen.paths import default_data_dir
 
 #: Real tumour masks used by `default_tumour_shapes`: (file below the data folder, tumour id).
 DEFAULT_TUMOUR_SOURCES: tuple[tuple[str, int], ...] = (
@@ -133,13 +134,6 @@ def load_tumour_shapes(
     return shapes
 
 
-def default_data_dir() -> Path:
-    """The repository's ``data/real`` folder (where the bundled real masks live)."""
-    import guidegen
-
-    return Path(guidegen.__file__).resolve().parents[2] / "data" / "real"
-
-
 @functools.lru_cache(maxsize=4)
 def _default_bank(data_dir: str) -> tuple[TumourShape, ...]:
     root = Path(data_dir)
@@ -152,7 +146,7 @@ def default_tumour_shapes(data_dir: str | Path | None = None) -> list[TumourShap
     Loaded once per folder and cached (reading the colon mask takes about a second).
 
     Args:
-        data_dir: folder holding ``lits-117-crop/`` and ``masks-only/``; default `default_data_dir`.
+        data_dir: folder holding ``lits-117-crop/`` and ``masks-only/``; default `guidegen.paths.default_data_dir`.
 
     Raises:
         InputError: the folder or a file is missing.
