@@ -274,6 +274,8 @@ def generate_ct_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     precision: PrecisionOption = "auto",
     backend: BackendOption = "auto",
+    texture: Annotated[bool, typer.Option("--texture/--no-texture", help="Add scanner-noise grain where the label map's grid is finer than the model's 3 mm (a noise model fitted to real CT).")] = True,
+    levels: Annotated[bool, typer.Option("--levels/--no-levels", help="Set tumour HU by host organ and phase, and the unenhanced aorta's level, from real data and literature (off: the network's own levels).")] = True,
 ) -> None:
     """Bring your own mask: generate a CT (int16 HU) that matches a label map, on the label map's own grid."""
     from guidegen.runtime import check_runtime_options
@@ -283,7 +285,7 @@ def generate_ct_command(
 
     for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, phase=phase, prompt=prompt,
                                       steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite,
-                                      precision=precision, backend=backend):
+                                      precision=precision, backend=backend, texture=texture, levels=levels):
         typer.echo(line)
 
 

@@ -183,7 +183,8 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
 def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0,
                           phase: str | None = None, prompt: str | None = None, steps: int | None = None,
                           guidance: float | None = None, model: str | Path | None = None, device: str = "cpu",
-                          overwrite: bool = False, precision: str = "auto", backend: str = "auto") -> list[str]:
+                          overwrite: bool = False, precision: str = "auto", backend: str = "auto",
+                          texture: bool = True, levels: bool = True) -> list[str]:
     """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
 
     The label map keeps its own grid: the CT is generated on the model grid and resampled back, so
@@ -206,7 +207,7 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
     generator = ConditionalImageGenerator.from_pretrained(_component(model, "image_generator"), device=device)
     started = time.perf_counter()
     ct = generate_ct(generator, labels_volume, seed=seed, phase=phase, prompt=prompt, steps=steps, guidance=guidance,
-                     precision=precision, backend=backend)
+                     precision=precision, backend=backend, texture=texture, levels=levels)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -216,7 +217,7 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
                        title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
         (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": phase, "prompt": prompt,
                                                    "steps": steps, "guidance": guidance, "seconds": round(seconds, 2),
-                                                   "runtime": ct.meta.get("runtime"),
+                                                   "runtime": ct.meta.get("runtime"), "native": ct.meta.get("native"),
                                                    "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
     return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}", runtime_line({"images": ct.meta["runtime"]})]
 
