@@ -86,3 +86,21 @@ def test_contrast_extras_raise_only_their_tissues():
         TextureModel(noise_hu=-1.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0)
     with pytest.raises(ValueError, match="unknown class"):
         TextureModel(noise_hu=1.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0, contrast_extra_hu={"lung": 1.0})
+
+
+def test_shipped_parameters_are_what_the_fit_gives(real):
+    """The numbers in texture_model.json come from benchmarks/fit_texture.py on the bundled scans."""
+    from guidegen.data.prepare import load_case
+    from guidegen.images.texture_fit import FitScan, fit_texture_model
+    from guidegen.io.layouts import discover_cases
+
+    scans = []
+    for folder in ("amos-0013-slices", "totalseg-example-b"):
+        case = load_case(discover_cases(real / folder)[0])
+        scans.append(FitScan(folder, case.ct, case.labels, contrast=True, fit=True))
+    fitted, _ = fit_texture_model(scans)
+    shipped = load_texture_model()
+    assert fitted.noise_hu == pytest.approx(shipped.noise_hu, abs=0.01)
+    assert fitted.inplane_sigma_mm == pytest.approx(shipped.inplane_sigma_mm, abs=1e-3)
+    assert fitted.slice_correlation_mm == pytest.approx(shipped.slice_correlation_mm, abs=1e-3)
+    assert dict(fitted.contrast_extra_hu) == pytest.approx(dict(shipped.contrast_extra_hu), abs=0.01)

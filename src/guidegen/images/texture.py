@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft, ndimage
 
 from guidegen.images.grain import slice_axis
 from guidegen.io.volume import HU_MAX, HU_MIN
@@ -181,8 +181,6 @@ def inplane_filter(pixel_mm: tuple[float, float], inplane_sigma_mm: float, highp
 def _filter_slice(white: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """White noise (X, Y) → shaped noise, by FFT convolution with ``kernel`` (periodic, which keeps
     the variance the same everywhere, edges included)."""
-    from scipy import fft
-
     kx, ky = kernel.shape
     padded = np.zeros(white.shape, dtype=np.float64)
     sx, sy = min(kx, white.shape[0]), min(ky, white.shape[1])

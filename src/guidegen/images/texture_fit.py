@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from guidegen.images.grain import FINE_TREND_MM, TissueTexture, measure_texture
+from guidegen.images.grain import FINE_TREND_MM, TissueTexture, measure_texture, slice_axis
 from guidegen.images.texture import REFERENCE_SLICE_MM, TextureModel, gaussian_kernel, inplane_filter
 from guidegen.io.volume import Volume
 
@@ -97,8 +97,6 @@ def noise_floor(stats: dict[str, TissueTexture]) -> tuple[str, TissueTexture]:
 
 
 def _inplane_pixel(volume: Volume) -> tuple[tuple[float, float], float]:
-    from guidegen.images.grain import slice_axis
-
     axis = slice_axis(volume.affine)
     sp = volume.spacing
     inplane = tuple(sp[a] for a in range(3) if a != axis)
