@@ -33,8 +33,8 @@ from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, s
 from guidegen.errors import InputError
 from guidegen.images.config import PHASES, ImageGeneratorConfig
 from guidegen.images.hu import units_to_int16_hu
-from guidegen.images.native import finish_native
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
+from guidegen.images.native import finish_native
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.masks.upsample import upsample_labels
