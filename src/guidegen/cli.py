@@ -292,6 +292,8 @@ def generate_ct_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     precision: PrecisionOption = "auto",
     backend: BackendOption = "auto",
+    texture: Annotated[bool, typer.Option("--texture/--no-texture", help="Add scanner-noise grain where the label map's grid is finer than the model's (3 mm for the shipped model), from a noise model fitted to real CT.")] = True,
+    levels: Annotated[bool, typer.Option("--levels/--no-levels", help="Set tumour HU by host organ and phase, and the unenhanced aorta's level, from real data and literature (off: the network's own levels).")] = True,
 ) -> None:
     """Bring your own mask: generate a CT (int16 HU) that matches a label map, on the label map's own grid."""
     # This command has one network, so its --steps/--guidance are the image generator's.
@@ -303,7 +305,8 @@ def generate_ct_command(
     from guidegen.pipeline import generate_ct_to_folder
 
     for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, prompt=prompt,
-                                      settings=settings, model=model, device=device, overwrite=overwrite):
+                                      settings=settings, model=model, device=device, overwrite=overwrite,
+                                      texture=texture, levels=levels):
         typer.echo(line)
 
 

@@ -36,6 +36,7 @@ from guidegen.images.config import PHASES, ImageGeneratorConfig
 from guidegen.settings import GenerationSettings
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
+from guidegen.images.native import finish_native
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
@@ -420,7 +421,7 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
                 seed: int = 0, prompt: str | None = None, text_embedding: Tensor | None = None,
                 annotated: Sequence[str] | None = None, settings: GenerationSettings | None = None,
                 fov: Literal["crop", "fit"] = "crop", callback: SliceCallback | None = None,
-                **options: object) -> Volume:
+                texture: bool = True, levels: bool = True, **options: object) -> Volume:
     """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
 
     The labels are resampled onto the model grid (`model_grid`; shape-based interpolation with
@@ -437,10 +438,15 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
         seed, prompt, text_embedding, annotated, settings, callback: see
             `ConditionalImageGenerator.generate` (the contrast phase is the settings' ``phase``).
         fov: see `model_grid`.
+        texture: add scanner-noise grain where the input grid is finer than the model's
+            (`guidegen.images.texture`); ``False``: the resampled model CT as it is.
+        levels: set tumour HU by host and phase and the unenhanced aorta's level
+            (`guidegen.images.levels`); ``False``: the network's own levels.
         **options: any `GenerationSettings` field (``phase="arterial"``, ``image_steps=4``).
 
     Returns:
-        int16 HU CT `Volume` with the input's shape and affine.
+        int16 HU CT `Volume` with the input's shape and affine; ``meta["native"]`` records what
+        the texture and level steps did.
     """
     settings = _image_settings(settings, options)
     if isinstance(labels, np.ndarray):
@@ -465,7 +471,12 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
                         settings=settings, callback=callback, check_grid=False)[0]
     model_ct = Volume(ct.array.astype(np.float32), affine, "ct")
     back = resample_ct(model_ct, labels.affine, labels.shape)
-    hu = np.clip(np.rint(back.array), HU_MIN, HU_MAX).astype(np.int16)
-    meta = dict(ct.meta, model_grid={"shape": list(shape), "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)]})
+    # Issue 28: native-resolution texture and tumour / aorta levels (guidegen.images.native).
+    finished, native = finish_native(back.array, ids, labels.affine, model.config.spacing, seed=seed,
+                                     phase=settings.phase,
+                                     texture=texture, levels=levels)
+    hu = np.clip(np.rint(finished), HU_MIN, HU_MAX).astype(np.int16)
+    meta = dict(ct.meta, model_grid={"shape": list(shape), "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)]},
+                native=native)
     return Volume(hu, labels.affine.copy(), "ct", meta)
 

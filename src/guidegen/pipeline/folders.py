@@ -181,7 +181,8 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
 
 def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0, *,
                           prompt: str | None = None, settings: GenerationSettings | None = None,
-                          model: str | Path | None = None, device: str = "cpu", overwrite: bool = False) -> list[str]:
+                          model: str | Path | None = None, device: str = "cpu", overwrite: bool = False,
+                          texture: bool = True, levels: bool = True) -> list[str]:
     """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
 
     The label map keeps its own grid: the CT is generated on the model grid and resampled back, so
@@ -200,7 +201,8 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
     labels_volume, _annotated = load_labels(labels, vocabulary)
     generator = ConditionalImageGenerator.from_pretrained(model_component(model, "image_generator"), device=device)
     started = time.perf_counter()
-    ct = generate_ct(generator, labels_volume, seed=seed, prompt=prompt, settings=settings)
+    ct = generate_ct(generator, labels_volume, seed=seed, prompt=prompt, settings=settings, texture=texture,
+                     levels=levels)
     seconds = time.perf_counter() - started
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -212,7 +214,7 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
                                                    "prompt": prompt, "steps": settings.image_steps,
                                                    "guidance": settings.image_guidance, "settings": settings.to_dict(),
                                                    "seconds": round(seconds, 2),
-                                                   "runtime": ct.meta.get("runtime"),
+                                                   "runtime": ct.meta.get("runtime"), "native": ct.meta.get("native"),
                                                    "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
     return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}", runtime_line({"images": ct.meta["runtime"]})]
 

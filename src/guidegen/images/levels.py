@@ -1,0 +1,149 @@
+"""Tumour and unenhanced-aorta HU for bring-your-own-mask CT: levels the network does not learn.
+
+Why the network gets these wrong (diagnosed for issue 28; ``docs/results/byom_native.txt``):
+
+* **Tumours.** The only real tumour CT the shipped image generator trained on is one LiTS liver
+  (``lits-117-crop``, portal venous: tumour 62 HU, liver 122 HU inside the masks eroded by 3 mm).
+  Its phase remap (`guidegen.images.train`, ``p_phase_remap``) re-renders a training slice in
+  another phase by moving the structures of `guidegen.data.phase.TYPICAL_HU` (aorta, IVC, liver,
+  spleen, kidneys) to that phase's typical level and leaves everything else, tumour included, at
+  the scan's own HU; the per-pixel phase prior has no tumour entry either. So the network never
+  saw a tumour in any phase but one, and draws every liver tumour at about the same level in every
+  contrast phase (~50 HU on the held-out map, 20–40 HU below its own liver).
+* **Unenhanced aorta.** The non-contrast training aortas are mostly contrast-enhanced aortas
+  remapped to ~40 HU by a constant shift; the enhanced aorta's partial-volume rim (hundreds of HU
+  above the fat around it) then becomes a rim far darker than fat-blood partial volume, and the
+  network, whose structure-level loss sees the whole aorta's mean, draws a dark rim around a
+  core that is too bright (57–73 HU where unenhanced blood is 30–50 HU).
+
+Retraining would fix both at the source, and would change what `guidegen generate` draws; here
+the CT that `generate_ct` returns on the user's grid is corrected, and only there:
+
+* each tumour (a connected component) whose host organ is liver or colon is shifted as a whole
+  (its own inner pattern kept) so that its interior mean is `tumour_hu` (host, phase): an
+  enhancement model ``U + f · E(phase)``. U, the unenhanced attenuation of colorectal carcinoma,
+  is 42.6 HU (Oto et al., Eur Radiol 2003;13:1657–1663; 21 carcinomas, 90.7 HU after contrast);
+  for liver tumours E is the liver's enhancement over its unenhanced level (`TYPICAL_HU`) and f
+  the fraction of it the real LiTS tumour shows: (61.7 − 42.6) / (121.9 − 55) = 0.29; for colon
+  tumours f·E(portal venous) is Oto's 48 HU, other phases in proportion to the liver's curve (an
+  assumption: no bundled colon CT). Other hosts have no data here and are left as drawn.
+* the aorta of an unenhanced CT is flattened to `UNENHANCED_AORTA_HU` (the mean of the bundled
+  real unenhanced aortas not used for evaluation, TotalSegmentator ``totalseg-example-a`` 43.4 HU
+  and dataset subject s0009 37.8 HU): its voxels take that level plus their own fine detail
+  (the CT minus its 1 mm in-plane average over the aorta). Blood is homogeneous; the network's
+  rim-to-core profile spans the whole vessel (a dark rim, a core 50+ HU brighter), so anything
+  coarser than the grain is the artefact, and it is removed, not shifted.
+
+These levels then come from data and literature, not from the network; the benchmark reports the
+network's own levels next to them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from guidegen.data.phase import PHASES, TYPICAL_HU, estimate_phase
+from guidegen.images.grain import FINE_TREND_MM, detrend, interior, slice_axis, to_slices_last
+from guidegen.io.volume import HU_MAX, HU_MIN
+from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
+
+__all__ = ["UNENHANCED_AORTA_HU", "calibrate_levels", "tumour_host", "tumour_hu"]
+
+#: Unenhanced colorectal carcinoma (HU) and its enhancement after contrast (Oto et al. 2003).
+CARCINOMA_UNENHANCED_HU = 42.6
+COLON_CARCINOMA_ENHANCEMENT_HU = 90.7 - 42.6
+#: Fraction of the liver's enhancement a liver tumour shows (real LiTS 117, portal venous, interiors).
+LITS_TUMOUR_HU, LITS_LIVER_HU = 61.7, 121.9
+LIVER_TUMOUR_FRACTION = (LITS_TUMOUR_HU - CARCINOMA_UNENHANCED_HU) / (LITS_LIVER_HU - TYPICAL_HU["non_contrast"]["liver"])
+#: Unenhanced blood (HU): bundled real unenhanced aortas (totalseg-example-a 43.4, s0009 37.8).
+UNENHANCED_AORTA_HU = (43.4 + 37.8) / 2
+#: Hosts with a tumour level.
+TUMOUR_HOSTS = ("liver", "colon")
+#: Interior depth (mm) of a tumour whose mean is set; smaller lesions use all their voxels.
+TUMOUR_DEPTH_MM = 2.0
+
+
+def _liver_enhancement(phase: str) -> float:
+    return TYPICAL_HU[phase]["liver"] - TYPICAL_HU["non_contrast"]["liver"]
+
+
+def tumour_hu(host: str, phase: str) -> float:
+    """Target interior mean (HU) of a tumour in ``host`` ("liver" or "colon") in ``phase``."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+    if host == "liver":
+        return CARCINOMA_UNENHANCED_HU + LIVER_TUMOUR_FRACTION * _liver_enhancement(phase)
+    if host == "colon":
+        share = _liver_enhancement(phase) / _liver_enhancement("portal_venous")
+        return CARCINOMA_UNENHANCED_HU + COLON_CARCINOMA_ENHANCEMENT_HU * share
+    raise ValueError(f"no tumour level for host {host!r}; hosts: {', '.join(TUMOUR_HOSTS)}")
+
+
+def tumour_host(labels: np.ndarray, component: np.ndarray) -> str | None:
+    """The labelled class that borders a tumour component most (one voxel around it), ignoring
+    background, body, unknown and tumour; ``None`` when it touches none."""
+    ring = ndimage.binary_dilation(component) & ~component
+    ids = labels[ring]
+    ids = ids[(ids != 0) & (ids != UNKNOWN) & (ids != ID["body"]) & (ids != ID["tumour"])]
+    if ids.size == 0:
+        return None
+    values, counts = np.unique(ids, return_counts=True)
+    return NAMES[int(values[np.argmax(counts)])]
+
+
+def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
+    means, counts = {}, {}
+    for name in ("aorta", "inferior_vena_cava", "portal_vein", "liver", "spleen", "kidney_left", "kidney_right", "urinary_bladder"):
+        mask = labels == ID[name]
+        counts[name] = int(mask.sum())
+        if counts[name]:
+            means[name] = float(hu[mask].mean())
+    return estimate_phase(means, counts).phase
+
+
+def calibrate_levels(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None) -> tuple[np.ndarray, dict]:
+    """Set tumour and unenhanced-aorta levels (module docstring) in a CT on its label map's grid.
+
+    Args:
+        hu: (X, Y, Z) HU (float), any axis order.
+        labels: (X, Y, Z) GuideGen ids on the same grid.
+        affine: the grid's affine (voxel sizes, slice axis).
+        phase: the requested contrast phase; ``None``: estimated from the CT
+            (`guidegen.data.phase.estimate_phase`), nothing done if that cannot tell.
+
+    Returns:
+        (float32 HU, a JSON-able record: phase used, each tumour's host and levels, the aorta's).
+    """
+    axis = slice_axis(affine)
+    spacing_all = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    out, spacing = to_slices_last(np.array(hu, dtype=np.float32), spacing_all, axis)
+    lab, _ = to_slices_last(np.asarray(labels), spacing_all, axis)
+    used = phase if phase is not None else _phase_of(out, lab)
+    record: dict = {"phase": used, "phase_estimated": phase is None, "tumours": [], "aorta": None}
+    if used is None:
+        record["skipped"] = "contrast phase unknown"
+        return np.moveaxis(out, -1, axis), record
+    components, n = ndimage.label(lab == ID["tumour"])
+    for index in range(1, n + 1):
+        comp = components == index
+        host = tumour_host(lab, comp)
+        entry: dict = {"voxels": int(comp.sum()), "host": host}
+        if host in TUMOUR_HOSTS:
+            inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
+            where = inner if inner.sum() >= 20 else comp
+            before = float(out[where].mean())
+            target = tumour_hu(host, used)
+            out[comp] += target - before
+            entry.update(before_hu=round(before, 1), target_hu=round(target, 1))
+        else:
+            entry["left"] = "no tumour level for this host"
+        record["tumours"].append(entry)
+    aorta = lab == ID["aorta"]
+    if used == "non_contrast" and aorta.any():
+        fine = detrend(out, aorta, spacing, FINE_TREND_MM)
+        before = float(out[aorta].mean())
+        out[aorta] = UNENHANCED_AORTA_HU + fine[aorta]
+        record["aorta"] = {"before_hu": round(before, 1), "target_hu": round(UNENHANCED_AORTA_HU, 1)}
+    np.clip(out, HU_MIN, HU_MAX, out=out)
+    return np.moveaxis(out, -1, axis), record

@@ -1,0 +1,47 @@
+"""The last step of `guidegen.images.generator.generate_ct`: from the model's CT, resampled onto the
+user's grid, to a CT that looks like CT at that grid's resolution.
+
+Two independent corrections, in this order (each can be turned off):
+
+1. `guidegen.images.levels.calibrate_levels`: tumour HU by host and phase, the unenhanced aorta;
+2. `guidegen.images.texture.add_texture`: scanner-noise grain at the scales the model grid cannot
+   carry, where the grid is finer than the model's.
+
+Only `generate_ct` calls this; CT drawn on the model grid (`guidegen generate`) is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from guidegen.images.levels import calibrate_levels
+from guidegen.images.texture import add_texture
+
+__all__ = ["finish_native"]
+
+
+def finish_native(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, model_spacing: Sequence[float], *,
+                  seed: int, phase: str | None, texture: bool = True, levels: bool = True) -> tuple[np.ndarray, dict]:
+    """Apply the level corrections and the native-resolution texture.
+
+    Args:
+        hu: (X, Y, Z) float HU on the labels' grid (any axis order).
+        labels: (X, Y, Z) GuideGen ids on the same grid; never changed.
+        affine: that grid's affine.
+        model_spacing: the model grid's voxel size (mm).
+        seed: the generation seed (the texture draws from its own stream of it).
+        phase: the requested contrast phase, or ``None``.
+        texture: add the texture; levels: correct the levels.
+
+    Returns:
+        (float32 HU, JSON-able record ``{"levels": …, "texture": …}``; a step turned off is ``None``).
+    """
+    record: dict = {"levels": None, "texture": None}
+    out = np.asarray(hu, dtype=np.float32)
+    if levels:
+        out, record["levels"] = calibrate_levels(out, labels, affine, phase)
+    if texture:
+        out, record["texture"] = add_texture(out, labels, affine, model_spacing, seed, phase)
+    return out, record

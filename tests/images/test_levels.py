@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from guidegen.data.phase import PHASES
+from guidegen.images.levels import UNENHANCED_AORTA_HU, calibrate_levels, tumour_host, tumour_hu
+from guidegen.images.grain import interior
+from guidegen.labels.vocabulary import ID
+
+AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
+
+
+def _case(host: str = "liver"):
+    """A host block with a 16 mm ball of tumour drawn 30 HU darker, and a 20 mm aorta with a bright core."""
+    shape = (100, 100, 16)
+    labels = np.full(shape, ID["body"], np.uint8)
+    labels[10:70, 10:90, :] = ID[host]
+    idx = np.indices(shape).astype(float)
+    r = np.sqrt(((idx[0] - 40) * 0.8) ** 2 + ((idx[1] - 50) * 0.8) ** 2 + ((idx[2] - 8) * 2.5) ** 2)
+    labels[r < 8.0] = ID["tumour"]
+    rho = np.sqrt(((idx[0] - 85) * 0.8) ** 2 + ((idx[1] - 50) * 0.8) ** 2)
+    labels[rho < 10.0] = ID["aorta"]
+    hu = np.full(shape, -80.0, np.float32)
+    hu[labels == ID[host]] = 60.0
+    hu[labels == ID["tumour"]] = 30.0 + 3.0 * np.sin(idx[0] / 2)[labels == ID["tumour"]]  # with a pattern of its own
+    hu[labels == ID["aorta"]] = (75.0 - 4.0 * rho)[labels == ID["aorta"]]  # bright core, dark rim
+    return hu, labels
+
+
+def test_tumour_levels_follow_host_and_phase():
+    liver = [tumour_hu("liver", p) for p in PHASES]
+    assert liver[0] == pytest.approx(42.6)  # unenhanced carcinoma (Oto et al. 2003)
+    # Portal venous at the enhancement fraction of the real LiTS tumour; darker than the liver throughout.
+    assert tumour_hu("liver", "portal_venous") == pytest.approx(61.7 - 0.29 * (121.9 - 115.0), abs=1.0)
+    assert liver[2] > liver[1] > liver[0] and liver[2] > liver[3]
+    assert tumour_hu("colon", "portal_venous") == pytest.approx(90.7)
+    with pytest.raises(ValueError, match="host"):
+        tumour_hu("spleen", "arterial")
+
+
+def test_calibration_sets_the_tumour_and_leaves_the_rest():
+    hu, labels = _case()
+    for phase in ("non_contrast", "portal_venous"):
+        out, record = calibrate_levels(hu, labels, AFFINE, phase)
+        tumour = labels == ID["tumour"]
+        inner = interior(tumour, (0.8, 0.8, 2.5), 2.0)
+        assert out[inner].mean() == pytest.approx(tumour_hu("liver", phase), abs=0.1)
+        assert np.allclose(out[tumour] - hu[tumour], out[tumour][0] - hu[tumour][0])  # a shift: its pattern kept
+        rest = ~tumour & (labels != ID["aorta"])
+        assert np.array_equal(out[rest], hu[rest])
+        assert record["tumours"][0]["host"] == "liver"
+    assert record["aorta"] is None  # only the unenhanced aorta is flattened
+
+
+def test_unenhanced_aorta_is_flattened_to_real_blood():
+    hu, labels = _case()
+    out, record = calibrate_levels(hu, labels, AFFINE, "non_contrast")
+    aorta = labels == ID["aorta"]
+    assert out[aorta].mean() == pytest.approx(UNENHANCED_AORTA_HU, abs=1.5)
+    assert out[aorta].std() < 3.0 < hu[aorta].std()  # the rim-to-core profile is gone
+    assert record["aorta"]["target_hu"] == pytest.approx(40.6)
+
+
+def test_unknown_phase_is_estimated_and_unknown_hosts_are_left():
+    hu, labels = _case(host="spleen")
+    out, record = calibrate_levels(hu, labels, AFFINE, None)
+    assert record["phase_estimated"]
+    assert record["tumours"][0]["host"] == "spleen" and "left" in record["tumours"][0]
+    assert np.array_equal(out[labels == ID["tumour"]], hu[labels == ID["tumour"]])
+    floating = np.zeros((20, 20, 5), np.uint8)
+    floating[8:12, 8:12, 1:4] = ID["tumour"]
+    assert tumour_host(floating, floating == ID["tumour"]) is None
