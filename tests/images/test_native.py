@@ -11,7 +11,7 @@ from guidegen.images.generator import ConditionalImageGenerator, generate_ct
 from guidegen.images.grain import measure_texture
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
-from guidegen.masks.upsample import upsample_labels
+from guidegen.grids.upsample import upsample_labels
 from tests.images.conftest import tiny_config
 
 
@@ -41,8 +41,8 @@ def _grain(ct: Volume, labels: Volume) -> dict[str, float]:
 
 def test_texture_at_native_resolution(flat_model, fine_labels):
     original = fine_labels.array.copy()
-    plain = generate_ct(flat_model, fine_labels, seed=4, steps=1, texture=False, levels=False)
-    textured = generate_ct(flat_model, fine_labels, seed=4, steps=1, levels=False)
+    plain = generate_ct(flat_model, fine_labels, seed=4, image_steps=1, texture=False, levels=False)
+    textured = generate_ct(flat_model, fine_labels, seed=4, image_steps=1, levels=False)
     assert textured.same_grid(fine_labels) and textured.array.dtype == np.int16
     assert np.array_equal(fine_labels.array, original)  # labels untouched
     assert textured.meta["native"]["texture"]["applied"] and plain.meta["native"]["texture"] is None
@@ -52,9 +52,9 @@ def test_texture_at_native_resolution(flat_model, fine_labels):
     for name in common:  # the model's flat image has no grain; the texture adds it
         assert g_plain[name] < 0.5 and g_tex[name] > 3.0, name
     # Deterministic for a seed, another seed another texture; the network's part is the same.
-    again = generate_ct(flat_model, fine_labels, seed=4, steps=1, levels=False)
+    again = generate_ct(flat_model, fine_labels, seed=4, image_steps=1, levels=False)
     assert np.array_equal(again.array, textured.array)
-    other = generate_ct(flat_model, fine_labels, seed=5, steps=1, levels=False)
+    other = generate_ct(flat_model, fine_labels, seed=5, image_steps=1, levels=False)
     assert not np.array_equal(other.array, textured.array)
     # Texture is zero-mean noise: region means barely move.
     body = fine_labels.array > 0
@@ -63,8 +63,8 @@ def test_texture_at_native_resolution(flat_model, fine_labels):
 
 def test_no_texture_on_the_model_grid(tiny_model, fine_labels):
     coarse = upsample_labels(fine_labels, (12.0, 12.0, 12.0))
-    ct = generate_ct(tiny_model, coarse, seed=1, steps=1, levels=False)
-    plain = generate_ct(tiny_model, coarse, seed=1, steps=1, texture=False, levels=False)
+    ct = generate_ct(tiny_model, coarse, seed=1, image_steps=1, levels=False)
+    plain = generate_ct(tiny_model, coarse, seed=1, image_steps=1, texture=False, levels=False)
     assert not ct.meta["native"]["texture"]["applied"]
     assert np.array_equal(ct.array, plain.array)
 
