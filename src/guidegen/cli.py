@@ -94,6 +94,7 @@ def prepare(
 def report(
     labels: Annotated[Path, typer.Argument(help="Label map (.nii/.nii.gz or a DICOM-SEG .dcm).")],
     vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (default: from a guidegen-source.json beside it, or GuideGen's own ids for files GuideGen wrote).")] = None,
+    labels_json: Annotated[Optional[Path], typer.Option("--labels-json", help="Your own label set: a JSON file mapping the map's ids to GuideGen class names or \"unknown\", e.g. {\"1\": \"liver\", \"2\": \"tumour\"} (names: list-classes).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the report's phrasing.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the attribute record as JSON after the report.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the report here instead of printing it.")] = None,
@@ -102,7 +103,7 @@ def report(
     """Write a radiology-style report (and attribute record) for a label map."""
     from guidegen.pipeline import report_for_label_file
 
-    text, attributes = report_for_label_file(labels, vocabulary=vocabulary, seed=seed)
+    text, attributes = report_for_label_file(labels, vocabulary=vocabulary, seed=seed, label_set=labels_json)
     body = text if not as_json else text + "\n\n" + json.dumps(attributes, indent=1)
     if out is not None:
         from guidegen.io.atomic import write_text
@@ -264,6 +265,7 @@ def generate_ct_command(
     labels: Annotated[Path, typer.Option("--labels", "-l", help="Label map (.nii/.nii.gz or DICOM-SEG) in any supported vocabulary.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (see list-vocabularies).")] = None,
+    labels_json: Annotated[Optional[Path], typer.Option("--labels-json", help="Your own label set: a JSON file mapping the map's ids to GuideGen class names or \"unknown\", e.g. {\"1\": \"liver\", \"2\": \"tumour\"} (names: list-classes).")] = None,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same CT.")] = 0,
     phase: Annotated[Optional[str], typer.Option(help="Contrast phase: non_contrast, arterial, portal_venous, delayed.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Optional text for the generator's text condition.")] = None,
@@ -283,7 +285,7 @@ def generate_ct_command(
 
     for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, phase=phase, prompt=prompt,
                                       steps=steps, guidance=guidance, model=model, device=_device(device), overwrite=overwrite,
-                                      precision=precision, backend=backend):
+                                      precision=precision, backend=backend, label_set=labels_json):
         typer.echo(line)
 
 
@@ -394,12 +396,13 @@ def list_vocabularies() -> None:
 
 @app.command("list-classes")
 def list_classes() -> None:
-    """GuideGen's label classes and their ids."""
+    """GuideGen's label classes and their ids: the names a --labels-json label set may use."""
     from guidegen.labels.vocabulary import CLASSES, UNKNOWN
 
     for c in CLASSES:
         typer.echo(f"{c.id:3d}  {c.name:20s} {c.display}")
     typer.echo(f"{UNKNOWN:3d}  {'unknown':20s} not annotated / outside the scan")
+    typer.echo('A --labels-json label set maps your ids to these names, e.g. {"1": "liver", "2": "tumour", "9": "unknown"}.')
 
 
 def main(argv: list[str] | None = None) -> None:
