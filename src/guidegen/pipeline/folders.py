@@ -256,8 +256,9 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_nifti(ct, tmp / "ct.nii.gz")
         write_nifti(labels_volume, tmp / "labels.nii.gz")
-        render_preview(tmp / "preview.png", ct, labels_volume, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
-                       title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
+        render_preview(tmp / "preview.png", canonical(ct), canonical(labels_volume), [c.display for c in CLASSES],
+                       [preview_colour(c.id) for c in CLASSES], title=f"generated CT for {Path(labels).name}",
+                       skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
         annotated_names = sorted(annotated, key=NAMES.index)
         (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "label_set": None if label_set is None else str(label_set),
                                                    "seed": seed, "phase": phase, "prompt": prompt,
