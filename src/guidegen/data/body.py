@@ -25,9 +25,9 @@ BODY_THRESHOLD_HU = -500.0
 #: ±``DERIVED_BODY_SLAB_MM`` along z, so that a pelvic slice holding only the bladder borrows the
 #: outline of the abdomen above it) grown by ``DERIVED_BODY_MARGIN_MM`` of subcutaneous tissue.
 #: Measured on the bundled real maps whose body outline comes from their CT (benchmarks/body_margin.py,
-#: docs/results/byom_labels.txt): best margins 20–35 mm (TotalSegmentator maps with bone, AMOS maps
-#: without); 30 mm over ±100 mm gives Dice 0.91–0.95 with the real outline, 0.86 for an
-#: abdomen–pelvis map with its bones removed.
+#: docs/results/byom_labels.txt): best margins 20–27.5 mm (TotalSegmentator maps with bone, AMOS maps
+#: without), 35 mm for TotalSegmentator maps with their bones removed; 30 mm over ±100 mm gives Dice
+#: 0.91–0.95 with the real outline, 0.86 for the abdomen–pelvis map without its bones.
 DERIVED_BODY_MARGIN_MM = 30.0
 DERIVED_BODY_SLAB_MM = 100.0
 
