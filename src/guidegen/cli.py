@@ -46,6 +46,10 @@ OrganSizesOption = Annotated[Optional[str], typer.Option(
 AortaPlacementOption = Annotated[Optional[str], typer.Option(
     help="tube: the aorta redrawn as one tube of normal calibre along the network's; network: the aorta as "
          "the network drew it (default: the model's setting).")]
+#: A user's own label set, for every command that reads a label map.
+LabelsJsonOption = Annotated[Optional[Path], typer.Option(
+    "--labels-json", help="Your own label set: a JSON file mapping the map's ids to GuideGen class names or "
+                          "\"unknown\", e.g. {\"1\": \"liver\", \"2\": \"tumour\"} (names: list-classes).")]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     callback=lambda value: check_threads(value), help="CPU threads (default: all).")]  # checked while parsing
 
@@ -126,6 +130,7 @@ def prepare(
 def report(
     labels: Annotated[Path, typer.Argument(metavar="LABELS", help="Label map (.nii/.nii.gz or a DICOM-SEG .dcm).")],
     vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (default: from a guidegen-source.json beside it, or GuideGen's own ids for files GuideGen wrote).")] = None,
+    labels_json: LabelsJsonOption = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the report's phrasing.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the attribute record as JSON after the report.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the report here instead of printing it.")] = None,
@@ -134,7 +139,7 @@ def report(
     """Write a radiology-style report (and attribute record) for a label map."""
     from guidegen.pipeline import report_for_label_file
 
-    text, attributes = report_for_label_file(labels, vocabulary=vocabulary, seed=seed)
+    text, attributes = report_for_label_file(labels, vocabulary=vocabulary, seed=seed, label_set=labels_json)
     body = text if not as_json else text + "\n\n" + json.dumps(attributes, indent=1)
     if out is not None:
         from guidegen.io.atomic import write_text
@@ -282,6 +287,7 @@ def generate_ct_command(
     labels: Annotated[Path, typer.Option("--labels", "-l", help="Label map (.nii/.nii.gz or DICOM-SEG) in any supported vocabulary.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (see list-vocabularies).")] = None,
+    labels_json: LabelsJsonOption = None,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same CT.")] = 0,
     phase: Annotated[Optional[str], typer.Option(help="Contrast phase: non_contrast, arterial, portal_venous, delayed.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Optional text for the generator's text condition.")] = None,
@@ -300,13 +306,15 @@ def generate_ct_command(
     settings = GenerationSettings(image_steps=steps, image_guidance=guidance, phase=phase, precision=precision,
                                   backend=backend)
     _input_file(labels, "label map")
+    if labels_json is not None:
+        _input_file(labels_json, "label set")
     _new_output(out, overwrite)
     device = _device(device)
     from guidegen.pipeline import generate_ct_to_folder
 
     for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, prompt=prompt,
                                       settings=settings, model=model, device=device, overwrite=overwrite,
-                                      texture=texture, levels=levels):
+                                      texture=texture, levels=levels, label_set=labels_json):
         typer.echo(line)
 
 
@@ -433,12 +441,13 @@ def list_vocabularies() -> None:
 
 @app.command("list-classes")
 def list_classes() -> None:
-    """GuideGen's label classes and their ids."""
+    """GuideGen's label classes and their ids: the names a --labels-json label set may use."""
     from guidegen.labels.vocabulary import CLASSES, UNKNOWN
 
     for c in CLASSES:
         typer.echo(f"{c.id:3d}  {c.name:20s} {c.display}")
     typer.echo(f"{UNKNOWN:3d}  {'unknown':20s} not annotated / outside the scan")
+    typer.echo('A --labels-json label set maps your ids to these names, e.g. {"1": "liver", "2": "tumour", "9": "unknown"}.')
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,6 +94,28 @@ def test_vocabulary_is_required_for_plain_pairs(tmp_path, real):
     assert result.prepared == ["case"]
 
 
+def test_a_label_set_sidecar_and_unknown_ids(tmp_path, real):
+    # Issue 28: a sidecar may hold the user's own id → class table, and id 255 ("not annotated",
+    # as prepared maps write it) is read, not refused.
+    case = tmp_path / "case"
+    case.mkdir()
+    shutil.copy(real / "amos-0013-slices" / "ct.nii.gz", case / "ct.nii.gz")
+    source = nib.load(str(real / "amos-0013-slices" / "labels.nii.gz"))
+    array = np.asanyarray(source.dataobj).astype(np.uint8)
+    array[:8] = UNKNOWN
+    nib.save(nib.Nifti1Image(array, source.affine), str(case / "labels.nii.gz"))
+    table = {"1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "gallbladder", "5": "unknown", "6": "liver",
+             "7": "stomach", "8": "aorta", "9": "inferior_vena_cava", "10": "pancreas", "11": "unknown", "12": "unknown",
+             "13": "duodenum", "14": "urinary_bladder", "15": "unknown"}
+    (case / "guidegen-source.json").write_text(json.dumps({"vocabulary": table}))
+    result = prepare([case], tmp_path / "out", progress=False)
+    assert result.prepared == ["case"], result.failed
+    entry = load_prepared(tmp_path / "out")[0]
+    assert entry["vocabulary"] == "label set (guidegen-source.json)"
+    assert set(entry["annotated"]) == {*table.values(), "body"} - {"unknown"}
+    assert entry["unknown_fraction"] > 0
+
+
 def test_ct_and_labels_on_different_grids(tmp_path, real):
     case = tmp_path / "case"
     case.mkdir()

@@ -39,3 +39,40 @@ def tiny_model() -> ConditionalImageGenerator:
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     return model.eval()
+
+
+#: HU the `ClassOracle` draws per class (every other class: 40 HU); unknown voxels: air.
+ORACLE_HU = {"background": -1024.0, "body": -100.0, "liver": 60.0, "bone": 700.0}
+
+
+class ClassOracle(ConditionalImageGenerator):
+    """A generator that draws every pixel at a fixed HU for the class of its label (`ORACLE_HU`).
+
+    Its velocity ``(x_t − x0) / t`` makes the Euler solution exactly ``x0``, so the CT shows, voxel
+    for voxel, which label the network was shown where: geometry can be tested without training.
+    ``seen_annotated`` collects the annotated-class flags it was given.
+    """
+
+    def __init__(self, config: ImageGeneratorConfig | None = None):
+        super().__init__(config or tiny_config())
+        from guidegen.images.hu import hu_to_unit
+        from guidegen.labels.vocabulary import NAMES
+
+        levels = torch.tensor([ORACLE_HU.get(name, 40.0) for name in NAMES[:self.config.num_classes]])
+        self.register_buffer("levels", hu_to_unit(levels).float(), persistent=False)
+        self.unknown_level = float(hu_to_unit(torch.tensor(-1024.0)))
+        self.seen_annotated: list[torch.Tensor] = []
+
+    def forward(self, inputs, t, phase, annotated, text=None, uncond=None, levels=None):
+        c = self.config
+        start = 1 + c.context_radius * (c.num_classes + 1)  # the centre slice's one-hot channels
+        onehot = inputs[:, start:start + c.num_classes]
+        unknown = inputs[:, start + c.num_classes:start + c.num_classes + 1]
+        x0 = torch.einsum("nkhw,k->nhw", onehot, self.levels).unsqueeze(1) + unknown * self.unknown_level
+        self.seen_annotated.append(annotated.detach().clone())
+        return (inputs[:, :1] - x0) / t.reshape(-1, 1, 1, 1)
+
+
+@pytest.fixture()
+def oracle_model() -> ClassOracle:
+    return ClassOracle().eval()

@@ -77,13 +77,13 @@ def test_nnunet_dataset_layout_ids_and_json(tmp_path):
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"}
     assert meta["file_ending"] == ".nii.gz" and meta["numTraining"] == 2
-    # Consecutive nnU-Net ids over the classes present, in GuideGen order: spleen 1, liver 4, tumour 11.
-    assert meta["labels"] == {"background": 0, "spleen": 1, "liver": 2, "tumour": 3}
+    # One fixed table: every GuideGen class declared with its own GuideGen id, present or not.
+    assert meta["labels"] == {c.name: c.id for c in CLASSES}
     block = meta["guidegen"]
-    assert block["nnunet_to_guidegen"] == {"0": 0, "1": 1, "2": 4, "3": 11}
-    assert block["guidegen_to_nnunet"] == {"0": 0, "1": 1, "4": 2, "11": 3}
+    assert block["nnunet_to_guidegen"] == {str(c.id): c.id for c in CLASSES}
+    assert block["guidegen_to_nnunet"] == {str(c.id): c.id for c in CLASSES}
     assert set(block["cases"]) == {"case_a", "case-b"} and "generator" in block
-    assert read_nnunet_label_mapping(folder) == {0: 0, 1: 1, 2: 4, 3: 11}
+    assert read_nnunet_label_mapping(folder) == {c.id: c.id for c in CLASSES}
 
     image = nib.load(str(folder / "imagesTr" / "case_a_0000.nii.gz"))
     assert image.get_data_dtype() == np.int16
@@ -93,10 +93,20 @@ def test_nnunet_dataset_layout_ids_and_json(tmp_path):
     label_image = nib.load(str(folder / "labelsTr" / "case_a.nii.gz"))
     assert label_image.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(label_image.affine, image.affine)
-    to_nnunet = np.zeros(256, np.uint8)
-    to_nnunet[[1, 4, 11]] = [1, 2, 3]
-    for case in cases:
-        np.testing.assert_array_equal(load(folder / "labelsTr" / f"{case.case_id}.nii.gz"), to_nnunet[case.labels.array])
+    for case in cases:  # the label files hold GuideGen ids unchanged
+        np.testing.assert_array_equal(load(folder / "labelsTr" / f"{case.case_id}.nii.gz"), case.labels.array)
+
+
+def test_nnunet_exports_of_different_runs_share_their_labels(tmp_path):
+    # Issue 28: ids used to be numbered over the classes present, so liver was 2 in one run, 1 in another.
+    one = write_nnunet_dataset([small_case("a", [ID["liver"], ID["spleen"]])], tmp_path / "run1", 1, "Run")
+    two = write_nnunet_dataset([small_case("b", [ID["tumour"], ID["colon"], ID["liver"]])], tmp_path / "run2", 1, "Run")
+    meta_one, meta_two = (json.loads((d / "dataset.json").read_text()) for d in (one, two))
+    assert meta_one["labels"] == meta_two["labels"]
+    assert meta_one["guidegen"]["guidegen_to_nnunet"] == meta_two["guidegen"]["guidegen_to_nnunet"]
+    liver_one = load(one / "labelsTr" / "a.nii.gz")[small_case("a", [ID["liver"], ID["spleen"]]).labels.array == ID["liver"]]
+    liver_two = load(two / "labelsTr" / "b.nii.gz")[small_case("b", [ID["tumour"], ID["colon"], ID["liver"]]).labels.array == ID["liver"]]
+    assert set(liver_one.tolist()) == set(liver_two.tolist()) == {meta_one["labels"]["liver"]}
 
 
 def test_nnunet_existing_dataset_is_not_overwritten(tmp_path):
@@ -112,25 +122,32 @@ def test_nnunet_existing_dataset_is_not_overwritten(tmp_path):
 def test_nnunet_append_keeps_ids_and_refuses_mismatched_labels(tmp_path):
     folder = write_nnunet_dataset([small_case("a", [4, 11])], tmp_path, 3, "Grow")
     write_nnunet_dataset([small_case("b", [11], seed=1)], tmp_path, 3, "Grow", append=True)
+    write_nnunet_dataset([small_case("c", [1], seed=2)], tmp_path, 3, "Grow", append=True)  # a class new to the dataset
     meta = json.loads((folder / "dataset.json").read_text())
-    assert meta["numTraining"] == 2 and set(meta["guidegen"]["cases"]) == {"a", "b"}
-    assert meta["labels"] == {"background": 0, "liver": 1, "tumour": 2}
-    assert set(np.unique(load(folder / "labelsTr" / "b.nii.gz"))) == {0, 2}
+    assert meta["numTraining"] == 3 and set(meta["guidegen"]["cases"]) == {"a", "b", "c"}
+    assert meta["labels"] == {c.name: c.id for c in CLASSES}
+    assert set(np.unique(load(folder / "labelsTr" / "b.nii.gz"))) == {0, 11}
 
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
-    with pytest.raises(InputError, match=r"spleen \(1\)"):  # would need a new id
-        write_nnunet_dataset([small_case("c", [1]), small_case("d", [4])], tmp_path, 3, "Grow", append=True)
     with pytest.raises(InputError, match="already holds a case 'A'"):  # ids collide ignoring case
         write_nnunet_dataset([small_case("A", [4])], tmp_path, 3, "Grow", append=True)
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # nothing half-added
-    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 3
 
     with pytest.raises(InputError, match="has no dataset.json"):
         write_nnunet_dataset([small_case("x", [4])], tmp_path, 4, "Missing", append=True)
-    # Declaring classes up front leaves room for them in later appends.
-    declared = write_nnunet_dataset([small_case("a", [4])], tmp_path, 5, "Declared", declared_classes=["liver", "spleen"])
-    write_nnunet_dataset([small_case("b", [1])], tmp_path, 5, "Declared", append=True)
-    assert json.loads((declared / "dataset.json").read_text())["labels"] == {"background": 0, "spleen": 1, "liver": 2}
+    # A dataset written before the fixed table (only the classes present, renumbered) keeps its ids,
+    # and refuses classes it does not declare.
+    old = write_nnunet_dataset([small_case("a", [4])], tmp_path, 5, "Old")
+    meta = json.loads((old / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "liver": 1}
+    meta["guidegen"]["nnunet_to_guidegen"] = {"0": 0, "1": 4}
+    meta["guidegen"]["guidegen_to_nnunet"] = {"0": 0, "4": 1}
+    (old / "dataset.json").write_text(json.dumps(meta))
+    write_nnunet_dataset([small_case("b", [4])], tmp_path, 5, "Old", append=True)
+    assert set(np.unique(load(old / "labelsTr" / "b.nii.gz"))) == {0, 1}
+    with pytest.raises(InputError, match=r"spleen \(1\)"):  # would need a new id
+        write_nnunet_dataset([small_case("c", [1])], tmp_path, 5, "Old", append=True)
 
 
 def test_nnunet_unknown_voxels_refused_or_written_as_background(tmp_path):

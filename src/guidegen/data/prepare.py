@@ -31,13 +31,14 @@ import numpy as np
 
 from guidegen.errors import InputError
 from guidegen.io.atomic import DiskFullError, atomic_dir, write_text
-from guidegen.io.layouts import CaseSource, discover_cases
+from guidegen.io.layouts import SIDECAR, CaseSource, discover_cases
 from guidegen.io.nifti import read_nifti, write_nifti
 from guidegen.io.validate import check_same_grid
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
 from guidegen.data.body import body_outline
 from guidegen.data.phase import PhaseEstimate, estimate_phase
 from guidegen.grids.resample import grid_affine, resample_ct, resample_labels
+from guidegen.labels.label_set import label_set
 from guidegen.labels.remap import combine_structure_masks, load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
@@ -130,7 +131,10 @@ def load_case(source: CaseSource, vocabulary: str | None = None) -> LoadedCase:
         else:
             raw = read_nifti(source.labels, kind="labels")
             name = vocabulary or source.vocabulary
-            if name is not None:
+            if isinstance(name, dict):  # a label set given in the sidecar
+                vocab = label_set(name, source.labels.parent / SIDECAR)
+                vocab_name = "label set (guidegen-source.json)"
+            elif name is not None:
                 vocab = load_vocabulary(name)
                 vocab_name = name
             elif source.label_names is not None:

@@ -12,8 +12,9 @@ per slice (the shipped model samples with 4; docs/results/fast_cpu.txt) instead 
 * `ConditionalImageGenerator.generate` takes label `Volume`s on the model grid and returns int16 HU
   `Volume`s on the same grid.
 * `generate_ct` ("bring your own mask") takes any label map at any spacing and orientation,
-  resamples it onto the model grid, generates, and resamples the CT back onto the input grid, so
-  the returned CT and the input labels share shape and affine exactly.
+  gives it the body outline and the unknown voxels the model was trained on
+  (`guidegen.data.body`), resamples it onto the model grid, generates, and resamples the CT back
+  onto the input grid, so the returned CT and the input labels share shape and affine exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.data.body import BODY_THRESHOLD_HU, complete_body, unknown_as_body
 from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
 from guidegen.errors import InputError
 from guidegen.grids.resample import grid_affine, resample_ct
@@ -44,6 +46,11 @@ from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_dig
 from guidegen.runtime.precision import autocast, resolve_precision
 
 __all__ = ["ConditionalImageGenerator", "SliceCallback", "annotated_vector", "generate_ct", "model_grid", "sample_volume"]
+
+#: A generated CT is refused as "nearly all air" when fewer than this share of its labelled voxels
+#: (any class but background and unknown) lie above `BODY_THRESHOLD_HU` (lungs drawn as "body" are
+#: below it, so the share is not 1 for a correct CT; a failed one is near 0).
+MIN_TISSUE_FRACTION = 0.25
 
 #: ``callback(k, slices)`` after slice k of every volume is finished; ``slices`` is (N, X, Y) model units.
 SliceCallback = Callable[[int, Tensor], None]
@@ -421,13 +428,20 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
                 seed: int = 0, prompt: str | None = None, text_embedding: Tensor | None = None,
                 annotated: Sequence[str] | None = None, settings: GenerationSettings | None = None,
                 fov: Literal["crop", "fit"] = "crop", callback: SliceCallback | None = None,
-                texture: bool = True, levels: bool = True, **options: object) -> Volume:
+                add_body: bool = True, texture: bool = True, levels: bool = True, **options: object) -> Volume:
     """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
 
-    The labels are resampled onto the model grid (`model_grid`; shape-based interpolation with
-    `guidegen.grids.upsample.upsample_labels`, so coarse maps are not staircased), the CT is generated
-    there and resampled back (linear, anti-aliased when the input grid is coarser) onto the input
-    grid; anything outside the model's field of view is air (−1024 HU).
+    The map is first shown to the model the way its training maps looked (`guidegen.data.body`):
+    with ``add_body``, a map without "body" voxels gets a body outline derived from its structures
+    (else the CT would be organs floating in air) and background enclosed by the body becomes
+    "body"; unknown voxels (255) inside the body are shown as "body" (unannotated tissue), those
+    outside it stay unknown (outside the scan: air). The labels are then resampled onto the model
+    grid (`model_grid`; shape-based interpolation with `guidegen.grids.upsample.upsample_labels`, so
+    coarse maps are not staircased), the CT is generated there and resampled back (linear,
+    anti-aliased when the input grid is coarser) onto the input grid, the model grid's edge slices
+    extended by one voxel so the input's first and last slices are covered; anything further
+    outside the model's field of view is air (−1024 HU). Where the input grid is finer than the
+    model's, texture and data-driven levels are added (`guidegen.images.native`).
 
     Args:
         model: a trained generator.
@@ -435,9 +449,13 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
             array of ids in RAS+ order together with ``spacing``.
         spacing: voxel size in mm; required for a bare array, and overrides a `Volume`'s voxel
             size (keeping its axis directions and position) when its header is wrong.
-        seed, prompt, text_embedding, annotated, settings, callback: see
-            `ConditionalImageGenerator.generate` (the contrast phase is the settings' ``phase``).
+        annotated: the classes the map annotates (the model's annotated-class flags); default
+            every class. "body" is added when its outline is derived.
+        seed, prompt, text_embedding, settings, callback: see `ConditionalImageGenerator.generate`
+            (the contrast phase is the settings' ``phase``).
         fov: see `model_grid`.
+        add_body: complete the body outline (`guidegen.data.body.complete_body`); turn off only for
+            a map already completed (or to see what the model draws without one).
         texture: add scanner-noise grain where the input grid is finer than the model's
             (`guidegen.images.texture`); ``False``: the resampled model CT as it is.
         levels: set tumour HU by host and phase and the unenhanced aorta's level
@@ -445,8 +463,13 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
         **options: any `GenerationSettings` field (``phase="arterial"``, ``image_steps=4``).
 
     Returns:
-        int16 HU CT `Volume` with the input's shape and affine; ``meta["native"]`` records what
-        the texture and level steps did.
+        int16 HU CT `Volume` with the input's shape and affine; ``meta["body"]`` says whether the
+        body outline was "derived", ``meta["annotated"]`` lists the flags used (``None`` = all) and
+        ``meta["native"]`` what the texture and level steps did.
+
+    Raises:
+        InputError: label ids outside the vocabulary, or a CT that came out nearly all air (fewer
+            than `MIN_TISSUE_FRACTION` of the labelled voxels above −500 HU).
     """
     settings = _image_settings(settings, options)
     if isinstance(labels, np.ndarray):
@@ -464,19 +487,48 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
         raise ValueError("labels must be a label Volume or an integer array")
     ids = _checked_ids(labels, model.config.num_classes)
     source = labels.with_array(ids.astype(np.uint8))
+    body = "as given"
+    if add_body:
+        completion = complete_body(source, annotated)
+        source, annotated = completion.labels, completion.annotated
+        body = "derived" if completion.derived else "from the map"
+    source = unknown_as_body(source)
     affine, shape = model_grid(canonical(source), model.config, fov)
     on_grid = upsample_labels(source, affine=affine, shape=shape)
     # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
     ct = model.generate([on_grid], seed, prompt=prompt, text_embedding=text_embedding, annotated=annotated,
                         settings=settings, callback=callback, check_grid=False)[0]
-    model_ct = Volume(ct.array.astype(np.float32), affine, "ct")
+    model_ct = _edge_extended(Volume(ct.array.astype(np.float32), affine, "ct"))
     back = resample_ct(model_ct, labels.affine, labels.shape)
-    # Issue 28: native-resolution texture and tumour / aorta levels (guidegen.images.native).
-    finished, native = finish_native(back.array, ids, labels.affine, model.config.spacing, seed=seed,
-                                     phase=settings.phase,
-                                     texture=texture, levels=levels)
+    _check_not_air(np.rint(back.array), source, labels.meta.get("source"), model.config.spacing)
+    # Issue 28: native-resolution texture and tumour / aorta levels (guidegen.images.native), on the
+    # completed map (a derived body outline and unknown voxels inside it are body tissue).
+    finished, native = finish_native(back.array, source.array, labels.affine, model.config.spacing, seed=seed,
+                                     phase=settings.phase, texture=texture, levels=levels)
     hu = np.clip(np.rint(finished), HU_MIN, HU_MAX).astype(np.int16)
     meta = dict(ct.meta, model_grid={"shape": list(shape), "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)]},
-                native=native)
+                body=body, annotated=None if annotated is None else sorted(annotated, key=NAMES.index), native=native)
     return Volume(hu, labels.affine.copy(), "ct", meta)
 
+
+def _edge_extended(ct: Volume) -> Volume:
+    """The CT with one more voxel on every side, a copy of the edge voxel.
+
+    The model grid's slice centres lie up to one model voxel inside the input's first and last
+    slice centres (its z extent is a whole number of model slices); linear resampling gives air
+    beyond the outermost centres, so without the copy the input's end slices came back as air.
+    """
+    affine = ct.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.ones(3)
+    return Volume(np.pad(ct.array, 1, mode="edge"), affine, "ct", dict(ct.meta))
+
+
+def _check_not_air(hu: np.ndarray, labels: Volume, where: object, model_spacing: Sequence[float]) -> None:
+    labelled = (labels.array != 0) & (labels.array != UNKNOWN)
+    if not labelled.any():
+        return
+    tissue = float(np.count_nonzero(hu[labelled] > BODY_THRESHOLD_HU)) / float(np.count_nonzero(labelled))
+    if tissue < MIN_TISSUE_FRACTION:
+        raise InputError(where, f"the generated CT is air (below {BODY_THRESHOLD_HU:.0f} HU) in {1 - tissue:.0%} of the "
+                                "labelled voxels, so no CT was written: the map is outside what the model can draw "
+                                f"(structures too small for its {'×'.join(f'{float(v):g}' for v in model_spacing)} mm grid?)")

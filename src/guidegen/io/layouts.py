@@ -11,7 +11,8 @@ Supported layouts (detected in this order, recursively below each source given):
 * **Plain pair**: a folder with a CT (``ct.nii.gz``, ``image.nii.gz`` or a DICOM folder ``ct/`` or
   ``dicom/``) and labels (``labels.nii.gz``, ``label.nii.gz``, ``seg.nii.gz`` or a DICOM-SEG
   ``*.dcm``). The label vocabulary comes from a ``guidegen-source.json`` sidecar
-  (``{"vocabulary": "amos"}``) or from ``prepare(..., vocabulary=...)``. A sidecar may also list
+  (``{"vocabulary": "amos"}``; or a label set, id → GuideGen class, as the ``"vocabulary"`` value or
+  as the whole file: `guidegen.labels.label_set`) or from ``prepare(..., vocabulary=...)``. A sidecar may also list
   cases explicitly: ``{"cases": [{"id": ..., "image": ..., "labels": ..., "vocabulary": ...}]}``,
   which is how label maps without a CT are added.
 * **DICOM folder**: a folder of DICOM CT files and nothing else: a CT-only case.
@@ -45,7 +46,7 @@ class CaseSource:
     labels: Path | None = None
     labels_format: Literal["nifti", "dicom_seg", "structures", None] = None
     structures: dict[str, Path] = field(default_factory=dict)
-    vocabulary: str | None = None  # a name in guidegen/labels/sources
+    vocabulary: str | dict[str, str] | None = None  # a name in guidegen/labels/sources, or a label set (id → class)
     label_names: dict[int, str] | None = None  # the dataset's own id → name table
     notes: str = ""
 
@@ -97,10 +98,26 @@ def read_json_object(path: str | Path) -> dict:
     return data
 
 
+def is_label_table(value: object) -> bool:
+    """A label set (`guidegen.labels.label_set`): a non-empty object whose keys are all whole numbers."""
+    return isinstance(value, dict) and bool(value) and all(str(k).strip().isdigit() for k in value)
+
+
+def sidecar_vocabulary(meta: dict) -> str | dict[str, str] | None:
+    """A sidecar's vocabulary: its ``"vocabulary"`` value (a name or a label set), or the whole sidecar
+    when it is a label set itself."""
+    return meta if is_label_table(meta) else meta.get("vocabulary")
+
+
+def _check_vocabulary(path: Path, value: object, where: str = "") -> None:
+    if value is not None and not isinstance(value, str) and not is_label_table(value):
+        raise InputError(path, f"{where}'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`) or a "
+                               f'label set ({{"1": "liver", ...}}, see `guidegen list-classes`), got {value!r}')
+
+
 def _read_json(path: Path) -> dict:
     data = read_json_object(path)
-    if data.get("vocabulary") is not None and not isinstance(data["vocabulary"], str):
-        raise InputError(path, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`), got {data['vocabulary']!r}")
+    _check_vocabulary(path, data.get("vocabulary"))
     return data
 
 
@@ -166,9 +183,10 @@ def _sidecar_cases(folder: Path) -> list[CaseSource] | None:
     for i, entry in enumerate(meta["cases"]):
         if not isinstance(entry, dict) or "labels" not in entry and "image" not in entry:
             raise InputError(side, f"case {i} needs 'labels' and/or 'image'")
-        for key in ("id", "image", "labels", "vocabulary"):
+        for key in ("id", "image", "labels"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise InputError(side, f"case {i}: {key!r} must be text, got {entry[key]!r}")
+        _check_vocabulary(side, entry.get("vocabulary"), f"case {i}: ")
         image = folder / entry["image"] if entry.get("image") else None
         labels = folder / entry["labels"] if entry.get("labels") else None
         for p in (image, labels):
@@ -201,7 +219,7 @@ def _pair_case(folder: Path) -> CaseSource | None:
     vocabulary, notes = None, ""
     if (folder / SIDECAR).exists():
         meta = _read_json(folder / SIDECAR)
-        vocabulary, notes = meta.get("vocabulary"), str(meta.get("notes", ""))
+        vocabulary, notes = sidecar_vocabulary(meta), str(meta.get("notes", ""))
     return CaseSource(_safe_id(folder.name), "pair", image=image, image_format=image_format,  # type: ignore[arg-type]
                       labels=labels, labels_format=labels_format, vocabulary=vocabulary, notes=notes)  # type: ignore[arg-type]
 

@@ -6,12 +6,14 @@ The layout is nnU-Net v2's "raw" format, so the folder can be placed (or written
     Dataset042_GuideGenAbdomen/
         dataset.json
         imagesTr/{case}_0000.nii.gz   CT, int16 Hounsfield units (channel 0, named "CT")
-        labelsTr/{case}.nii.gz        labels, uint8, consecutive nnU-Net ids 0..N
+        labelsTr/{case}.nii.gz        labels, uint8, nnU-Net ids 0..N
 
-nnU-Net requires the label ids to be consecutive (0, 1, ..., N) while GuideGen ids are fixed
-(liver is 4 whatever else is present), so the GuideGen ids present are renumbered in increasing
-GuideGen order and the mapping is kept in ``dataset.json`` under ``"guidegen"``. nnU-Net ignores
-keys it does not know, so that block travels with the dataset.
+One fixed id table for every export: ``dataset.json["labels"]`` declares every class of the
+vocabulary, numbered 1..N in increasing id (nnU-Net wants consecutive ids), whichever classes the
+cases hold; GuideGen's ids are consecutive, so the nnU-Net ids *are* the GuideGen ids (liver is 4 in
+every dataset). Datasets of different runs therefore share their labels and can be merged or
+compared with one model. The mapping is also kept in ``dataset.json`` under ``"guidegen"`` (nnU-Net
+ignores keys it does not know, so that block travels with the dataset).
 """
 
 from __future__ import annotations
@@ -111,13 +113,13 @@ def write_nnunet_dataset(
     overwrite: bool = False,
     append: bool = False,
     unknown: UnknownPolicy = "refuse",
-    declared_classes: Sequence[str] | None = None,
     unknown_id: int = DEFAULT_UNKNOWN_ID,
 ) -> Path:
     """Write (or extend) an nnU-Net v2 raw dataset ``out_dir/DatasetXXX_Name``.
 
-    Label ids: the GuideGen classes present in any case (or ``declared_classes``, when given)
-    are numbered 1..N in increasing GuideGen id, background stays 0. ``dataset.json["labels"]``
+    Label ids: every class of ``label_classes`` is declared, numbered 1..N in increasing id
+    (background stays 0), whatever the cases hold, so every export has the same table; with
+    GuideGen's vocabulary nnU-Net id = GuideGen id. ``dataset.json["labels"]``
     maps GuideGen class names to these nnU-Net ids, and ``dataset.json["guidegen"]`` records the
     mapping both ways ("nnunet_to_guidegen", "guidegen_to_nnunet"), the classes with their
     display names, the unknown-voxel policy and per-case provenance (source, unknown voxel
@@ -131,7 +133,8 @@ def write_nnunet_dataset(
     only when the unknown voxels are known to be background in practice (e.g. outside the body).
 
     Append mode (``append=True``) adds cases to an existing dataset written by this function:
-    it keeps the existing id mapping, refuses cases whose classes are not in it (renumbering
+    it keeps the existing id mapping (datasets written before the fixed table declared only the
+    classes present), refuses cases whose classes are not in it (renumbering
     would invalidate the cases already there), refuses case ids already present, and updates
     ``numTraining``. New files are staged first and moved into place just before dataset.json
     is rewritten; if that fails they are removed again, so the dataset stays as it was.
@@ -148,9 +151,6 @@ def write_nnunet_dataset(
         overwrite: replace an existing dataset folder of the same name (new datasets only).
         append: add to an existing dataset instead of creating one.
         unknown: what to do with unknown voxels: ``"refuse"`` or ``"background"``.
-        declared_classes: class names to declare (background is always 0) even if absent from
-            every case: fixes the id mapping so that later appends may add cases with those
-            classes. ``None`` declares exactly the classes present.
         unknown_id: the vocabulary's "unknown" id (`guidegen.labels.vocabulary.UNKNOWN`).
 
     Returns:
@@ -159,8 +159,7 @@ def write_nnunet_dataset(
     Raises:
         InputError: bad id, name, case id or option; CT and labels on different grids; a volume
             of the wrong kind; label ids outside the vocabulary; unknown voxels with
-            ``unknown="refuse"``; a class outside ``declared_classes`` or (append) outside the
-            existing mapping; another folder with the same dataset id; (append) no dataset to
+            ``unknown="refuse"``; (append) a class outside the existing mapping; another folder with the same dataset id; (append) no dataset to
             extend, or one that this function did not write.
         OutputExistsError: the dataset folder exists and neither ``overwrite`` nor ``append``.
     """
@@ -182,29 +181,22 @@ def write_nnunet_dataset(
         block = dataset_json[GUIDEGEN_KEY]
         mapping = {int(k): int(v) for k, v in block["guidegen_to_nnunet"].items() if int(k) != 0}
         declared = sorted(mapping)
-        if declared_classes is not None and _class_ids(dataset_dir, declared_classes, vocabulary) != declared:
-            raise InputError(
-                dataset_dir,
-                f"declares classes {vocabulary.names(declared)}, not the declared_classes given "
-                f"({', '.join(declared_classes)})",
-            )
         existing = {c.lower() for c in block.get("cases", {})}
         for case in cases:
             if case.case_id.lower() in existing or _case_files_exist(dataset_dir, case.case_id):
                 raise InputError(dataset_dir, f"already holds a case {case.case_id!r}")
     else:
-        declared = present if declared_classes is None else _class_ids(dataset_dir, declared_classes, vocabulary)
+        declared = sorted(set(vocabulary.by_id) - {0})
         mapping = {guidegen_id: nnunet_id for nnunet_id, guidegen_id in enumerate(declared, start=1)}
 
     missing = [gid for gid in present if gid not in mapping]
-    if missing:
-        where = "the existing dataset's labels" if append else "the declared classes"
+    if missing:  # only an older dataset (classes present at the time) can lack a class
         offenders = [case.case_id for case, ids in zip(cases, present_by_case) if ids & set(missing)]
         raise InputError(
             dataset_dir,
-            f"cases {', '.join(offenders)} hold classes {vocabulary.names(missing)} that are not in {where} "
-            f"({vocabulary.names(declared) or 'background only'}); nnU-Net ids must stay as they are, so "
-            "write a new dataset (declare every class up front with declared_classes=)",
+            f"cases {', '.join(offenders)} hold classes {vocabulary.names(missing)} that are not in the existing "
+            f"dataset's labels ({vocabulary.names(declared) or 'background only'}); nnU-Net ids must stay as they "
+            "are, so write a new dataset (which declares every class)",
         )
 
     to_nnunet = np.zeros(256, dtype=np.uint8)  # GuideGen id → nnU-Net id
@@ -330,18 +322,6 @@ def _checked_labels(dataset_dir: Path, case: NnunetCase, unknown: UnknownPolicy,
 def _present_ids(array: np.ndarray, vocabulary: _Vocabulary) -> set[int]:
     counts = np.bincount(array.ravel(), minlength=256)
     return {int(i) for i in np.nonzero(counts)[0] if i not in (0, vocabulary.unknown_id)}
-
-
-def _class_ids(dataset_dir: Path, names: Sequence[str], vocabulary: _Vocabulary) -> list[int]:
-    if isinstance(names, str):
-        raise InputError(dataset_dir, "declared_classes must be a list of class names, not one string")
-    unknown_names = [n for n in names if n not in vocabulary.by_name]
-    if unknown_names:
-        raise InputError(
-            dataset_dir,
-            f"unknown classes {', '.join(map(repr, unknown_names))}; valid classes: {', '.join(vocabulary.by_name)}",
-        )
-    return sorted({int(vocabulary.by_name[n].id) for n in names} - {0})
 
 
 def _check_dataset_id_is_free(out_dir: Path, dataset_id: int, dataset_dir: Path) -> None:

@@ -95,6 +95,26 @@ def canonical(volume: Volume) -> Volume:
     return replace(volume, array=np.ascontiguousarray(array), affine=affine, meta=dict(volume.meta))
 
 
+def reorient_like(volume: Volume, affine: np.ndarray) -> Volume:
+    """Reorder and flip axes (no resampling) so the array's axes point as ``affine``'s do.
+
+    The inverse of `canonical` for a file stored with ``affine``: ``reorient_like(canonical(v),
+    v.affine)`` gives back ``v``'s array order, shape and affine. Where the result's affine agrees
+    with ``affine`` to 1e-4 mm it is ``affine`` itself, so a writer copies the input's header exactly.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(volume.affine),
+                                                nib.orientations.io_orientation(affine))
+    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        out_array, out_affine = volume.array, volume.affine
+    else:
+        out_array = np.ascontiguousarray(nib.orientations.apply_orientation(volume.array, transform))
+        out_affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape)
+    if np.allclose(out_affine, affine, atol=1e-4):
+        out_affine = affine.copy()
+    return replace(volume, array=out_array, affine=out_affine, meta=dict(volume.meta))
+
+
 class LabelInfo(Protocol):
     """What writers need of a label class; `guidegen.labels.vocabulary.LabelClass` has it.
 

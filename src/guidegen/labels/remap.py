@@ -22,6 +22,8 @@ from guidegen.labels.vocabulary import ID, UNKNOWN
 
 #: Pseudo-class of sources that label both kidneys with one id (KiTS); split by position.
 KIDNEY_EITHER_SIDE = "kidney"
+#: Pseudo-class of ids whose voxels are not annotated (they become UNKNOWN, 255).
+NOT_ANNOTATED = "unknown"
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class SourceVocabulary:
     name: str
     description: str
     source_names: dict[int, str]
-    map: dict[int, str]  # source id → GuideGen class name (or "kidney" to split by side)
+    map: dict[int, str]  # source id → GuideGen class name ("kidney" to split by side, "unknown" for 255)
     annotated: frozenset[str]
 
     def lookup_table(self) -> np.ndarray:
@@ -39,7 +41,7 @@ class SourceVocabulary:
         table = np.full(256, UNKNOWN, dtype=np.uint8)
         table[0] = 0
         for sid, name in self.map.items():
-            table[sid] = ID["kidney_right"] if name == KIDNEY_EITHER_SIDE else ID[name]
+            table[sid] = ID["kidney_right"] if name == KIDNEY_EITHER_SIDE else UNKNOWN if name == NOT_ANNOTATED else ID[name]
         return table
 
 
@@ -81,12 +83,15 @@ def remap_labels(array: np.ndarray, vocabulary: str | SourceVocabulary, path: st
     Returns:
         (labels uint8 in GuideGen ids, the annotated GuideGen classes).
 
+    Id 255 means "not annotated" (`UNKNOWN`) in every vocabulary that does not define it itself
+    (prepared maps and GuideGen's own output use it), so it stays 255.
+
     Raises:
         InputError: ids that the vocabulary does not know (the message lists them).
     """
     vocab = load_vocabulary(vocabulary) if isinstance(vocabulary, str) else vocabulary
     present = np.unique(array)
-    unknown_ids = [int(i) for i in present if int(i) != 0 and int(i) not in vocab.map]
+    unknown_ids = [int(i) for i in present if int(i) not in (0, UNKNOWN) and int(i) not in vocab.map]
     if unknown_ids:
         shown = ", ".join(str(i) for i in unknown_ids[:10]) + (" …" if len(unknown_ids) > 10 else "")
         raise InputError(path, f"has label ids {shown} that the {vocab.name} vocabulary does not define")

@@ -14,66 +14,94 @@ import numpy as np
 
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir, check_writable
-from guidegen.io.layouts import SIDECAR, read_json_object
+from guidegen.io.layouts import SIDECAR, is_label_table, read_json_object, sidecar_vocabulary
 from guidegen.io.nifti import quiet_nibabel, read_nifti
-from guidegen.io.volume import Volume
-from guidegen.labels.remap import load_vocabulary, names_from_ids, remap_labels
-from guidegen.labels.vocabulary import CLASSES, ID, UNKNOWN, preview_colour
+from guidegen.io.volume import Volume, canonical, reorient_like
+from guidegen.labels.label_set import read_label_set, vocabulary_for
+from guidegen.labels.remap import names_from_ids, remap_labels
+from guidegen.labels.vocabulary import CLASSES, ID, NAMES, UNKNOWN, preview_colour
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt, check_seed
 
 
-def _sidecar_vocabulary(path: Path) -> str | None:
+def _sidecar(path: Path) -> tuple[str | dict | None, frozenset[str] | None]:
+    """The vocabulary (a name or a label set) and the annotated classes a ``guidegen-source.json``
+    beside ``path`` declares for it (``None`` where it says nothing)."""
     side = path.parent / SIDECAR
     if not side.exists():
-        return None
+        return None, None
     meta = read_json_object(side)
-    name = meta.get("vocabulary")
+    spec = sidecar_vocabulary(meta)
+    annotated = meta.get("annotated")
     for entry in meta.get("cases", []) if isinstance(meta.get("cases"), list) else []:
         if isinstance(entry, dict) and entry.get("labels") == path.name:
-            name = entry.get("vocabulary", name)
+            spec, annotated = entry.get("vocabulary", spec), entry.get("annotated", annotated)
             break
-    if name is not None and not isinstance(name, str):
-        raise InputError(side, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`), got {name!r}")
-    return name
+    if spec is not None and not isinstance(spec, str) and not is_label_table(spec):
+        raise InputError(side, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`) or a label set "
+                               f'({{"1": "liver", ...}}, see `guidegen list-classes`), got {spec!r}')
+    if annotated is not None:
+        if not isinstance(annotated, list) or any(a not in NAMES for a in annotated):
+            raise InputError(side, f"'annotated' must be a list of GuideGen class names (see `guidegen list-classes`), got {annotated!r}")
+        annotated = frozenset(annotated)
+    return spec, annotated
 
 
-def load_labels(path: str | Path, vocabulary: str | None = None) -> tuple[Volume, frozenset[str]]:
+def load_labels(path: str | Path, vocabulary: str | None = None, label_set: str | Path | None = None
+                ) -> tuple[Volume, frozenset[str]]:
     """Read a label file in any supported vocabulary → (GuideGen label Volume, annotated classes).
 
-    The vocabulary is, in order: the argument; a ``guidegen-source.json`` beside the file; GuideGen's
-    own ids when the NIfTI header says GuideGen wrote it. Otherwise the user must say.
+    The vocabulary is, in order: ``label_set`` (a JSON file mapping the map's ids to GuideGen class
+    names, `guidegen.labels.label_set`) or ``vocabulary`` (a shipped vocabulary's name); a
+    ``guidegen-source.json`` beside the file (a name, or a label set); GuideGen's own ids when the
+    NIfTI header says GuideGen wrote it. Otherwise the user must say. A DICOM-SEG's segment names
+    serve unless a label set is given. Id 255 is "not annotated" in every vocabulary.
+
+    The volume is canonical (RAS+); for a NIfTI file ``meta["affine_on_disk"]`` keeps the file's
+    own affine (`guidegen.io.volume.reorient_like` gives back the file's array order).
     """
     path = Path(path)
+    if vocabulary is not None and label_set is not None:
+        raise InputError("--vocabulary/--labels-json", "give one of them, not both")
+    user_set = read_label_set(label_set) if label_set is not None else None
+    annotated_override = None
     if path.suffix.lower() == ".dcm":
         from guidegen.io.dicom_seg import read_dicom_seg
 
         raw, names = read_dicom_seg(path)
-        vocab = names_from_ids(names)
+        vocab = user_set or names_from_ids(names)
     else:
-        raw = read_nifti(path, kind="labels")
-        name = vocabulary or _sidecar_vocabulary(path)
-        if name is None:
+        stored = read_nifti(path, kind="labels", reorient=False)
+        raw = canonical(stored)
+        raw.meta["affine_on_disk"] = stored.affine.copy()
+        spec: str | dict | None = vocabulary
+        if user_set is None and vocabulary is None:
+            spec, annotated_override = _sidecar(path)
+        if user_set is None and spec is None:
             import nibabel as nib
 
             with quiet_nibabel():
                 descrip = bytes(nib.load(str(path)).header["descrip"]).split(b"\0")[0]
             if descrip.startswith(b"GuideGen label map"):
-                name = "guidegen"
-        if name is None:
-            raise InputError(path, "its label vocabulary is unknown: pass --vocabulary (see `guidegen list-vocabularies`)")
-        vocab = load_vocabulary(name)
+                spec = "guidegen"
+        if user_set is None and spec is None:
+            raise InputError(path, "its label vocabulary is unknown: pass --vocabulary (see `guidegen list-vocabularies`) "
+                                   "or --labels-json (your ids → GuideGen classes, see `guidegen list-classes`)")
+        vocab = user_set or vocabulary_for(spec, path.parent / SIDECAR)
     array, annotated = remap_labels(raw.array, vocab, path=path, affine=raw.affine)
+    if annotated_override is not None:
+        annotated = annotated & annotated_override
     if not np.any((array > 0) & (array != UNKNOWN)):
         raise InputError(path, "label map is empty: no voxel carries a label")
     return raw.with_array(array), annotated
 
 
-def report_for_label_file(path: str | Path, vocabulary: str | None = None, seed: int | None = None) -> tuple[str, dict]:
-    """Radiology-style report and attribute record (as a dict) for a label file."""
+def report_for_label_file(path: str | Path, vocabulary: str | None = None, seed: int | None = None,
+                          label_set: str | Path | None = None) -> tuple[str, dict]:
+    """Radiology-style report and attribute record (as a dict) for a label file (``label_set``: see `load_labels`)."""
     from guidegen.text.report import report_from_labels
 
-    labels, annotated = load_labels(path, vocabulary)
+    labels, annotated = load_labels(path, vocabulary, label_set)
     text, attributes = report_from_labels(labels, annotated=set(annotated), seed=seed)
     return text, attributes.to_dict()
 
@@ -180,15 +208,24 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
 
 
 def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0, *,
-                          prompt: str | None = None, settings: GenerationSettings | None = None,
-                          model: str | Path | None = None, device: str = "cpu", overwrite: bool = False,
-                          texture: bool = True, levels: bool = True) -> list[str]:
+                          label_set: str | Path | None = None, prompt: str | None = None,
+                          settings: GenerationSettings | None = None, model: str | Path | None = None,
+                          device: str = "cpu", overwrite: bool = False, texture: bool = True,
+                          levels: bool = True) -> list[str]:
     """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
 
-    The label map keeps its own grid: the CT is generated on the model grid and resampled back, so
-    ``ct.nii.gz`` and ``labels.nii.gz`` share shape and affine exactly. ``settings``: the image
-    generator's part of `GenerationSettings` (image steps and guidance, phase, precision, backend).
+    The label map keeps its own grid and array order: the CT is generated on the model grid and
+    resampled back, and both files are written with the input file's shape, axis order and affine,
+    so ``ct.nii.gz``, ``labels.nii.gz`` and the input line up voxel for voxel. ``labels.nii.gz`` holds
+    GuideGen ids, with class "body" where the map had none inside the body outline (derived from the
+    structures when the map has no body class: said in the returned lines); unknown voxels stay 255.
+    ``case.json`` and ``guidegen-source.json`` record the classes the map annotates, which were the
+    generator's annotated-class flags, so a report of the output does not call the others absent.
+    ``label_set``: a JSON file mapping the map's ids to GuideGen classes (`load_labels`).
+    ``settings``: the image generator's part of `GenerationSettings` (image steps and guidance,
+    phase, precision, backend); ``texture``, ``levels``: see `guidegen.images.generator.generate_ct`.
     """
+    from guidegen.data.body import DERIVED_BODY_MARGIN_MM, complete_body, unknown_as_body
     from guidegen.images.generator import ConditionalImageGenerator, generate_ct
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
@@ -198,25 +235,48 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
     check_seed(seed)
     if prompt is not None:
         prompt = check_prompt(prompt)
-    labels_volume, _annotated = load_labels(labels, vocabulary)
+    labels_volume, annotated = load_labels(labels, vocabulary, label_set)
     generator = ConditionalImageGenerator.from_pretrained(model_component(model, "image_generator"), device=device)
+    completion = complete_body(labels_volume, annotated)
+    labels_volume, annotated = completion.labels, completion.annotated
     started = time.perf_counter()
-    ct = generate_ct(generator, labels_volume, seed=seed, prompt=prompt, settings=settings, texture=texture,
-                     levels=levels)
+    ct = generate_ct(generator, labels_volume, seed=seed, prompt=prompt, annotated=sorted(annotated), settings=settings,
+                     add_body=False, texture=texture, levels=levels)
     seconds = time.perf_counter() - started
+    disk_affine = labels_volume.meta.get("affine_on_disk")
+    if disk_affine is not None:  # the input file's own array order (load_labels made it RAS+)
+        ct, labels_volume = reorient_like(ct, disk_affine), reorient_like(labels_volume, disk_affine)
+    unknown = int(np.count_nonzero(labels_volume.array == UNKNOWN))
+    unknown_in_body = int(np.count_nonzero(unknown_as_body(labels_volume).array == ID["body"])
+                          - np.count_nonzero(labels_volume.array == ID["body"]))
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_nifti(ct, tmp / "ct.nii.gz")
         write_nifti(labels_volume, tmp / "labels.nii.gz")
-        render_preview(tmp / "preview.png", ct, labels_volume, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
-                       title=f"generated CT for {Path(labels).name}", skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
-        (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "seed": seed, "phase": settings.phase,
-                                                   "prompt": prompt, "steps": settings.image_steps,
-                                                   "guidance": settings.image_guidance, "settings": settings.to_dict(),
-                                                   "seconds": round(seconds, 2),
+        render_preview(tmp / "preview.png", canonical(ct), canonical(labels_volume), [c.display for c in CLASSES],
+                       [preview_colour(c.id) for c in CLASSES], title=f"generated CT for {Path(labels).name}",
+                       skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
+        annotated_names = sorted(annotated, key=NAMES.index)
+        (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "label_set": None if label_set is None else str(label_set),
+                                                   "seed": seed, "phase": settings.phase, "prompt": prompt,
+                                                   "steps": settings.image_steps, "guidance": settings.image_guidance,
+                                                   "settings": settings.to_dict(), "seconds": round(seconds, 2),
                                                    "runtime": ct.meta.get("runtime"), "native": ct.meta.get("native"),
-                                                   "shape": list(ct.shape), "spacing_mm": list(ct.spacing)}, indent=1), encoding="utf-8")
-    return [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}", runtime_line({"images": ct.meta["runtime"]})]
+                                                   "annotated": annotated_names,
+                                                   "body": "derived" if completion.derived else "from the map",
+                                                   "unknown_voxels": unknown, "unknown_voxels_in_body": unknown_in_body,
+                                                   "shape": list(ct.shape), "spacing_mm": list(ct.spacing),
+                                                   "orientation": ct.orientation}, indent=1), encoding="utf-8")
+        (tmp / SIDECAR).write_text(json.dumps({"vocabulary": "guidegen", "annotated": annotated_names,
+                                               "notes": f"generate-ct output for {Path(labels).name}"}, indent=1), encoding="utf-8")
+    lines = [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}"]
+    if completion.derived:
+        lines.append(f"the map has no body outline: derived one from its structures (their outline per axial slice + "
+                     f"{DERIVED_BODY_MARGIN_MM:g} mm of soft tissue), written as class body in labels.nii.gz")
+    if unknown:
+        lines.append(f"{unknown} unknown voxels (id 255, kept in labels.nii.gz): {unknown_in_body} inside the body drawn as "
+                     f"unannotated body tissue, {unknown - unknown_in_body} outside it as air")
+    return [*lines, runtime_line({"images": ct.meta["runtime"]})]
 
 
 def runtime_line(runtime: dict[str, dict[str, str]]) -> str:
