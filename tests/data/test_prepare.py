@@ -11,7 +11,7 @@ from guidegen.data.body import body_outline
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.errors import InputError
 from guidegen.io.nifti import read_nifti
-from guidegen.labels.vocabulary import ID
+from guidegen.labels.vocabulary import ID, UNKNOWN
 
 ALL_CASES = {"amos-0001-slices", "amos-0013-slices", "amos-0013-labels", "dcmqi-ct-3slice", "lits-117-crop",
              "msd-colon-050-tumour", "msd-spleen-8", "totalseg-example-a", "totalseg-example-b"}

@@ -57,7 +57,7 @@ def drawn_as_labelled(ct: np.ndarray, labels: np.ndarray, classes: list[int] | N
 @pytest.mark.parametrize("orientation", ["RAS", "LPS", "LAI"])
 def test_ct_lines_up_with_the_input_voxel_for_voxel(oracle_model, orientation):
     labels = phantom(orientation)
-    ct = generate_ct(oracle_model, labels, seed=0)
+    ct = generate_ct(oracle_model, labels, seed=0, texture=False, levels=False)
     assert ct.shape == labels.shape and np.array_equal(ct.affine, labels.affine)
     assert drawn_as_labelled(ct.array, labels.array) == 1.0
     assert dice(ct.array > -500, labels.array != 0) > 0.95
@@ -66,7 +66,7 @@ def test_ct_lines_up_with_the_input_voxel_for_voxel(oracle_model, orientation):
     for axis in (0, 2):
         assert drawn_as_labelled(ct.array, np.flip(labels.array, axis), [ID["liver"]]) < 0.5
     # The same anatomy in another order gives the same CT once both are in RAS order.
-    reference = canonical(generate_ct(oracle_model, phantom("RAS"), seed=0))
+    reference = canonical(generate_ct(oracle_model, phantom("RAS"), seed=0, texture=False, levels=False))
     assert np.abs(canonical(ct).array.astype(float) - reference.array).mean() < 1.0
 
 
@@ -75,7 +75,7 @@ def test_every_input_slice_is_generated(oracle_model, spacing, shape):
     # 14 slices of 10 mm hold 11 model slices of 12 mm, 3 slices of 4 mm one: the input's end slices
     # lie beyond the model grid's outermost slice centres, where resampling used to give air.
     labels = phantom("LPS", spacing, shape)
-    ct = generate_ct(oracle_model, labels, seed=0)
+    ct = generate_ct(oracle_model, labels, seed=0, texture=False, levels=False)
     for k in range(shape[2]):
         inside = labels.array[..., k] != 0
         assert inside.any()
@@ -89,7 +89,7 @@ def test_unknown_voxels_inside_the_body_are_drawn_as_body(oracle_model):
     assert np.all(array[block] == ID["body"])
     array[block] = UNKNOWN
     array[:2] = UNKNOWN  # reaching the edge of the slices: outside the scan
-    ct = generate_ct(oracle_model, labels.with_array(array), seed=0)
+    ct = generate_ct(oracle_model, labels.with_array(array), seed=0, texture=False, levels=False)
     core = (slice(10, 14), slice(16, 20), slice(4, 10))
     assert np.all(np.abs(ct.array[core] - ORACLE_HU["body"]) <= 2)  # as unannotated body tissue, not air
     assert np.all(ct.array[:1] == -1024)
@@ -97,7 +97,7 @@ def test_unknown_voxels_inside_the_body_are_drawn_as_body(oracle_model):
 
 def test_a_map_without_a_body_gets_one_and_says_so(oracle_model):
     labels = phantom(body=False)
-    ct = generate_ct(oracle_model, labels, seed=0)
+    ct = generate_ct(oracle_model, labels, seed=0, texture=False, levels=False)
     assert ct.meta["body"] == "derived"
     x = canonical(labels)
     from scipy import ndimage
@@ -111,7 +111,7 @@ def test_a_map_without_a_body_gets_one_and_says_so(oracle_model):
     assert np.mean(np.abs(hu[near] - ORACLE_HU["body"]) <= 30) > 0.9
     assert np.all(hu[far] == -1024)
     # Without completion the organs float in air (what issue 28 saw).
-    bare = canonical(generate_ct(oracle_model, labels, seed=0, add_body=False)).array
+    bare = canonical(generate_ct(oracle_model, labels, seed=0, add_body=False, texture=False, levels=False)).array
     assert np.mean(bare[near] < -900) > 0.9
 
 
@@ -121,7 +121,7 @@ def test_annotated_classes_reach_the_network(oracle_model):
     on = {NAMES[i] for i in torch.nonzero(flags).flatten().tolist()}
     assert on == {"background", "liver", "bone", "body"}  # body: its outline was derived
     oracle_model.seen_annotated.clear()
-    generate_ct(oracle_model, phantom(), seed=0)
+    generate_ct(oracle_model, phantom(), seed=0, texture=False, levels=False)
     assert torch.all(oracle_model.seen_annotated[-1] == 1)  # default: every class
 
 
@@ -129,4 +129,4 @@ def test_a_ct_that_is_nearly_all_air_is_refused(oracle_model):
     with torch.no_grad():
         oracle_model.levels.fill_(float(oracle_model.unknown_level))  # a broken model: air everywhere
     with pytest.raises(InputError, match=r"phantom-RAS: the generated CT is air .* in 100% of the labelled voxels"):
-        generate_ct(oracle_model, phantom(), seed=0)
+        generate_ct(oracle_model, phantom(), seed=0, texture=False, levels=False)

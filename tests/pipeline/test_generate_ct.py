@@ -59,7 +59,7 @@ def test_a_foreign_label_set_end_to_end_on_the_input_s_own_arrays(oracle, tmp_pa
     table.write_text(json.dumps(LABEL_SET))
     out = tmp_path / "out"
     code, stdout, err = run(["generate-ct", "--labels", str(path), "--labels-json", str(table), "--out", str(out),
-                             "--model", str(tmp_path / "model")], capsys)
+                             "--model", str(tmp_path / "model"), "--no-texture", "--no-levels"], capsys)
     assert code == 0, err
     source = nib.load(str(path))
     ct_image, labels_image = nib.load(str(out / "ct.nii.gz")), nib.load(str(out / "labels.nii.gz"))
@@ -92,7 +92,8 @@ def test_the_label_set_as_the_maps_sidecar_and_a_map_without_a_body(oracle, tmp_
     path, _ = foreign_map(tmp_path, "LPS", body=False, unknown_block=False)
     (path.parent / "guidegen-source.json").write_text(json.dumps({"vocabulary": LABEL_SET}))
     out = tmp_path / "out"
-    code, stdout, err = run(["generate-ct", "-l", str(path), "-o", str(out), "--model", str(tmp_path / "model")], capsys)
+    code, stdout, err = run(["generate-ct", "-l", str(path), "-o", str(out), "--model", str(tmp_path / "model"),
+                             "--no-texture", "--no-levels"], capsys)
     assert code == 0, err
     assert "no body outline: derived one" in stdout
     case = json.loads((out / "case.json").read_text())
