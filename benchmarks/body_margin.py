@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, default=Path("prepared"))
     args = parser.parse_args()
     entries = {e["case_id"]: e for e in json.loads((args.prepared / "manifest.json").read_text())["cases"]}
-    print(f"{'case':20s} {'structures':10s} {'slab':>7s} {'best margin':>11s} {'Dice':>5s}   Dice at 20 / 25 / 30 / 35 / 40 mm")
+    print(
+        f"{'case':20s} {'structures':10s} {'slab':>7s} {'best margin':>11s} {'Dice':>5s}   Dice at 20 / 25 / 30 / 35 "
+        "/ 40 mm"
+    )
     for case in CASES:
         if case not in entries or not entries[case]["has_ct"]:
             print(f"{case:20s} not prepared with its CT: skipped")
@@ -63,7 +66,10 @@ def main() -> None:
                     dice.append(2 * overlap / (np.count_nonzero(derived & scored) + np.count_nonzero(real & scored)))
                 best = int(np.argmax(dice))
                 at = " / ".join(f"{dice[int(np.flatnonzero(MARGINS == m)[0])]:.3f}" for m in (20, 25, 30, 35, 40))
-                print(f"{case:20s} {variant:10s} ±{slab:4.0f} mm {MARGINS[best]:8.1f} mm {dice[best]:.3f}   {at}", flush=True)
+                print(
+                    f"{case:20s} {variant:10s} ±{slab:4.0f} mm {MARGINS[best]:8.1f} mm {dice[best]:.3f}   {at}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,11 @@ def measure_output(folder: Path) -> None:
         real = series.array if series.same_grid(generated, atol=1e-2) else None
     if real is not None and real.shape != ct.shape:
         real = None
-    print(f"\n{folder}: {case['labels']} {tuple(case['shape'])} {case['orientation']}, body {case['body']}, "
-          f"phase {case['phase']}, {case['unknown_voxels']} unknown voxels ({case['unknown_voxels_in_body']} inside the body)")
+    print(
+        f"\n{folder}: {case['labels']} {tuple(case['shape'])} {case['orientation']}, body {case['body']}, "
+        f"phase {case['phase']}, {case['unknown_voxels']} unknown voxels ({case['unknown_voxels_in_body']} inside "
+        "the body)"
+    )
     print(f"  {'structure':22s} {'voxels':>9s} {'generated HU':>12s} {'real HU':>8s}")
     for cls in np.unique(labels):
         if cls == 0:
@@ -67,9 +70,13 @@ def measure_output(folder: Path) -> None:
         line += f" (real: fat {_share(real[body], FAT_HU):.0%}, soft tissue {_share(real[body], SOFT_HU):.0%})"
     print(line)
     labelled = (labels != 0) & (labels != UNKNOWN)
-    air_slices = [k for k in range(ct.shape[2]) if labelled[..., k].any() and np.all(ct[..., k][labelled[..., k]] <= -900)]
-    print(f"  slices whose labelled voxels are all air: {air_slices or 'none'} of {ct.shape[2]}; "
-          f"CT above −500 HU in {np.mean(ct[labelled] > -500):.0%} of the labelled voxels")
+    air_slices = [
+        k for k in range(ct.shape[2]) if labelled[..., k].any() and np.all(ct[..., k][labelled[..., k]] <= -900)
+    ]
+    print(
+        f"  slices whose labelled voxels are all air: {air_slices or 'none'} of {ct.shape[2]}; "
+        f"CT above −500 HU in {np.mean(ct[labelled] > -500):.0%} of the labelled voxels"
+    )
 
 
 def unknown_check(model_dir: Path, slices: int, seed: int) -> None:
@@ -89,10 +96,15 @@ def unknown_check(model_dir: Path, slices: int, seed: int) -> None:
     affine = raw.affine.copy()
     affine[:3, 3] = raw.world_coordinates(np.array([0, 0, top.start]))
     labels = raw.with_array(array, affine=affine)
-    model = ConditionalImageGenerator.from_pretrained(model_dir / "image_generator" if (model_dir / "image_generator").is_dir() else model_dir)
+    model = ConditionalImageGenerator.from_pretrained(
+        model_dir / "image_generator" if (model_dir / "image_generator").is_dir() else model_dir
+    )
     lungs = array == UNKNOWN
     real_hu = real.array[..., top][lungs]
-    print(f"totalseg-example-a, upper {slices} slices: {int(lungs.sum())} lung voxels marked unknown (label set), seed {seed}")
+    print(
+        f"totalseg-example-a, upper {slices} slices: {int(lungs.sum())} lung voxels marked unknown (label set), seed "
+        f"{seed}"
+    )
     now = generate_ct(model, labels, seed=seed, annotated=sorted(annotated), phase="portal_venous")
     shown_as = generator_module.unknown_as_body
     generator_module.unknown_as_body = lambda volume: volume  # what the model was shown before issue 28: 255
@@ -100,10 +112,16 @@ def unknown_check(model_dir: Path, slices: int, seed: int) -> None:
         before = generate_ct(model, labels, seed=seed, annotated=sorted(annotated), phase="portal_venous")
     finally:
         generator_module.unknown_as_body = shown_as
-    for name, values in (("shown as body (now)", now.array[lungs]), ("shown as 255 (before)", before.array[lungs]),
-                         ("real CT", real_hu)):
-        print(f"  {name:22s} median {np.median(values):6.0f} HU, mean {np.mean(values):6.0f}, "
-              f"fat {_share(values, FAT_HU):.0%}, soft tissue {_share(values, SOFT_HU):.0%}, below −500: {np.mean(values < -500):.0%}")
+    for name, values in (
+        ("shown as body (now)", now.array[lungs]),
+        ("shown as 255 (before)", before.array[lungs]),
+        ("real CT", real_hu),
+    ):
+        print(
+            f"  {name:22s} median {np.median(values):6.0f} HU, mean {np.mean(values):6.0f}, "
+            f"fat {_share(values, FAT_HU):.0%}, soft tissue {_share(values, SOFT_HU):.0%}, below −500: "
+            f"{np.mean(values < -500):.0%}"
+        )
 
 
 def main() -> None:

@@ -33,18 +33,36 @@ import time
 
 import numpy as np
 import torch
+from real_scans import load_scans  # a script's folder is on sys.path
 from scipy import ndimage
 
 from guidegen.images.generator import ConditionalImageGenerator, generate_ct
 from guidegen.images.grain import interior, measure_texture, slice_axis, to_slices_last
-from guidegen.images.levels import LITS_LIVER_HU, LITS_TUMOUR_HU, CARCINOMA_UNENHANCED_HU, UNENHANCED_AORTA_HU, tumour_hu
+from guidegen.images.levels import (
+    CARCINOMA_UNENHANCED_HU,
+    LITS_LIVER_HU,
+    LITS_TUMOUR_HU,
+    UNENHANCED_AORTA_HU,
+    tumour_hu,
+)
 from guidegen.images.native import finish_native
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
-from real_scans import load_scans  # a script's folder is on sys.path
 
-STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left", "aorta", "inferior_vena_cava", "pancreas",
-              "gallbladder", "stomach", "colon", "bone", "tumour")
+STRUCTURES = (
+    "liver",
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "aorta",
+    "inferior_vena_cava",
+    "pancreas",
+    "gallbladder",
+    "stomach",
+    "colon",
+    "bone",
+    "tumour",
+)
 PHASES = ("non_contrast", "arterial", "portal_venous", "delayed")
 
 
@@ -77,22 +95,30 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{'—':>5}" if a is None or b is None or b == 0 else f"{a / b:5.2f}"
 
 
-def table(title: str, labels: Volume, real: Volume, network: Volume, final: Volume, no_real: tuple[str, ...] = ()) -> None:
+def table(
+    title: str, labels: Volume, real: Volume, network: Volume, final: Volume, no_real: tuple[str, ...] = ()
+) -> None:
     """Per structure: real, network and default mean / fine grain / coarse grain / slice change,
     ratios default / real (``no_real``: structures the real CT does not have, e.g. an inserted tumour)."""
     names = [n for n in STRUCTURES if np.any(labels.array == ID[n])]
     stats = {key: measure_texture(vol, labels, names) for key, vol in (("network", network), ("final", final))}
     stats["real"] = measure_texture(real, labels, [n for n in names if n not in no_real])
     print(f"\n{title}")
-    print(f"{'structure':20s} | {'real: mean  grain coarse  Δslice':33s} | {'network: mean grain Δslice':27s} | "
-          f"{'default: mean grain Δslice':27s} | grain Δslice ratio (default/real)")
+    print(
+        f"{'structure':20s} | {'real: mean  grain coarse  Δslice':33s} | {'network: mean grain Δslice':27s} | "
+        f"{'default: mean grain Δslice':27s} | grain Δslice ratio (default/real)"
+    )
     for name in names:
         r, n, f = (stats[k].get(name) for k in ("real", "network", "final"))
         if n is None and f is None:
             continue
         cells = [f"{name:20s}"]
-        cells.append(f"{fmt(r and r.mean)} {fmt(r and r.grain)} {fmt(r and r.coarse_grain)} {fmt(r and r.adjacent_change, 7)}    "
-                     if r else f"{'(no real reference)':33s}")
+        cells.append(
+            f"{fmt(r and r.mean)} {fmt(r and r.grain)} {fmt(r and r.coarse_grain)} {fmt(r and r.adjacent_change, 7)} "
+            "   "
+            if r
+            else f"{'(no real reference)':33s}"
+        )
         cells.append(f"{fmt(n and n.mean)} {fmt(n and n.grain)} {fmt(n and n.adjacent_change, 7)}      ")
         cells.append(f"{fmt(f and f.mean)} {fmt(f and f.grain)} {fmt(f and f.adjacent_change, 7)}      ")
         cells.append(f"{ratio(f and f.grain, r and r.grain)} {ratio(f and f.adjacent_change, r and r.adjacent_change)}")
@@ -115,7 +141,7 @@ def ball(labels: Volume, host: str, radius_mm: float, keep_slices: int = 1) -> V
     idx = np.indices(mask.shape, dtype=np.float32)
     r2 = sum(((idx[a] - centre[a]) * labels.spacing[a]) ** 2 for a in range(3))
     out = labels.array.copy()
-    out[(r2 < radius_mm ** 2) & mask] = ID["tumour"]
+    out[(r2 < radius_mm**2) & mask] = ID["tumour"]
     return labels.with_array(out)
 
 
@@ -124,22 +150,30 @@ def tumour_sweep(model, labels: Volume, seed: int, annotated: list[str]) -> None
     print(f"{'phase':14s} | network: tumour liver tumour−liver | default: tumour liver tumour−liver | target | seconds")
     axis = slice_axis(labels.affine)
     _, spacing = to_slices_last(labels.array, labels.spacing, axis)
-    inner = {n: np.moveaxis(interior(to_slices_last(labels.array == ID[n], labels.spacing, axis)[0], spacing, d), -1, axis)
-             for n, d in (("tumour", 2.0), ("liver", 3.0))}
+    inner = {
+        n: np.moveaxis(interior(to_slices_last(labels.array == ID[n], labels.spacing, axis)[0], spacing, d), -1, axis)
+        for n, d in (("tumour", 2.0), ("liver", 3.0))
+    }
     for phase in PHASES:
         started = time.perf_counter()
         net = generate_ct(model, labels, seed=seed, phase=phase, annotated=annotated, texture=False, levels=False)
-        final, _ = finish_native(net.array.astype(np.float32), labels.array, labels.affine, model.config.spacing,
-                                 seed=seed, phase=phase)
+        final, _ = finish_native(
+            net.array.astype(np.float32), labels.array, labels.affine, model.config.spacing, seed=seed, phase=phase
+        )
         final = np.clip(np.rint(final), -1024, 3071)
         seconds = time.perf_counter() - started
         t_n, l_n = float(net.array[inner["tumour"]].mean()), float(net.array[inner["liver"]].mean())
         t_f, l_f = float(final[inner["tumour"]].mean()), float(final[inner["liver"]].mean())
-        print(f"{phase:14s} | {t_n:15.1f} {l_n:5.1f} {t_n - l_n:12.1f} | {t_f:15.1f} {l_f:5.1f} {t_f - l_f:12.1f} | "
-              f"{tumour_hu('liver', phase):6.1f} | {seconds:5.0f}")
-    print(f"real references: LiTS 117 (portal venous) tumour {LITS_TUMOUR_HU} HU, liver {LITS_LIVER_HU} HU "
-          f"(tumour−liver {LITS_TUMOUR_HU - LITS_LIVER_HU:.1f}); unenhanced colorectal carcinoma {CARCINOMA_UNENHANCED_HU} HU "
-          "(Oto et al., Eur Radiol 2003); unenhanced liver metastases are darker than the liver (45–65 HU)")
+        print(
+            f"{phase:14s} | {t_n:15.1f} {l_n:5.1f} {t_n - l_n:12.1f} | {t_f:15.1f} {l_f:5.1f} {t_f - l_f:12.1f} | "
+            f"{tumour_hu('liver', phase):6.1f} | {seconds:5.0f}"
+        )
+    print(
+        f"real references: LiTS 117 (portal venous) tumour {LITS_TUMOUR_HU} HU, liver {LITS_LIVER_HU} HU "
+        f"(tumour−liver {LITS_TUMOUR_HU - LITS_LIVER_HU:.1f}); unenhanced colorectal carcinoma "
+        f"{CARCINOMA_UNENHANCED_HU} HU "
+        "(Oto et al., Eur Radiol 2003); unenhanced liver metastases are darker than the liver (45–65 HU)"
+    )
 
 
 def run_pair(model, labels: Volume, seed: int, phase: str, annotated: list[str]) -> tuple[Volume, Volume, float, dict]:
@@ -158,7 +192,7 @@ def slab(labels: Volume, ct: Volume, around: str, slices: int) -> tuple[Volume, 
     index[axis] = slice(lo, lo + slices)
     affine = labels.affine.copy()
     affine[:3, 3] += lo * affine[:3, axis]
-    cut = lambda v: Volume(np.ascontiguousarray(v.array[tuple(index)]), affine, v.kind, dict(v.meta))
+    cut = lambda v: Volume(np.ascontiguousarray(v.array[tuple(index)]), affine, v.kind, dict(v.meta))  # noqa: E731
     return cut(labels), cut(ct)
 
 
@@ -173,18 +207,27 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"# byom_native.py: {time.strftime('%Y-%m-%d')}, CPU {cpu_name()}, {args.threads} threads, seed {args.seed}; "
-          f"load average at the start {load} (a shared machine: the seconds below are not comparable timings)")
+    print(
+        f"# byom_native.py: {time.strftime('%Y-%m-%d')}, CPU {cpu_name()}, {args.threads} threads, seed {args.seed}; "
+        f"load average at the start {load} (a shared machine: the seconds below are not comparable timings)"
+    )
     model = ConditionalImageGenerator.from_pretrained(f"{args.model}/image_generator")
     scans = load_scans(args.data, args.shared)
     held = scans["amos-0001-slices"]
     annotated = list(held.labels.meta["annotated"])
     network, final, seconds, native = run_pair(model, held.labels, args.seed, "non_contrast", annotated)
-    print(f"\namos-0001-slices: {held.labels.shape} at {[round(s, 2) for s in held.labels.spacing]} mm, non-contrast, "
-          f"{seconds:.0f} s for both CTs; level step: {native['levels']}; texture: {native['texture']}")
+    print(
+        f"\namos-0001-slices: {held.labels.shape} at {[round(s, 2) for s in held.labels.spacing]} mm, non-contrast, "
+        f"{seconds:.0f} s for both CTs; level step: {native['levels']}; texture: {native['texture']}"
+    )
     table("held-out AMOS 0001, all 10 slices", held.labels, held.ct, network, final)
-    table("held-out AMOS 0001, inner 8 slices (first and last left out: issue 28 part A)",
-          inner_slices(held.labels), inner_slices(held.ct), inner_slices(network), inner_slices(final))
+    table(
+        "held-out AMOS 0001, inner 8 slices (first and last left out: issue 28 part A)",
+        inner_slices(held.labels),
+        inner_slices(held.ct),
+        inner_slices(network),
+        inner_slices(final),
+    )
     with_tumour = ball(held.labels, "liver", 15.0)
     tumour_sweep(model, with_tumour, args.seed, annotated + ["tumour"])
     lits = scans.get("lits-117-crop")
@@ -197,13 +240,27 @@ def main() -> None:
     labels9, ct9 = slab(s9.labels, s9.ct, "spleen", 40)
     with_colon = ball(labels9, "colon", 10.0, keep_slices=3)
     labels9 = with_colon if with_colon is not None else labels9
-    network, final, seconds, native = run_pair(model, labels9, args.seed, "non_contrast", list(s9.labels.meta["annotated"]) + ["tumour"])
-    print(f"\ns0009 (60 mm slab through the spleen{', 20 mm tumour ball in the colon' if with_colon is not None else ''}): "
-          f"{labels9.shape} at {[round(s, 2) for s in labels9.spacing]} mm, non-contrast, {seconds:.0f} s; "
-          f"level step: {native['levels']}; texture: {native['texture']}")
-    table("s0009 slab (sharp-kernel real CT; the tumour ball has no real CT: its row shows the generated levels only)",
-          labels9, ct9, network, final, no_real=("tumour",))
-    print(f"targets: unenhanced aorta {UNENHANCED_AORTA_HU:.1f} HU, colon tumour {tumour_hu('colon', 'non_contrast'):.1f} HU")
+    network, final, seconds, native = run_pair(
+        model, labels9, args.seed, "non_contrast", list(s9.labels.meta["annotated"]) + ["tumour"]
+    )
+    print(
+        "\ns0009 (60 mm slab through the "
+        f"spleen{', 20 mm tumour ball in the colon' if with_colon is not None else ''}): "
+        f"{labels9.shape} at {[round(s, 2) for s in labels9.spacing]} mm, non-contrast, {seconds:.0f} s; "
+        f"level step: {native['levels']}; texture: {native['texture']}"
+    )
+    table(
+        "s0009 slab (sharp-kernel real CT; the tumour ball has no real CT: its row shows the generated levels only)",
+        labels9,
+        ct9,
+        network,
+        final,
+        no_real=("tumour",),
+    )
+    print(
+        f"targets: unenhanced aorta {UNENHANCED_AORTA_HU:.1f} HU, colon tumour "
+        f"{tumour_hu('colon', 'non_contrast'):.1f} HU"
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ import time
 
 import numpy as np
 import torch
+from phase_check import (
+    interior,
+    interior_mean,
+)  # the eroded mean phase_check reports (a script's folder is on sys.path)
 from scipy import ndimage
-
-from phase_check import interior, interior_mean  # the eroded mean phase_check reports (a script's folder is on sys.path)
 
 STRUCTURES = ("aorta", "inferior_vena_cava", "liver", "spleen", "kidney_left", "kidney_right")
 #: In-plane distance bands [lo, hi) in pixels from outside the label (1 = the first pixel inside).
@@ -44,11 +46,19 @@ def edge_profile(ct: np.ndarray, labels: np.ndarray, real: np.ndarray | None = N
         for lo, hi in BANDS:
             sel = (dist >= lo) & (dist < hi)
             enough = sel.sum() >= 10
-            bands.append((float(ct[sel].mean()) if enough else float("nan"),
-                          float(real[sel].mean()) if (real is not None and enough) else float("nan")))
+            bands.append(
+                (
+                    float(ct[sel].mean()) if enough else float("nan"),
+                    float(real[sel].mean()) if (real is not None and enough) else float("nan"),
+                )
+            )
         inner = interior(labels, (name,))
-        out[name] = {"voxels": int(mask.sum()), "bands": bands, "eroded": interior_mean(ct, inner),
-                     "eroded_real": interior_mean(real, inner) if real is not None else float("nan")}
+        out[name] = {
+            "voxels": int(mask.sum()),
+            "bands": bands,
+            "eroded": interior_mean(ct, inner),
+            "eroded_real": interior_mean(real, inner) if real is not None else float("nan"),
+        }
     return out
 
 
@@ -61,7 +71,11 @@ def print_profile(name: str, profile: dict[str, dict]) -> None:
         cells = []
         for g, r in p["bands"]:
             cells.append("–" if np.isnan(g) else (f"{g:.0f}" if np.isnan(r) else f"{g:.0f} ({r:.0f})"))
-        e = "–" if np.isnan(p["eroded"]) else f"{p['eroded']:.0f}" + ("" if np.isnan(p["eroded_real"]) else f" ({p['eroded_real']:.0f})")
+        e = (
+            "–"
+            if np.isnan(p["eroded"])
+            else f"{p['eroded']:.0f}" + ("" if np.isnan(p["eroded_real"]) else f" ({p['eroded_real']:.0f})")
+        )
         print(f"| {s} | {p['voxels']} | " + " | ".join(cells) + f" | {e} |")
 
 
@@ -90,16 +104,25 @@ def main() -> None:
         if case not in entries:
             raise SystemExit(f"error: {args.prepared}: no prepared case {case!r}")
         e = entries[case]
-        maps.append((f"{case} (real labels; real CT in brackets)", read_nifti(e["labels_path"], kind="labels"),
-                     read_nifti(e["ct_path"], kind="ct").array, None if args.all_annotated else e["annotated"]))
+        maps.append(
+            (
+                f"{case} (real labels; real CT in brackets)",
+                read_nifti(e["labels_path"], kind="labels"),
+                read_nifti(e["ct_path"], kind="ct").array,
+                None if args.all_annotated else e["annotated"],
+            )
+        )
     if args.generated:
-        coarse = gg.mask_sampler.sample_masks("normal abdomen", n=args.generated,
-                                              seed=[args.seed + i for i in range(args.generated)])
+        coarse = gg.mask_sampler.sample_masks(
+            "normal abdomen", n=args.generated, seed=[args.seed + i for i in range(args.generated)]
+        )
         maps += [(f"sampled map {i}", gg._upsample(c), None, None) for i, c in enumerate(coarse)]
     print(f"model {gg.info.get('model_id')}; phase {args.phase}; seed {args.seed}; steps {args.steps or 'default'}")
     for name, labels, real, annotated in maps:
         start = time.perf_counter()
-        ct = gg.image_generator.generate(labels, seed=args.seed, phase=args.phase, annotated=annotated, image_steps=args.steps)[0]
+        ct = gg.image_generator.generate(
+            labels, seed=args.seed, phase=args.phase, annotated=annotated, image_steps=args.steps
+        )[0]
         print_profile(f"{name}: {time.perf_counter() - start:.0f} s", edge_profile(ct.array, labels.array, real))
 
 

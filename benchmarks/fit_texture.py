@@ -14,13 +14,16 @@ import argparse
 import json
 from pathlib import Path
 
-from guidegen.images.texture_fit import fit_texture_model
 from real_scans import load_scans  # a script's folder is on sys.path
 
-ATTRIBUTION = ("Fitted to real CT: AMOS 2022 (Ji et al., NeurIPS 2022; CC BY 4.0) and the TotalSegmentator "
-               "repository's test CT (Wasserthal et al., Radiology: AI 2023; Apache-2.0). Other bundled scans "
-               "were measured, not fitted (see measured_not_fitted). Noise scaling with slice thickness: "
-               "Hsieh, Computed Tomography: Principles, Design, Artifacts, and Recent Advances, 2nd ed., SPIE 2009.")
+from guidegen.images.texture_fit import fit_texture_model
+
+ATTRIBUTION = (
+    "Fitted to real CT: AMOS 2022 (Ji et al., NeurIPS 2022; CC BY 4.0) and the TotalSegmentator "
+    "repository's test CT (Wasserthal et al., Radiology: AI 2023; Apache-2.0). Other bundled scans "
+    "were measured, not fitted (see measured_not_fitted). Noise scaling with slice thickness: "
+    "Hsieh, Computed Tomography: Principles, Design, Artifacts, and Recent Advances, 2nd ed., SPIE 2009."
+)
 
 
 def main() -> None:
@@ -39,8 +42,12 @@ def main() -> None:
     print(json.dumps({k: v for k, v in data.items() if k != "provenance"}, indent=1))
     for name, entry in report.items():
         floor = entry["tissues"][entry["floor"]]
-        print(f"{name:20s} fit={entry['fit']!s:5s} contrast={entry['contrast']!s:5s} px={entry['pixel_mm']} dz={entry['slice_mm']} "
-              f"floor={entry['floor']} grain={floor['grain']:.1f} corr={floor['inplane_correlation']} slice_corr={floor['slice_correlation']}")
+        print(
+            f"{name:20s} fit={entry['fit']!s:5s} contrast={entry['contrast']!s:5s} px={entry['pixel_mm']} "
+            f"dz={entry['slice_mm']} "
+            f"floor={entry['floor']} grain={floor['grain']:.1f} corr={floor['inplane_correlation']} "
+            f"slice_corr={floor['slice_correlation']}"
+        )
     print(f"wrote {args.out} and {args.report}")
 
 

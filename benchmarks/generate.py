@@ -48,16 +48,25 @@ def cpu_line() -> str:
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "unknown CPU")
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown CPU",
+        )
     except OSError:
         model = "unknown CPU"
     caps = cpu_capabilities()
     cpuinfo = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
     capped = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
-    return (f"CPU: {model}, {os.cpu_count()} logical cores; /proc/cpuinfo: {cpuinfo}; PyTorch: kernels {caps['aten_kernels']}, "
-            f"AVX512-BF16 {caps['avx512_bf16']}, AMX {caps['amx']}, oneDNN bf16 {caps['onednn_bf16']}"
-            + (f"; ISA capped by {capped}" if capped else ""))
+    return (
+        f"CPU: {model}, {os.cpu_count()} logical cores; /proc/cpuinfo: {cpuinfo}; PyTorch: kernels "
+        f"{caps['aten_kernels']}, "
+        f"AVX512-BF16 {caps['avx512_bf16']}, AMX {caps['amx']}, oneDNN bf16 {caps['onednn_bf16']}"
+        + (f"; ISA capped by {capped}" if capped else "")
+    )
 
 
 def peak_rss_gb() -> float:
@@ -87,17 +96,29 @@ def run_one(args: argparse.Namespace) -> dict:
     compiled = time.perf_counter() - started
     steps = args.mask_steps or gg.mask_sampler.config.sample_steps
     image_steps = args.image_steps or gg.image_generator.config.flow_steps
-    result = {"startup": {"import": imported, "load": loaded, "compile": compiled}, "runtime": runtime,
-              "steps": [steps, image_steps], "extrapolated": False}
+    result = {
+        "startup": {"import": imported, "load": loaded, "compile": compiled},
+        "runtime": runtime,
+        "steps": [steps, image_steps],
+        "extrapolated": False,
+    }
     if args.extrapolate:
         return extrapolate(gg, args, steps, image_steps, result)
     start = time.perf_counter()
-    case = gg.generate(PROMPT, n=1, seed=args.seed, steps=steps, image_steps=image_steps,
-                       precision=args.precision, backend=args.backend)[0]
+    case = gg.generate(
+        PROMPT,
+        n=1,
+        seed=args.seed,
+        steps=steps,
+        image_steps=image_steps,
+        precision=args.precision,
+        backend=args.backend,
+    )[0]
     generated = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        settings = GenerationSettings(steps=steps, image_steps=image_steps, precision=args.precision,
-                                      backend=args.backend)
+        settings = GenerationSettings(
+            steps=steps, image_steps=image_steps, precision=args.precision, backend=args.backend
+        )
         write_case_folder(case, Path(tmp), gg.info, settings, {"mask_steps": steps, "image_steps": image_steps})
     times = {k: case.timings[k] for k in STAGES}
     times["total"] = generated + times["write"]
@@ -120,8 +141,15 @@ def extrapolate(gg, args: argparse.Namespace, steps: int, image_steps: int, resu
 
     start = time.perf_counter()
     try:
-        gg.mask_sampler.sample_masks(PROMPT, n=1, seed=[args.seed], steps=steps, callback=stop_masks,
-                                     precision=args.precision, backend=args.backend)
+        gg.mask_sampler.sample_masks(
+            PROMPT,
+            n=1,
+            seed=[args.seed],
+            steps=steps,
+            callback=stop_masks,
+            precision=args.precision,
+            backend=args.backend,
+        )
     except _Stop:
         pass
     masks = (time.perf_counter() - start) / timed_steps * steps
@@ -136,8 +164,14 @@ def extrapolate(gg, args: argparse.Namespace, steps: int, image_steps: int, resu
 
     start = time.perf_counter()
     try:
-        gg.image_generator.generate(labels, seed=args.seed, image_steps=image_steps, callback=stop_images,
-                                    precision=args.precision, backend=args.backend)
+        gg.image_generator.generate(
+            labels,
+            seed=args.seed,
+            image_steps=image_steps,
+            callback=stop_images,
+            precision=args.precision,
+            backend=args.backend,
+        )
     except _Stop:
         pass
     images = (time.perf_counter() - start) / timed_slices * labels.shape[2]
@@ -151,18 +185,36 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     from guidegen.runtime import available_backends, native_bf16
 
     old = ["--mask-steps", str(PREVIOUS_STEPS[0]), "--image-steps", str(PREVIOUS_STEPS[1])]
-    rows = [("previous default (torch bf16, 25/6 steps)", ["--precision", "bf16", "--backend", "torch", *old]
-             + ([] if native_bf16("cpu") else ["--extrapolate"])),
-            ("torch fp32, 25/6 steps", ["--precision", "fp32", "--backend", "torch", *old]),
-            ("torch fp32", ["--precision", "fp32", "--backend", "torch"])]
+    rows = [
+        (
+            "previous default (torch bf16, 25/6 steps)",
+            ["--precision", "bf16", "--backend", "torch", *old] + ([] if native_bf16("cpu") else ["--extrapolate"]),
+        ),
+        ("torch fp32, 25/6 steps", ["--precision", "fp32", "--backend", "torch", *old]),
+        ("torch fp32", ["--precision", "fp32", "--backend", "torch"]),
+    ]
     if native_bf16("cpu"):
         rows.append(("torch bf16", ["--precision", "bf16", "--backend", "torch"]))
     for backend in available_backends()[1:]:
         rows.append((f"{backend} (precision auto)", ["--precision", "auto", "--backend", backend]))
     rows.append(("auto (the default)", ["--precision", "auto", "--backend", "auto"]))
     if args.paper_estimate:
-        rows.append(("paper procedure (1000/50 steps, auto)", ["--precision", "auto", "--backend", "auto",
-                                                               "--mask-steps", "1000", "--image-steps", "50", "--extrapolate"]))
+        rows.append(
+            (
+                "paper procedure (1000/50 steps, auto)",
+                [
+                    "--precision",
+                    "auto",
+                    "--backend",
+                    "auto",
+                    "--mask-steps",
+                    "1000",
+                    "--image-steps",
+                    "50",
+                    "--extrapolate",
+                ],
+            )
+        )
     if args.only:
         rows = [r for r in rows if any(o in r[0] for o in args.only)]
     return rows
@@ -174,8 +226,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None, help="only rows whose name contains one of these")
-    parser.add_argument("--paper-estimate", action="store_true",
-                        help="add the paper's sampling procedure (1000 mask steps, 50 per slice), extrapolated")
+    parser.add_argument(
+        "--paper-estimate",
+        action="store_true",
+        help="add the paper's sampling procedure (1000 mask steps, 50 per slice), extrapolated",
+    )
     # One configuration in this process (what the parent runs in each child):
     parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
@@ -190,7 +245,11 @@ def main() -> None:
 
     print(cpu_line())
     print(f"prompt: {PROMPT!r}, seed {args.seed}, {args.threads} threads; each row in a fresh process")
-    header = f"{'configuration':44s} {'networks':34s} {'steps':>6s} {'start-up':>9s}" + "".join(f"{s:>9s}" for s in (*STAGES, "total")) + "  peak RSS"
+    header = (
+        f"{'configuration':44s} {'networks':34s} {'steps':>6s} {'start-up':>9s}"
+        + "".join(f"{s:>9s}" for s in (*STAGES, "total"))
+        + "  peak RSS"
+    )
     print(header)
     base = [sys.executable, __file__, "--threads", str(args.threads), "--seed", str(args.seed)]
     if args.model:
@@ -198,18 +257,26 @@ def main() -> None:
     for name, extra in configurations(args):
         proc = subprocess.run(base + extra, capture_output=True, text=True)
         if proc.returncode != 0:
-            print(f"{name:44s} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            print(
+                f"{name:44s} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+            )
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        nets = f"masks {r['runtime']['masks']['backend']} {r['runtime']['masks']['precision']}, images {r['runtime']['images']['backend']} {r['runtime']['images']['precision']}"
+        masks, images = r["runtime"]["masks"], r["runtime"]["images"]
+        nets = f"masks {masks['backend']} {masks['precision']}, images {images['backend']} {images['precision']}"
         nets = nets.replace("onnxruntime", "ort").replace("openvino", "ov")
         startup = sum(r["startup"].values())
         t = r["times"]
         mark = "~" if r["extrapolated"] else " "
-        print(f"{name:44s} {nets:34s} {r['steps'][0]:>3d}/{r['steps'][1]:<2d} {startup:8.1f}s"
-              + "".join(f"{mark}{t[s]:7.1f}s" for s in (*STAGES, "total")) + f"  {r['peak_rss_gb']:.2f} GB")
-    print("start-up = import + model load + network compile (a first use exports, checks and times the backends; "
-          "later uses read the cache); ~ = extrapolated from the first steps and slices")
+        print(
+            f"{name:44s} {nets:34s} {r['steps'][0]:>3d}/{r['steps'][1]:<2d} {startup:8.1f}s"
+            + "".join(f"{mark}{t[s]:7.1f}s" for s in (*STAGES, "total"))
+            + f"  {r['peak_rss_gb']:.2f} GB"
+        )
+    print(
+        "start-up = import + model load + network compile (a first use exports, checks and times the backends; "
+        "later uses read the cache); ~ = extrapolated from the first steps and slices"
+    )
 
 
 if __name__ == "__main__":

@@ -57,11 +57,15 @@ def main() -> None:
     text = torch.randn(config.batch_size, config.max_text_tokens, config.text_dim)
     attr = torch.zeros(config.batch_size, attribute_dim())
     params = sum(p.numel() for p in model.parameters())
-    print(f"mask sampler: grid {config.shape} at {config.spacing} mm, channels {config.channels}, {params / 1e6:.2f} M parameters, "
-          f"{args.threads} threads, batch {config.batch_size}")
+    print(
+        f"mask sampler: grid {config.shape} at {config.spacing} mm, channels {config.channels}, {params / 1e6:.2f} M "
+        "parameters, "
+        f"{args.threads} threads, batch {config.batch_size}"
+    )
 
     rows = []
     for precision in ("fp32", "bf16"):
+
         def train_step() -> None:
             t = diffusion.sample_timesteps(x0.shape[0])
             x_t = diffusion.q_sample(x0, t)
@@ -90,7 +94,12 @@ def main() -> None:
             label = f"{precision}, {'guided (2 evals)' if guided else 'unguided'}"
             rows.append((f"one sampling step, {label}", per_eval))
             for steps in (25, 50, config.num_timesteps):
-                rows.append((f"  sample, {steps} steps{' (extrapolated)' if steps == config.num_timesteps else ''}", per_eval * steps))
+                rows.append(
+                    (
+                        f"  sample, {steps} steps{' (extrapolated)' if steps == config.num_timesteps else ''}",
+                        per_eval * steps,
+                    )
+                )
     width = max(len(r[0]) for r in rows)
     for name, seconds in rows:
         print(f"{name:<{width}}  {seconds:8.2f} s")

@@ -37,16 +37,35 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (guidegen.runtime)")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (guidegen.runtime)")
     parser.add_argument("--out", default=None, help="write the full report as JSON here")
-    parser.add_argument("--tumour-placement", choices=["insert", "network", "both"], default="both",
-                        help="score maps with stated tumours inserted, the network's own maps, or both (one sampling)")
-    parser.add_argument("--final-decode", choices=["argmax", "matched"], default=None,
-                        help="last sampling step (default: the model's MaskSamplerConfig.final_decode)")
-    parser.add_argument("--organ-sizes", choices=["scale", "network"], default=None,
-                        help="stated organ sizes in the placed maps (default: the model's organ_sizes)")
-    parser.add_argument("--aorta-placement", choices=["tube", "network"], default=None,
-                        help="the aorta in the placed maps (default: the model's aorta_placement)")
-    parser.add_argument("--maps", default=None,
-                        help="npz of the network's maps: read if it exists (no sampling), else written after sampling")
+    parser.add_argument(
+        "--tumour-placement",
+        choices=["insert", "network", "both"],
+        default="both",
+        help="score maps with stated tumours inserted, the network's own maps, or both (one sampling)",
+    )
+    parser.add_argument(
+        "--final-decode",
+        choices=["argmax", "matched"],
+        default=None,
+        help="last sampling step (default: the model's MaskSamplerConfig.final_decode)",
+    )
+    parser.add_argument(
+        "--organ-sizes",
+        choices=["scale", "network"],
+        default=None,
+        help="stated organ sizes in the placed maps (default: the model's organ_sizes)",
+    )
+    parser.add_argument(
+        "--aorta-placement",
+        choices=["tube", "network"],
+        default=None,
+        help="the aorta in the placed maps (default: the model's aorta_placement)",
+    )
+    parser.add_argument(
+        "--maps",
+        default=None,
+        help="npz of the network's maps: read if it exists (no sampling), else written after sampling",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -74,14 +93,26 @@ def main() -> None:
         arrays = np.load(cached)["maps"]
         if len(arrays) != len(jobs):
             raise SystemExit(f"{cached}: holds {len(arrays)} maps, this suite needs {len(jobs)}")
-        samples = [Volume(a, sampler_grid(sampler.config), "labels", {"prompt": p, "seed": s}) for a, (p, s) in zip(arrays, jobs)]
+        samples = [
+            Volume(a, sampler_grid(sampler.config), "labels", {"prompt": p, "seed": s})
+            for a, (p, s) in zip(arrays, jobs)
+        ]
     else:
         for b in range(0, len(jobs), args.batch):
-            chunk = jobs[b:b + args.batch]
-            samples += sampler.sample_masks([p for p, _ in chunk], n=1, seed=[s for _, s in chunk], steps=args.steps,
-                                            guidance=args.guidance, tumour_placement="network", organ_sizes="network",
-                                            aorta_placement="network", final_decode=args.final_decode,
-                                            precision=args.precision, backend=args.backend)
+            chunk = jobs[b : b + args.batch]
+            samples += sampler.sample_masks(
+                [p for p, _ in chunk],
+                n=1,
+                seed=[s for _, s in chunk],
+                steps=args.steps,
+                guidance=args.guidance,
+                tumour_placement="network",
+                organ_sizes="network",
+                aorta_placement="network",
+                final_decode=args.final_decode,
+                precision=args.precision,
+                backend=args.backend,
+            )
             print(f"  sampled {len(samples)}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
         if cached is not None:
             np.savez_compressed(cached, maps=np.stack([v.array for v in samples]))
@@ -101,12 +132,15 @@ def main() -> None:
         maps = [read_nifti(e["labels_path"], kind="labels") for e in load_prepared(args.reference)]
         reference = {k: list(v) for k, v in volume_statistics(maps).items()}
     cfg = sampler.config
-    print(f"mask sampler {args.model}: {cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
-          f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in {seconds:.0f} s "
-          f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
-          f"last step {args.final_decode or cfg.final_decode}; "
-          f"placement stage (organ sizes {'scaled' if sizes else 'as drawn'}, aorta {'tube' if tube else 'as drawn'}) "
-          f"{placed_seconds / len(jobs):.2f} s per map")
+    print(
+        f"mask sampler {args.model}: {cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
+        f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in "
+        f"{seconds:.0f} s "
+        f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
+        f"last step {args.final_decode or cfg.final_decode}; "
+        f"placement stage (organ sizes {'scaled' if sizes else 'as drawn'}, aorta {'tube' if tube else 'as drawn'}) "
+        f"{placed_seconds / len(jobs):.2f} s per map"
+    )
     modes = ["insert", "network"] if args.tumour_placement == "both" else [args.tumour_placement]
     reports = {}
     for mode in modes:
@@ -116,7 +150,9 @@ def main() -> None:
         for line in report.summary_lines():
             print(line)
     if args.out:
-        Path(args.out).write_text(json.dumps(reports if len(modes) > 1 else reports[modes[0]], indent=1), encoding="utf-8")
+        Path(args.out).write_text(
+            json.dumps(reports if len(modes) > 1 else reports[modes[0]], indent=1), encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

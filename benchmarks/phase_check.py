@@ -37,9 +37,19 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "portal_venous": {"aorta": (150, 200), "liver": (100, 130), "spleen": (100, 140), "kidneys": (140, 200)},
     "delayed": {"aorta": (100, 150), "liver": (80, 110), "spleen": (90, 120), "kidneys": (100, 180)},
 }
-CITED = {("non_contrast", "aorta"), ("non_contrast", "liver"), ("arterial", "aorta"), ("portal_venous", "aorta"),
-         ("portal_venous", "liver")}
-STRUCTURES = {"aorta": ("aorta",), "liver": ("liver",), "spleen": ("spleen",), "kidneys": ("kidney_left", "kidney_right")}
+CITED = {
+    ("non_contrast", "aorta"),
+    ("non_contrast", "liver"),
+    ("arterial", "aorta"),
+    ("portal_venous", "aorta"),
+    ("portal_venous", "liver"),
+}
+STRUCTURES = {
+    "aorta": ("aorta",),
+    "liver": ("liver",),
+    "spleen": ("spleen",),
+    "kidneys": ("kidney_left", "kidney_right"),
+}
 
 
 #: Fewest voxels for a structure's mean to be reported.
@@ -75,13 +85,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image-steps", type=int, default=None, help="flow steps per slice (default: the model's)")
-    parser.add_argument("--steps", type=int, default=None, help="mask sampler steps for --generated maps (default: the model's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="mask sampler steps for --generated maps (default: the model's)"
+    )
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (guidegen.runtime)")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (guidegen.runtime)")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help="the image generator's classifier-free guidance scale (default: the model's config)")
-    parser.add_argument("--cases", nargs="+", default=None,
-                        help="measure these `guidegen generate` output folders instead of generating")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="the image generator's classifier-free guidance scale (default: the model's config)",
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        help="measure these `guidegen generate` output folders instead of generating",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cases:
@@ -98,18 +118,36 @@ def main() -> None:
     for e in entries:
         real_ct = read_nifti(e["ct_path"], kind="ct")
         labels = read_nifti(e["labels_path"], kind="labels")
-        maps.append((f"{args.case} (real labels)", labels, structure_means(real_ct.array, labels.array), e.get("phase"),
-                     e["annotated"]))
+        maps.append(
+            (
+                f"{args.case} (real labels)",
+                labels,
+                structure_means(real_ct.array, labels.array),
+                e.get("phase"),
+                e["annotated"],
+            )
+        )
     if args.generated:
-        coarse = gg.mask_sampler.sample_masks("normal abdomen", n=args.generated, seed=[args.seed + i for i in range(args.generated)],
-                                              steps=args.steps, precision=args.precision, backend=args.backend)
+        coarse = gg.mask_sampler.sample_masks(
+            "normal abdomen",
+            n=args.generated,
+            seed=[args.seed + i for i in range(args.generated)],
+            steps=args.steps,
+            precision=args.precision,
+            backend=args.backend,
+        )
         for i, c in enumerate(coarse):
             maps.append((f"sampled map {i}", gg._upsample(c), None, None, None))
     phases = args.phases.split(",")
     guidance = gg.image_generator.config.guidance_scale if args.guidance is None else args.guidance
-    print(f"runtime: {gg.warm_up(GenerationSettings(precision=args.precision, backend=args.backend))}; image steps {args.image_steps or gg.image_generator.config.flow_steps}")
-    print(f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}; "
-          f"image guidance {guidance:g}")
+    print(
+        f"runtime: {gg.warm_up(GenerationSettings(precision=args.precision, backend=args.backend))}; image steps "
+        f"{args.image_steps or gg.image_generator.config.flow_steps}"
+    )
+    print(
+        f"model {gg.info.get('model_id')}; label maps: {', '.join(m[0] for m in maps)}; phases: {', '.join(phases)}; "
+        f"image guidance {guidance:g}"
+    )
     rows = []
     for name, labels, real, real_phase, annotated in maps:
         if real is not None:
@@ -118,9 +156,16 @@ def main() -> None:
             start = time.perf_counter()
             # A partial real map (AMOS: no bones) says which classes it annotates, as in training
             # and in validate_image_generator.py; sampled maps are complete.
-            ct = gg.image_generator.generate(labels, seed=args.seed, phase=phase, annotated=annotated,
-                                             image_guidance=args.guidance, image_steps=args.image_steps,
-                                             precision=args.precision, backend=args.backend)[0]
+            ct = gg.image_generator.generate(
+                labels,
+                seed=args.seed,
+                phase=phase,
+                annotated=annotated,
+                image_guidance=args.guidance,
+                image_steps=args.image_steps,
+                precision=args.precision,
+                backend=args.backend,
+            )[0]
             rows.append((name, phase, structure_means(ct.array, labels.array)))
             print(f"  {name}, {phase}: {time.perf_counter() - start:.0f} s", flush=True)
     print_table(rows)
@@ -130,8 +175,8 @@ def measure_cases(folders: list[str]) -> list[tuple[str, str, dict[str, float]]]
     """(case, phase it was generated in, structure means) for every case folder under ``folders``."""
     from pathlib import Path
 
-    from guidegen.io.nifti import read_nifti
     from guidegen.io.layouts import read_json_object
+    from guidegen.io.nifti import read_nifti
 
     rows = []
     for folder in folders:
@@ -168,8 +213,11 @@ def print_table(rows: list[tuple[str, str, dict[str, float]]]) -> None:
         if inside:
             hits += sum(inside)
             total += len(inside)
-        print(f"| {name} | {phase} | " + " | ".join(cells) + f" | {sum(inside)}/{len(inside)} |" if inside else
-              f"| {name} | {phase} | " + " | ".join(cells) + " | |")
+        print(
+            f"| {name} | {phase} | " + " | ".join(cells) + f" | {sum(inside)}/{len(inside)} |"
+            if inside
+            else f"| {name} | {phase} | " + " | ".join(cells) + " | |"
+        )
     print(f"\nin range: {hits}/{total} (structure, phase) pairs")
 
 

@@ -18,13 +18,27 @@ from guidegen.labels.vocabulary import ID
 
 #: scan → (fitted?, why; source and licence). Folders under data/real or the shared data folder.
 SCANS: dict[str, tuple[bool, str]] = {
-    "amos-0013-slices": (True, "native 0.78 mm / 5 mm, soft kernel; AMOS 2022 case 13 (Ji et al., NeurIPS 2022), CC BY 4.0"),
-    "totalseg-example-b": (True, "native 0.98 mm / 2 mm DICOM series, soft kernel; TotalSegmentator repository "
-                                 "test data (Wasserthal et al., Radiology: AI 2023), Apache-2.0"),
-    "amos-0001-slices": (False, "held out: the acceptance map (the shipped image generator never trained on it); "
-                                "AMOS 2022 case 1, CC BY 4.0"),
-    "s0009": (False, "sharp (bone) kernel spine CT, resampled to 1.5 mm by the dataset; TotalSegmentator dataset, CC BY 4.0"),
-    "totalseg-example-a": (False, "resampled to 3 mm (not a native reconstruction); TotalSegmentator repository, Apache-2.0"),
+    "amos-0013-slices": (
+        True,
+        "native 0.78 mm / 5 mm, soft kernel; AMOS 2022 case 13 (Ji et al., NeurIPS 2022), CC BY 4.0",
+    ),
+    "totalseg-example-b": (
+        True,
+        "native 0.98 mm / 2 mm DICOM series, soft kernel; TotalSegmentator repository "
+        "test data (Wasserthal et al., Radiology: AI 2023), Apache-2.0",
+    ),
+    "amos-0001-slices": (
+        False,
+        "held out: the acceptance map (the shipped image generator never trained on it); AMOS 2022 case 1, CC BY 4.0",
+    ),
+    "s0009": (
+        False,
+        "sharp (bone) kernel spine CT, resampled to 1.5 mm by the dataset; TotalSegmentator dataset, CC BY 4.0",
+    ),
+    "totalseg-example-a": (
+        False,
+        "resampled to 3 mm (not a native reconstruction); TotalSegmentator repository, Apache-2.0",
+    ),
     "msd-spleen-8": (False, "downsampled copy (through-plane noise smoothed); MSD Task09 case 8, CC BY-SA 4.0"),
     "lits-117-crop": (False, "voxel spacing unknown (header had none); LiTS 117 via MSD, CC BY-SA 4.0"),
     "dcmqi-ct-3slice": (False, "a DICOM fixture only (its data notes say so); dcmqi test data, BSD-3"),
@@ -53,6 +67,8 @@ def load_scans(data: str | Path = "data/real", shared: str | Path | None = "/wor
             if case.ct is None or case.labels is None:
                 continue
             fit, note = SCANS[source.case_id]
-            labels = case.labels.with_array(case.labels.array, meta={**case.labels.meta, "annotated": sorted(case.annotated)})
+            labels = case.labels.with_array(
+                case.labels.array, meta={**case.labels.meta, "annotated": sorted(case.annotated)}
+            )
             out[source.case_id] = FitScan(source.case_id, case.ct, labels, _contrast(case.ct, labels), fit, note)
     return out

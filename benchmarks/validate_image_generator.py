@@ -41,24 +41,39 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (guidegen.runtime)")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (guidegen.runtime)")
     parser.add_argument("--out", default=None, help="folder for the comparison picture")
-    parser.add_argument("--phase", default=None, help="contrast phase to ask for (default: the prepared case's estimate)")
+    parser.add_argument(
+        "--phase", default=None, help="contrast phase to ask for (default: the prepared case's estimate)"
+    )
     args = parser.parse_args()
     entry = next(e for e in load_prepared(args.prepared) if e["case_id"] == args.case)
     model = ConditionalImageGenerator.from_pretrained(args.model)
     real = read_nifti(entry["ct_path"])
     labels = read_nifti(entry["labels_path"], kind="labels")
     started = time.perf_counter()
-    generated = model.generate(labels, seed=args.seed, image_steps=args.steps, phase=args.phase or entry.get("phase"),
-                               annotated=entry["annotated"], precision=args.precision, backend=args.backend)[0]
+    generated = model.generate(
+        labels,
+        seed=args.seed,
+        image_steps=args.steps,
+        phase=args.phase or entry.get("phase"),
+        annotated=entry["annotated"],
+        precision=args.precision,
+        backend=args.backend,
+    )[0]
     seconds = time.perf_counter() - started
     table = compare_mean_hu(generated, real, labels)
     body = (labels.array > 0) & (labels.array != 255)
     result = {
-        "case": args.case, "phase": args.phase or entry.get("phase"), "seconds": round(seconds, 1), "slices": labels.shape[2],
-        "steps": args.steps or model.config.flow_steps, "runtime": generated.meta["runtime"],
+        "case": args.case,
+        "phase": args.phase or entry.get("phase"),
+        "seconds": round(seconds, 1),
+        "slices": labels.shape[2],
+        "steps": args.steps or model.config.flow_steps,
+        "runtime": generated.meta["runtime"],
         "mean_hu": table,
-        "adjacent_slice_median_abs_diff_hu": {"real": adjacent_slice_difference(real.array, body),
-                                               "generated": adjacent_slice_difference(generated.array, body)},
+        "adjacent_slice_median_abs_diff_hu": {
+            "real": adjacent_slice_difference(real.array, body),
+            "generated": adjacent_slice_difference(generated.array, body),
+        },
     }
     print(json.dumps(result, indent=1))
     if args.out:
@@ -71,8 +86,14 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         k = labels.shape[2] // 2
         fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
-        for ax, (title, img) in zip(axes, [("real CT (held out)", real.array[:, :, k]), ("generated CT", generated.array[:, :, k]),
-                                             ("label map", labels.array[:, :, k].astype(float))]):
+        for ax, (title, img) in zip(
+            axes,
+            [
+                ("real CT (held out)", real.array[:, :, k]),
+                ("generated CT", generated.array[:, :, k]),
+                ("label map", labels.array[:, :, k].astype(float)),
+            ],
+        ):
             if title == "label map":
                 img = np.where(img == 255, 0, img)
                 ax.imshow(img.T[::-1, ::-1], cmap="tab20", vmin=0, vmax=20, interpolation="nearest")

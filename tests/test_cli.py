@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import shutil
 import subprocess
 import sys
@@ -33,10 +32,17 @@ def _one_line_error(err: str, *needles: str) -> None:
 
 def test_subprocess_exit_code_and_no_traceback(tmp_path):
     missing = tmp_path / "missing.nii.gz"
-    proc = subprocess.run([sys.executable, "-m", "guidegen", "report", str(missing)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "guidegen", "report", str(missing)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     _one_line_error(proc.stderr, str(missing), "no such file")
-    debug = subprocess.run([sys.executable, "-m", "guidegen", "--debug", "report", str(missing)], capture_output=True, text=True, timeout=120)
+    debug = subprocess.run(
+        [sys.executable, "-m", "guidegen", "--debug", "report", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
@@ -101,7 +107,9 @@ def test_prepare_mixed_dicom_series(tmp_path, real, capsys):
 
 
 def test_prepare_bad_options(tmp_path, real, capsys):
-    code, _, err = run(["prepare", str(real / "totalseg-example-a"), "--out", str(tmp_path / "o"), "--spacing", "0,1,1"], capsys)
+    code, _, err = run(
+        ["prepare", str(real / "totalseg-example-a"), "--out", str(tmp_path / "o"), "--spacing", "0,1,1"], capsys
+    )
     assert code == 2
     _one_line_error(err, "--spacing")
     code, _, err = run(["prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys)
@@ -110,7 +118,9 @@ def test_prepare_bad_options(tmp_path, real, capsys):
 
 
 def test_report_on_real_totalsegmentator_labels(real, capsys):
-    code, out, err = run(["report", str(real / "totalseg-example-a" / "labels.nii.gz"), "--json", "--seed", "3"], capsys)
+    code, out, err = run(
+        ["report", str(real / "totalseg-example-a" / "labels.nii.gz"), "--json", "--seed", "3"], capsys
+    )
     assert code == 0, err
     lowered = out.lower()
     for organ in ("liver", "spleen", "kidney"):
@@ -118,7 +128,7 @@ def test_report_on_real_totalsegmentator_labels(real, capsys):
     # --json appends the attribute record after the report text.
     import json
 
-    record = json.loads(out[out.index("\n{") + 1:])
+    record = json.loads(out[out.index("\n{") + 1 :])
     assert 1000 <= record["organs"]["liver"]["volume_ml"] <= 2500
 
 

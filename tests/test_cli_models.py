@@ -8,7 +8,6 @@ import pytest
 
 from guidegen.data.ops import SOFT_CLASSES
 from guidegen.labels.vocabulary import ID
-
 from tests.pipeline.conftest import make_tiny_model
 from tests.test_cli import run
 
@@ -36,8 +35,21 @@ def test_sample_masks_writes_samples_and_is_deterministic(tiny_models, tmp_path,
 
 
 def test_sample_masks_check(tiny_models, tmp_path, capsys):
-    code, out, err = run(["sample-masks", "--prompt", "no tumour", "-n", "2", "--model", str(tiny_models),
-                          "--out", str(tmp_path / "c"), "--check"], capsys)
+    code, out, err = run(
+        [
+            "sample-masks",
+            "--prompt",
+            "no tumour",
+            "-n",
+            "2",
+            "--model",
+            str(tiny_models),
+            "--out",
+            str(tmp_path / "c"),
+            "--check",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "c" / "checks.json").exists()
 
@@ -46,8 +58,20 @@ def test_sample_masks_records_tumour_placement(tiny_models, tmp_path, capsys):
     import json
 
     for mode in ("insert", "network"):
-        code, _, err = run(["sample-masks", "--prompt", "4 cm liver tumour", "--model", str(tiny_models),
-                            "--tumour-placement", mode, "--out", str(tmp_path / mode)], capsys)
+        code, _, err = run(
+            [
+                "sample-masks",
+                "--prompt",
+                "4 cm liver tumour",
+                "--model",
+                str(tiny_models),
+                "--tumour-placement",
+                mode,
+                "--out",
+                str(tmp_path / mode),
+            ],
+            capsys,
+        )
         assert code == 0, err
         meta = json.loads((tmp_path / mode / "prompt.json").read_text())
         assert meta["tumour_placement"] == mode
@@ -59,8 +83,20 @@ def test_sample_masks_records_organ_sizes(tiny_models, tmp_path, capsys):
     import json
 
     for mode in ("scale", "network"):
-        code, _, err = run(["sample-masks", "--prompt", "status post splenectomy", "--model", str(tiny_models),
-                            "--organ-sizes", mode, "--out", str(tmp_path / mode)], capsys)
+        code, _, err = run(
+            [
+                "sample-masks",
+                "--prompt",
+                "status post splenectomy",
+                "--model",
+                str(tiny_models),
+                "--organ-sizes",
+                mode,
+                "--out",
+                str(tmp_path / mode),
+            ],
+            capsys,
+        )
         assert code == 0, err
         meta = json.loads((tmp_path / mode / "prompt.json").read_text())
         assert meta["organ_sizes"] == mode
@@ -78,8 +114,22 @@ def test_sample_masks_aorta_placement(tiny_models, tmp_path, capsys):
 
     arrays = {}
     for mode in ("tube", "network"):
-        code, _, err = run(["sample-masks", "--prompt", "normal abdomen", "--model", str(tiny_models), "--seed", "3",
-                            "--aorta-placement", mode, "--out", str(tmp_path / mode)], capsys)
+        code, _, err = run(
+            [
+                "sample-masks",
+                "--prompt",
+                "normal abdomen",
+                "--model",
+                str(tiny_models),
+                "--seed",
+                "3",
+                "--aorta-placement",
+                mode,
+                "--out",
+                str(tmp_path / mode),
+            ],
+            capsys,
+        )
         assert code == 0, err
         meta = json.loads((tmp_path / mode / "prompt.json").read_text())
         assert meta["aorta_placement"] == mode and (meta["aorta"][0] is None) == (mode == "network")
@@ -88,15 +138,39 @@ def test_sample_masks_aorta_placement(tiny_models, tmp_path, capsys):
     changed = arrays["tube"] != arrays["network"]
     allowed = {ID["aorta"]} | {ID[c] for c in SOFT_CLASSES}
     assert set(np.unique(arrays["tube"][changed])) | set(np.unique(arrays["network"][changed])) <= allowed
-    code, _, err = run(["sample-masks", "--prompt", "normal abdomen", "--model", str(tiny_models),
-                        "--aorta-placement", "wide", "--out", str(tmp_path / "bad")], capsys)
+    code, _, err = run(
+        [
+            "sample-masks",
+            "--prompt",
+            "normal abdomen",
+            "--model",
+            str(tiny_models),
+            "--aorta-placement",
+            "wide",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capsys,
+    )
     assert code == 2 and "--aorta-placement" in err and not (tmp_path / "bad").exists()
 
 
 def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
     labels = real / "msd-spleen-8" / "labels.nii.gz"
-    code, out, err = run(["generate-ct", "--labels", str(labels), "--out", str(tmp_path / "ct"), "--model", str(tiny_models),
-                          "--steps", "1"], capsys)
+    code, out, err = run(
+        [
+            "generate-ct",
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "ct"),
+            "--model",
+            str(tiny_models),
+            "--steps",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     ct = nib.load(str(tmp_path / "ct" / "ct.nii.gz"))
     lab = nib.load(str(tmp_path / "ct" / "labels.nii.gz"))
@@ -106,13 +180,19 @@ def test_generate_ct_keeps_the_label_grid(tiny_models, tmp_path, real, capsys):
     assert data.min() >= -1024 and data.max() <= 3071
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["sample-masks", "--prompt", "   ", "--out", "x"], "--prompt"),
-    (["generate-ct", "--labels", "missing.nii.gz", "--out", "x"], "missing.nii.gz"),
-    (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--device", "tpu"], "--device"),
-    (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--tumour-placement", "paint"], "--tumour-placement"),
-    (["sample-masks", "--prompt", "enlarged spleen", "--out", "x", "--organ-sizes", "big"], "--organ-sizes"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["sample-masks", "--prompt", "   ", "--out", "x"], "--prompt"),
+        (["generate-ct", "--labels", "missing.nii.gz", "--out", "x"], "missing.nii.gz"),
+        (["sample-masks", "--prompt", "liver tumour", "--out", "x", "--device", "tpu"], "--device"),
+        (
+            ["sample-masks", "--prompt", "liver tumour", "--out", "x", "--tumour-placement", "paint"],
+            "--tumour-placement",
+        ),
+        (["sample-masks", "--prompt", "enlarged spleen", "--out", "x", "--organ-sizes", "big"], "--organ-sizes"),
+    ],
+)
 def test_model_commands_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(argv, capsys)

@@ -19,7 +19,17 @@ def tiny_models(tmp_path_factory):
 
 def test_texture_and_levels_can_be_turned_off(tiny_models, tmp_path, real, capsys):
     labels = real / "msd-spleen-8" / "labels.nii.gz"  # 0.79 mm pixels: finer than any model grid
-    common = ["generate-ct", "--labels", str(labels), "--model", str(tiny_models), "--steps", "1", "--phase", "portal_venous"]
+    common = [
+        "generate-ct",
+        "--labels",
+        str(labels),
+        "--model",
+        str(tiny_models),
+        "--steps",
+        "1",
+        "--phase",
+        "portal_venous",
+    ]
     arrays, records = {}, {}
     for name, flags in (("on", []), ("off", ["--no-texture", "--no-levels"])):
         code, _, err = run(common + ["--out", str(tmp_path / name), *flags], capsys)

@@ -27,7 +27,14 @@ from safetensors.torch import load_file
 from guidegen.checkpoint import save_checkpoint
 from guidegen.config import save_config
 from guidegen.data.prepare import PrepareConfig, prepare
-from guidegen.distributed import DistContext, all_reduce_sum, batch_shares, broadcast_object, init_distributed, shard_indices
+from guidegen.distributed import (
+    DistContext,
+    all_reduce_sum,
+    batch_shares,
+    broadcast_object,
+    init_distributed,
+    shard_indices,
+)
 from guidegen.errors import InputError
 from guidegen.images.train import _init_model, train_image_generator
 from guidegen.masks.config import MaskSamplerConfig
@@ -48,8 +55,12 @@ REL_L2 = 0.02
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, real):
     out = tmp_path_factory.mktemp("prepared")
-    result = prepare([real / "totalseg-example-a", real / "msd-spleen-8"], out,
-                     PrepareConfig(spacing=TINY_SPACING, size_xy=(32, 32)), progress=False)
+    result = prepare(
+        [real / "totalseg-example-a", real / "msd-spleen-8"],
+        out,
+        PrepareConfig(spacing=TINY_SPACING, size_xy=(32, 32)),
+        progress=False,
+    )
     assert not result.failed
     return out
 
@@ -64,6 +75,7 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,8 +83,15 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, fn, kwargs: dict) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     try:
         fn(**kwargs)
@@ -102,8 +121,10 @@ def _run_ranks(fn, world: int = 2, timeout: float = 300.0, **kwargs) -> None:
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(str(checkpoint / "model.safetensors")),
-            **{"raw." + k: v for k, v in load_file(str(checkpoint / "training.safetensors")).items()}}
+    return {
+        **load_file(str(checkpoint / "model.safetensors")),
+        **{"raw." + k: v for k, v in load_file(str(checkpoint / "training.safetensors")).items()},
+    }
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -119,7 +140,9 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], init: dict[str, torch.Tensor]) -> tuple[float, float]:
+def _distance(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], init: dict[str, torch.Tensor]
+) -> tuple[float, float]:
     """(‖a − b‖ / ‖a − init‖, max |a − b|) over the raw weights."""
     keys = [k for k in a if k.startswith("raw.")]
     num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in keys) ** 0.5
@@ -134,8 +157,10 @@ def _check_same_training(one: Path, accumulated: Path, two: Path, init: dict[str
     # The same micro-batches summed by the all-reduce instead of by accumulation: identical bits.
     assert _max_diff(w_two, w_acc) == 0.0
     rel, top = _distance(w_one, w_two, init)
-    print(f"{what}, 2 processes vs 1: ‖Δw‖/‖w − w0‖ = {rel:.2e}, max |Δw| = {top:.2e}; "
-          f"vs 1 process with the ranks' micro-batches: max |Δw| = 0")
+    print(
+        f"{what}, 2 processes vs 1: ‖Δw‖/‖w − w0‖ = {rel:.2e}, max |Δw| = {top:.2e}; "
+        f"vs 1 process with the ranks' micro-batches: max |Δw| = 0"
+    )
     assert rel < REL_L2
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5, abs=0)
 
@@ -170,7 +195,9 @@ def test_checkpoint_files_and_folders_are_fsynced_before_the_rename(tmp_path, mo
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
-    save_checkpoint(tmp_path / "ckpt", tiny_config(), {"w": torch.zeros(2)}, training={"step": 1}, raw_weights={"w": torch.ones(2)})
+    save_checkpoint(
+        tmp_path / "ckpt", tiny_config(), {"w": torch.zeros(2)}, training={"step": 1}, raw_weights={"w": torch.ones(2)}
+    )
     files = len(list((tmp_path / "ckpt").iterdir()))  # config, model, training ×2, checksums
     # every file and the folder before the rename, the parent folder after it
     assert events == ["fsync"] * (files + 1) + ["rename", "fsync"]
@@ -191,18 +218,34 @@ def test_two_processes_train_the_image_generator_like_one(prepared, tmp_path):
     train_image_generator(cfg, prepared, tmp_path / "one", progress=False)
     train_image_generator(replace(cfg, grad_accumulation=2), prepared, tmp_path / "acc", progress=False)
     _run_ranks(train_image_generator, config=cfg, prepared_dir=prepared, run_dir=tmp_path / "two", progress=False)
-    _check_same_training(tmp_path / "one", tmp_path / "acc", tmp_path / "two", _init_model(cfg).state_dict(), "image generator")
+    _check_same_training(
+        tmp_path / "one", tmp_path / "acc", tmp_path / "two", _init_model(cfg).state_dict(), "image generator"
+    )
     # Only rank 0 wrote: one log line per logged step, one final model.
     assert [json.loads(line)["step"] for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()] == [2, 3]
     assert (tmp_path / "two" / "model" / "model.safetensors").exists()
 
 
 def test_two_processes_train_the_mask_sampler_like_one(tmp_path):
-    cfg = MaskSamplerConfig(shape=(32, 32, 24), spacing=(12.0, 12.0, 14.0), channels=(8, 16), attention_levels=(False, True),
-                            num_head_channels=8, norm_num_groups=8, max_text_tokens=16, steps=2, checkpoint_every=2,
-                            warmup=2, sample_steps=4, prepared_cache=str(tmp_path / "cache"), precision="fp32",
-                            batch_size=2, drop_text=0.5, data_sources=("data/real/totalseg-example-a",),
-                            min_extent_mm=100.0)
+    cfg = MaskSamplerConfig(
+        shape=(32, 32, 24),
+        spacing=(12.0, 12.0, 14.0),
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_head_channels=8,
+        norm_num_groups=8,
+        max_text_tokens=16,
+        steps=2,
+        checkpoint_every=2,
+        warmup=2,
+        sample_steps=4,
+        prepared_cache=str(tmp_path / "cache"),
+        precision="fp32",
+        batch_size=2,
+        drop_text=0.5,
+        data_sources=("data/real/totalseg-example-a",),
+        min_extent_mm=100.0,
+    )
     train_mask_sampler(cfg, tmp_path / "one", progress=False, root=REPO, workers=0)
     train_mask_sampler(replace(cfg, grad_accumulation=2), tmp_path / "acc", progress=False, root=REPO, workers=0)
     _run_ranks(train_mask_sampler, config=cfg, run_dir=tmp_path / "two", progress=False, root=REPO, workers=0)
@@ -233,9 +276,30 @@ def test_torchrun_command_line(prepared, tmp_path):
     save_config(tiny_config(batch_size=2, steps=2, checkpoint_every=2), recipe)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "guidegen", "train", "images",
-                           "--config", str(recipe), "--prepared", str(prepared), "--run-dir", str(tmp_path / "run"), "--quiet"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "guidegen",
+            "train",
+            "images",
+            "--config",
+            str(recipe),
+            "--prepared",
+            str(prepared),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("run folder:") == 2  # both ranks finished
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
@@ -256,8 +320,9 @@ def _train_quietly(**kwargs) -> None:
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint(prepared, tmp_path):
     cfg = tiny_config(batch_size=2, steps=40, checkpoint_every=4, keep_checkpoints=20, log_every=1)
     run = tmp_path / "killed"
-    child = mp.get_context("spawn").Process(target=_train_quietly, kwargs=dict(config=cfg, prepared_dir=prepared, run_dir=run,
-                                                                              progress=False))
+    child = mp.get_context("spawn").Process(
+        target=_train_quietly, kwargs=dict(config=cfg, prepared_dir=prepared, run_dir=run, progress=False)
+    )
     child.start()
     deadline = time.monotonic() + 300
     while len(checkpoint_dirs(run)) < 2 and child.is_alive() and time.monotonic() < deadline:

@@ -102,10 +102,24 @@ def _write(path: Path, raw: bytes | bytearray, gz: bool | None = None) -> Path:
 
 # NIfTI-1 header fields: (byte offset, struct format).
 DIM, PIXDIM = 40, 76
-FIELDS = {"sizeof_hdr": (0, "<i"), "datatype": (70, "<h"), "bitpix": (72, "<h"), "vox_offset": (108, "<f"),
-          "scl_slope": (112, "<f"), "scl_inter": (116, "<f"), "qform_code": (252, "<h"), "sform_code": (254, "<h"),
-          "quatern_b": (256, "<f"), "quatern_c": (260, "<f"), "quatern_d": (264, "<f"), "qoffset_x": (268, "<f"),
-          "srow_x": (280, "<4f"), "srow_y": (296, "<4f"), "srow_z": (312, "<4f"), "magic": (344, "4s")}
+FIELDS = {
+    "sizeof_hdr": (0, "<i"),
+    "datatype": (70, "<h"),
+    "bitpix": (72, "<h"),
+    "vox_offset": (108, "<f"),
+    "scl_slope": (112, "<f"),
+    "scl_inter": (116, "<f"),
+    "qform_code": (252, "<h"),
+    "sform_code": (254, "<h"),
+    "quatern_b": (256, "<f"),
+    "quatern_c": (260, "<f"),
+    "quatern_d": (264, "<f"),
+    "qoffset_x": (268, "<f"),
+    "srow_x": (280, "<4f"),
+    "srow_y": (296, "<4f"),
+    "srow_z": (312, "<4f"),
+    "magic": (344, "4s"),
+}
 
 
 def _set(raw: bytearray, field: str, *values) -> bytearray:
@@ -141,6 +155,7 @@ def mutation(name: str):
     def register(fn):
         MUTATIONS.append((name, fn))
         return fn
+
     return register
 
 
@@ -163,9 +178,17 @@ for _v in (nan, -inf):
 for _v in (0.0, 5.0, nan):
     mutation(f"qfac={_v}")(lambda r, v=_v: _set_pixdim(r, 0, v))
 for _field, _v in (("quatern_b", nan), ("quatern_c", inf), ("quatern_d", 2.0), ("qoffset_x", inf)):
-    mutation(f"qform-{_field}={_v}")(lambda r, f=_field, v=_v: _set(_set(_set(r, "sform_code", 0), "qform_code", 1), f, v))
-for _name, _row in (("nan", (nan, 0, 0, 0)), ("inf", (inf, 0, 0, 0)), ("1e30", (1e30, 0, 0, 0)),
-                    ("zero", (0, 0, 0, 0)), ("offset-inf", (10, 0, 0, inf)), ("tiny", (1e-4, 0, 0, 0))):
+    mutation(f"qform-{_field}={_v}")(
+        lambda r, f=_field, v=_v: _set(_set(_set(r, "sform_code", 0), "qform_code", 1), f, v)
+    )
+for _name, _row in (
+    ("nan", (nan, 0, 0, 0)),
+    ("inf", (inf, 0, 0, 0)),
+    ("1e30", (1e30, 0, 0, 0)),
+    ("zero", (0, 0, 0, 0)),
+    ("offset-inf", (10, 0, 0, inf)),
+    ("tiny", (1e-4, 0, 0, 0)),
+):
     mutation(f"sform-row-{_name}")(lambda r, row=_row: _set(r, "srow_x", *row))
 mutation("sform-singular")(lambda r: _set(_set(r, "srow_x", 10, 0, 0, 0), "srow_y", 10, 0, 0, 0))
 mutation("sform-oblique")(lambda r: _set(_set(r, "srow_x", 7.07, -7.07, 0, 0), "srow_y", 7.07, 7.07, 0, 0))
@@ -190,6 +213,7 @@ for _k in range(16):
         for a, t in zip(at, to):
             r[int(a)] = int(t)
         return r
+
     mutation(f"header-flip-{_k}")(_flip)
 for _k in range(6):
     _count = int(rng.integers(1, 40))
@@ -199,6 +223,7 @@ for _k in range(6):
         for a, t in zip(at, to):
             r[int(a)] = int(t)
         return r
+
     mutation(f"body-flip-{_k}")(_flip_body)
 for _n in (0, 1, 100, 347, 348, 352, 700):
     mutation(f"truncate-{_n}")(lambda r, n=_n: r[:n])
@@ -207,10 +232,12 @@ for _n in (0, 1, 100, 347, 348, 352, 700):
 # --------------------------------------------------------------------------------------------------
 # Files that are not what their name says, and other data: name → function(folder) → path.
 
+
 def _compressed_truncated(fraction: float, array: np.ndarray) -> Callable[[Path, str], Path]:
     def make(folder: Path, name: str) -> Path:
         data = gzip.compress(bytes(_nii(array)), mtime=0)
         return _write(folder / name, data[: max(1, int(len(data) * fraction))], gz=False)
+
     return make
 
 
@@ -223,6 +250,7 @@ def _image_of(array, affine=AFFINE, nifti2=False, gz=True) -> Callable[[Path, st
         if not gz:
             name = name.removesuffix(".gz")
         return _write(folder / name, _nii(array, affine, nifti2), gz=gz)
+
     return make
 
 
@@ -293,7 +321,10 @@ RAW_FILES: list[tuple[str, Callable[[Path, str], Path]]] = [
     ("gz-truncated-10pc", _compressed_truncated(0.1, _labels())),
     ("gz-truncated-50pc", _compressed_truncated(0.5, _labels())),
     ("gz-truncated-95pc", _compressed_truncated(0.95, _labels())),
-    ("gz-trailing-garbage", lambda f, n: _write(f / n, gzip.compress(bytes(_nii(_labels())), mtime=0) + b"garbage", gz=False)),
+    (
+        "gz-trailing-garbage",
+        lambda f, n: _write(f / n, gzip.compress(bytes(_nii(_labels())), mtime=0) + b"garbage", gz=False),
+    ),
     ("nifti2-huge-100000^3", _huge_nifti2),
     ("nifti2-huge-8GB", _huge_nifti2_in_limit),
     ("nifti2-valid", _image_of(_labels(), nifti2=True)),
@@ -363,42 +394,83 @@ def label_inputs() -> list[tuple[str, Callable[[Path], Path]]]:
     for name, affine in GEOMETRY:
         out.append((name, lambda folder, affine=affine: _write(folder / "labels.nii.gz", _nii(_labels(), affine))))
     seg = REAL / "dcmqi-ct-3slice" / "liver-seg.dcm"
-    dicom = [("dicom-ct-slice-as-seg", lambda: (REAL / "dcmqi-ct-3slice" / "ct" / "01.dcm").read_bytes()),
-             ("dicom-seg-truncated", lambda: seg.read_bytes()[: seg.stat().st_size // 2]),
-             ("dicom-seg-flipped", lambda: _flipped(seg.read_bytes(), 40)),
-             ("dicom-seg-header-only", lambda: seg.read_bytes()[:132])]
+    dicom = [
+        ("dicom-ct-slice-as-seg", lambda: (REAL / "dcmqi-ct-3slice" / "ct" / "01.dcm").read_bytes()),
+        ("dicom-seg-truncated", lambda: seg.read_bytes()[: seg.stat().st_size // 2]),
+        ("dicom-seg-flipped", lambda: _flipped(seg.read_bytes(), 40)),
+        ("dicom-seg-header-only", lambda: seg.read_bytes()[:132]),
+    ]
     for name, content in dicom:
         out.append((name, lambda folder, content=content: _write(folder / "seg.dcm", content(), gz=False)))
-    for name, file_name in (("name-unicode", "läbels ✓ 肝.nii.gz"), ("name-mathtext", "a$\\frac{1}{$x^$.nii.gz"),
-                            ("name-newline", "two\nlines.nii.gz"), ("name-upper-case", "LABELS.NII.GZ"),
-                            ("name-wrong-suffix", "labels.nii.gz.bak"), ("name-mha", "labels.mha"),
-                            ("name-dash", "--labels.nii.gz"), ("name-dcm-random", "seg.dcm")):
+    for name, file_name in (
+        ("name-unicode", "läbels ✓ 肝.nii.gz"),
+        ("name-mathtext", "a$\\frac{1}{$x^$.nii.gz"),
+        ("name-newline", "two\nlines.nii.gz"),
+        ("name-upper-case", "LABELS.NII.GZ"),
+        ("name-wrong-suffix", "labels.nii.gz.bak"),
+        ("name-mha", "labels.mha"),
+        ("name-dash", "--labels.nii.gz"),
+        ("name-dcm-random", "seg.dcm"),
+    ):
         content = rng.integers(0, 256, 500, dtype=np.uint8).tobytes() if file_name.endswith(".dcm") else None
-        out.append((name, lambda folder, f=file_name, c=content: _write(folder / f, c if c is not None else _nii(_labels()),
-                                                                         gz=False if c is not None else f.lower().endswith(".gz"))))
+        out.append(
+            (
+                name,
+                lambda folder, f=file_name, c=content: _write(
+                    folder / f,
+                    c if c is not None else _nii(_labels()),
+                    gz=False if c is not None else f.lower().endswith(".gz"),
+                ),
+            )
+        )
     return out
 
 
 def ct_inputs() -> list[tuple[str, Callable[[Path], Path]]]:
     """Bad CT files for `prepare` (a subset of the mutations, and CT-specific values)."""
-    keep = ("sizeof_hdr=0", "magic=b'XXXX'", "dim0=100", "dim1=-5", "huge-1024^3", "huge-32767^3", "pixdim1=nan",
-            "pixdim1=0.0", "pixdim1=1e30", "qform-quatern_b=nan", "sform-row-inf", "sform-singular",
-            "sform-oblique", "datatype=999", "datatype=32", "datatype=128", "vox_offset=1e30", "scl_slope=nan",
-            "scl_slope=1e30", "scl_inter=-inf", "header-flip-0", "header-flip-1", "header-flip-2", "body-flip-0",
-            "truncate-352", "truncate-700")
+    keep = (
+        "sizeof_hdr=0",
+        "magic=b'XXXX'",
+        "dim0=100",
+        "dim1=-5",
+        "huge-1024^3",
+        "huge-32767^3",
+        "pixdim1=nan",
+        "pixdim1=0.0",
+        "pixdim1=1e30",
+        "qform-quatern_b=nan",
+        "sform-row-inf",
+        "sform-singular",
+        "sform-oblique",
+        "datatype=999",
+        "datatype=32",
+        "datatype=128",
+        "vox_offset=1e30",
+        "scl_slope=nan",
+        "scl_slope=1e30",
+        "scl_inter=-inf",
+        "header-flip-0",
+        "header-flip-1",
+        "header-flip-2",
+        "body-flip-0",
+        "truncate-352",
+        "truncate-700",
+    )
     out: list[tuple[str, Callable[[Path], Path]]] = []
     for name, fn in MUTATIONS:
         if name in keep:
             out.append((name, lambda folder, fn=fn: _write(folder / "ct.nii.gz", fn(_nii(_ct())))))
-    data = [("float32-nan", lambda: np.where(_ct() > 0, np.nan, _ct()).astype(np.float32)),
-            ("float64-inf", lambda: np.where(_ct() > 0, -np.inf, _ct())),
-            ("float64-1e300", lambda: np.where(_ct() > 0, 1e300, _ct())),
-            ("complex64", lambda: _ct().astype(np.complex64)),
-            ("rgb24", lambda: _rgb(_ct().clip(0, 255).astype(np.uint8))),
-            ("int64-huge", lambda: np.where(_ct() > 0, 2**62, _ct()).astype(np.int64)),
-            ("uint8", lambda: _ct().clip(0, 255).astype(np.uint8)),
-            ("all-air", lambda: np.full(SHAPE, -1024, np.int16)),
-            ("shape-4d", lambda: np.stack([_ct(), _ct()], -1))]
+    data = [
+        ("float32-nan", lambda: np.where(_ct() > 0, np.nan, _ct()).astype(np.float32)),
+        ("float64-inf", lambda: np.where(_ct() > 0, -np.inf, _ct())),
+        ("float64-1e300", lambda: np.where(_ct() > 0, 1e300, _ct())),
+        ("complex64", lambda: _ct().astype(np.complex64)),
+        ("rgb24", lambda: _rgb(_ct().clip(0, 255).astype(np.uint8))),
+        ("int64-huge", lambda: np.where(_ct() > 0, 2**62, _ct()).astype(np.int64)),
+        ("uint8", lambda: _ct().clip(0, 255).astype(np.uint8)),
+        ("all-air", lambda: np.full(SHAPE, -1024, np.int16)),
+        ("shape-4d", lambda: np.stack([_ct(), _ct()], -1)),
+    ]
     for name, make in data:
         out.append((name, lambda folder, make=make: _write(folder / "ct.nii.gz", _nii(make()))))
     for name in ("random-bytes", "gz-truncated-50pc", "empty-file", "folder-not-file", "nifti2-huge-8GB"):
@@ -409,6 +481,7 @@ def ct_inputs() -> list[tuple[str, Callable[[Path], Path]]]:
 
 # --------------------------------------------------------------------------------------------------
 # The cases
+
 
 @dataclass(frozen=True)
 class Case:
@@ -429,8 +502,14 @@ HUGE = ("huge", "nifti2-huge")
 
 def _report_cases() -> None:
     for name, make in label_inputs():
-        CASES.append(Case("report", name, lambda tmp, model, make=make: (["report", str(make(tmp / "in")), *VOCAB], None),
-                          huge=name.startswith(HUGE)))
+        CASES.append(
+            Case(
+                "report",
+                name,
+                lambda tmp, model, make=make: (["report", str(make(tmp / "in")), *VOCAB], None),
+                huge=name.startswith(HUGE),
+            )
+        )
     good = lambda tmp: _write(tmp / "in" / "labels.nii.gz", _nii(_labels()))  # noqa: E731
     options = [
         ("vocabulary-empty", lambda tmp: ["report", str(good(tmp)), "--vocabulary", ""]),
@@ -441,19 +520,67 @@ def _report_cases() -> None:
         ("vocabulary-upper-case", lambda tmp: ["report", str(good(tmp)), "--vocabulary", "TOTALSEGMENTATOR"]),
         ("vocabulary-emoji", lambda tmp: ["report", str(good(tmp)), "--vocabulary", "🫁"]),
         ("vocabulary-none-guessable", lambda tmp: ["report", str(good(tmp))]),
-        ("sidecar-not-json", lambda tmp: (_file_of(b"{not json")(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1]),
-        ("sidecar-a-list", lambda tmp: (_file_of(b"[1, 2]")(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1]),
-        ("sidecar-vocabulary-number", lambda tmp: (_file_of(b'{"vocabulary": 5}')(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1]),
-        ("sidecar-vocabulary-object", lambda tmp: (_file_of(b'{"vocabulary": {"a": 1}}')(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1]),
-        ("sidecar-cases-garbage", lambda tmp: (_file_of(b'{"cases": [1, {"labels": 5}, null]}')(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1]),
-        ("sidecar-latin1", lambda tmp: (_file_of('{"vocabulary": "amos", "notes": "é"}'.encode("latin-1"))(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1]),
+        (
+            "sidecar-not-json",
+            lambda tmp: (_file_of(b"{not json")(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1],
+        ),
+        (
+            "sidecar-a-list",
+            lambda tmp: (_file_of(b"[1, 2]")(tmp / "in", "guidegen-source.json"), ["report", str(good(tmp))])[1],
+        ),
+        (
+            "sidecar-vocabulary-number",
+            lambda tmp: (
+                _file_of(b'{"vocabulary": 5}')(tmp / "in", "guidegen-source.json"),
+                ["report", str(good(tmp))],
+            )[1],
+        ),
+        (
+            "sidecar-vocabulary-object",
+            lambda tmp: (
+                _file_of(b'{"vocabulary": {"a": 1}}')(tmp / "in", "guidegen-source.json"),
+                ["report", str(good(tmp))],
+            )[1],
+        ),
+        (
+            "sidecar-cases-garbage",
+            lambda tmp: (
+                _file_of(b'{"cases": [1, {"labels": 5}, null]}')(tmp / "in", "guidegen-source.json"),
+                ["report", str(good(tmp))],
+            )[1],
+        ),
+        (
+            "sidecar-latin1",
+            lambda tmp: (
+                _file_of('{"vocabulary": "amos", "notes": "é"}'.encode("latin-1"))(tmp / "in", "guidegen-source.json"),
+                ["report", str(good(tmp))],
+            )[1],
+        ),
         ("seed-negative", lambda tmp: ["report", str(good(tmp)), *VOCAB, "--seed", "-1"]),
         ("seed-huge", lambda tmp: ["report", str(good(tmp)), *VOCAB, "--seed", str(10**40)]),
         ("seed-not-a-number", lambda tmp: ["report", str(good(tmp)), *VOCAB, "--seed", "1e3"]),
-        ("out-existing-folder", lambda tmp: (tmp.joinpath("o").mkdir(), ["report", str(good(tmp)), *VOCAB, "--out", str(tmp / "o")])[1]),
-        ("out-folder-overwrite", lambda tmp: (tmp.joinpath("o").mkdir(), ["report", str(good(tmp)), *VOCAB, "--out", str(tmp / "o"), "--overwrite"])[1]),
-        ("out-under-a-file", lambda tmp: (tmp.joinpath("f").write_text("x"), ["report", str(good(tmp)), *VOCAB, "--out", str(tmp / "f" / "r.txt")])[1]),
-        ("out-odd-name", lambda tmp: ["report", str(good(tmp)), *VOCAB, "--json", "--out", str(tmp / "o" / "rép ✓ $x$.txt")]),
+        (
+            "out-existing-folder",
+            lambda tmp: (tmp.joinpath("o").mkdir(), ["report", str(good(tmp)), *VOCAB, "--out", str(tmp / "o")])[1],
+        ),
+        (
+            "out-folder-overwrite",
+            lambda tmp: (
+                tmp.joinpath("o").mkdir(),
+                ["report", str(good(tmp)), *VOCAB, "--out", str(tmp / "o"), "--overwrite"],
+            )[1],
+        ),
+        (
+            "out-under-a-file",
+            lambda tmp: (
+                tmp.joinpath("f").write_text("x"),
+                ["report", str(good(tmp)), *VOCAB, "--out", str(tmp / "f" / "r.txt")],
+            )[1],
+        ),
+        (
+            "out-odd-name",
+            lambda tmp: ["report", str(good(tmp)), *VOCAB, "--json", "--out", str(tmp / "o" / "rép ✓ $x$.txt")],
+        ),
     ]
     for name, make in options:
         CASES.append(Case("report", name, lambda tmp, model, make=make: (make(tmp), None)))
@@ -461,25 +588,60 @@ def _report_cases() -> None:
 
 def _generate_ct_cases() -> None:
     for name, make in label_inputs():
+
         def build(tmp, model, make=make):
             out = tmp / "out"
-            return ["generate-ct", "--labels", str(make(tmp / "in")), *VOCAB, "--out", str(out), "--model", str(model), *FAST_CT], out
+            return [
+                "generate-ct",
+                "--labels",
+                str(make(tmp / "in")),
+                *VOCAB,
+                "--out",
+                str(out),
+                "--model",
+                str(model),
+                *FAST_CT,
+            ], out
+
         CASES.append(Case("generate-ct", name, build, huge=name.startswith(HUGE)))
     options = [
-        ("phase-unknown", ["--phase", "venous-ish"]), ("phase-empty", ["--phase", ""]),
-        ("prompt-empty", ["--prompt", ""]), ("prompt-10000", ["--prompt", ("liver tumour " * 770)[:10_000]]),
-        ("prompt-zero-width", ["--prompt", "\u200b\u200d\ufeff"]), ("prompt-rtl", ["--prompt", "\u202eromut revil mc 4"]),
-        ("prompt-mathtext", ["--prompt", "$\\frac{1}{$ liver"]), ("prompt-nul", ["--prompt", "liver\0tumour"]),
-        ("steps-zero", ["--steps", "0"]), ("steps-negative", ["--steps", "-3"]), ("steps-huge", ["--steps", "10000000000"]),
-        ("guidance-nan", ["--guidance", "nan"]), ("guidance-inf", ["--guidance", "inf"]),
-        ("guidance-negative", ["--guidance", "-1"]), ("guidance-1e308", ["--guidance", "1e308"]),
-        ("seed-negative", ["--seed", "-1"]), ("seed-huge", ["--seed", str(2**64)]), ("device-tpu", ["--device", "tpu"]),
+        ("phase-unknown", ["--phase", "venous-ish"]),
+        ("phase-empty", ["--phase", ""]),
+        ("prompt-empty", ["--prompt", ""]),
+        ("prompt-10000", ["--prompt", ("liver tumour " * 770)[:10_000]]),
+        ("prompt-zero-width", ["--prompt", "\u200b\u200d\ufeff"]),
+        ("prompt-rtl", ["--prompt", "\u202eromut revil mc 4"]),
+        ("prompt-mathtext", ["--prompt", "$\\frac{1}{$ liver"]),
+        ("prompt-nul", ["--prompt", "liver\0tumour"]),
+        ("steps-zero", ["--steps", "0"]),
+        ("steps-negative", ["--steps", "-3"]),
+        ("steps-huge", ["--steps", "10000000000"]),
+        ("guidance-nan", ["--guidance", "nan"]),
+        ("guidance-inf", ["--guidance", "inf"]),
+        ("guidance-negative", ["--guidance", "-1"]),
+        ("guidance-1e308", ["--guidance", "1e308"]),
+        ("seed-negative", ["--seed", "-1"]),
+        ("seed-huge", ["--seed", str(2**64)]),
+        ("device-tpu", ["--device", "tpu"]),
     ]
     for name, extra in options:
+
         def build(tmp, model, extra=extra):
             out = tmp / "out"
             labels = _write(tmp / "in" / "labels.nii.gz", _nii(_labels()))
-            return ["generate-ct", "--labels", str(labels), *VOCAB, "--out", str(out), "--model", str(model), *FAST_CT, *extra], out
+            return [
+                "generate-ct",
+                "--labels",
+                str(labels),
+                *VOCAB,
+                "--out",
+                str(out),
+                "--model",
+                str(model),
+                *FAST_CT,
+                *extra,
+            ], out
+
         CASES.append(Case("generate-ct", name, build))
     models = [
         ("model-missing", lambda tmp, model: tmp / "nope"),
@@ -489,10 +651,22 @@ def _generate_ct_cases() -> None:
         ("model-corrupt-config", lambda tmp, model: _corrupt_model(tmp, model, "config.json")),
     ]
     for name, make_model in models:
+
         def build(tmp, model, make_model=make_model):
             out = tmp / "out"
             labels = _write(tmp / "in" / "labels.nii.gz", _nii(_labels()))
-            return ["generate-ct", "--labels", str(labels), *VOCAB, "--out", str(out), "--model", str(make_model(tmp, model)), *FAST_CT], out
+            return [
+                "generate-ct",
+                "--labels",
+                str(labels),
+                *VOCAB,
+                "--out",
+                str(out),
+                "--model",
+                str(make_model(tmp, model)),
+                *FAST_CT,
+            ], out
+
         CASES.append(Case("generate-ct", name, build))
 
 
@@ -503,33 +677,60 @@ def _corrupt_model(tmp: Path, model: Path, file_name: str) -> Path:
     shutil.copytree(model, copy)
     target = copy / "image_generator" / file_name
     data = bytearray(target.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 16] = b"\xff" * 16
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
     target.write_bytes(bytes(data))
     return copy
 
 
 #: Prompts: odd Unicode, control characters, 10 000 characters, punctuation, odd numbers.
 PROMPTS: list[tuple[str, str]] = [
-    ("empty", ""), ("spaces", "   \t  "), ("nul", "\0"), ("nul-inside", "4 cm liver\0tumour"),
-    ("zero-width-only", "\u200b\u200c\u200d\ufeff"), ("rtl-marks-only", "\u200f\u200e\u202b\u202c"),
-    ("rtl-override", "\u202e4 cm liver tumour\u202c"), ("combining", "l\u0301i\u0302v\u0303e\u0304r t\u0308umour"),
-    ("zalgo", "s" + "\u0336\u0337\u0338" * 60 + "pleen enlarged"), ("emoji", "🫁🩻 4 cm liver tumour 🧬👨‍👩‍👧"),
-    ("surrogate-escaped", "liver \udcff\udcfe tumour"), ("lone-high-surrogate", "\ud83d spleen"),
-    ("ansi-escapes", "\x1b[31m3 cm\x1b[0m pancreatic mass"), ("control-only", "\r\n\v\f\x07\x08"),
-    ("private-use", "\ue000\uf8ff kidney"), ("noncharacters", "\ufffe\uffff\U0010ffff liver"),
-    ("10000-a", "a" * 10_000), ("10000-prompt", ("4 cm liver tumour, " * 600)[:10_000]),
-    ("10000-emoji", "🧬" * 10_000), ("2000-words", ("spleen enlarged " * 200)[:2000]), ("2001-chars", "x" * 2001),
-    ("punctuation", "!!!???...,,,;;;:::---((()))"), ("1e308-cm", "1e308 cm tumour"), ("minus-5-cm", "=-5 cm liver tumour"),
-    ("zero-cm", "0 cm liver tumour"), ("zero-mm-times", "0 x 0 x 0 mm pancreatic mass"), ("9999-cm", "9999 cm liver tumour"),
-    ("huge-age", "99999999999999999999 year old man"), ("age-minus", "-40 year old woman"),
-    ("zero-ml", "0 ml liver, spleen 1,000,000 ml"), ("nan-inf", "nan cm tumour, inf mm mass"),
-    ("mathtext", "$\\frac{1}{0}$ liver tumour $x^$"), ("dollars", "$$ $ $$$ spleen"),
-    ("format-strings", "%s %d {0} {prompt} {{}}"), ("html", "<script>alert(1)</script> kidney"),
-    ("sql", "'; DROP TABLE cases; -- liver"), ("fullwidth-digits", "４ｃｍ liver tumour"),
-    ("arabic-digits", "٤ cm liver tumour"), ("cjk", "肝脏肿瘤 4 cm"), ("arabic-rtl", "ورم الكبد 4 cm"),
-    ("turkish-i", "İLEUM ıleum LİVER"), ("ligatures", "ﬁve cm ﬂank mass"), ("one-long-word", "x" * 1999),
-    ("many-numbers", " ".join(str(i) for i in range(400))[:2000]), ("four-dimensions", "4 x 4 x 4 x 4 cm liver mass"),
-    ("negations", "no no no no no tumour"), ("newlines", "liver tumour\nspleen enlarged\r\nsmall kidney"),
+    ("empty", ""),
+    ("spaces", "   \t  "),
+    ("nul", "\0"),
+    ("nul-inside", "4 cm liver\0tumour"),
+    ("zero-width-only", "\u200b\u200c\u200d\ufeff"),
+    ("rtl-marks-only", "\u200f\u200e\u202b\u202c"),
+    ("rtl-override", "\u202e4 cm liver tumour\u202c"),
+    ("combining", "l\u0301i\u0302v\u0303e\u0304r t\u0308umour"),
+    ("zalgo", "s" + "\u0336\u0337\u0338" * 60 + "pleen enlarged"),
+    ("emoji", "🫁🩻 4 cm liver tumour 🧬👨‍👩‍👧"),
+    ("surrogate-escaped", "liver \udcff\udcfe tumour"),
+    ("lone-high-surrogate", "\ud83d spleen"),
+    ("ansi-escapes", "\x1b[31m3 cm\x1b[0m pancreatic mass"),
+    ("control-only", "\r\n\v\f\x07\x08"),
+    ("private-use", "\ue000\uf8ff kidney"),
+    ("noncharacters", "\ufffe\uffff\U0010ffff liver"),
+    ("10000-a", "a" * 10_000),
+    ("10000-prompt", ("4 cm liver tumour, " * 600)[:10_000]),
+    ("10000-emoji", "🧬" * 10_000),
+    ("2000-words", ("spleen enlarged " * 200)[:2000]),
+    ("2001-chars", "x" * 2001),
+    ("punctuation", "!!!???...,,,;;;:::---((()))"),
+    ("1e308-cm", "1e308 cm tumour"),
+    ("minus-5-cm", "=-5 cm liver tumour"),
+    ("zero-cm", "0 cm liver tumour"),
+    ("zero-mm-times", "0 x 0 x 0 mm pancreatic mass"),
+    ("9999-cm", "9999 cm liver tumour"),
+    ("huge-age", "99999999999999999999 year old man"),
+    ("age-minus", "-40 year old woman"),
+    ("zero-ml", "0 ml liver, spleen 1,000,000 ml"),
+    ("nan-inf", "nan cm tumour, inf mm mass"),
+    ("mathtext", "$\\frac{1}{0}$ liver tumour $x^$"),
+    ("dollars", "$$ $ $$$ spleen"),
+    ("format-strings", "%s %d {0} {prompt} {{}}"),
+    ("html", "<script>alert(1)</script> kidney"),
+    ("sql", "'; DROP TABLE cases; -- liver"),
+    ("fullwidth-digits", "４ｃｍ liver tumour"),
+    ("arabic-digits", "٤ cm liver tumour"),
+    ("cjk", "肝脏肿瘤 4 cm"),
+    ("arabic-rtl", "ورم الكبد 4 cm"),
+    ("turkish-i", "İLEUM ıleum LİVER"),
+    ("ligatures", "ﬁve cm ﬂank mass"),
+    ("one-long-word", "x" * 1999),
+    ("many-numbers", " ".join(str(i) for i in range(400))[:2000]),
+    ("four-dimensions", "4 x 4 x 4 x 4 cm liver mass"),
+    ("negations", "no no no no no tumour"),
+    ("newlines", "liver tumour\nspleen enlarged\r\nsmall kidney"),
     ("dash-start", "-5 cm liver tumour"),
 ]
 
@@ -547,19 +748,28 @@ def _accepted(prompt: str) -> bool:
 
 def _generate_cases() -> None:
     for name, prompt in PROMPTS:
+
         def build(tmp, model, prompt=prompt):
             out = tmp / "out"
             return ["generate", "--prompt", prompt, "--out", str(out), "--model", str(model), *FAST_GEN], out
+
         CASES.append(Case("generate", f"prompt-{name}", build))
-    odd = "\n".join(p for _, p in PROMPTS if _accepted(p) and len(p.splitlines()) == 1 and "\0" not in p
-                    and not any(0xD800 <= ord(c) <= 0xDFFF for c in p))  # every valid prompt that UTF-8 can hold
+    odd = "\n".join(
+        p
+        for _, p in PROMPTS
+        if _accepted(p)
+        and len(p.splitlines()) == 1
+        and "\0" not in p
+        and not any(0xD800 <= ord(c) <= 0xDFFF for c in p)
+    )  # every valid prompt that UTF-8 can hold
     files = [
         ("prompts-file-odd-unicode-batch", "p.txt", odd.encode()),
         ("prompts-file-utf8-surrogates", "p.txt", "liver tumour\n\ud800 spleen\n".encode("utf-8", "surrogatepass")),
         ("prompts-file-bom", "p.txt", "\ufeff4 cm liver tumour\n".encode()),
         ("prompts-file-utf16", "p.txt", "4 cm liver tumour\n".encode("utf-16")),
         ("prompts-file-latin1", "p.txt", "tumeur du foie é\n".encode("latin-1")),
-        ("prompts-file-nul", "p.txt", b"liver\0tumour\n"), ("prompts-file-empty", "p.txt", b""),
+        ("prompts-file-nul", "p.txt", b"liver\0tumour\n"),
+        ("prompts-file-empty", "p.txt", b""),
         ("prompts-file-comments-only", "p.txt", b"# nothing\n   \n#\n"),
         ("prompts-file-10000-line", "p.txt", ("a" * 10_000).encode()),
         ("prompts-file-random-bytes", "p.txt", rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()),
@@ -577,10 +787,23 @@ def _generate_cases() -> None:
         ("csv-duplicate-header", "p.csv", b"prompt,prompt,count\nliver,spleen,1\n"),
     ]
     for name, file_name, content in files:
+
         def build(tmp, model, file_name=file_name, content=content):
             out = tmp / "out"
             path = _write(tmp / file_name, content, gz=False)
-            return ["generate", "--prompts", str(path), "--out", str(out), "--model", str(model), "--batch-size", "64", *FAST_GEN], out
+            return [
+                "generate",
+                "--prompts",
+                str(path),
+                "--out",
+                str(out),
+                "--model",
+                str(model),
+                "--batch-size",
+                "64",
+                *FAST_GEN,
+            ], out
+
         CASES.append(Case("generate", name, build))
     options = [
         ("prompts-file-is-folder", lambda tmp, model: ["--prompts", str(_folder_named(tmp, "prompts.txt"))]),
@@ -596,7 +819,10 @@ def _generate_cases() -> None:
         ("image-steps-huge", lambda tmp, model: ["--prompt", "liver", "--image-steps", str(10**9)]),
         ("phase-empty", lambda tmp, model: ["--prompt", "liver", "--phase", ""]),
         ("format-upper-case", lambda tmp, model: ["--prompt", "liver", "--format", "NIFTI"]),
-        ("dataset-name-traversal", lambda tmp, model: ["--prompt", "liver", "--format", "nnunet", "--dataset-name", "../../evil"]),
+        (
+            "dataset-name-traversal",
+            lambda tmp, model: ["--prompt", "liver", "--format", "nnunet", "--dataset-name", "../../evil"],
+        ),
         ("dataset-name-empty", lambda tmp, model: ["--prompt", "liver", "--format", "nnunet", "--dataset-name", ""]),
         ("threads-zero", lambda tmp, model: ["--prompt", "liver", "--threads", "0"]),
         ("threads-negative", lambda tmp, model: ["--prompt", "liver", "--threads", "-4"]),
@@ -604,13 +830,31 @@ def _generate_cases() -> None:
         ("out-is-a-file", lambda tmp, model: ["--prompt", "liver", "--out", str(_file_of(b"x")(tmp, "out-file"))]),
         ("out-under-a-file", lambda tmp, model: ["--prompt", "liver", "--out", str(_file_of(b"x")(tmp, "f") / "o")]),
         ("model-missing", lambda tmp, model: ["--prompt", "liver", "--model", str(tmp / "nope")]),
-        ("model-json-garbage", lambda tmp, model: ["--prompt", "liver", "--model", str(_model_with_info(tmp, model, b"\xff\xfe not json"))]),
-        ("model-json-a-list", lambda tmp, model: ["--prompt", "liver", "--model", str(_model_with_info(tmp, model, b"[1, 2]"))]),
-        ("dicom-emoji-prompt", lambda tmp, model: ["--prompt", "🫁 4 cm liver tumour 👨‍👩‍👧 \u202e", "--format", "dicom"]),
-        ("dicom-cjk-rtl-prompt", lambda tmp, model: ["--prompt", "肝脏肿瘤 ورم الكبد \\ ^ = 4 cm", "--format", "dicom"]),
+        (
+            "model-json-garbage",
+            lambda tmp, model: [
+                "--prompt",
+                "liver",
+                "--model",
+                str(_model_with_info(tmp, model, b"\xff\xfe not json")),
+            ],
+        ),
+        (
+            "model-json-a-list",
+            lambda tmp, model: ["--prompt", "liver", "--model", str(_model_with_info(tmp, model, b"[1, 2]"))],
+        ),
+        (
+            "dicom-emoji-prompt",
+            lambda tmp, model: ["--prompt", "🫁 4 cm liver tumour 👨‍👩‍👧 \u202e", "--format", "dicom"],
+        ),
+        (
+            "dicom-cjk-rtl-prompt",
+            lambda tmp, model: ["--prompt", "肝脏肿瘤 ورم الكبد \\ ^ = 4 cm", "--format", "dicom"],
+        ),
         ("nnunet-odd-prompt", lambda tmp, model: ["--prompt", "$x^$ \u0301\u0301 spleen ﬁ", "--format", "nnunet"]),
     ]
     for name, make in options:
+
         def build(tmp, model, make=make):
             out = tmp / "out"
             args = make(tmp, model)
@@ -618,6 +862,7 @@ def _generate_cases() -> None:
             extra = [x for k, v in defaults.items() if k not in args for x in (k, v)]
             target = Path(args[args.index("--out") + 1]) if "--out" in args else out
             return ["generate", *args, *extra, "-q"], target
+
         CASES.append(Case("generate", name, build))
 
 
@@ -630,8 +875,12 @@ def _model_with_info(tmp: Path, model: Path, info: bytes) -> Path:
     return copy
 
 
-def _pair(tmp: Path, ct: Callable[[Path], Path] | None = None, labels: Callable[[Path], Path] | None = None,
-          sidecar: bytes | None = b'{"vocabulary": "totalsegmentator"}') -> Path:
+def _pair(
+    tmp: Path,
+    ct: Callable[[Path], Path] | None = None,
+    labels: Callable[[Path], Path] | None = None,
+    sidecar: bytes | None = b'{"vocabulary": "totalsegmentator"}',
+) -> Path:
     case = tmp / "src" / "case"
     (ct or (lambda f: _write(f / "ct.nii.gz", _nii(_ct()))))(case)
     (labels or (lambda f: _write(f / "labels.nii.gz", _nii(_labels()))))(case)
@@ -645,43 +894,100 @@ def _prepare_cases() -> None:
         def build(tmp, model, make_src=make_src, extra=extra):
             out = tmp / "out"
             return ["prepare", str(make_src(tmp)), "--out", str(out), *PREPARE_OPTS, *extra], out
+
         CASES.append(Case("prepare", name, build, huge=HUGE[0] in name))
 
     for name, make in ct_inputs():
         add(f"ct-{name}", lambda tmp, make=make: _pair(tmp, ct=make))
-    keep = {"magic=b'n+2\\x00'", "dim0=8", "pixdim1=inf", "sform-row-nan", "datatype=2304", "scl_slope=0.5",
-            "header-flip-3", "header-flip-4", "body-flip-1", "body-flip-2", "truncate-347", "huge-1024x1024x512",
-            "plain-nii-named-gz", "gz-truncated-95pc", "float32-half", "complex64", "int64-valid", "int8-negative",
-            "ids-outside-vocabulary", "empty", "shape-2d", "shape-4d", "spacing-0.01", "spacing-100.1", "oblique-45",
-            "lps", "axes-permuted", "origin-1e9", "everything-liver", "shape-1x1x1"}
+    keep = {
+        "magic=b'n+2\\x00'",
+        "dim0=8",
+        "pixdim1=inf",
+        "sform-row-nan",
+        "datatype=2304",
+        "scl_slope=0.5",
+        "header-flip-3",
+        "header-flip-4",
+        "body-flip-1",
+        "body-flip-2",
+        "truncate-347",
+        "huge-1024x1024x512",
+        "plain-nii-named-gz",
+        "gz-truncated-95pc",
+        "float32-half",
+        "complex64",
+        "int64-valid",
+        "int8-negative",
+        "ids-outside-vocabulary",
+        "empty",
+        "shape-2d",
+        "shape-4d",
+        "spacing-0.01",
+        "spacing-100.1",
+        "oblique-45",
+        "lps",
+        "axes-permuted",
+        "origin-1e9",
+        "everything-liver",
+        "shape-1x1x1",
+    }
     for name, make in label_inputs():
         if name in keep:
             add(f"labels-{name}", lambda tmp, make=make: _pair(tmp, labels=make))
     # Labels on another grid than the CT; a case with labels only; no sidecar.
-    add("labels-other-grid", lambda tmp: _pair(tmp, labels=lambda f: _write(f / "labels.nii.gz", _nii(_labels()[:, :, :8]))))
-    add("labels-shifted-affine", lambda tmp: _pair(tmp, labels=lambda f: _write(f / "labels.nii.gz", _nii(_labels(), AFFINE + np.eye(4) * 0.5))))
+    add(
+        "labels-other-grid",
+        lambda tmp: _pair(tmp, labels=lambda f: _write(f / "labels.nii.gz", _nii(_labels()[:, :, :8]))),
+    )
+    add(
+        "labels-shifted-affine",
+        lambda tmp: _pair(tmp, labels=lambda f: _write(f / "labels.nii.gz", _nii(_labels(), AFFINE + np.eye(4) * 0.5))),
+    )
     add("no-sidecar", lambda tmp: _pair(tmp, sidecar=None))
-    sidecars = [("not-json", b"{oops"), ("a-list", b"[]"), ("vocabulary-number", b'{"vocabulary": 7}'),
-                ("vocabulary-unknown", b'{"vocabulary": "nope"}'), ("vocabulary-object", b'{"vocabulary": {"a": [1]}}'),
-                ("cases-vocabulary-list", b'{"cases": [{"labels": "labels.nii.gz", "vocabulary": ["amos"]}]}'), ("vocabulary-nul", b'{"vocabulary": "amos\\u0000"}'),
-                ("cases-not-a-list", b'{"cases": 5}'), ("cases-numbers", b'{"cases": [1, 2]}'),
-                ("cases-number-paths", b'{"cases": [{"labels": 5, "image": 6}]}'),
-                ("cases-id-number", b'{"cases": [{"id": 5, "labels": "labels.nii.gz"}], "vocabulary": "totalsegmentator"}'),
-                ("cases-missing-file", b'{"cases": [{"labels": "nope.nii.gz"}]}'),
-                ("cases-absolute-path", b'{"cases": [{"labels": "/etc/passwd"}], "vocabulary": "totalsegmentator"}'),
-                ("cases-traversal", b'{"cases": [{"labels": "../../../etc/hostname"}], "vocabulary": "amos"}'),
-                ("cases-duplicate-ids", b'{"cases": [{"id": "a", "labels": "labels.nii.gz"}, {"id": "a", "labels": "labels.nii.gz"}], "vocabulary": "totalsegmentator"}'),
-                ("cases-odd-id", '{"cases": [{"id": "../..\\u202e\\u0000\\ud800", "labels": "labels.nii.gz"}], "vocabulary": "totalsegmentator"}'.encode()),
-                ("utf16", '{"vocabulary": "totalsegmentator"}'.encode("utf-16")),
-                ("huge-number", b'{"vocabulary": 1e999}')]
+    sidecars = [
+        ("not-json", b"{oops"),
+        ("a-list", b"[]"),
+        ("vocabulary-number", b'{"vocabulary": 7}'),
+        ("vocabulary-unknown", b'{"vocabulary": "nope"}'),
+        ("vocabulary-object", b'{"vocabulary": {"a": [1]}}'),
+        ("cases-vocabulary-list", b'{"cases": [{"labels": "labels.nii.gz", "vocabulary": ["amos"]}]}'),
+        ("vocabulary-nul", b'{"vocabulary": "amos\\u0000"}'),
+        ("cases-not-a-list", b'{"cases": 5}'),
+        ("cases-numbers", b'{"cases": [1, 2]}'),
+        ("cases-number-paths", b'{"cases": [{"labels": 5, "image": 6}]}'),
+        ("cases-id-number", b'{"cases": [{"id": 5, "labels": "labels.nii.gz"}], "vocabulary": "totalsegmentator"}'),
+        ("cases-missing-file", b'{"cases": [{"labels": "nope.nii.gz"}]}'),
+        ("cases-absolute-path", b'{"cases": [{"labels": "/etc/passwd"}], "vocabulary": "totalsegmentator"}'),
+        ("cases-traversal", b'{"cases": [{"labels": "../../../etc/hostname"}], "vocabulary": "amos"}'),
+        (
+            "cases-duplicate-ids",
+            b'{"cases": [{"id": "a", "labels": "labels.nii.gz"}, {"id": "a", "labels": "labels.nii.gz"}], '
+            b'"vocabulary": "totalsegmentator"}',
+        ),
+        (
+            "cases-odd-id",
+            (
+                '{"cases": [{"id": "../..\\u202e\\u0000\\ud800", "labels": "labels.nii.gz"}], '
+                '"vocabulary": "totalsegmentator"}'
+            ).encode(),
+        ),
+        ("utf16", '{"vocabulary": "totalsegmentator"}'.encode("utf-16")),
+        ("huge-number", b'{"vocabulary": 1e999}'),
+    ]
     for name, content in sidecars:
         add(f"sidecar-{name}", lambda tmp, content=content: _pair(tmp, sidecar=content))
-    datasets = [("labels-empty", b'{"labels": {}}'), ("labels-regions", b'{"labels": {"background": 0, "liver": [1, 2]}}'),
-                ("labels-strings", b'{"labels": {"background": "0", "liver": "x"}}'),
-                ("labels-negative", b'{"labels": {"-1": "liver", "0": "background"}}'),
-                ("labels-a-list", b'{"labels": [1, 2]}'), ("file-ending-odd", b'{"labels": {"0": "background", "1": "liver"}, "file_ending": 5}'),
-                ("not-json", b"\x00\x01"), ("valid-no-labelsTr", b'{"labels": {"0": "background", "1": "liver"}}')]
+    datasets = [
+        ("labels-empty", b'{"labels": {}}'),
+        ("labels-regions", b'{"labels": {"background": 0, "liver": [1, 2]}}'),
+        ("labels-strings", b'{"labels": {"background": "0", "liver": "x"}}'),
+        ("labels-negative", b'{"labels": {"-1": "liver", "0": "background"}}'),
+        ("labels-a-list", b'{"labels": [1, 2]}'),
+        ("file-ending-odd", b'{"labels": {"0": "background", "1": "liver"}, "file_ending": 5}'),
+        ("not-json", b"\x00\x01"),
+        ("valid-no-labelsTr", b'{"labels": {"0": "background", "1": "liver"}}'),
+    ]
     for name, content in datasets:
+
         def make_dataset(tmp, content=content, name=name):
             root = tmp / "src" / "Dataset001"
             _write(root / "dataset.json", content, gz=False)
@@ -689,39 +995,75 @@ def _prepare_cases() -> None:
                 _write(root / "imagesTr" / "case_0000.nii.gz", _nii(_ct()))
                 _write(root / "labelsTr" / "case.nii.gz", _nii(np.where(_labels() > 0, 1, 0).astype(np.uint8)))
             return root
+
         add(f"dataset-json-{name}", make_dataset)
-    structures = [("empty", lambda f: _folder_named(f, "segmentations")),
-                  ("garbage-mask", lambda f: _write(f / "segmentations" / "liver.nii.gz", b"garbage", gz=False)),
-                  ("unknown-structure", lambda f: _write(f / "segmentations" / "heart-of-gold.nii.gz", _nii((_labels() > 0).astype(np.uint8)))),
-                  ("mask-nan", lambda f: _write(f / "segmentations" / "liver.nii.gz", _nii(np.full(SHAPE, np.nan, np.float32)))),
-                  ("masks-two-grids", lambda f: (_write(f / "segmentations" / "liver.nii.gz", _nii((_labels() == 5).astype(np.uint8))),
-                                                 _write(f / "segmentations" / "spleen.nii.gz", _nii((_labels() == 1).astype(np.uint8)[:, :, :5])))[0])]
+    structures = [
+        ("empty", lambda f: _folder_named(f, "segmentations")),
+        ("garbage-mask", lambda f: _write(f / "segmentations" / "liver.nii.gz", b"garbage", gz=False)),
+        (
+            "unknown-structure",
+            lambda f: _write(f / "segmentations" / "heart-of-gold.nii.gz", _nii((_labels() > 0).astype(np.uint8))),
+        ),
+        ("mask-nan", lambda f: _write(f / "segmentations" / "liver.nii.gz", _nii(np.full(SHAPE, np.nan, np.float32)))),
+        (
+            "masks-two-grids",
+            lambda f: (
+                _write(f / "segmentations" / "liver.nii.gz", _nii((_labels() == 5).astype(np.uint8))),
+                _write(f / "segmentations" / "spleen.nii.gz", _nii((_labels() == 1).astype(np.uint8)[:, :, :5])),
+            )[0],
+        ),
+    ]
     for name, make in structures:
+
         def make_structures(tmp, make=make):
             case = tmp / "src" / "s0001"
             _write(case / "ct.nii.gz", _nii(_ct()))
             make(case)
             return case
+
         add(f"structures-{name}", make_structures)
-    dicom = [("random-bytes", lambda f: _write(f / "ct" / "IM1.dcm", _stream("dicom").integers(0, 256, 800, dtype=np.uint8).tobytes(), gz=False)),
-             ("empty-files", lambda f: [_write(f / "ct" / f"IM{i}.dcm", b"", gz=False) for i in range(3)]),
-             ("dicm-magic-only", lambda f: _write(f / "ct" / "IM1", bytes(128) + b"DICM" + bytes(20), gz=False)),
-             ("seg-random-bytes", lambda f: (_write(f / "ct.nii.gz", _nii(_ct())), _write(f / "seg.dcm", b"\0" * 300, gz=False)))]
+    dicom = [
+        (
+            "random-bytes",
+            lambda f: _write(
+                f / "ct" / "IM1.dcm", _stream("dicom").integers(0, 256, 800, dtype=np.uint8).tobytes(), gz=False
+            ),
+        ),
+        ("empty-files", lambda f: [_write(f / "ct" / f"IM{i}.dcm", b"", gz=False) for i in range(3)]),
+        ("dicm-magic-only", lambda f: _write(f / "ct" / "IM1", bytes(128) + b"DICM" + bytes(20), gz=False)),
+        (
+            "seg-random-bytes",
+            lambda f: (_write(f / "ct.nii.gz", _nii(_ct())), _write(f / "seg.dcm", b"\0" * 300, gz=False)),
+        ),
+    ]
     for name, make in dicom:
+
         def make_dicom(tmp, make=make):
             case = tmp / "src" / "d0001"
             make(case)
             return case
+
         add(f"dicom-{name}", make_dicom)
     # Options and source paths.
-    for name, extra in (("spacing-nan", ["--spacing", "nan"]), ("spacing-inf", ["--spacing", "inf"]),
-                        ("spacing-negative", ["--spacing", "-3"]), ("spacing-1e308", ["--spacing", "1e308"]),
-                        ("spacing-text", ["--spacing", "three"]), ("spacing-four", ["--spacing", "1,2,3,4"]),
-                        ("spacing-empty", ["--spacing", ""]), ("size-text", ["--size", "abc"]), ("size-nan", ["--size", "nan"]),
-                        ("size-inf", ["--size", "inf"]), ("size-zero", ["--size", "0"]), ("size-huge", ["--size", "1e12"]),
-                        ("size-three", ["--size", "16,16,16"]), ("size-empty", ["--size", ""]),
-                        ("vocabulary-unknown", ["--vocabulary", "nope"]), ("vocabulary-nul", ["--vocabulary", "a\0b"]),
-                        ("vocabulary-long", ["--vocabulary", "v" * 10_000])):
+    for name, extra in (
+        ("spacing-nan", ["--spacing", "nan"]),
+        ("spacing-inf", ["--spacing", "inf"]),
+        ("spacing-negative", ["--spacing", "-3"]),
+        ("spacing-1e308", ["--spacing", "1e308"]),
+        ("spacing-text", ["--spacing", "three"]),
+        ("spacing-four", ["--spacing", "1,2,3,4"]),
+        ("spacing-empty", ["--spacing", ""]),
+        ("size-text", ["--size", "abc"]),
+        ("size-nan", ["--size", "nan"]),
+        ("size-inf", ["--size", "inf"]),
+        ("size-zero", ["--size", "0"]),
+        ("size-huge", ["--size", "1e12"]),
+        ("size-three", ["--size", "16,16,16"]),
+        ("size-empty", ["--size", ""]),
+        ("vocabulary-unknown", ["--vocabulary", "nope"]),
+        ("vocabulary-nul", ["--vocabulary", "a\0b"]),
+        ("vocabulary-long", ["--vocabulary", "v" * 10_000]),
+    ):
         add(f"option-{name}", lambda tmp: _pair(tmp), extra)
     add("source-missing", lambda tmp: tmp / "nowhere")
     add("source-a-file", lambda tmp: _write(tmp / "ct.nii.gz", _nii(_ct())))
@@ -730,6 +1072,7 @@ def _prepare_cases() -> None:
 
     def out_is_file(tmp, model):
         return ["prepare", str(_pair(tmp)), "--out", str(_file_of(b"x")(tmp, "out")), *PREPARE_OPTS], None
+
     CASES.append(Case("prepare", "out-is-a-file", out_is_file))
 
 
@@ -815,8 +1158,9 @@ def _check_prepared(out: Path, failed_ok: bool) -> list[dict]:
     return manifest["failed"]
 
 
-def _classify(case: Case, code: int, stdout: str, err: str, argv: list[str], out: Path | None, tmp: Path,
-              existed: bool) -> str:
+def _classify(
+    case: Case, code: int, stdout: str, err: str, argv: list[str], out: Path | None, tmp: Path, existed: bool
+) -> str:
     assert "Traceback" not in err and "internal error" not in err, f"{case.id} crashed:\n{err}"
     assert not _leftovers(tmp), f"{case.id} left temporaries: {_leftovers(tmp)}"
     if code == 0:
@@ -865,11 +1209,19 @@ def _summary():
     yield
     commands = sorted({c for c, _ in OUTCOMES})
     kinds = sorted({k for _, k in OUTCOMES})
-    lines = ["", "fuzzed inputs by command and outcome:", f"{'command':14s}" + "".join(f"{k:>14s}" for k in kinds) + f"{'total':>8s}"]
+    lines = [
+        "",
+        "fuzzed inputs by command and outcome:",
+        f"{'command':14s}" + "".join(f"{k:>14s}" for k in kinds) + f"{'total':>8s}",
+    ]
     for command in commands:
         counts = [OUTCOMES[command, k] for k in kinds]
         lines.append(f"{command:14s}" + "".join(f"{n:14d}" for n in counts) + f"{sum(counts):8d}")
-    lines.append(f"{'all':14s}" + "".join(f"{sum(OUTCOMES[c, k] for c in commands):14d}" for k in kinds) + f"{sum(OUTCOMES.values()):8d}")
+    lines.append(
+        f"{'all':14s}"
+        + "".join(f"{sum(OUTCOMES[c, k] for c in commands):14d}" for k in kinds)
+        + f"{sum(OUTCOMES.values()):8d}"
+    )
     print("\n".join(lines))
 
 
@@ -937,15 +1289,41 @@ def _filling_save(monkeypatch, fail_at: int, code: int = errno.ENOSPC):
 def test_disk_full_during_generate(tiny_model, tmp_path, capsys, monkeypatch, code):  # noqa: F811
     out = tmp_path / "out"
     calls = _filling_save(monkeypatch, fail_at=2, code=code)  # ct.nii.gz written, labels.nii.gz fails
-    status, _, err = run(["generate", "--prompt", "4 cm liver tumour", "-n", "2", "--out", str(out),
-                          "--model", str(tiny_model), *FAST_GEN], capsys)
+    status, _, err = run(
+        [
+            "generate",
+            "--prompt",
+            "4 cm liver tumour",
+            "-n",
+            "2",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model),
+            *FAST_GEN,
+        ],
+        capsys,
+    )
     assert calls["n"] == 2 and status == 2
     _one_line_error(err, str(out / "case_000000"), "no space left on the device", "nothing was written")
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]  # no case folder, no temporary
     # With space again, the same command completes the run.
     monkeypatch.undo()
-    status, stdout, err = run(["generate", "--prompt", "4 cm liver tumour", "-n", "2", "--out", str(out),
-                               "--model", str(tiny_model), *FAST_GEN], capsys)
+    status, stdout, err = run(
+        [
+            "generate",
+            "--prompt",
+            "4 cm liver tumour",
+            "-n",
+            "2",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model),
+            *FAST_GEN,
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert "2 case(s) generated" in stdout
 
@@ -991,12 +1369,17 @@ def test_atomic_writers_turn_a_full_disk_into_one_clear_error(tmp_path, monkeypa
     old = tmp_path / "kept"
     old.mkdir()
     (old / "a.txt").write_text("old")
-    for target, writer, overwrite in ((tmp_path / "f.bin", atomic_file, False), (tmp_path / "d", atomic_dir, False),
-                                      (old, atomic_dir, True)):
+    for target, writer, overwrite in (
+        (tmp_path / "f.bin", atomic_file, False),
+        (tmp_path / "d", atomic_dir, False),
+        (old, atomic_dir, True),
+    ):
         with pytest.raises(DiskFullError) as info, monkeypatch.context() as m:
             with writer(target, overwrite=overwrite) as tmp:
                 if where == "rename":
-                    m.setattr(os, "replace", fail) if target != old else m.setattr(os, "replace", _fail_second(os.replace))
+                    m.setattr(os, "replace", fail) if target != old else m.setattr(
+                        os, "replace", _fail_second(os.replace)
+                    )
                     (tmp / "x.bin" if writer is atomic_dir else tmp).write_bytes(b"data")
                 else:
                     fail()
@@ -1015,4 +1398,5 @@ def _fail_second(real_replace):
         if calls["n"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
+
     return replace

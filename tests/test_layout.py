@@ -43,8 +43,11 @@ def test_no_private_names_are_imported_across_modules():
     for path in MODULES:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("guidegen"):
-                offenders += [f"{_name(path)}:{node.lineno}: {a.name} from {node.module}" for a in node.names
-                              if a.name.startswith("_") and not a.name.startswith("__")]
+                offenders += [
+                    f"{_name(path)}:{node.lineno}: {a.name} from {node.module}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert not offenders, "\n".join(offenders)
 
 

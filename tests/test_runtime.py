@@ -32,8 +32,14 @@ def auto_env(monkeypatch, tmp_path):
 
 
 def _caps(bf16: bool) -> dict:
-    return {"aten_kernels": "AVX512" if bf16 else "AVX2", "avx2": True, "avx512": bf16, "avx512_bf16": bf16,
-            "amx": False, "onednn_bf16": bf16}
+    return {
+        "aten_kernels": "AVX512" if bf16 else "AVX2",
+        "avx2": True,
+        "avx512": bf16,
+        "avx512_bf16": bf16,
+        "amx": False,
+        "onednn_bf16": bf16,
+    }
 
 
 def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(auto_env, monkeypatch):
@@ -135,8 +141,10 @@ def test_auto_takes_the_fastest_backend_that_passes(auto_env, tmp_path, monkeypa
 
             def tagged(*inputs):
                 return call(*inputs)
+
             tagged.backend_name = name
             return (tagged, made[1]) if isinstance(made, tuple) else tagged
+
         return load
 
     monkeypatch.setattr(backends, "_onnxruntime_call", named("onnxruntime", backends._onnxruntime_call))
@@ -186,8 +194,10 @@ def test_pipeline_outputs_agree_with_torch_fp32(auto_env, trained_looking_model,
     prompt = "4 cm tumour in the sigmoid colon, portal venous phase"
     ref = gg.generate(prompt, seed=3, precision="fp32", backend="torch")[0]
     fast = gg.generate(prompt, seed=3, precision="fp32", backend=backend)[0]
-    assert fast.runtime == {"masks": {"backend": backend, "precision": "fp32"},
-                            "images": {"backend": backend, "precision": "fp32"}}
+    assert fast.runtime == {
+        "masks": {"backend": backend, "precision": "fp32"},
+        "images": {"backend": backend, "precision": "fp32"},
+    }
     assert len(np.unique(ref.labels.array)) > 3  # the sampler draws anatomy, not one uniform class
     assert np.array_equal(fast.labels.array, ref.labels.array)
     diff = np.abs(fast.ct.array.astype(np.float64) - ref.ct.array)
@@ -196,11 +206,27 @@ def test_pipeline_outputs_agree_with_torch_fp32(auto_env, trained_looking_model,
 
 def test_cli_records_the_precision_and_backend_it_ran(auto_env, trained_looking_model, tmp_path, capsys):
     out = tmp_path / "out"
-    main(["generate", "--prompt", "enlarged spleen", "--model", str(trained_looking_model), "--out", str(out),
-          "--precision", "fp32", "--backend", "torch", "-q"])
+    main(
+        [
+            "generate",
+            "--prompt",
+            "enlarged spleen",
+            "--model",
+            str(trained_looking_model),
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+            "--backend",
+            "torch",
+            "-q",
+        ]
+    )
     case = json.loads((out / "case_000000" / "case.json").read_text())
-    assert case["runtime"] == {"masks": {"backend": "torch", "precision": "fp32"},
-                               "images": {"backend": "torch", "precision": "fp32"}}
+    assert case["runtime"] == {
+        "masks": {"backend": "torch", "precision": "fp32"},
+        "images": {"backend": "torch", "precision": "fp32"},
+    }
     printed = capsys.readouterr().out
     assert printed.count("networks: masks torch fp32, images torch fp32") == 1
 

@@ -12,14 +12,23 @@ from guidegen.errors import InputError, OutputExistsError
 from guidegen.settings import DatasetRequest, GenerationSettings, check_prompt, check_seed, check_threads
 
 
-@pytest.mark.parametrize(("changes", "option"), [
-    ({"steps": 0}, "--steps"), ({"steps": 2.5}, "--steps"), ({"guidance": -1.0}, "--guidance"),
-    ({"guidance": float("nan")}, "--guidance"), ({"image_steps": 10**9}, "--image-steps"),
-    ({"image_guidance": 51.0}, "--image-guidance"), ({"phase": "venous"}, "--phase"),
-    ({"tumour_placement": "paste"}, "--tumour-placement"), ({"organ_sizes": "big"}, "--organ-sizes"),
-    ({"aorta_placement": "pipe"}, "--aorta-placement"), ({"precision": "int8"}, "--precision"),
-    ({"backend": "tensorrt"}, "--backend"),
-])
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"steps": 0}, "--steps"),
+        ({"steps": 2.5}, "--steps"),
+        ({"guidance": -1.0}, "--guidance"),
+        ({"guidance": float("nan")}, "--guidance"),
+        ({"image_steps": 10**9}, "--image-steps"),
+        ({"image_guidance": 51.0}, "--image-guidance"),
+        ({"phase": "venous"}, "--phase"),
+        ({"tumour_placement": "paste"}, "--tumour-placement"),
+        ({"organ_sizes": "big"}, "--organ-sizes"),
+        ({"aorta_placement": "pipe"}, "--aorta-placement"),
+        ({"precision": "int8"}, "--precision"),
+        ({"backend": "tensorrt"}, "--backend"),
+    ],
+)
 def test_each_bad_setting_is_refused_naming_its_option(changes, option):
     with pytest.raises(InputError) as info:
         GenerationSettings(**changes)
@@ -44,9 +53,14 @@ def test_run_json_keeps_what_decides_the_cases_not_how_the_networks_ran():
     settings = GenerationSettings(steps=12, precision="fp32", backend="torch")
     request = DatasetRequest((("4 cm liver tumour", 2),), seed=5, settings=settings)
     stored = request.to_dict({"model_id": "m", "version": "1"})
-    assert stored["settings"]["steps"] == 12 and "precision" not in stored["settings"] and "backend" not in stored["settings"]
-    assert DatasetRequest((("4 cm liver tumour", 2),), 5, settings.replace(precision="bf16")).to_dict({}) == \
-        DatasetRequest((("4 cm liver tumour", 2),), 5, settings).to_dict({})
+    assert (
+        stored["settings"]["steps"] == 12
+        and "precision" not in stored["settings"]
+        and "backend" not in stored["settings"]
+    )
+    assert DatasetRequest((("4 cm liver tumour", 2),), 5, settings.replace(precision="bf16")).to_dict(
+        {}
+    ) == DatasetRequest((("4 cm liver tumour", 2),), 5, settings).to_dict({})
 
 
 def test_dataset_request_checks_format_count_and_seed():
@@ -86,9 +100,13 @@ BAD_REQUESTS = [
 def test_bad_requests_are_refused_before_torch_is_imported(args, needle, tmp_path):
     # Behaviour, not time: the refusal happens before any heavy import (torch, MONAI, transformers),
     # which is what makes it come back in a fraction of a second.
-    code = ("import sys\nfrom guidegen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    print('torch' in sys.modules, 'monai' in sys.modules, e.code)\n")
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    code = (
+        "import sys\nfrom guidegen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    print('torch' in sys.modules, 'monai' in sys.modules, e.code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert done.stdout.split() == ["False", "False", "2"], done.stdout + done.stderr
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -97,9 +115,14 @@ def test_an_existing_output_is_refused_before_torch_is_imported(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "something.txt").write_text("x")
-    code = ("import sys\nfrom guidegen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    print('torch' in sys.modules, e.code)\n")
-    for args in (["sample-masks", "--prompt", "x", "--out", str(out)], ["generate", "--prompt", "x", "--out", str(out)]):
+    code = (
+        "import sys\nfrom guidegen.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    print('torch' in sys.modules, e.code)\n"
+    )
+    for args in (
+        ["sample-masks", "--prompt", "x", "--out", str(out)],
+        ["generate", "--prompt", "x", "--out", str(out)],
+    ):
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
         assert done.stdout.split() == ["False", "2"], done.stdout + done.stderr
         assert str(OutputExistsError(out)) in done.stderr

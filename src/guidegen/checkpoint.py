@@ -43,9 +43,15 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_checkpoint(folder: str | Path, config: Any, weights: dict[str, torch.Tensor],
-                    training: dict[str, Any] | None = None, raw_weights: dict[str, torch.Tensor] | None = None,
-                    overwrite: bool = True, metadata: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path,
+    config: Any,
+    weights: dict[str, torch.Tensor],
+    training: dict[str, Any] | None = None,
+    raw_weights: dict[str, torch.Tensor] | None = None,
+    overwrite: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write a checkpoint folder atomically.
 
     Args:
@@ -92,8 +98,9 @@ def verify_checkpoint(folder: str | Path) -> None:
             raise InputError(path, "is corrupted (sha256 checksum mismatch)")
 
 
-def load_checkpoint(folder: str | Path, config_cls: type[T], training: bool = False, verify: bool = True
-                    ) -> tuple[T, dict[str, torch.Tensor], dict[str, Any] | None]:
+def load_checkpoint(
+    folder: str | Path, config_cls: type[T], training: bool = False, verify: bool = True
+) -> tuple[T, dict[str, torch.Tensor], dict[str, Any] | None]:
     """Load (config, inference weights, training state or None)."""
     folder = Path(folder)
     if verify:

@@ -29,29 +29,57 @@ app = typer.Typer(
 _STATE = {"debug": False}
 
 #: The options that say how the networks run (`guidegen.runtime`), shared by every generating command.
-PrecisionOption = Annotated[str, typer.Option(
-    "--precision", help="auto (bf16 only where the hardware runs it natively: AMX, AVX512-BF16 or a CUDA GPU with "
-                        "bf16; else fp32), fp32, bf16 or fp16.")]
-BackendOption = Annotated[str, typer.Option(
-    "--backend", help="auto (for the CT's slice network the fastest installed one that passes a self-check "
-                      "against torch; the mask network stays on torch), torch, onnxruntime or openvino "
-                      "(pip install \"guidegen\\[fast]\").")]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 only where the hardware runs it natively: AMX, AVX512-BF16 or a CUDA GPU with "
+        "bf16; else fp32), fp32, bf16 or fp16.",
+    ),
+]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="auto (for the CT's slice network the fastest installed one that passes a self-check "
+        "against torch; the mask network stays on torch), torch, onnxruntime or openvino "
+        '(pip install "guidegen\\[fast]").',
+    ),
+]
 #: The placement stage's switches (`guidegen.masks.placement`), shared by the commands that sample masks.
-TumourPlacementOption = Annotated[Optional[str], typer.Option(
-    help="insert: stated tumours are real tumour shapes placed in the sampled anatomy; network: only the "
-         "network's own tumours (default: the model's setting).")]
-OrganSizesOption = Annotated[Optional[str], typer.Option(
-    help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; network: "
-         "organs as the network drew them (default: the model's setting).")]
-AortaPlacementOption = Annotated[Optional[str], typer.Option(
-    help="tube: the aorta redrawn as one tube of normal calibre along the network's; network: the aorta as "
-         "the network drew it (default: the model's setting).")]
+TumourPlacementOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="insert: stated tumours are real tumour shapes placed in the sampled anatomy; network: only the "
+        "network's own tumours (default: the model's setting)."
+    ),
+]
+OrganSizesOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; network: "
+        "organs as the network drew them (default: the model's setting)."
+    ),
+]
+AortaPlacementOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="tube: the aorta redrawn as one tube of normal calibre along the network's; network: the aorta as "
+        "the network drew it (default: the model's setting)."
+    ),
+]
 #: A user's own label set, for every command that reads a label map.
-LabelsJsonOption = Annotated[Optional[Path], typer.Option(
-    "--labels-json", help="Your own label set: a JSON file mapping the map's ids to GuideGen class names or "
-                          "\"unknown\", e.g. {\"1\": \"liver\", \"2\": \"tumour\"} (names: list-classes).")]
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    callback=lambda value: check_threads(value), help="CPU threads (default: all).")]  # checked while parsing
+LabelsJsonOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--labels-json",
+        help="Your own label set: a JSON file mapping the map's ids to GuideGen class names or "
+        '"unknown", e.g. {"1": "liver", "2": "tumour"} (names: list-classes).',
+    ),
+]
+ThreadsOption = Annotated[
+    Optional[int], typer.Option(callback=lambda value: check_threads(value), help="CPU threads (default: all).")
+]  # checked while parsing
 
 
 def _show_version(value: bool) -> None:
@@ -63,8 +91,9 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug
 
@@ -97,11 +126,19 @@ def _parse_triple(text: str, name: str) -> tuple[float, float, float]:
 
 @app.command()
 def prepare(
-    sources: Annotated[list[Path], typer.Argument(metavar="SOURCES", help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).")],
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="SOURCES",
+            help="Dataset or case folders (TotalSegmentator, AbdomenAtlas, nnU-Net, MSD, CT+labels pairs, DICOM).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the manifest and the case cache.")],
     spacing: Annotated[str, typer.Option(help="Target voxel size in mm: one value or x,y,z.")] = "3",
     size: Annotated[str, typer.Option(help="In-plane field of view in voxels: one value or x,y.")] = "128",
-    vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary for plain pairs without a sidecar (see list-vocabularies).")] = None,
+    vocabulary: Annotated[
+        Optional[str], typer.Option(help="Label vocabulary for plain pairs without a sidecar (see list-vocabularies).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo cases that are already prepared.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -117,9 +154,14 @@ def prepare(
         size_values *= 2
     if len(size_values) != 2:
         raise InputError("--size", f"expected one or two values, got {size!r}")
-    config = PrepareConfig(spacing=_parse_triple(spacing, "--spacing"), size_xy=(size_values[0], size_values[1]), vocabulary=vocabulary)
+    config = PrepareConfig(
+        spacing=_parse_triple(spacing, "--spacing"), size_xy=(size_values[0], size_values[1]), vocabulary=vocabulary
+    )
     result = run_prepare(sources, out, config=config, progress=not quiet, overwrite=overwrite)
-    typer.echo(f"prepared {len(result.prepared)}, skipped {len(result.skipped)} (already done), failed {len(result.failed)}; manifest: {result.manifest}")
+    typer.echo(
+        f"prepared {len(result.prepared)}, skipped {len(result.skipped)} (already done), failed "
+        f"{len(result.failed)}; manifest: {result.manifest}"
+    )
     for case_id, error in result.failed:
         typer.echo(f"error: {case_id}: {error}", err=True)
     if result.failed:
@@ -129,11 +171,21 @@ def prepare(
 @app.command()
 def report(
     labels: Annotated[Path, typer.Argument(metavar="LABELS", help="Label map (.nii/.nii.gz or a DICOM-SEG .dcm).")],
-    vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (default: from a guidegen-source.json beside it, or GuideGen's own ids for files GuideGen wrote).")] = None,
+    vocabulary: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Label vocabulary of the file (default: from a guidegen-source.json beside it, or GuideGen's own "
+            "ids for files GuideGen wrote)."
+        ),
+    ] = None,
     labels_json: LabelsJsonOption = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the report's phrasing.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the attribute record as JSON after the report.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the report here instead of printing it.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the attribute record as JSON after the report.")
+    ] = False,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Write the report here instead of printing it.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Write a radiology-style report (and attribute record) for a label map."""
@@ -153,7 +205,9 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo-output"),
-    data: Annotated[Optional[Path], typer.Option(help="Bundled real data folder (default: $GUIDEGEN_DATA or data/real).")] = None,
+    data: Annotated[
+        Optional[Path], typer.Option(help="Bundled real data folder (default: $GUIDEGEN_DATA or data/real).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Run the data pipeline on the bundled real scan: prepared case, report and preview picture."""
@@ -171,7 +225,15 @@ app.add_typer(train_app, name="train")
 @train_app.command("masks")
 def train_masks(
     config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/mask_sampler_demo.json).")],
-    run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/mask_sampler"),
+    run: Annotated[
+        Path,
+        typer.Option(
+            "--run",
+            "--run-dir",
+            help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run "
+            "for its --run-path).",
+        ),
+    ] = Path("runs/mask_sampler"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this call.")] = None,
     threads: ThreadsOption = None,
@@ -188,7 +250,9 @@ def train_masks(
 
     set_threads(threads)
     cfg = load_config(MaskSamplerConfig, config)
-    out = train_mask_sampler(cfg, run, resume=resume, progress=not quiet, max_steps=max_steps, root=REPO_ROOT, device=_device(device))
+    out = train_mask_sampler(
+        cfg, run, resume=resume, progress=not quiet, max_steps=max_steps, root=REPO_ROOT, device=_device(device)
+    )
     typer.echo(f"run folder: {out}")
 
 
@@ -199,7 +263,9 @@ def _device(name: str) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            raise InputError("--device", "CUDA was asked for but no CUDA device is available (is the CPU build of torch installed?)")
+            raise InputError(
+                "--device", "CUDA was asked for but no CUDA device is available (is the CPU build of torch installed?)"
+            )
     return name
 
 
@@ -212,7 +278,9 @@ def sample_masks(
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's strided setting).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Mask sampler folder (default: the shipped model).")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Report quality checks (components, relations, adherence, diversity).")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Report quality checks (components, relations, adherence, diversity).")
+    ] = False,
     tumour_placement: TumourPlacementOption = None,
     organ_sizes: OrganSizesOption = None,
     aorta_placement: AortaPlacementOption = None,
@@ -222,15 +290,22 @@ def sample_masks(
     backend: BackendOption = "auto",
 ) -> None:
     """Sample low-resolution label maps from a prompt (GuideGen's Volumetric Mask Sampler)."""
-    settings = GenerationSettings(steps=steps, guidance=guidance, tumour_placement=tumour_placement,
-                                  organ_sizes=organ_sizes, aorta_placement=aorta_placement, precision=precision,
-                                  backend=backend)
+    settings = GenerationSettings(
+        steps=steps,
+        guidance=guidance,
+        tumour_placement=tumour_placement,
+        organ_sizes=organ_sizes,
+        aorta_placement=aorta_placement,
+        precision=precision,
+        backend=backend,
+    )
     _new_output(out, overwrite)
     device = _device(device)
     from guidegen.pipeline import sample_masks_to_folder
 
-    lines, volumes = sample_masks_to_folder(prompt=prompt, out=out, n=n, seed=seed, settings=settings, model=model,
-                                            device=device, overwrite=overwrite)
+    lines, volumes = sample_masks_to_folder(
+        prompt=prompt, out=out, n=n, seed=seed, settings=settings, model=model, device=device, overwrite=overwrite
+    )
     for line in lines:
         typer.echo(line)
     if check:
@@ -246,10 +321,12 @@ def sample_masks(
 @train_app.command("demo")
 def train_demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")] = Path("models/default"),
-    runs: Annotated[Path, typer.Option("--runs", help="Run folder for the prepared data, checkpoints and logs.")] = Path("runs/demo"),
+    runs: Annotated[
+        Path, typer.Option("--runs", help="Run folder for the prepared data, checkpoints and logs.")
+    ] = Path("runs/demo"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
 ) -> None:
-    """Train the shipped default model from the bundled real data (both stages in parallel, about 1–1.5 h on 2 cores)."""
+    """Train the shipped default model from the bundled real data (both stages in parallel, ~1–1.5 h on 2 cores)."""
     from guidegen.pipeline.train_demo import train_demo
 
     path = train_demo(out=out, runs=runs, overwrite=overwrite, log=typer.echo)
@@ -259,9 +336,24 @@ def train_demo_command(
 @train_app.command("images")
 def train_images(
     prepared: Annotated[Path, typer.Option("--prepared", "-p", help="Output folder of `guidegen prepare`.")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Recipe JSON (see recipes/image_generator_demo.json); "
-                                                   "default: ImageGeneratorConfig's defaults.")] = None,
-    run: Annotated[Path, typer.Option("--run", "--run-dir", "-r", help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run for its --run-path).")] = Path("runs/image_generator"),
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            "-c",
+            help="Recipe JSON (see recipes/image_generator_demo.json); default: ImageGeneratorConfig's defaults.",
+        ),
+    ] = None,
+    run: Annotated[
+        Path,
+        typer.Option(
+            "--run",
+            "--run-dir",
+            "-r",
+            help="Run folder: checkpoints, log, final model (under torchrun write --run-dir: torchrun mistakes --run "
+            "for its --run-path).",
+        ),
+    ] = Path("runs/image_generator"),
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop at this step (resumable).")] = None,
     threads: ThreadsOption = None,
@@ -278,18 +370,26 @@ def train_images(
 
     set_threads(threads)
     cfg = load_config(ImageGeneratorConfig, config) if config is not None else ImageGeneratorConfig()
-    out = train_image_generator(cfg, prepared, run, resume=resume, progress=not quiet, max_steps=max_steps, device=_device(device))
+    out = train_image_generator(
+        cfg, prepared, run, resume=resume, progress=not quiet, max_steps=max_steps, device=_device(device)
+    )
     typer.echo(f"run folder: {out}")
 
 
 @app.command("generate-ct")
 def generate_ct_command(
-    labels: Annotated[Path, typer.Option("--labels", "-l", help="Label map (.nii/.nii.gz or DICOM-SEG) in any supported vocabulary.")],
+    labels: Annotated[
+        Path, typer.Option("--labels", "-l", help="Label map (.nii/.nii.gz or DICOM-SEG) in any supported vocabulary.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    vocabulary: Annotated[Optional[str], typer.Option(help="Label vocabulary of the file (see list-vocabularies).")] = None,
+    vocabulary: Annotated[
+        Optional[str], typer.Option(help="Label vocabulary of the file (see list-vocabularies).")
+    ] = None,
     labels_json: LabelsJsonOption = None,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same CT.")] = 0,
-    phase: Annotated[Optional[str], typer.Option(help="Contrast phase: non_contrast, arterial, portal_venous, delayed.")] = None,
+    phase: Annotated[
+        Optional[str], typer.Option(help="Contrast phase: non_contrast, arterial, portal_venous, delayed.")
+    ] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Optional text for the generator's text condition.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Flow steps per slice.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
@@ -298,13 +398,28 @@ def generate_ct_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     precision: PrecisionOption = "auto",
     backend: BackendOption = "auto",
-    texture: Annotated[bool, typer.Option("--texture/--no-texture", help="Add scanner-noise grain where the label map's grid is finer than the model's (3 mm for the shipped model), from a noise model fitted to real CT.")] = True,
-    levels: Annotated[bool, typer.Option("--levels/--no-levels", help="Set tumour HU by host organ and phase, and the unenhanced aorta's level, from real data and literature (off: the network's own levels).")] = True,
+    texture: Annotated[
+        bool,
+        typer.Option(
+            "--texture/--no-texture",
+            help="Add scanner-noise grain where the label map's grid is finer than the model's (3 mm for the shipped "
+            "model), from a noise model fitted to real CT.",
+        ),
+    ] = True,
+    levels: Annotated[
+        bool,
+        typer.Option(
+            "--levels/--no-levels",
+            help="Set tumour HU by host organ and phase, and the unenhanced aorta's level, from real data and "
+            "literature (off: the network's own levels).",
+        ),
+    ] = True,
 ) -> None:
     """Bring your own mask: generate a CT (int16 HU) that matches a label map, on the label map's own grid."""
     # This command has one network, so its --steps/--guidance are the image generator's.
-    settings = GenerationSettings(image_steps=steps, image_guidance=guidance, phase=phase, precision=precision,
-                                  backend=backend)
+    settings = GenerationSettings(
+        image_steps=steps, image_guidance=guidance, phase=phase, precision=precision, backend=backend
+    )
     _input_file(labels, "label map")
     if labels_json is not None:
         _input_file(labels_json, "label set")
@@ -312,30 +427,61 @@ def generate_ct_command(
     device = _device(device)
     from guidegen.pipeline import generate_ct_to_folder
 
-    for line in generate_ct_to_folder(labels=labels, out=out, vocabulary=vocabulary, seed=seed, prompt=prompt,
-                                      settings=settings, model=model, device=device, overwrite=overwrite,
-                                      texture=texture, levels=levels, label_set=labels_json):
+    for line in generate_ct_to_folder(
+        labels=labels,
+        out=out,
+        vocabulary=vocabulary,
+        seed=seed,
+        prompt=prompt,
+        settings=settings,
+        model=model,
+        device=device,
+        overwrite=overwrite,
+        texture=texture,
+        levels=levels,
+        label_set=labels_json,
+    ):
         typer.echo(line)
 
 
 @app.command("generate")
 def generate_command(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to generate, in words.")] = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="File of prompts: one a line, or a CSV with 'prompt' and 'count' columns.")] = None,
+    prompts: Annotated[
+        Optional[Path],
+        typer.Option("--prompts", help="File of prompts: one a line, or a CSV with 'prompt' and 'count' columns."),
+    ] = None,
     n: Annotated[int, typer.Option("-n", min=1, help="Cases per prompt (with --prompt).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of case 0; case i uses seed + i, whatever the sharding.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (a rerun with the same request completes it).")] = Path("guidegen-output"),
-    format: Annotated[str, typer.Option("--format", "-f", help="nifti (case folders), nnunet (plus an nnU-Net v2 raw dataset) or dicom (plus DICOM CT + SEG per case).")] = "nifti",
-    steps: Annotated[Optional[int], typer.Option(help="Mask sampler steps (default: the model's strided setting).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (a rerun with the same request completes it).")
+    ] = Path("guidegen-output"),
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="nifti (case folders), nnunet (plus an nnU-Net v2 raw dataset) or dicom (plus DICOM CT + SEG per "
+            "case).",
+        ),
+    ] = "nifti",
+    steps: Annotated[
+        Optional[int], typer.Option(help="Mask sampler steps (default: the model's strided setting).")
+    ] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Mask sampler classifier-free guidance scale.")] = None,
     image_steps: Annotated[Optional[int], typer.Option(help="Image generator flow steps per slice.")] = None,
     image_guidance: Annotated[Optional[float], typer.Option(help="Image generator guidance scale.")] = None,
-    phase: Annotated[Optional[str], typer.Option(help="Contrast phase for every case (default: what the prompt says).")] = None,
+    phase: Annotated[
+        Optional[str], typer.Option(help="Contrast phase for every case (default: what the prompt says).")
+    ] = None,
     tumour_placement: TumourPlacementOption = None,
     organ_sizes: OrganSizesOption = None,
     aorta_placement: AortaPlacementOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,
-    model: Annotated[Optional[Path], typer.Option(help="Model folder with mask_sampler/ and image_generator/ (default: the shipped model).")] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(help="Model folder with mask_sampler/ and image_generator/ (default: the shipped model)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: ThreadsOption = None,
     dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (--format nnunet).")] = 500,
@@ -350,10 +496,18 @@ def generate_command(
 
     if (prompt is None) == (prompts is None):
         raise InputError("--prompt/--prompts", "give exactly one of --prompt TEXT or --prompts FILE")
-    settings = GenerationSettings(steps=steps, guidance=guidance, image_steps=image_steps,
-                                  image_guidance=image_guidance, phase=phase, tumour_placement=tumour_placement,
-                                  organ_sizes=organ_sizes, aorta_placement=aorta_placement, precision=precision,
-                                  backend=backend)
+    settings = GenerationSettings(
+        steps=steps,
+        guidance=guidance,
+        image_steps=image_steps,
+        image_guidance=image_guidance,
+        phase=phase,
+        tumour_placement=tumour_placement,
+        organ_sizes=organ_sizes,
+        aorta_placement=aorta_placement,
+        precision=precision,
+        backend=backend,
+    )
     entries = read_prompts_file(prompts) if prompts is not None else [(check_prompt(prompt), n)]
     request = DatasetRequest(tuple(entries), seed, settings, format)
     if not 1 <= dataset_id <= 999:
@@ -362,15 +516,29 @@ def generate_command(
         from guidegen.io.nnunet import DATASET_NAME
 
         if not DATASET_NAME.fullmatch(dataset_name):
-            raise InputError("--dataset-name", f"must be 1-100 letters, digits, '_' or '-', starting with a letter or digit, got {dataset_name!r}")
+            raise InputError(
+                "--dataset-name",
+                f"must be 1-100 letters, digits, '_' or '-', starting with a letter or digit, got {dataset_name!r}",
+            )
     if out.exists() and not overwrite and not (out / "run.json").exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(out)  # a run folder is resumed instead (its request is compared once the model is known)
+        raise OutputExistsError(
+            out
+        )  # a run folder is resumed instead (its request is compared once the model is known)
     device = _device(device)
     from guidegen.pipeline.cli_support import run_generate
 
-    for line in run_generate(request, out, batch_size=batch_size, model=model, device=device, threads=threads,
-                             dataset_id=dataset_id, dataset_name=dataset_name, overwrite=overwrite,
-                             progress=not quiet):
+    for line in run_generate(
+        request,
+        out,
+        batch_size=batch_size,
+        model=model,
+        device=device,
+        threads=threads,
+        dataset_id=dataset_id,
+        dataset_name=dataset_name,
+        overwrite=overwrite,
+        progress=not quiet,
+    ):
         typer.echo(line)
 
 
@@ -381,17 +549,26 @@ app.add_typer(evaluate_app, name="evaluate")
 @evaluate_app.callback(invoke_without_command=True)
 def evaluate_command(
     ctx: typer.Context,
-    generated: Annotated[Optional[Path], typer.Option("--generated", "-g", help="Folder of generated cases (ct.nii.gz + labels.nii.gz each).")] = None,
-    real: Annotated[Optional[Path], typer.Option("--real", "-r", help="Real cases: case folders or a `guidegen prepare` output.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, report.md, plots).")] = Path("evaluation"),
-    judge: Annotated[Optional[Path], typer.Option(help="A saved segmentation judge (default: train one on the real cases).")] = None,
+    generated: Annotated[
+        Optional[Path],
+        typer.Option("--generated", "-g", help="Folder of generated cases (ct.nii.gz + labels.nii.gz each)."),
+    ] = None,
+    real: Annotated[
+        Optional[Path], typer.Option("--real", "-r", help="Real cases: case folders or a `guidegen prepare` output.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (metrics.json, report.md, plots).")] = Path(
+        "evaluation"
+    ),
+    judge: Annotated[
+        Optional[Path], typer.Option(help="A saved segmentation judge (default: train one on the real cases).")
+    ] = None,
     judge_steps: Annotated[int, typer.Option(min=1, help="Training steps of the judge.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split and the judge.")] = 0,
     threads: ThreadsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Realism, CT–label alignment, z-consistency and diversity of generated cases (`evaluate downstream`: segmenter value)."""
+    """Realism, CT–label alignment, z-consistency and diversity of generated cases (see also `evaluate downstream`)."""
     if ctx.invoked_subcommand is not None:
         return
     if generated is None or real is None:
@@ -400,7 +577,9 @@ def evaluate_command(
     from guidegen.training import set_threads
 
     set_threads(threads)
-    evaluate(generated, real, out, judge=judge, judge_steps=judge_steps, seed=seed, progress=not quiet, overwrite=overwrite)
+    evaluate(
+        generated, real, out, judge=judge, judge_steps=judge_steps, seed=seed, progress=not quiet, overwrite=overwrite
+    )
     typer.echo(f"report: {out}/report.md, metrics: {out}/metrics.json")
 
 
@@ -408,8 +587,12 @@ def evaluate_command(
 def evaluate_downstream_command(
     real: Annotated[Path, typer.Option("--real", "-r", help="Real cases (training; split unless --test is given).")],
     synthetic: Annotated[Path, typer.Option("--synthetic", "-s", help="Generated cases.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Result folder (downstream.json, downstream.md).")] = Path("downstream"),
-    test: Annotated[Optional[Path], typer.Option(help="Held-out real test cases (default: hold out part of --real).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Result folder (downstream.json, downstream.md).")] = Path(
+        "downstream"
+    ),
+    test: Annotated[
+        Optional[Path], typer.Option(help="Held-out real test cases (default: hold out part of --real).")
+    ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run per seed and setting.")] = "0,1,2",
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 300,
     threads: ThreadsOption = None,
@@ -447,7 +630,9 @@ def list_classes() -> None:
     for c in CLASSES:
         typer.echo(f"{c.id:3d}  {c.name:20s} {c.display}")
     typer.echo(f"{UNKNOWN:3d}  {'unknown':20s} not annotated / outside the scan")
-    typer.echo('A --labels-json label set maps your ids to these names, e.g. {"1": "liver", "2": "tumour", "9": "unknown"}.')
+    typer.echo(
+        'A --labels-json label set maps your ids to these names, e.g. {"1": "liver", "2": "tumour", "9": "unknown"}.'
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -462,7 +647,11 @@ def main(argv: list[str] | None = None) -> None:
     except (GuideGenError, OSError) as exc:
         if debug:
             traceback.print_exc()
-        message = str(exc) if isinstance(exc, GuideGenError) else f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}".lstrip(": ")
+        message = (
+            str(exc)
+            if isinstance(exc, GuideGenError)
+            else f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}".lstrip(": ")
+        )
         typer.echo(f"error: {message}", err=True)
         sys.exit(2)
     except typer.Exit as exc:
@@ -477,10 +666,16 @@ def main(argv: list[str] | None = None) -> None:
         import click
 
         # typer ≥ 0.2x raises its own copy of click's exceptions (typer._click), not click's.
-        if isinstance(exc, click.exceptions.ClickException) or (isinstance(exc, typer.TyperException) and hasattr(exc, "show")):
+        if isinstance(exc, click.exceptions.ClickException) or (
+            isinstance(exc, typer.TyperException) and hasattr(exc, "show")
+        ):
             exc.show()
             sys.exit(exc.exit_code)
         if debug:
             raise
-        typer.echo(f"internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())} (rerun with --debug for the traceback)", err=True)
+        typer.echo(
+            f"internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())} (rerun with --debug for the "
+            "traceback)",
+            err=True,
+        )
         sys.exit(1)

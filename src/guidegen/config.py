@@ -57,7 +57,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"_class": type(config).__name__, **config_to_dict(config)}, indent=1) + "\n", encoding="utf-8")
+    Path(path).write_text(
+        json.dumps({"_class": type(config).__name__, **config_to_dict(config)}, indent=1) + "\n", encoding="utf-8"
+    )
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

@@ -28,8 +28,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "all_reduce_sum", "all_reduce_mean", "barrier", "batch_shares", "broadcast_object",
-           "cleanup", "init_distributed", "no_sync", "shard_indices", "wrap_ddp"]
+__all__ = [
+    "DistContext",
+    "all_reduce_sum",
+    "all_reduce_mean",
+    "barrier",
+    "batch_shares",
+    "broadcast_object",
+    "cleanup",
+    "init_distributed",
+    "no_sync",
+    "shard_indices",
+    "wrap_ddp",
+]
 
 T = TypeVar("T")
 
@@ -116,7 +127,7 @@ def shard_indices(indices: Sequence[T], rank: int, world: int) -> list[T]:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
     n = len(indices)
-    return list(indices[rank * n // world:(rank + 1) * n // world])
+    return list(indices[rank * n // world : (rank + 1) * n // world])
 
 
 def batch_shares(batch_size: int, ctx: DistContext, grad_accumulation: int = 1) -> list[list[int]]:
@@ -128,8 +139,10 @@ def batch_shares(batch_size: int, ctx: DistContext, grad_accumulation: int = 1) 
     """
     parts = ctx.world_size * grad_accumulation
     if grad_accumulation < 1 or batch_size % parts:
-        raise ValueError(f"batch_size={batch_size} must be a multiple of processes ({ctx.world_size}) × "
-                         f"grad_accumulation ({grad_accumulation}) = {parts}")
+        raise ValueError(
+            f"batch_size={batch_size} must be a multiple of processes ({ctx.world_size}) × "
+            f"grad_accumulation ({grad_accumulation}) = {parts}"
+        )
     mine = shard_indices(list(range(batch_size)), ctx.rank, ctx.world_size)
     return [shard_indices(mine, j, grad_accumulation) for j in range(grad_accumulation)]
 
@@ -184,8 +197,9 @@ def wrap_ddp(module: nn.Module, ctx: DistContext, find_unused_parameters: bool =
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None,
-                                   find_unused_parameters=find_unused_parameters)
+    return DistributedDataParallel(
+        module, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=find_unused_parameters
+    )
 
 
 def no_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:

@@ -23,8 +23,22 @@ from typing import Any
 from guidegen.errors import InputError
 from guidegen.terms import PHASES
 
-__all__ = ["BACKENDS", "FORMATS", "DatasetRequest", "GenerationSettings", "MAX_GUIDANCE", "MAX_IMAGE_STEPS", "MAX_CASES", "MAX_PROMPT_CHARS",
-           "PRECISIONS", "SEED_RANGE", "check_prompt", "check_seed", "check_threads", "read_prompts_file"]
+__all__ = [
+    "BACKENDS",
+    "FORMATS",
+    "DatasetRequest",
+    "GenerationSettings",
+    "MAX_GUIDANCE",
+    "MAX_IMAGE_STEPS",
+    "MAX_CASES",
+    "MAX_PROMPT_CHARS",
+    "PRECISIONS",
+    "SEED_RANGE",
+    "check_prompt",
+    "check_seed",
+    "check_threads",
+    "read_prompts_file",
+]
 
 #: Precisions a user may ask for; ``"auto"`` is resolved by `guidegen.runtime.resolve_precision`.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -59,15 +73,21 @@ def _whole(value: Any, option: str, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputError(option, f"must be a whole number, got {value!r}")
     if value < low or (high is not None and value > high):
-        raise InputError(option, f"must be {low} to {high}, got {value}" if high is not None
-                         else f"must be at least {low}, got {value}")
+        raise InputError(
+            option,
+            f"must be {low} to {high}, got {value}" if high is not None else f"must be at least {low}, got {value}",
+        )
 
 
 def _scale(value: Any, option: str) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or not 0.0 <= value <= MAX_GUIDANCE:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not 0.0 <= value <= MAX_GUIDANCE
+    ):
         raise InputError(option, f"must be between 0 and {MAX_GUIDANCE:g}, got {value!r}")
 
 
@@ -168,9 +188,13 @@ class DatasetRequest:
 
     def to_dict(self, model_info: dict) -> dict:
         # Precision and backend are not part of the request: a run may be completed on another machine.
-        return {"prompts": [{"prompt": p, "count": c} for p, c in self.prompts], "seed": self.seed,
-                "settings": self.settings.request_dict(), "format": self.format,
-                "model": {k: model_info.get(k) for k in ("model_id", "version")}}
+        return {
+            "prompts": [{"prompt": p, "count": c} for p, c in self.prompts],
+            "seed": self.seed,
+            "settings": self.settings.request_dict(),
+            "format": self.format,
+            "model": {k: model_info.get(k) for k in ("model_id", "version")},
+        }
 
 
 def check_prompt(prompt: object, where: str | Path = "--prompt") -> str:

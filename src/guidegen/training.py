@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,11 @@ from torch import nn
 from guidegen.checkpoint import load_checkpoint
 from guidegen.distributed import broadcast_object
 from guidegen.errors import InputError
-from guidegen.runtime.precision import autocast
 
 
-def step_generators(seed: int, step: int, device: str | torch.device = "cpu") -> tuple[np.random.Generator, torch.Generator]:
+def step_generators(
+    seed: int, step: int, device: str | torch.device = "cpu"
+) -> tuple[np.random.Generator, torch.Generator]:
     """Independent numpy and torch generators for one training step."""
     rng = np.random.default_rng([seed, step])
     gen = torch.Generator(device=device)
@@ -79,8 +79,10 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "checksums.json").exists()),
-                  key=lambda p: int(p.name.split("_")[1]))
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "checksums.json").exists()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -127,9 +129,18 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def resume_training(run_dir: str | Path, config, *, model: nn.Module, ema: EMA,
-                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, same_run, ctx,
-                    resume: bool = True) -> int:
+def resume_training(
+    run_dir: str | Path,
+    config,
+    *,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    same_run,
+    ctx,
+    resume: bool = True,
+) -> int:
     """Load the newest checkpoint of ``run_dir`` into the training objects; the step to go on from.
 
     Every process resumes from rank 0's pick (its checkpoint list is the one that counts). A
@@ -146,12 +157,12 @@ def resume_training(run_dir: str | Path, config, *, model: nn.Module, ema: EMA,
     if state is None or "raw_weights" not in state:
         raise InputError(latest, "has no training state to resume from")
     if not same_run(saved, config):
-        raise InputError(latest / "config.json",
-                         "was trained with another configuration; use a new run folder or --no-resume")
+        raise InputError(
+            latest / "config.json", "was trained with another configuration; use a new run folder or --no-resume"
+        )
     model.load_state_dict(state["raw_weights"])
     ema.load_state_dict(ema_weights, int(state["ema_updates"]))
     optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     return int(state["step"])
-

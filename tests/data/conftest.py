@@ -26,8 +26,12 @@ def cases(tmp_path_factory, real: Path) -> dict[str, dict]:
     tests need a complete map (TotalSegmentator example) and one with a real unknown region (LiTS).
     """
     out = tmp_path_factory.mktemp("prepared6")
-    result = prepare([real / "totalseg-example-a", real / "lits-117-crop"], out,
-                     PrepareConfig(spacing=(6.0, 6.0, 6.0), size_xy=(64, 64)), progress=False)
+    result = prepare(
+        [real / "totalseg-example-a", real / "lits-117-crop"],
+        out,
+        PrepareConfig(spacing=(6.0, 6.0, 6.0), size_xy=(64, 64)),
+        progress=False,
+    )
     assert result.failed == []
     return {e["case_id"]: e for e in load_prepared(out)}
 
@@ -78,4 +82,3 @@ def toy_site_of(labels: Volume, points: np.ndarray) -> list[str]:
         else:
             names.append("transverse")
     return names
-

@@ -11,13 +11,18 @@ from guidegen.data.augment import AugmentConfig, augment_case, augment_pair, par
 from guidegen.data.ops import ElasticDeformation, ElasticParams, TumourInsertion
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
-
 from tests.data.conftest import toy_site_of
 
 
 def test_augment_case_record_replays(labels, ct, bank):
-    config = AugmentConfig(p_elastic=1.0, p_jitter=1.0, p_scaling=1.0, max_scalings=1, p_tumour=1.0,
-                           tumour=TumourInsertion(bank, site_of=toy_site_of))
+    config = AugmentConfig(
+        p_elastic=1.0,
+        p_jitter=1.0,
+        p_scaling=1.0,
+        max_scalings=1,
+        p_tumour=1.0,
+        tumour=TumourInsertion(bank, site_of=toy_site_of),
+    )
     out, out_ct, record = augment_pair(labels, ct, 21, config)
     text = json.dumps(record)  # JSON-serialisable as is
     loaded = json.loads(text)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from guidegen.data.body import DERIVED_BODY_MARGIN_MM, complete_body, derive_body, unknown_as_body
+from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume, canonical
 from guidegen.labels.remap import remap_labels
-from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import ID, UNKNOWN
 
 
@@ -22,8 +22,11 @@ def test_a_real_map_without_a_body_gets_one_around_its_organs(real):
     assert np.array_equal(done.labels.array[organs], array[organs])  # the organs are untouched
     # Every slice with organs has a body around them, as wide as an abdomen (AMOS case 13: ~300 mm).
     sx = labels.spacing[0]
-    widths = [np.ptp(np.nonzero((body | organs)[:, :, k].any(axis=1))[0]) * sx
-              for k in range(labels.shape[2]) if organs[:, :, k].any()]
+    widths = [
+        np.ptp(np.nonzero((body | organs)[:, :, k].any(axis=1))[0]) * sx
+        for k in range(labels.shape[2])
+        if organs[:, :, k].any()
+    ]
     assert min(widths) > 100 and 250 < float(np.median(widths)) < 420
     # Nothing further than the margin from the structures' hull: the corners of the slices stay air.
     assert not body[:20, :20].any() and not body[-20:, -20:].any()

@@ -60,16 +60,19 @@ def test_unenhanced_aorta_edge_cases():
     assert estimate_phase({"aorta": 40, "spleen": 130, "kidney_right": 180}).phase is None
 
 
-@pytest.mark.parametrize(("mean_hu", "phase"), [
-    ({"spleen": 110}, "portal_venous"),   # spleen alone at the contrast floor
-    ({"spleen": 109}, None),               # just below: spleen 65–110 HU fits several phases
-    ({"spleen": 50}, "non_contrast"),      # unenhanced spleen (40–50 HU)
-    ({"liver": 90}, "portal_venous"),      # liver alone at the contrast floor
-    ({"liver": 89}, None),                 # unenhanced, arterial or fatty: undecided
-    ({"liver": 40}, None),
-    ({"kidney_left": 30, "kidney_right": 34}, "non_contrast"),
-    ({"portal_vein": 160}, "portal_venous"),
-])
+@pytest.mark.parametrize(
+    ("mean_hu", "phase"),
+    [
+        ({"spleen": 110}, "portal_venous"),  # spleen alone at the contrast floor
+        ({"spleen": 109}, None),  # just below: spleen 65–110 HU fits several phases
+        ({"spleen": 50}, "non_contrast"),  # unenhanced spleen (40–50 HU)
+        ({"liver": 90}, "portal_venous"),  # liver alone at the contrast floor
+        ({"liver": 89}, None),  # unenhanced, arterial or fatty: undecided
+        ({"liver": 40}, None),
+        ({"kidney_left": 30, "kidney_right": 34}, "non_contrast"),
+        ({"portal_vein": 160}, "portal_venous"),
+    ],
+)
 def test_single_organ_fallbacks(mean_hu, phase):
     estimate = estimate_phase(mean_hu)
     assert estimate.phase == phase
@@ -123,7 +126,8 @@ def test_phase_names_are_defined_once():
     from guidegen import terms
     from guidegen.data.phase import PHASES as DATA_PHASES
     from guidegen.images.config import PHASES as MODEL_PHASES
-    from guidegen.text.attributes import PHASES as TEXT_PHASES, Phase
+    from guidegen.text.attributes import PHASES as TEXT_PHASES
+    from guidegen.text.attributes import Phase
 
     assert DATA_PHASES is TEXT_PHASES is terms.PHASES
     assert MODEL_PHASES == ("unknown", *terms.PHASES)  # the image model's phase ids: 0 = unknown

@@ -11,10 +11,19 @@ from guidegen.data.body import body_outline
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.errors import InputError
 from guidegen.io.nifti import read_nifti
-from guidegen.labels.vocabulary import ID, UNKNOWN
+from guidegen.labels.vocabulary import UNKNOWN
 
-ALL_CASES = {"amos-0001-slices", "amos-0013-slices", "amos-0013-labels", "dcmqi-ct-3slice", "lits-117-crop",
-             "msd-colon-050-tumour", "msd-spleen-8", "totalseg-example-a", "totalseg-example-b"}
+ALL_CASES = {
+    "amos-0001-slices",
+    "amos-0013-slices",
+    "amos-0013-labels",
+    "dcmqi-ct-3slice",
+    "lits-117-crop",
+    "msd-colon-050-tumour",
+    "msd-spleen-8",
+    "totalseg-example-a",
+    "totalseg-example-b",
+}
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +113,23 @@ def test_a_label_set_sidecar_and_unknown_ids(tmp_path, real):
     array = np.asanyarray(source.dataobj).astype(np.uint8)
     array[:8] = UNKNOWN
     nib.save(nib.Nifti1Image(array, source.affine), str(case / "labels.nii.gz"))
-    table = {"1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "gallbladder", "5": "unknown", "6": "liver",
-             "7": "stomach", "8": "aorta", "9": "inferior_vena_cava", "10": "pancreas", "11": "unknown", "12": "unknown",
-             "13": "duodenum", "14": "urinary_bladder", "15": "unknown"}
+    table = {
+        "1": "spleen",
+        "2": "kidney_right",
+        "3": "kidney_left",
+        "4": "gallbladder",
+        "5": "unknown",
+        "6": "liver",
+        "7": "stomach",
+        "8": "aorta",
+        "9": "inferior_vena_cava",
+        "10": "pancreas",
+        "11": "unknown",
+        "12": "unknown",
+        "13": "duodenum",
+        "14": "urinary_bladder",
+        "15": "unknown",
+    }
     (case / "guidegen-source.json").write_text(json.dumps({"vocabulary": table}))
     result = prepare([case], tmp_path / "out", progress=False)
     assert result.prepared == ["case"], result.failed
@@ -133,7 +156,9 @@ def test_totalsegmentator_folder_layout(tmp_path, real):
     img = nib.load(str(real / "totalseg-example-a" / "labels.nii.gz"))
     lab = np.asanyarray(img.dataobj)
     for name, sid in {"liver": 5, "spleen": 1, "vertebrae_L1": 31, "lung_lower_lobe_left": 11}.items():
-        nib.save(nib.Nifti1Image((lab == sid).astype(np.uint8), img.affine), str(case / "segmentations" / f"{name}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image((lab == sid).astype(np.uint8), img.affine), str(case / "segmentations" / f"{name}.nii.gz")
+        )
     out = tmp_path / "out"
     result = prepare([tmp_path], out, progress=False)
     assert result.prepared == ["s0001"], result.failed
@@ -148,8 +173,16 @@ def test_nnunet_layout(tmp_path, real):
     (root / "labelsTr").mkdir()
     shutil.copy(real / "msd-spleen-8" / "ct.nii.gz", root / "imagesTr" / "spl_008_0000.nii.gz")
     shutil.copy(real / "msd-spleen-8" / "labels.nii.gz", root / "labelsTr" / "spl_008.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1},
-                                                   "numTraining": 1, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "spleen": 1},
+                "numTraining": 1,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     result = prepare([root], tmp_path / "out", progress=False)
     assert result.prepared == ["spl_008"], result.failed
     assert load_prepared(tmp_path / "out")[0]["annotated"] == ["spleen", "body"]

@@ -181,7 +181,8 @@ def test_model_posterior_matches_d3pm_marginal():
     for v in range(2):
         # Σ_{x0} q(x_{t-1}, x_t | x0) p̂(x0), by brute force over x0.
         joint = sum(
-            float(probs[0, c, v]) * brute_posterior(diff, int(x_t[0, v]), torch.eye(3)[c], t, t - 1)
+            float(probs[0, c, v])
+            * brute_posterior(diff, int(x_t[0, v]), torch.eye(3)[c], t, t - 1)
             * float((torch.eye(3, dtype=torch.float64)[c] @ chain(diff, 0, t))[int(x_t[0, v])])
             for c in range(3)
         )
@@ -321,8 +322,10 @@ def test_unannotated_classes_merge_with_background():
     assert annotated_cost > float(categorical_loss(diff, base, x0, x_t, t).total) + 0.5
     # No unannotated classes: the lumped loss is the ordinary one.
     none = torch.zeros(1, 4, dtype=torch.bool)
-    torch.testing.assert_close(categorical_loss(diff, base, x0, x_t, t, ignore_classes=none).total,
-                               categorical_loss(diff, base, x0, x_t, t).total)
+    torch.testing.assert_close(
+        categorical_loss(diff, base, x0, x_t, t, ignore_classes=none).total,
+        categorical_loss(diff, base, x0, x_t, t).total,
+    )
     # Gradients stay finite with lumped classes at t = 1.
     logits = base.clone().requires_grad_(True)
     out = categorical_loss(diff, logits, x0, x_t, torch.tensor([1]), ignore_classes=unannotated)
@@ -339,7 +342,9 @@ def test_gradients_finite_everywhere():
     t = torch.tensor([1, 2, 25, 50])
     x_t = diff.q_sample(x0, t, g)
     logits = (60.0 * torch.randn(4, 4, 4, 4, generator=g)).requires_grad_(True)  # saturated softmax
-    unannotated = torch.tensor([[False, True, False, False], [False, False, True, True], [False] * 4, [False, True, True, True]])
+    unannotated = torch.tensor(
+        [[False, True, False, False], [False, False, True, True], [False] * 4, [False, True, True, True]]
+    )
     categorical_loss(diff, logits, x0, x_t, t, ignore_classes=unannotated).total.backward()
     assert torch.isfinite(logits.grad).all()
 
@@ -355,8 +360,14 @@ def test_sampling_deterministic_per_seed():
         return torch.einsum("nk...,kj->nj...", x, weights) + 0.01 * t.view(-1, 1, 1, 1).float()
 
     calls = []
-    a = ancestral_sample(diff, model, (2, 4, 4), generator=torch.Generator().manual_seed(7), steps=10,
-                         callback=lambda i, s, x, p: calls.append((i, s, tuple(x.shape), tuple(p.shape))))
+    a = ancestral_sample(
+        diff,
+        model,
+        (2, 4, 4),
+        generator=torch.Generator().manual_seed(7),
+        steps=10,
+        callback=lambda i, s, x, p: calls.append((i, s, tuple(x.shape), tuple(p.shape))),
+    )
     b = ancestral_sample(diff, model, (2, 4, 4), generator=torch.Generator().manual_seed(7), steps=10)
     c = ancestral_sample(diff, model, (2, 4, 4), generator=torch.Generator().manual_seed(8), steps=10)
     assert a.shape == (2, 4, 4) and a.dtype == torch.long
@@ -412,7 +423,7 @@ def test_guided_logits():
     # p_w ∝ p_u^{1−w} p_c^{w}, by hand for w = 3.
     pc = torch.softmax(cond, dim=1)[0, :, 0]
     pu = torch.softmax(uncond, dim=1)[0, :, 0]
-    un = pu ** -2 * pc ** 3
+    un = pu**-2 * pc**3
     torch.testing.assert_close(guided_logits(cond, uncond, 3.0).exp()[0, :, 0], un / un.sum())
     with pytest.raises(ValueError, match="same shape"):
         guided_logits(cond, uncond[:, :, :0], 1.0)

@@ -6,13 +6,25 @@ import pytest
 import torch
 
 from guidegen.config import config_from_dict, config_to_dict
-from guidegen.diffusion.flow import (FlowConfig, add_noise, euler_sample, guided_velocity, predict_x0, velocity_from_x0,
-                                     sample_training_times, sampling_schedule, shift_times, velocity_target)
+from guidegen.diffusion.flow import (
+    FlowConfig,
+    add_noise,
+    euler_sample,
+    guided_velocity,
+    predict_x0,
+    sample_training_times,
+    sampling_schedule,
+    shift_times,
+    velocity_from_x0,
+    velocity_target,
+)
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64), torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    return torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64), torch.randn(
+        3, 1, 8, 8, generator=g, dtype=torch.float64
+    )
 
 
 def test_zero_noise_level_changes_nothing():

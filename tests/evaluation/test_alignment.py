@@ -84,11 +84,15 @@ def test_training_is_reproducible():
     cases = [synthetic_case("a", seed=0)]
     one, two = (train_judge(cases, steps=5, seed=7, config=TINY) for _ in range(2))
     other = train_judge(cases, steps=5, seed=8, config=TINY)
-    for (name, a), b, c in zip(one.network.state_dict().items(), two.network.state_dict().values(),
-                               other.network.state_dict().values()):
+    for (name, a), b, c in zip(
+        one.network.state_dict().items(), two.network.state_dict().values(), other.network.state_dict().values()
+    ):
         torch.testing.assert_close(a, b, msg=name)
-    assert any(not torch.equal(a, c) for a, c in zip(one.network.state_dict().values(), other.network.state_dict().values())
-               if a.is_floating_point())
+    assert any(
+        not torch.equal(a, c)
+        for a, c in zip(one.network.state_dict().values(), other.network.state_dict().values())
+        if a.is_floating_point()
+    )
 
 
 def test_unannotated_class_is_not_learnt_as_body():
@@ -143,16 +147,24 @@ def test_dice_per_class_and_stub_judge():
     case = synthetic_case("s", shape=(4, 4, 2))
     case = EvalCase("s", case.ct, case.labels.with_array(truth))
     result = alignment_dice(StubJudge(prediction), [case], classes=["spleen", "liver", "pancreas"])
-    assert result["per_class"] == {"spleen": {"mean": 1.0, "std": 0.0, "cases": 1},
-                                   "liver": {"mean": pytest.approx(2 / 3), "std": 0.0, "cases": 1}}
+    assert result["per_class"] == {
+        "spleen": {"mean": 1.0, "std": 0.0, "cases": 1},
+        "liver": {"mean": pytest.approx(2 / 3), "std": 0.0, "cases": 1},
+    }
     assert result["mean"] == pytest.approx((1 + 2 / 3) / 2)
     with pytest.raises(ValueError):
         alignment_dice(StubJudge(prediction), [case], classes=["lung"])
 
 
 def test_downstream_experiment_structure():
-    result = downstream_experiment([synthetic_case("r", seed=0)], [synthetic_case("s", seed=1)],
-                                   [synthetic_case("t", seed=2)], seeds=(0, 1), steps=20, config=TINY)
+    result = downstream_experiment(
+        [synthetic_case("r", seed=0)],
+        [synthetic_case("s", seed=1)],
+        [synthetic_case("t", seed=2)],
+        seeds=(0, 1),
+        steps=20,
+        config=TINY,
+    )
     assert result["seeds"] == [0, 1] and result["steps"] == 20
     assert tuple(result["settings"]) == SETTINGS
     for setting in result["settings"].values():

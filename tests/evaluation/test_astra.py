@@ -84,8 +84,11 @@ def test_input_mapping_reproduces_the_training_window(network):
     for c in range(3):
         np.testing.assert_allclose(out[0, c, :, 0, 0].numpy(), expected, atol=1e-6)
     narrow = I3DResNet152(input_hu_range=(-1000.0, 1000.0))
-    np.testing.assert_allclose(narrow.preprocess(torch.tensor([-1.0, 0.0, 1.0]).reshape(1, 1, 1, 1, 3))[0, 0, :, 0, 0],
-                               [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(
+        narrow.preprocess(torch.tensor([-1.0, 0.0, 1.0]).reshape(1, 1, 1, 1, 3))[0, 0, :, 0, 0],
+        [0.0, 0.5, 1.0],
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="must contain"):
         I3DResNet152(input_hu_range=(-200.0, 300.0))
     with pytest.raises(ValueError, match="expected"):

@@ -18,13 +18,39 @@ def _folders(root):
 
 def test_evaluate_writes_a_report(tmp_path, capsys):
     generated, real = _folders(tmp_path)
-    code, out, err = run(["evaluate", "--generated", str(generated), "--real", str(real), "--out", str(tmp_path / "rep"),
-                          "--judge-steps", "10", "-q"], capsys)
+    code, out, err = run(
+        [
+            "evaluate",
+            "--generated",
+            str(generated),
+            "--real",
+            str(real),
+            "--out",
+            str(tmp_path / "rep"),
+            "--judge-steps",
+            "10",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert metrics and (tmp_path / "rep" / "report.md").is_file() and "report.md" in out
-    code, _, err = run(["evaluate", "--generated", str(generated), "--real", str(real), "--out", str(tmp_path / "rep"),
-                        "--judge-steps", "10", "-q"], capsys)
+    code, _, err = run(
+        [
+            "evaluate",
+            "--generated",
+            str(generated),
+            "--real",
+            str(real),
+            "--out",
+            str(tmp_path / "rep"),
+            "--judge-steps",
+            "10",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 2
     _one_line_error(err, "rep", "--overwrite")
 
@@ -34,16 +60,44 @@ def test_evaluate_needs_both_folders_and_downstream_checks_seeds(tmp_path, capsy
     assert code == 2
     _one_line_error(err, "--generated/--real")
     generated, real = _folders(tmp_path)
-    code, _, err = run(["evaluate", "downstream", "--real", str(real), "--synthetic", str(generated), "--seeds", "a,b",
-                        "--out", str(tmp_path / "d")], capsys)
+    code, _, err = run(
+        [
+            "evaluate",
+            "downstream",
+            "--real",
+            str(real),
+            "--synthetic",
+            str(generated),
+            "--seeds",
+            "a,b",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        capsys,
+    )
     assert code == 2
     _one_line_error(err, "--seeds")
 
 
 def test_downstream_writes_a_dice_table(tmp_path, capsys):
     generated, real = _folders(tmp_path)
-    code, out, err = run(["evaluate", "downstream", "--real", str(real), "--synthetic", str(generated), "--seeds", "0",
-                          "--steps", "5", "--out", str(tmp_path / "d")], capsys)
+    code, out, err = run(
+        [
+            "evaluate",
+            "downstream",
+            "--real",
+            str(real),
+            "--synthetic",
+            str(generated),
+            "--seeds",
+            "0",
+            "--steps",
+            "5",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "d" / "downstream.json").read_text())
     assert set(result["settings"]) == {"real", "synthetic", "real+synthetic"} and len(result["real_test"]) == 1
@@ -54,5 +108,7 @@ def test_a_generate_output_folder_is_read_as_case_folders(tmp_path):
     from guidegen.evaluation.cases import load_cases
 
     generated, _ = _folders(tmp_path)
-    (generated / "manifest.json").write_text(json.dumps({"format_version": 1, "cases": [], "finished": 0, "requested": 3, "complete": True}))
+    (generated / "manifest.json").write_text(
+        json.dumps({"format_version": 1, "cases": [], "finished": 0, "requested": 3, "complete": True})
+    )
     assert len(load_cases(generated)) == 3

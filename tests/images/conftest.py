@@ -13,9 +13,24 @@ TINY_SPACING = (12.0, 12.0, 12.0)
 
 
 def tiny_config(**changes) -> ImageGeneratorConfig:
-    base = dict(image_size=32, spacing=TINY_SPACING, channels=(8, 16), num_res_blocks=1, norm_num_groups=8,
-                num_head_channels=8, context_dim=16, flow_steps=2, precision="fp32", batch_size=4, steps=6,
-                warmup_steps=2, checkpoint_every=3, log_every=2, ema_decay=0.9, flow=FlowConfig())
+    base = dict(
+        image_size=32,
+        spacing=TINY_SPACING,
+        channels=(8, 16),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        context_dim=16,
+        flow_steps=2,
+        precision="fp32",
+        batch_size=4,
+        steps=6,
+        warmup_steps=2,
+        checkpoint_every=3,
+        log_every=2,
+        ema_decay=0.9,
+        flow=FlowConfig(),
+    )
     base.update(changes)
     return ImageGeneratorConfig(**base)
 
@@ -24,8 +39,12 @@ def tiny_config(**changes) -> ImageGeneratorConfig:
 def tiny_prepared(tmp_path_factory, real):
     """totalseg-example-a (CT + 16 classes) and msd-spleen-8 (spleen only: partial labels), at 12 mm."""
     out = tmp_path_factory.mktemp("tiny_prepared")
-    result = prepare([real / "totalseg-example-a", real / "msd-spleen-8"], out,
-                     PrepareConfig(spacing=TINY_SPACING, size_xy=(32, 32)), progress=False)
+    result = prepare(
+        [real / "totalseg-example-a", real / "msd-spleen-8"],
+        out,
+        PrepareConfig(spacing=TINY_SPACING, size_xy=(32, 32)),
+        progress=False,
+    )
     assert not result.failed
     return out
 
@@ -58,7 +77,7 @@ class ClassOracle(ConditionalImageGenerator):
         from guidegen.images.hu import hu_to_unit
         from guidegen.labels.vocabulary import NAMES
 
-        levels = torch.tensor([ORACLE_HU.get(name, 40.0) for name in NAMES[:self.config.num_classes]])
+        levels = torch.tensor([ORACLE_HU.get(name, 40.0) for name in NAMES[: self.config.num_classes]])
         self.register_buffer("levels", hu_to_unit(levels).float(), persistent=False)
         self.unknown_level = float(hu_to_unit(torch.tensor(-1024.0)))
         self.seen_annotated: list[torch.Tensor] = []
@@ -66,8 +85,8 @@ class ClassOracle(ConditionalImageGenerator):
     def forward(self, inputs, t, phase, annotated, text=None, uncond=None, levels=None):
         c = self.config
         start = 1 + c.context_radius * (c.num_classes + 1)  # the centre slice's one-hot channels
-        onehot = inputs[:, start:start + c.num_classes]
-        unknown = inputs[:, start + c.num_classes:start + c.num_classes + 1]
+        onehot = inputs[:, start : start + c.num_classes]
+        unknown = inputs[:, start + c.num_classes : start + c.num_classes + 1]
         x0 = torch.einsum("nkhw,k->nhw", onehot, self.levels).unsqueeze(1) + unknown * self.unknown_level
         self.seen_annotated.append(annotated.detach().clone())
         return (inputs[:, :1] - x0) / t.reshape(-1, 1, 1, 1)

@@ -102,8 +102,10 @@ def test_a_map_without_a_body_gets_one_and_says_so(oracle_model):
     x = canonical(labels)
     from scipy import ndimage
 
-    distance = np.stack([ndimage.distance_transform_edt(x.array[..., k] == 0, sampling=x.spacing[:2])
-                         for k in range(x.shape[2])], axis=-1)
+    distance = np.stack(
+        [ndimage.distance_transform_edt(x.array[..., k] == 0, sampling=x.spacing[:2]) for k in range(x.shape[2])],
+        axis=-1,
+    )
     hu = canonical(ct).array
     near = (distance > 12) & (distance < 20)  # beside the structures: the derived subcutaneous margin
     world_x = x.world_coordinates(np.indices(x.shape).reshape(3, -1).T)[:, 0].reshape(x.shape)

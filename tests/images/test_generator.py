@@ -41,7 +41,7 @@ class ChainStub(nn.Module):
     def forward(self, inputs, t, phase, annotated, text, uncond):
         c = self.config
         prev_ch = 1 + c.context_slices * (c.num_classes + 1)
-        prev, has_prev, z = inputs[:, prev_ch:prev_ch + 1], inputs[:, prev_ch + 1], inputs[:, prev_ch + 2]
+        prev, has_prev, z = inputs[:, prev_ch : prev_ch + 1], inputs[:, prev_ch + 1], inputs[:, prev_ch + 2]
         self.seen.append((float(z[0, 0, 0]), has_prev[:, 0, 0].clone(), inputs.clone()))
         x0 = prev + 0.1
         return (inputs[:, :1] - x0) / t.reshape(-1, 1, 1, 1)
@@ -50,8 +50,9 @@ class ChainStub(nn.Module):
 def test_each_slice_is_conditioned_on_the_generated_previous_slice(labels):
     stub = ChainStub()
     gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
-    out = sample_volume(stub, flow=FlowConfig(), steps=3, guidance=1.0, generators=gens, precision="fp32",
-                        **_batch(labels, 2))
+    out = sample_volume(
+        stub, flow=FlowConfig(), steps=3, guidance=1.0, generators=gens, precision="fp32", **_batch(labels, 2)
+    )
     z = labels.shape[2]
     assert out.shape == (2, 32, 32, z)
     for k in range(z):  # slice k = slice k−1 + 0.1, clipped at 1: the chain went through the previous slice
@@ -63,21 +64,28 @@ def test_each_slice_is_conditioned_on_the_generated_previous_slice(labels):
     # The mask channels of slice k hold the one-hot of labels k−1, k, k+1 (zeros outside the volume).
     k = 10
     inputs = stub.seen[3 * k][2]
-    masks = inputs[0, 1:1 + 3 * (K + 1)].reshape(3, K + 1, 32, 32)
+    masks = inputs[0, 1 : 1 + 3 * (K + 1)].reshape(3, K + 1, 32, 32)
     for j, kk in enumerate((k - 1, k, k + 1)):
         lab = torch.from_numpy(labels.array[..., kk].astype(np.int64))
         known = lab != 255
         assert torch.equal(masks[j, :K].argmax(0)[known], lab[known])
         assert torch.equal(masks[j, K].bool(), ~known)
-    first = stub.seen[0][2][0, 1:1 + K + 1]
+    first = stub.seen[0][2][0, 1 : 1 + K + 1]
     assert torch.all(first == 0)  # slice −1 is outside the volume
 
 
 def test_slice_position_off_feeds_a_constant_zero_z_channel(labels):
     # slice_position=False: the z channel holds 0 on every slice instead of k / (Z − 1), as in training.
     stub = ChainStub(slice_position=False)
-    sample_volume(stub, flow=FlowConfig(), steps=2, guidance=1.0, generators=[torch.Generator().manual_seed(0)],
-                  precision="fp32", **_batch(labels))
+    sample_volume(
+        stub,
+        flow=FlowConfig(),
+        steps=2,
+        guidance=1.0,
+        generators=[torch.Generator().manual_seed(0)],
+        precision="fp32",
+        **_batch(labels),
+    )
     assert len(stub.seen) == 2 * labels.shape[2]
     assert all(z == 0.0 for z, _, _ in stub.seen)
     prev_ch = 1 + stub.config.context_slices * (K + 1)
@@ -102,13 +110,20 @@ def test_same_seed_same_volume_other_seed_other_volume(tiny_model, labels):
 
 def test_a_batch_of_volumes_equals_generating_them_one_by_one(tiny_model, labels):
     other = labels.with_array(np.ascontiguousarray(np.flip(labels.array, axis=1)))
-    args = dict(flow=FlowConfig(), steps=2, guidance=1.0, precision="fp32", phase=torch.zeros(2, dtype=torch.long),
-                annotated=torch.ones(2, K), text=None)
+    args = dict(
+        flow=FlowConfig(),
+        steps=2,
+        guidance=1.0,
+        precision="fp32",
+        phase=torch.zeros(2, dtype=torch.long),
+        annotated=torch.ones(2, K),
+        text=None,
+    )
     lab = torch.stack([torch.from_numpy(v.array.astype(np.int64)) for v in (labels, other)])
     both = sample_volume(tiny_model, lab, generators=[torch.Generator().manual_seed(s) for s in (3, 4)], **args)
     for i, s in enumerate((3, 4)):
         one = {**args, "phase": args["phase"][:1], "annotated": args["annotated"][:1]}
-        single = sample_volume(tiny_model, lab[i:i + 1], generators=[torch.Generator().manual_seed(s)], **one)
+        single = sample_volume(tiny_model, lab[i : i + 1], generators=[torch.Generator().manual_seed(s)], **one)
         assert torch.allclose(both[i], single[0], atol=1e-4)
     vols = tiny_model.generate([labels, other], seed=[3, 4])
     assert np.abs(vols[1].array.astype(int) - tiny_model.generate(other, seed=4)[0].array).max() <= 1
@@ -132,8 +147,12 @@ def _adjacent_correlation(vol: torch.Tensor) -> float:
 
 def test_noise_correlation_along_z(labels):
     args = dict(flow=FlowConfig(), steps=2, guidance=1.0, precision="fp32", **_batch(labels, 2))
-    run = lambda rho, seeds=(0, 1), **kw: sample_volume(ZeroVelocity(), generators=[torch.Generator().manual_seed(s) for s in seeds],
-                                                        noise_correlation=rho, **{**args, **kw})
+    run = lambda rho, seeds=(0, 1), **kw: sample_volume(  # noqa: E731
+        ZeroVelocity(),
+        generators=[torch.Generator().manual_seed(s) for s in seeds],
+        noise_correlation=rho,
+        **{**args, **kw},
+    )
     independent, correlated = run(0.0), run(0.9)
     assert abs(_adjacent_correlation(independent)) < 0.05
     # ρ = 0.9 before the clip at ±1; clipping lowers it a little.
@@ -165,7 +184,7 @@ def test_classifier_free_guidance(tiny_model, labels):
     small = labels.with_array(labels.array[..., 8:12].copy())
     common = dict(flow=FlowConfig(), steps=2, precision="fp32", **_batch(small))
     common["phase"] = torch.full((1,), 2, dtype=torch.long)
-    run = lambda model, s: sample_volume(model, guidance=s, generators=[torch.Generator().manual_seed(0)], **common)
+    run = lambda model, s: sample_volume(model, guidance=s, generators=[torch.Generator().manual_seed(0)], **common)  # noqa: E731
     counting = CountingModel(tiny_model)
     cond = run(counting, 1.0)
     assert counting.uncond_calls == 0  # s = 1 is the conditional model, one network call per step
@@ -241,7 +260,9 @@ def test_per_organ_mean_hu_validation(tiny_model, tiny_prepared):
     assert set(table) - {"_summary"} <= set(means) and "liver" in table
 
 
-@pytest.mark.parametrize("phase, expected", [("non_contrast", 1), ("arterial", 2), ("portal_venous", 3), ("delayed", 4), (None, 0)])
+@pytest.mark.parametrize(
+    "phase, expected", [("non_contrast", 1), ("arterial", 2), ("portal_venous", 3), ("delayed", 4), (None, 0)]
+)
 def test_generator_receives_the_requested_phase(tiny_model, labels, phase, expected):
     # Issue 8: the phase asked for is the phase the network is conditioned on, at every step.
     seen = []
@@ -272,8 +293,13 @@ def test_phase_prior_channel_marks_enhancing_structures(labels, tmp_path):
     lab = torch.from_numpy(labels.array.astype(np.int64)).unsqueeze(0).expand(2, -1, -1, -1)
     k = int(np.argmax((labels.array == ID["liver"]).sum(axis=(0, 1))))
     ctx = context_labels(lab, k, cfg.context_radius)
-    inputs = assemble_inputs(torch.zeros(2, 1, *lab.shape[1:3]), mask_channels(ctx, cfg.num_classes),
-                             torch.zeros(2, 1, *lab.shape[1:3]), torch.zeros(2), torch.zeros(2))
+    inputs = assemble_inputs(
+        torch.zeros(2, 1, *lab.shape[1:3]),
+        mask_channels(ctx, cfg.num_classes),
+        torch.zeros(2, 1, *lab.shape[1:3]),
+        torch.zeros(2),
+        torch.zeros(2),
+    )
     prior = model.net.phase_prior(inputs, torch.tensor([1, 3]))[:, 0].numpy()
     centre = labels.array[..., k]
     for structure in ("liver", "spleen", "aorta"):
@@ -292,10 +318,12 @@ def test_phase_prior_channel_marks_enhancing_structures(labels, tmp_path):
     with pytest.raises(ValueError, match="levels"):
         model.net.phase_prior(inputs, torch.tensor([1, 0]), levels[:1])
     # The network takes it as one more channel; the table is code, not weights: save/load round trip.
-    small = labels.with_array(labels.array[..., k - 1:k + 2].copy())
+    small = labels.with_array(labels.array[..., k - 1 : k + 2].copy())
     out = model.generate(small, seed=1, image_steps=1, phase="arterial")[0]
     folder = model.save_pretrained(tmp_path / "prior")
-    again = ConditionalImageGenerator.from_pretrained(folder).generate(small, seed=1, image_steps=1, phase="arterial")[0]
+    again = ConditionalImageGenerator.from_pretrained(folder).generate(small, seed=1, image_steps=1, phase="arterial")[
+        0
+    ]
     assert np.array_equal(out.array, again.array)
     assert model.net.unet.conv_in.conv.in_channels == cfg.in_channels + 1
 
@@ -321,7 +349,7 @@ def test_prior_residual_offsets_the_predicted_slice_by_the_phase_prior(labels):
     model = ConditionalImageGenerator(tiny_config(phase_prior=True, prediction="sample", prior_residual=True)).eval()
     model.net.unet = FixedSample(0.0)
     k = int(np.argmax((labels.array == ID["liver"]).sum(axis=(0, 1))))
-    small = labels.with_array(labels.array[..., k:k + 1].copy())
+    small = labels.with_array(labels.array[..., k : k + 1].copy())
     centre = small.array[..., 0]
     for phase in ("non_contrast", "portal_venous"):
         ct = model.generate(small, image_steps=1, phase=phase)[0].array[..., 0].astype(np.float64)
@@ -377,12 +405,26 @@ def test_sample_shift_sets_the_sampling_schedule(labels):
 
     small = labels.with_array(labels.array[..., :1].copy())
     stub = TimeRecorder(sample_shift=0.5)
-    sample_volume(stub, flow=FlowConfig(), steps=4, guidance=1.0, generators=[torch.Generator().manual_seed(0)],
-                  precision="fp32", **_batch(small))
+    sample_volume(
+        stub,
+        flow=FlowConfig(),
+        steps=4,
+        guidance=1.0,
+        generators=[torch.Generator().manual_seed(0)],
+        precision="fp32",
+        **_batch(small),
+    )
     assert seen == pytest.approx([1.0, 0.6, 1 / 3, 1 / 7])
     seen.clear()
-    sample_volume(TimeRecorder(), flow=FlowConfig(), steps=4, guidance=1.0, generators=[torch.Generator().manual_seed(0)],
-                  precision="fp32", **_batch(small))
+    sample_volume(
+        TimeRecorder(),
+        flow=FlowConfig(),
+        steps=4,
+        guidance=1.0,
+        generators=[torch.Generator().manual_seed(0)],
+        precision="fp32",
+        **_batch(small),
+    )
     assert seen == pytest.approx([1.0, 0.75, 0.5, 0.25])  # no sample_shift: the flow's own (1.0)
     with pytest.raises(ValueError, match="sample_shift"):
         tiny_config(sample_shift=0.0)

@@ -25,7 +25,7 @@ def test_white_noise_grain_and_slice_change_match_theory():
     stats = measure_texture(ct, labels)["liver"]
     # Detrending keeps a known fraction of white noise (computed from the filters alone).
     h = detrended_response((0.8, 0.8), 0.001)
-    assert stats.grain == pytest.approx(sigma * math.sqrt(float((h ** 2).sum())), rel=0.03)
+    assert stats.grain == pytest.approx(sigma * math.sqrt(float((h**2).sum())), rel=0.03)
     # Independent slices: |a − b| of two N(0, σ²) has mean 2σ/√π.
     assert stats.adjacent_change == pytest.approx(2 * sigma / math.sqrt(math.pi), rel=0.03)
     assert abs(stats.slice_correlation) < 0.03

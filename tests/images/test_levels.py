@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from guidegen.data.phase import PHASES
-from guidegen.images.levels import UNENHANCED_AORTA_HU, calibrate_levels, tumour_host, tumour_hu
 from guidegen.images.grain import interior
+from guidegen.images.levels import UNENHANCED_AORTA_HU, calibrate_levels, tumour_host, tumour_hu
 from guidegen.labels.vocabulary import ID
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from guidegen.data.prepare import load_prepared
+from guidegen.grids.upsample import upsample_labels
 from guidegen.images.generator import ConditionalImageGenerator, generate_ct
 from guidegen.images.grain import measure_texture
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
-from guidegen.grids.upsample import upsample_labels
 from tests.images.conftest import tiny_config
 
 
@@ -67,5 +67,3 @@ def test_no_texture_on_the_model_grid(tiny_model, fine_labels):
     plain = generate_ct(tiny_model, coarse, seed=1, image_steps=1, texture=False, levels=False)
     assert not ct.meta["native"]["texture"]["applied"]
     assert np.array_equal(ct.array, plain.array)
-
-

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from guidegen.images.grain import measure_texture
-from guidegen.images.texture import (CHUNK, TextureModel, add_texture, load_texture_model, texture_applies,
-                                     texture_field)
+from guidegen.images.texture import CHUNK, TextureModel, add_texture, load_texture_model, texture_applies, texture_field
 from guidegen.images.texture_fit import _predicted
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
@@ -77,7 +76,9 @@ def test_texture_follows_the_slice_axis_of_any_array_order():
 
 
 def test_contrast_extras_raise_only_their_tissues():
-    model = TextureModel(noise_hu=8.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0, contrast_extra_hu={"kidney_left": 15.0})
+    model = TextureModel(
+        noise_hu=8.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0, contrast_extra_hu={"kidney_left": 15.0}
+    )
     table = model.amplitudes(5.0, "portal_venous")
     assert table[ID["kidney_left"]] == pytest.approx(17.0) and table[ID["liver"]] == pytest.approx(8.0)
     assert model.amplitudes(5.0, "non_contrast")[ID["kidney_left"]] == pytest.approx(8.0)

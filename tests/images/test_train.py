@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 import torch
 from safetensors.torch import load_file
+from scipy import ndimage
 
 from guidegen.config import load_config, save_config
 from guidegen.images.config import ImageGeneratorConfig
-from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.dataset import SliceDataset, infer_phase
+from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.train import flow_matching_loss, train_image_generator
 from guidegen.labels.vocabulary import ID
 from guidegen.training import checkpoint_dirs, step_generators
@@ -68,8 +68,10 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
     plain = data.make_batch(*step_generators(0, 3), 8, indices=[idx] * 8)
     # With p = 0 nothing is drawn: the batch is exactly the one of an older config.
     assert torch.equal(plain.ctx, data.make_batch(*step_generators(0, 3), 8, indices=[idx] * 8).ctx)
-    hidden = SliceDataset(tiny_prepared, tiny_config(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0,
-                                                     cond_dropout=0.0, p_hide_classes=1.0))
+    hidden = SliceDataset(
+        tiny_prepared,
+        tiny_config(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0, p_hide_classes=1.0),
+    )
     batch = hidden.make_batch(*step_generators(0, 3), 8, indices=[idx] * 8)
     assert torch.equal(batch.target, plain.target)  # the CT is untouched
     changed = 0
@@ -86,10 +88,14 @@ def test_hidden_classes_look_unannotated(tiny_prepared):
     assert changed > 8  # about half of ~16 classes per item
     # An item without a body class (none is prepared so, but a dataset could be) shows hidden pixels as background.
     import dataclasses
+
     from guidegen.images.dataset import hide_classes
+
     nobody = dataclasses.replace(plain, ctx=plain.ctx.clone(), annotated=plain.annotated.clone())
     nobody.annotated[:, ID["body"]] = 0
-    organ = max((c for c in range(1, ID["tumour"])), key=lambda c: int((plain.ctx == c).sum()))  # the largest organ shown
+    organ = max(
+        (c for c in range(1, ID["tumour"])), key=lambda c: int((plain.ctx == c).sum())
+    )  # the largest organ shown
     hide = np.zeros(tuple(plain.annotated.shape), dtype=bool)
     hide[:, organ] = True
     hide_classes(nobody, hide)
@@ -103,9 +109,9 @@ def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prep
     """p_phase_remap re-renders a slice in another phase: organ HU → that phase's typical HU (the
     partial-volume edge moves the interior by exactly the shift; the blurred map only about so)."""
     from guidegen.data.phase import TYPICAL_HU
+    from guidegen.images.dataset import REMAP_PHASES, phase_shift_map
     from guidegen.images.hu import unit_to_hu
     from guidegen.images.model import phase_id
-    from guidegen.images.dataset import REMAP_PHASES, phase_shift_map
 
     base = dict(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0)
     data = SliceDataset(tiny_prepared, tiny_config(**base))
@@ -128,7 +134,9 @@ def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prep
         before = float(unit_to_hu(plain.target[b, 0])[torch.from_numpy(interior)].mean())
         assert moved - before == pytest.approx(TYPICAL_HU[phase]["liver"] - case.mean_hu["liver"], abs=tolerance), phase
         fat = (plain.ctx[b, 1] == 0).numpy() & ~ndimage.binary_dilation(liver, iterations=3)
-        assert torch.allclose(batch.target[b, 0][torch.from_numpy(fat)], plain.target[b, 0][torch.from_numpy(fat)], atol=1e-3)
+        assert torch.allclose(
+            batch.target[b, 0][torch.from_numpy(fat)], plain.target[b, 0][torch.from_numpy(fat)], atol=1e-3
+        )
     assert len(phases) >= 3  # a random phase per slice
     # A scan without any enhancing structure measured cannot be re-rendered.
     assert phase_shift_map(np.zeros((4, 4), np.int64), {}, "arterial") is None
@@ -138,7 +146,7 @@ def _render_aorta_slice(blood_hu: float) -> tuple[np.ndarray, np.ndarray]:
     """A 32² slice at 3 mm of fat with a 20 mm aorta of ``blood_hu`` (partial volume at its edge, from
     an 8× supersampled disc) and a block of bone one pixel to its right: (CT in HU, labels)."""
     fine = 8
-    yy, xx = np.mgrid[0:32 * fine, 0:32 * fine] / fine + 0.5 / fine
+    yy, xx = np.mgrid[0 : 32 * fine, 0 : 32 * fine] / fine + 0.5 / fine
     inside = ((yy - 16.0) ** 2 + (xx - 15.6) ** 2) <= (20.0 / 3.0 / 2) ** 2
     fraction = inside.reshape(32, fine, 32, fine).mean(axis=(1, 3))
     ct = -100.0 + fraction * (blood_hu + 100.0)
@@ -202,8 +210,8 @@ def test_measured_prior_levels_state_the_level_each_training_target_shows(tiny_p
     """prior_levels "measured": the phase-prior channel of a training item holds its scan's measured
     level of each enhancing structure, or the typical level where the remap put it there."""
     from guidegen.data.phase import TYPICAL_HU
-    from guidegen.images.hu import hu_to_unit
     from guidegen.images.config import PHASES
+    from guidegen.images.hu import hu_to_unit
 
     def unit(hu: float) -> float:
         return float(hu_to_unit(np.array(hu)))
@@ -271,7 +279,9 @@ def test_prev_shift_moves_only_the_previous_slices_organs(tiny_prepared):
     k = int(np.argmax((data.cases[full].labels == ID["liver"]).sum(dim=(0, 1)).numpy()))
     idx = [i for i, (c, kk) in enumerate(data.index) if c == full and kk == k]
     plain = data.make_batch(*step_generators(0, 4), 8, indices=idx * 8)
-    shifted = SliceDataset(tiny_prepared, tiny_config(**base, prev_shift_hu=80.0)).make_batch(*step_generators(0, 4), 8, indices=idx * 8)
+    shifted = SliceDataset(tiny_prepared, tiny_config(**base, prev_shift_hu=80.0)).make_batch(
+        *step_generators(0, 4), 8, indices=idx * 8
+    )
     assert torch.equal(shifted.target, plain.target) and torch.equal(shifted.phase, plain.phase)
     offsets = []
     for b in range(8):
@@ -279,7 +289,9 @@ def test_prev_shift_moves_only_the_previous_slices_organs(tiny_prepared):
         fat = (plain.ctx[b, 0] == 0).numpy() & ~ndimage.binary_dilation(plain.ctx[b, 0].numpy() > 0, iterations=3)
         delta = (unit_to_hu(shifted.prev[b, 0]) - unit_to_hu(plain.prev[b, 0])).numpy()
         assert np.allclose(delta[fat], 0.0, atol=0.5)
-        assert np.ptp(delta[liver]) < 5.0 and abs(delta[liver].mean()) <= 80.5  # one offset for the organ (blur tail: a few HU)
+        assert (
+            np.ptp(delta[liver]) < 5.0 and abs(delta[liver].mean()) <= 80.5
+        )  # one offset for the organ (blur tail: a few HU)
         offsets.append(float(delta[liver].mean()))
     assert np.std(offsets) > 10  # drawn per slice
 
@@ -292,8 +304,10 @@ def test_phase_inference():
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return {**load_file(str(folder / "model.safetensors")),
-            **{"raw." + k: v for k, v in load_file(str(folder / "training.safetensors")).items()}}
+    return {
+        **load_file(str(folder / "model.safetensors")),
+        **{"raw." + k: v for k, v in load_file(str(folder / "training.safetensors")).items()},
+    }
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_prepared, tmp_path):
@@ -360,12 +374,28 @@ def test_config_json_round_trip_and_recipes(tmp_path):
 def test_command_line(tiny_prepared, tmp_path, capsys):
     recipe = tmp_path / "r.json"
     save_config(tiny_config(steps=2, checkpoint_every=2), recipe)
-    code, out, err = run(["train", "images", "--config", str(recipe), "--prepared", str(tiny_prepared),
-                          "--run", str(tmp_path / "run"), "--quiet", "--threads", "1"], capsys)
+    code, out, err = run(
+        [
+            "train",
+            "images",
+            "--config",
+            str(recipe),
+            "--prepared",
+            str(tiny_prepared),
+            "--run",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "run" / "model" / "model.safetensors").exists() and str(tmp_path / "run" / "model") in out
     # Without --config the default settings are used; a missing prepared folder is refused in one line.
-    code, _, err = run(["train", "images", "--prepared", str(tmp_path / "missing"), "-r", str(tmp_path / "x"), "-q"], capsys)
+    code, _, err = run(
+        ["train", "images", "--prepared", str(tmp_path / "missing"), "-r", str(tmp_path / "x"), "-q"], capsys
+    )
     assert code == 2 and "no manifest" in err
     assert not (tmp_path / "x").exists()  # refused before anything is written
 
@@ -381,7 +411,7 @@ def test_structure_level_loss_by_hand():
     error[0, 0, :, :2] = 1.0  # class 1: mean error 1
     error[0, 0, :, 2:] = torch.tensor([2.0, -2.0]).repeat(4, 1)  # class 2: large pixel errors, mean 0
     error[1] = 5.0
-    assert float(structure_level_loss(error, labels, 18)) == pytest.approx((1.0 ** 2 + 0.0 ** 2) / 2)
+    assert float(structure_level_loss(error, labels, 18)) == pytest.approx((1.0**2 + 0.0**2) / 2)
     # A structure below min_pixels is skipped; no structure at all gives 0.
     assert float(structure_level_loss(error, labels, 18, min_pixels=9)) == 0.0
     labels[0, 0, 0] = 0  # background does not count: class 1 now has 7 pixels of error 1
@@ -431,7 +461,9 @@ def test_slice_position_sets_the_z_channel_the_network_trains_on(tiny_prepared, 
             return torch.zeros_like(inputs[:, :1])
 
     config = tiny_config(p_phase_remap=0.0, slice_position=slice_position)
-    batch = SliceDataset(tiny_prepared, config).make_batch(np.random.default_rng(0), torch.Generator().manual_seed(0), 6)
+    batch = SliceDataset(tiny_prepared, config).make_batch(
+        np.random.default_rng(0), torch.Generator().manual_seed(0), 6
+    )
     assert float(batch.z.max()) > 0  # the batch holds slices away from the bottom of their scans
     recorder = Recorder(config)
     flow_matching_loss(recorder, batch, torch.full((6,), 0.5), torch.zeros_like(batch.target), "fp32")
@@ -450,16 +482,23 @@ def test_linear_label_interpolation_puts_label_edges_on_the_moved_ct_edges(inter
 
     h = w = 32
     yy, xx = np.mgrid[:h, :w]
-    disc = ((yy - 15.3) ** 2 + (xx - 16.7) ** 2 < 9.2 ** 2)
-    ring = disc & ((yy - 15.3) ** 2 + (xx - 16.7) ** 2 >= 5.1 ** 2)
+    disc = (yy - 15.3) ** 2 + (xx - 16.7) ** 2 < 9.2**2
+    ring = disc & ((yy - 15.3) ** 2 + (xx - 16.7) ** 2 >= 5.1**2)
     labels = np.where(ring, ID["liver"], np.where(disc, ID["spleen"], 0))
     # A CT whose value is a linear function of the one-hot label, so its halfway levels are label edges.
     ct = np.select([labels == ID["liver"], labels == ID["spleen"]], [0.5, 1.0], -1.0).astype(np.float32)
     b = 4
     batch = SliceBatch(
-        target=torch.from_numpy(np.repeat(ct[None, None], b, 0)), ctx=torch.from_numpy(np.repeat(labels[None, None], b, 0)).long(),
-        prev=torch.zeros(b, 1, h, w), has_prev=torch.ones(b), z=torch.zeros(b), phase=torch.zeros(b, dtype=torch.int64),
-        annotated=torch.ones(b, 18), text=torch.zeros(b, 4), uncond=torch.zeros(b, dtype=torch.bool))
+        target=torch.from_numpy(np.repeat(ct[None, None], b, 0)),
+        ctx=torch.from_numpy(np.repeat(labels[None, None], b, 0)).long(),
+        prev=torch.zeros(b, 1, h, w),
+        has_prev=torch.ones(b),
+        z=torch.zeros(b),
+        phase=torch.zeros(b, dtype=torch.int64),
+        annotated=torch.ones(b, 18),
+        text=torch.zeros(b, 4),
+        uncond=torch.zeros(b, dtype=torch.bool),
+    )
     angle, zoom = np.deg2rad([7.0, -5.0, 13.0, 2.0]), np.array([1.05, 0.93, 1.0, 1.08])
     shift = np.array([[1.4, -2.2], [0.7, 3.1], [-1.9, 0.4], [12.0, 9.0]])  # mm; the last pushes the map out of view
     augment_slices(batch, np.ones(b, bool), angle, zoom, shift, (1.0, 1.0), interpolation)

@@ -18,9 +18,9 @@ import pydicom
 import pytest
 
 from guidegen.errors import InputError, OutputExistsError
+from guidegen.io import dicom_write, nnunet
 from guidegen.io.dicom import read_dicom_series
 from guidegen.io.dicom_seg import read_dicom_seg
-from guidegen.io import dicom_write, nnunet
 from guidegen.io.dicom_write import DicomStudyInfo, write_dicom_ct_series
 from guidegen.io.nifti import read_nifti, write_nifti
 from guidegen.io.nnunet import NnunetCase, read_nnunet_label_mapping
@@ -88,8 +88,9 @@ def test_nnunet_dataset_layout_ids_and_json(tmp_path):
     image = nib.load(str(folder / "imagesTr" / "case_a_0000.nii.gz"))
     assert image.get_data_dtype() == np.int16
     np.testing.assert_allclose(image.affine, GRID)
-    np.testing.assert_array_equal(load(folder / "imagesTr" / "case_a_0000.nii.gz"),
-                                  np.clip(np.rint(cases[0].ct.array), HU_MIN, HU_MAX))
+    np.testing.assert_array_equal(
+        load(folder / "imagesTr" / "case_a_0000.nii.gz"), np.clip(np.rint(cases[0].ct.array), HU_MIN, HU_MAX)
+    )
     label_image = nib.load(str(folder / "labelsTr" / "case_a.nii.gz"))
     assert label_image.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(label_image.affine, image.affine)
@@ -104,8 +105,12 @@ def test_nnunet_exports_of_different_runs_share_their_labels(tmp_path):
     meta_one, meta_two = (json.loads((d / "dataset.json").read_text()) for d in (one, two))
     assert meta_one["labels"] == meta_two["labels"]
     assert meta_one["guidegen"]["guidegen_to_nnunet"] == meta_two["guidegen"]["guidegen_to_nnunet"]
-    liver_one = load(one / "labelsTr" / "a.nii.gz")[small_case("a", [ID["liver"], ID["spleen"]]).labels.array == ID["liver"]]
-    liver_two = load(two / "labelsTr" / "b.nii.gz")[small_case("b", [ID["tumour"], ID["colon"], ID["liver"]]).labels.array == ID["liver"]]
+    liver_one = load(one / "labelsTr" / "a.nii.gz")[
+        small_case("a", [ID["liver"], ID["spleen"]]).labels.array == ID["liver"]
+    ]
+    liver_two = load(two / "labelsTr" / "b.nii.gz")[
+        small_case("b", [ID["tumour"], ID["colon"], ID["liver"]]).labels.array == ID["liver"]
+    ]
     assert set(liver_one.tolist()) == set(liver_two.tolist()) == {meta_one["labels"]["liver"]}
 
 
@@ -168,8 +173,14 @@ def test_nnunet_unknown_voxels_refused_or_written_as_background(tmp_path):
         ([small_case("../evil", [4])], "not usable in file names"),
         ([small_case("a b", [4])], "not usable in file names"),
         ([small_case("same", [4]), small_case("SAME", [1])], "given twice"),
-        ([NnunetCase("a", small_case("a", [4]).ct, small_case("a", [4], affine=GRID * [[1], [1], [1.01], [1]]).labels)],
-         "not on the CT's grid"),
+        (
+            [
+                NnunetCase(
+                    "a", small_case("a", [4]).ct, small_case("a", [4], affine=GRID * [[1], [1], [1.01], [1]]).labels
+                )
+            ],
+            "not on the CT's grid",
+        ),
         ([NnunetCase("a", small_case("a", [4]).labels, small_case("a", [4]).labels)], "kind 'labels'"),
         ([small_case("a", [40])], "not GuideGen classes"),
         ([], "no cases"),
@@ -216,13 +227,20 @@ def run_nnunet_check(tmp_path: Path, folders: list[Path]) -> dict[str, tuple[str
         env[key] = str(tmp_path / key)
     script = tmp_path / "verify.py"
     script.write_text(textwrap.dedent(_VERIFY_SCRIPT))
-    run = subprocess.run([sys.executable, str(script), *map(str, folders)], env=env, capture_output=True,
-                         text=True, timeout=240, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(script), *map(str, folders)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = {}
+    folder, printed = "", ""
     for part in run.stdout.split("@@@ ")[1:]:
         if part.startswith("result "):
-            status = json.loads(part[len("result "):].strip().splitlines()[0])
+            status = json.loads(part[len("result ") :].strip().splitlines()[0])
             results[folder] = (status, printed)
         else:
             folder, _, printed = part.partition("\n")
@@ -251,8 +269,9 @@ def test_nnunet_own_integrity_check_accepts_ours_and_refuses_broken_datasets(tmp
     # A CT on another grid (other voxel size) than its labels.
     grid = shutil.copytree(good, raw / "Dataset044_Grid")
     image = grid / "imagesTr" / "b_0000.nii.gz"
-    write_nifti(Volume(load(image).astype(np.float32), GRID @ np.diag([2.0, 2.0, 1.0, 1.0]), "ct"), image,
-                overwrite=True)
+    write_nifti(
+        Volume(load(image).astype(np.float32), GRID @ np.diag([2.0, 2.0, 1.0, 1.0]), "ct"), image, overwrite=True
+    )
 
     results = run_nnunet_check(tmp_path, [good, gap, grid])
     status, printed = results[str(good)]
@@ -276,8 +295,10 @@ def real_case() -> tuple[Volume, Volume]:
     affine = ct.affine.copy()
     affine[:3, 3] = ct.world_coordinates(np.array([0, 0, FIRST_SLICE]))
     crop = slice(FIRST_SLICE, FIRST_SLICE + N_SLICES)
-    return (ct.with_array(np.ascontiguousarray(ct.array[:, :, crop]), affine=affine),
-            source.with_array(np.ascontiguousarray(array[:, :, crop]), affine=affine))
+    return (
+        ct.with_array(np.ascontiguousarray(ct.array[:, :, crop]), affine=affine),
+        source.with_array(np.ascontiguousarray(array[:, :, crop]), affine=affine),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -340,8 +361,10 @@ def test_dicom_seg_round_trip(real_case, exported):
 
     seg = hd.seg.segread(exported[1])
     assert seg.SeriesDescription.lower().endswith("synthetic segmentation")
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
-        next(exported[0].iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    assert (
+        seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        == pydicom.dcmread(next(exported[0].iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    )
     for item in seg.SegmentSequence:
         assert item.SegmentAlgorithmName == "GuideGen"
         assert item.SegmentLabel == CLASSES[ID[item.TrackingID]].display
@@ -384,8 +407,10 @@ def test_dicom_overwrite_and_any_input_orientation(tmp_path):
     seg = write_dicom_seg(labels, folder, tmp_path / "seg.dcm")
     seg_labels, segments = read_dicom_seg(seg, reference=back)
     assert segments == {1: "right kidney", 2: "liver"}
-    np.testing.assert_array_equal(seg_labels.array, np.select(
-        [case.labels.array == ID["kidney_right"], case.labels.array == ID["liver"]], [1, 2], 0))
+    np.testing.assert_array_equal(
+        seg_labels.array,
+        np.select([case.labels.array == ID["kidney_right"], case.labels.array == ID["liver"]], [1, 2], 0),
+    )
     assert seg_labels.same_grid(canonical(labels), atol=1e-4)
 
 

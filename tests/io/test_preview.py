@@ -18,6 +18,12 @@ def test_slices_go_through_the_largest_lesion_when_focused(tmp_path):
     assert _centre(labels, array.shape, (0,), focus=(7,)) == (14, 14, 6)
     assert _centre(labels, array.shape, (0,), focus=(9, 7)) == (14, 14, 6)  # the first class present
     assert _centre(labels, array.shape, (0,), focus=(9,)) == (10, 10, 10)  # none present: the centre
-    out = render_preview(tmp_path / "p.png", None, labels, [str(i) for i in range(10)], [(i * 20, 0, 0) for i in range(10)],
-                         focus_classes=(7,))
+    out = render_preview(
+        tmp_path / "p.png",
+        None,
+        labels,
+        [str(i) for i in range(10)],
+        [(i * 20, 0, 0) for i in range(10)],
+        focus_classes=(7,),
+    )
     assert out.stat().st_size > 0

@@ -14,16 +14,36 @@ from guidegen.labels.remap import load_vocabulary, remap_labels
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
 #: An expert map from outside the project (the ids of issue 28's example, in no shipped vocabulary).
-TABLE = {"1": "liver", "2": "spleen", "3": "kidney_right", "4": "kidney_left", "5": "tumour", "6": "bone",
-         "7": "aorta", "8": "unknown", "9": "body"}
+TABLE = {
+    "1": "liver",
+    "2": "spleen",
+    "3": "kidney_right",
+    "4": "kidney_left",
+    "5": "tumour",
+    "6": "bone",
+    "7": "aorta",
+    "8": "unknown",
+    "9": "body",
+}
 
 
 def test_a_label_set_maps_ids_and_annotates_exactly_the_classes_named():
     vocab = label_set(TABLE, "atlas.json")
     array = np.array([[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255]]], dtype=np.uint8)
     out, annotated = remap_labels(array, vocab, path="map.nii.gz")
-    assert out.ravel().tolist() == [0, ID["liver"], ID["spleen"], ID["kidney_right"], ID["kidney_left"], ID["tumour"],
-                                    ID["bone"], ID["aorta"], UNKNOWN, ID["body"], UNKNOWN]
+    assert out.ravel().tolist() == [
+        0,
+        ID["liver"],
+        ID["spleen"],
+        ID["kidney_right"],
+        ID["kidney_left"],
+        ID["tumour"],
+        ID["bone"],
+        ID["aorta"],
+        UNKNOWN,
+        ID["body"],
+        UNKNOWN,
+    ]
     assert annotated == {"liver", "spleen", "kidney_right", "kidney_left", "tumour", "bone", "aorta", "body"}
     assert "stomach" not in annotated  # never labelled: unknown, not absent
     with pytest.raises(InputError, match="map.nii.gz: has label ids 12 that the label set atlas.json vocabulary"):

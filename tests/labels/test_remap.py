@@ -7,14 +7,32 @@ import pytest
 
 from guidegen.errors import InputError
 from guidegen.io.nifti import read_nifti
-from guidegen.labels.remap import (available_vocabularies, class_for_name, combine_structure_masks,
-                                   load_vocabulary, names_from_ids, remap_labels)
+from guidegen.labels.remap import (
+    available_vocabularies,
+    class_for_name,
+    combine_structure_masks,
+    load_vocabulary,
+    names_from_ids,
+    remap_labels,
+)
 from guidegen.labels.vocabulary import ID, NAMES, PAPER_CLASSES, UNKNOWN
 
 
 def test_vocabulary_has_the_papers_classes_and_the_extras():
-    assert PAPER_CLASSES == ("background", "spleen", "kidney_right", "kidney_left", "liver", "stomach", "pancreas",
-                             "small_bowel", "duodenum", "colon", "urinary_bladder", "tumour")
+    assert PAPER_CLASSES == (
+        "background",
+        "spleen",
+        "kidney_right",
+        "kidney_left",
+        "liver",
+        "stomach",
+        "pancreas",
+        "small_bowel",
+        "duodenum",
+        "colon",
+        "urinary_bladder",
+        "tumour",
+    )
     for extra in ("body", "bone", "aorta", "inferior_vena_cava", "gallbladder"):
         assert extra in NAMES
     assert UNKNOWN not in ID.values()

@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from guidegen.data.ops import SOFT_CLASSES, OrganScaling, ScalingParams
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID
-from guidegen.data.ops import SOFT_CLASSES, OrganScaling, ScalingParams
-from guidegen.masks.placement import (AORTA_BELOW_KIDNEYS_MM, AORTA_DIAMETER_MM, HOST_TUMOUR_RATIO, _wrap_in_host,
-                                      apply_stated_organs, draw_aorta_tube, place_stated_tumours, remove_tumours,
-                                      stated_volume_band)
+from guidegen.masks.placement import (
+    AORTA_BELOW_KIDNEYS_MM,
+    AORTA_DIAMETER_MM,
+    HOST_TUMOUR_RATIO,
+    _wrap_in_host,
+    apply_stated_organs,
+    draw_aorta_tube,
+    place_stated_tumours,
+    remove_tumours,
+    stated_volume_band,
+)
 from guidegen.text.agreement import organ_agreement
 from guidegen.text.measure import REFERENCE_RANGES, grade_volume, measure_labels
 from guidegen.text.parse import parse_prompt
@@ -26,8 +34,9 @@ SOFT = {ID[n] for n in SOFT_CLASSES}
 def anatomy(tmp_path_factory, real) -> Volume:
     """The complete TotalSegmentator map on the demo sampler's 8 mm grid, as a sampled map looks."""
     out = tmp_path_factory.mktemp("prepared8")
-    result = prepare([real / "totalseg-example-a"], out, PrepareConfig(spacing=(8.0, 8.0, 8.0), size_xy=(48, 48)),
-                     progress=False)
+    result = prepare(
+        [real / "totalseg-example-a"], out, PrepareConfig(spacing=(8.0, 8.0, 8.0), size_xy=(48, 48)), progress=False
+    )
     assert result.failed == []
     labels = read_nifti(load_prepared(out)[0]["labels_path"], kind="labels")
     assert not np.any(labels.array == TUMOUR)
@@ -41,13 +50,16 @@ def place(labels: Volume, prompt: str, seed: int = 0):
     return place_stated_tumours(labels, parse_prompt(prompt).tumours, np.random.default_rng(seed))
 
 
-@pytest.mark.parametrize("prompt, host, segment", [
-    ("4 cm liver tumour", "liver", None),
-    ("5 cm sigmoid colon cancer", "colon", "sigmoid"),
-    ("ascending colon carcinoma 45 mm", "colon", "ascending"),
-    ("3 cm tumour in the right kidney", "kidney_right", None),
-    ("solitary 25 mm lesion in the left lobe of the liver", "liver", "left lobe"),
-])
+@pytest.mark.parametrize(
+    "prompt, host, segment",
+    [
+        ("4 cm liver tumour", "liver", None),
+        ("5 cm sigmoid colon cancer", "colon", "sigmoid"),
+        ("ascending colon carcinoma 45 mm", "colon", "ascending"),
+        ("3 cm tumour in the right kidney", "kidney_right", None),
+        ("solitary 25 mm lesion in the left lobe of the liver", "liver", "left lobe"),
+    ],
+)
 def test_stated_tumour_is_measured_as_stated(anatomy, prompt, host, segment):
     out, record = place(anatomy, prompt)
     assert all(record["agreement"].values()), record
@@ -184,10 +196,16 @@ def test_lesion_touching_fat_gets_a_rim_of_its_host():
     assert _wrap_in_host(liver, inside == TUMOUR, "liver") is liver
 
 
-@pytest.mark.parametrize("prompt, organ", [
-    ("enlarged spleen", "spleen"), ("moderate splenomegaly", "spleen"), ("moderate hepatomegaly", "liver"),
-    ("small atrophic left kidney", "kidney_left"), ("mild splenomegaly", "spleen"),
-])
+@pytest.mark.parametrize(
+    "prompt, organ",
+    [
+        ("enlarged spleen", "spleen"),
+        ("moderate splenomegaly", "spleen"),
+        ("moderate hepatomegaly", "liver"),
+        ("small atrophic left kidney", "kidney_left"),
+        ("mild splenomegaly", "spleen"),
+    ],
+)
 def test_stated_organ_size_is_given(anatomy, prompt, organ):
     stated = parse_prompt(prompt).organs
     assert not all(organ_agreement(organ, stated[organ], measure_labels(anatomy).attributes.organs[organ]).values())
@@ -210,7 +228,11 @@ def test_normal_and_absent_organs(anatomy):
     out, record = apply_stated_organs(big, parse_prompt("normal sized kidneys").organs, np.random.default_rng(1))
     assert record["kidney_right"]["changed"] and record["kidney_right"]["holds"]
     assert not record["kidney_left"]["changed"]  # already normal: left as drawn
-    assert REFERENCE_RANGES["kidney_right"].low_ml <= volume_ml(out, "kidney_right") <= REFERENCE_RANGES["kidney_right"].high_ml
+    assert (
+        REFERENCE_RANGES["kidney_right"].low_ml
+        <= volume_ml(out, "kidney_right")
+        <= REFERENCE_RANGES["kidney_right"].high_ml
+    )
     out, record = apply_stated_organs(anatomy, parse_prompt("status post splenectomy").organs, np.random.default_rng(1))
     spleen = anatomy.array == ID["spleen"]
     assert record["spleen"]["holds"] and not np.any(out.array == ID["spleen"])
@@ -223,8 +245,9 @@ def test_normal_and_absent_organs(anatomy):
 def test_organ_missing_from_the_map_is_reported(anatomy):
     no_spleen = anatomy.array.copy()
     no_spleen[no_spleen == ID["spleen"]] = ID["body"]
-    out, record = apply_stated_organs(anatomy.with_array(no_spleen), parse_prompt("enlarged spleen").organs,
-                                      np.random.default_rng(0))
+    out, record = apply_stated_organs(
+        anatomy.with_array(no_spleen), parse_prompt("enlarged spleen").organs, np.random.default_rng(0)
+    )
     assert "no spleen" in record["spleen"]["error"] and record["spleen"]["holds"] is False
     np.testing.assert_array_equal(out.array, no_spleen)
 
@@ -237,7 +260,7 @@ def _scattered_aorta_map(seed: int = 0) -> tuple[Volume, tuple[int, int]]:
     """
     rng = np.random.default_rng(seed)
     array = np.full((30, 30, 20), ID["body"], np.uint8)
-    array[12:18, 5:11, :] = ID["bone"]           # vertebral bodies, behind the course
+    array[12:18, 5:11, :] = ID["bone"]  # vertebral bodies, behind the course
     array[17:22, 14:20, 4:12] = ID["kidney_left"]  # an organ right next to it
     for z in range(3, 17):
         dx = int(rng.integers(-8, 9)) if z % 3 == 0 else 0

@@ -17,17 +17,29 @@ from guidegen.masks.train import load_base_cases, train_mask_sampler
 from guidegen.settings import GenerationSettings
 from guidegen.text.parse import parse_prompt
 from guidegen.training import checkpoint_dirs
-
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return MaskSamplerConfig(shape=(32, 32, 24), spacing=(12.0, 12.0, 14.0), channels=(8, 16), attention_levels=(False, True),
-                             num_head_channels=8, norm_num_groups=8, max_text_tokens=16, steps=6, checkpoint_every=3,
-                             warmup=2, sample_steps=4, prepared_cache=str(cache), precision="bf16",
-                             data_sources=("data/real/totalseg-example-a", "data/real/masks-only"), min_extent_mm=100.0)
+    return MaskSamplerConfig(
+        shape=(32, 32, 24),
+        spacing=(12.0, 12.0, 14.0),
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_head_channels=8,
+        norm_num_groups=8,
+        max_text_tokens=16,
+        steps=6,
+        checkpoint_every=3,
+        warmup=2,
+        sample_steps=4,
+        prepared_cache=str(cache),
+        precision="bf16",
+        data_sources=("data/real/totalseg-example-a", "data/real/masks-only"),
+        min_extent_mm=100.0,
+    )
 
 
 def test_attribute_vector_separates_unknown_from_absent():
@@ -87,7 +99,9 @@ def test_training_resume_is_exact_and_sampling_is_deterministic(tiny, tmp_path):
     # One seed rule: map i uses seed + i, whatever else is in the batch (here: map 1 of seed 3 is map 0 of seed 4).
     assert np.array_equal(one[1].array, other[0].array) and [v.meta["seed"] for v in one] == [3, 4]
     # Settings as one value or as keywords mean the same.
-    by_value = sampler.sample_masks("4 cm liver tumour", seed=3, settings=GenerationSettings(steps=2, tumour_placement="network"))
+    by_value = sampler.sample_masks(
+        "4 cm liver tumour", seed=3, settings=GenerationSettings(steps=2, tumour_placement="network")
+    )
     by_name = sampler.sample_masks("4 cm liver tumour", seed=3, steps=2, tumour_placement="network")
     assert np.array_equal(by_value[0].array, by_name[0].array) and "tumour_placement" not in by_name[0].meta
     with pytest.raises(InputError, match="--steps"):
@@ -132,10 +146,20 @@ def test_tumour_voxels_weigh_more_in_the_loss():
 def test_attributes_reach_every_block_through_the_time_embedding():
     from guidegen.masks.model import MaskDenoiser
 
-    base = dict(shape=(16, 16, 16), channels=(8, 16), attention_levels=(False, True), num_head_channels=8,
-                norm_num_groups=8, max_text_tokens=4)
+    base = dict(
+        shape=(16, 16, 16),
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_head_channels=8,
+        norm_num_groups=8,
+        max_text_tokens=4,
+    )
     torch.manual_seed(0)
-    x = torch.nn.functional.one_hot(torch.randint(0, NUM_CLASSES, (1, 16, 16, 16)), NUM_CLASSES).permute(0, 4, 1, 2, 3).float()
+    x = (
+        torch.nn.functional.one_hot(torch.randint(0, NUM_CLASSES, (1, 16, 16, 16)), NUM_CLASSES)
+        .permute(0, 4, 1, 2, 3)
+        .float()
+    )
     t = torch.tensor([500])
     text = torch.zeros(1, 4, 384)
     tumour = torch.from_numpy(attribute_vector(parse_prompt("5 cm liver tumour")))[None]

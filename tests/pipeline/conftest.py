@@ -14,9 +14,16 @@ from tests.images.conftest import tiny_config
 def make_tiny_model(root):
     """Write a model folder: an untrained 16×16×8 mask sampler (24/40 mm) and a 32² image generator."""
     torch.manual_seed(0)
-    config = MaskSamplerConfig(shape=(16, 16, 8), spacing=(24.0, 24.0, 40.0), channels=(8, 16),
-                               attention_levels=(False, True), num_head_channels=8, norm_num_groups=8,
-                               max_text_tokens=16, sample_steps=3)
+    config = MaskSamplerConfig(
+        shape=(16, 16, 8),
+        spacing=(24.0, 24.0, 40.0),
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_head_channels=8,
+        norm_num_groups=8,
+        max_text_tokens=16,
+        sample_steps=3,
+    )
     VolumetricMaskSampler(config).save_pretrained(root / "mask_sampler")
     image = ConditionalImageGenerator(tiny_config())
     with torch.no_grad():  # MONAI zero-initialises the output conv: perturb everything

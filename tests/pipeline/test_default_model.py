@@ -14,7 +14,10 @@ DEFAULT_MODEL = default_model_dir()
 def test_default_model_is_complete_and_small():
     assert (DEFAULT_MODEL / "MODEL_CARD.md").is_file()
     info = json.loads((DEFAULT_MODEL / "model.json").read_text())
-    assert info["model_id"] == "guidegen-demo" and "amos-0001-slices" in info["training_data"]["held_out_from_image_generator"]
+    assert (
+        info["model_id"] == "guidegen-demo"
+        and "amos-0001-slices" in info["training_data"]["held_out_from_image_generator"]
+    )
     # What ships: the local ONNX exports of guidegen.runtime (.runtime-cache/, git-ignored) do not.
     total = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file() and ".runtime-cache" not in p.parts)
     assert total <= 60 * 1024**2, f"{total / 1024**2:.1f} MB"

@@ -22,7 +22,10 @@ def gg(tiny_model):
 
 
 def _arrays(folder):
-    return (np.asarray(nib.load(str(folder / "ct.nii.gz")).dataobj), np.asarray(nib.load(str(folder / "labels.nii.gz")).dataobj))
+    return (
+        np.asarray(nib.load(str(folder / "ct.nii.gz")).dataobj),
+        np.asarray(nib.load(str(folder / "labels.nii.gz")).dataobj),
+    )
 
 
 def _max_hu_difference(a, b):
@@ -71,7 +74,13 @@ def test_same_seed_gives_identical_files(gg, tmp_path):
 def test_case_folder_contents(gg, tmp_path):
     summary = generate_dataset(gg, DatasetRequest(((PROMPT, 1),), seed=0), tmp_path / "out")
     folder = tmp_path / "out" / "case_000000"
-    assert sorted(p.name for p in folder.iterdir()) == ["case.json", "ct.nii.gz", "labels.nii.gz", "preview.png", "report.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "case.json",
+        "ct.nii.gz",
+        "labels.nii.gz",
+        "preview.png",
+        "report.txt",
+    ]
     ct, labels = nib.load(str(folder / "ct.nii.gz")), nib.load(str(folder / "labels.nii.gz"))
     assert ct.shape == labels.shape and np.allclose(ct.affine, labels.affine)
     assert ct.get_data_dtype() == np.int16 and labels.get_data_dtype() == np.uint8
@@ -83,8 +92,11 @@ def test_case_folder_contents(gg, tmp_path):
     assert placed["mode"] == "insert" and placed["stated"] is True and "tumours" in placed["agreement"]
     assert meta["organ_sizes"] == {}  # the prompt states no organ size: nothing resized
     aorta = meta["aorta_placement"]  # the tiny network's aorta: redrawn as a tube, kept, or none drawn
-    assert set(aorta) in ({"diameter_mm", "slices", "network_mm2", "tube_mm2", "moved_voxels"},
-                          {"kept", "network_mm2"}, {"error"})
+    assert set(aorta) in (
+        {"diameter_mm", "slices", "network_mm2", "tube_mm2", "moved_voxels"},
+        {"kept", "network_mm2"},
+        {"error"},
+    )
     assert np.allclose(meta["spacing_mm"], ct.header.get_zooms()) and meta["synthetic"] is True
     assert all(meta["labels"][str(v)] for v in np.unique(np.asarray(labels.dataobj)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -123,7 +135,14 @@ def test_shards_together_equal_one_run(gg, tmp_path):
     prompts = [(PROMPT, 2), ("sigmoid colon cancer", 3)]
     generate_dataset(gg, DatasetRequest(tuple(prompts), seed=5), tmp_path / "one", batch_size=2)
     for rank in (0, 1, 0):  # what torchrun's barrier orders; rank 0's last pass writes the full manifest
-        summary = generate_dataset(gg, DatasetRequest(tuple(prompts), seed=5), tmp_path / "two", batch_size=3, shard=Shard(rank, 2), barrier=lambda: None)
+        summary = generate_dataset(
+            gg,
+            DatasetRequest(tuple(prompts), seed=5),
+            tmp_path / "two",
+            batch_size=3,
+            shard=Shard(rank, 2),
+            barrier=lambda: None,
+        )
     assert summary["complete"] and summary["skipped"] == 3
     for case in plan_cases(prompts, 5):
         assert case.seed == 5 + case.index
@@ -136,20 +155,23 @@ def test_prompt_files(tmp_path):
     txt.write_text("# a comment\n4 cm liver tumour\n\n  enlarged spleen  \n", encoding="utf-8")
     assert read_prompts_file(txt) == [("4 cm liver tumour", 1), ("enlarged spleen", 1)]
     csv = tmp_path / "p.csv"
-    csv.write_text("Prompt,Count\n\"sigmoid colon cancer, 3 cm\",4\nnormal abdomen,1\n", encoding="utf-8")
+    csv.write_text('Prompt,Count\n"sigmoid colon cancer, 3 cm",4\nnormal abdomen,1\n', encoding="utf-8")
     assert read_prompts_file(csv) == [("sigmoid colon cancer, 3 cm", 4), ("normal abdomen", 1)]
     assert [c.index for c in plan_cases(read_prompts_file(csv), 0)] == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("name, content, problem", [
-    ("empty.txt", "\n# only a comment\n", "holds no prompts"),
-    ("bin.txt", b"abc\x00def", "NUL"),
-    ("latin1.txt", "f\xe9moral".encode("latin-1"), "not UTF-8"),
-    ("nocol.csv", "text,count\nliver,1\n", "'prompt' column"),
-    ("badcount.csv", "prompt,count\nliver tumour,many\n", "line 2: count 'many'"),
-    ("zero.csv", "prompt,count\nliver tumour,0\n", "at least 1"),
-    ("long.txt", "x" * 5000, "characters long"),
-])
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("empty.txt", "\n# only a comment\n", "holds no prompts"),
+        ("bin.txt", b"abc\x00def", "NUL"),
+        ("latin1.txt", "f\xe9moral".encode("latin-1"), "not UTF-8"),
+        ("nocol.csv", "text,count\nliver,1\n", "'prompt' column"),
+        ("badcount.csv", "prompt,count\nliver tumour,many\n", "line 2: count 'many'"),
+        ("zero.csv", "prompt,count\nliver tumour,0\n", "at least 1"),
+        ("long.txt", "x" * 5000, "characters long"),
+    ],
+)
 def test_bad_prompt_files(tmp_path, name, content, problem):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
@@ -159,12 +181,17 @@ def test_bad_prompt_files(tmp_path, name, content, problem):
 
 
 def test_nnunet_export(gg, tmp_path):
-    summary = generate_dataset(gg, DatasetRequest(((PROMPT, 2),), format="nnunet"), tmp_path / "out", dataset_id=42, dataset_name="Tiny")
+    summary = generate_dataset(
+        gg, DatasetRequest(((PROMPT, 2),), format="nnunet"), tmp_path / "out", dataset_id=42, dataset_name="Tiny"
+    )
     dataset = tmp_path / "out" / "nnUNet_raw" / "Dataset042_Tiny"
     assert summary["export"] == str(dataset)
     meta = json.loads((dataset / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["channel_names"] == {"0": "CT"} and meta["labels"]["background"] == 0
-    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == ["Tiny_000000_0000.nii.gz", "Tiny_000001_0000.nii.gz"]
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [
+        "Tiny_000000_0000.nii.gz",
+        "Tiny_000001_0000.nii.gz",
+    ]
     from tests.io.test_exports import require_nnunet, run_nnunet_check
 
     require_nnunet()
@@ -176,7 +203,6 @@ def test_dicom_export_reads_back_on_the_same_grid(gg, tmp_path):
     from guidegen.io.dicom import read_dicom_series
     from guidegen.io.dicom_seg import read_dicom_seg
     from guidegen.io.nifti import read_nifti
-
     from guidegen.pipeline.dataset import write_case_folder
 
     # An untrained sampler may draw an empty map; give the case real structures on its grid.

@@ -28,7 +28,9 @@ LABEL_SET = {"1": "liver", "2": "spleen", "5": "tumour", "6": "bone", "8": "unkn
 @pytest.fixture()
 def oracle(monkeypatch, tmp_path):
     model = ClassOracle().eval()
-    monkeypatch.setattr(ConditionalImageGenerator, "from_pretrained", classmethod(lambda cls, folder, device="cpu": model))
+    monkeypatch.setattr(
+        ConditionalImageGenerator, "from_pretrained", classmethod(lambda cls, folder, device="cpu": model)
+    )
     (tmp_path / "model" / "image_generator").mkdir(parents=True)  # what --model must point at
     return model
 
@@ -43,7 +45,9 @@ def foreign_map(tmp_path, orientation: str, body: bool = True, unknown_block: bo
         block = np.zeros(volume.shape, bool)
         block[8:16, 14:22, 2:12] = True
         if orientation != "RAS":  # the same voxels of the patient in every orientation
-            block = np.flip(block, [a for a, s in enumerate({"LPS": (-1, -1, 1), "LAI": (-1, 1, -1)}[orientation]) if s < 0])
+            block = np.flip(
+                block, [a for a, s in enumerate({"LPS": (-1, -1, 1), "LAI": (-1, 1, -1)}[orientation]) if s < 0]
+            )
         array[block & (volume.array == ID["body"])] = 8
     folder = tmp_path / f"in-{orientation}"
     folder.mkdir(exist_ok=True)
@@ -58,8 +62,22 @@ def test_a_foreign_label_set_end_to_end_on_the_input_s_own_arrays(oracle, tmp_pa
     table = tmp_path / "atlas.json"
     table.write_text(json.dumps(LABEL_SET))
     out = tmp_path / "out"
-    code, stdout, err = run(["generate-ct", "--labels", str(path), "--labels-json", str(table), "--out", str(out),
-                             "--model", str(tmp_path / "model"), "--no-texture", "--no-levels"], capsys)
+    code, stdout, err = run(
+        [
+            "generate-ct",
+            "--labels",
+            str(path),
+            "--labels-json",
+            str(table),
+            "--out",
+            str(out),
+            "--model",
+            str(tmp_path / "model"),
+            "--no-texture",
+            "--no-levels",
+        ],
+        capsys,
+    )
     assert code == 0, err
     source = nib.load(str(path))
     ct_image, labels_image = nib.load(str(out / "ct.nii.gz")), nib.load(str(out / "labels.nii.gz"))
@@ -74,13 +92,22 @@ def test_a_foreign_label_set_end_to_end_on_the_input_s_own_arrays(oracle, tmp_pa
     assert np.array_equal(labels, expected)  # voxel for voxel, nothing reversed
     ct = np.asanyarray(ct_image.dataobj)
     assert drawn_as_labelled(ct, labels, [ID["liver"], ID["bone"], 0]) == 1.0
-    assert drawn_as_labelled(ct, np.where(labels == UNKNOWN, ID["body"], labels), [ID["body"]]) == 1.0  # unknown as body
+    assert (
+        drawn_as_labelled(ct, np.where(labels == UNKNOWN, ID["body"], labels), [ID["body"]]) == 1.0
+    )  # unknown as body
     case = json.loads((out / "case.json").read_text())
     assert case["annotated"] == ["spleen", "liver", "tumour", "body", "bone"] and case["body"] == "from the map"
     assert case["unknown_voxels"] == case["unknown_voxels_in_body"] == int(np.count_nonzero(raw == 8)) > 0
     assert "unknown voxels (id 255, kept in labels.nii.gz)" in stdout
     flags = oracle.seen_annotated[-1][0]  # the annotated classes were the generator's flags
-    assert {i for i in range(len(flags)) if flags[i]} == {0, ID["spleen"], ID["liver"], ID["tumour"], ID["body"], ID["bone"]}
+    assert {i for i in range(len(flags)) if flags[i]} == {
+        0,
+        ID["spleen"],
+        ID["liver"],
+        ID["tumour"],
+        ID["body"],
+        ID["bone"],
+    }
     # A report of the output knows what was annotated: the stomach was never labelled, so it is
     # not called absent; the spleen was labelled and is absent.
     code, report, err = run(["report", str(out / "labels.nii.gz"), "--seed", "0"], capsys)
@@ -92,8 +119,20 @@ def test_the_label_set_as_the_maps_sidecar_and_a_map_without_a_body(oracle, tmp_
     path, _ = foreign_map(tmp_path, "LPS", body=False, unknown_block=False)
     (path.parent / "guidegen-source.json").write_text(json.dumps({"vocabulary": LABEL_SET}))
     out = tmp_path / "out"
-    code, stdout, err = run(["generate-ct", "-l", str(path), "-o", str(out), "--model", str(tmp_path / "model"),
-                             "--no-texture", "--no-levels"], capsys)
+    code, stdout, err = run(
+        [
+            "generate-ct",
+            "-l",
+            str(path),
+            "-o",
+            str(out),
+            "--model",
+            str(tmp_path / "model"),
+            "--no-texture",
+            "--no-levels",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "no body outline: derived one" in stdout
     case = json.loads((out / "case.json").read_text())
@@ -110,8 +149,20 @@ def test_id_255_in_a_guidegen_map_is_accepted(oracle, tmp_path, capsys):
     array[:, :2] = UNKNOWN  # outside the scan, as a prepared map has it
     path = tmp_path / "prepared_labels.nii.gz"
     nib.save(nib.Nifti1Image(array, volume.affine), str(path))
-    code, _, err = run(["generate-ct", "-l", str(path), "--vocabulary", "guidegen", "-o", str(tmp_path / "out"),
-                        "--model", str(tmp_path / "model")], capsys)
+    code, _, err = run(
+        [
+            "generate-ct",
+            "-l",
+            str(path),
+            "--vocabulary",
+            "guidegen",
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "model"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     ct = np.asanyarray(nib.load(str(tmp_path / "out" / "ct.nii.gz")).dataobj)
     assert np.all(ct[:, :1] == -1024)  # unknown outside the body: air, as in training

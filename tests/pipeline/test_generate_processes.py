@@ -23,15 +23,46 @@ def _arrays(folder):
 
 
 def _generate(model, out, *extra):
-    return [sys.executable, "-m", "guidegen", "generate", "--prompt", PROMPT, "-n", "4", "--seed", "3", "--model",
-            str(model), "--out", str(out), "--batch-size", "1", "--threads", "1", "-q", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "guidegen",
+        "generate",
+        "--prompt",
+        PROMPT,
+        "-n",
+        "4",
+        "--seed",
+        "3",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--threads",
+        "1",
+        "-q",
+        *extra,
+    ]
 
 
 def test_two_torchrun_ranks_split_the_cases_and_match_one_process(tiny_model, tmp_path):
-    one = subprocess.run(_generate(tiny_model, tmp_path / "one"), env=_env(), capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        _generate(tiny_model, tmp_path / "one"), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "guidegen",
-           *_generate(tiny_model, tmp_path / "two")[3:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "guidegen",
+        *_generate(tiny_model, tmp_path / "two")[3:],
+    ]
     two = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "4 case(s) generated" not in two.stdout or "on 2 ranks" in two.stdout
@@ -58,7 +89,13 @@ def test_a_killed_generation_leaves_only_whole_cases_and_a_rerun_completes_it(ti
     finished = sorted(p.name for p in out.glob("case_*"))
     assert finished and len(finished) < 4
     for name in finished:  # every case folder that exists is complete
-        assert sorted(p.name for p in (out / name).iterdir()) == ["case.json", "ct.nii.gz", "labels.nii.gz", "preview.png", "report.txt"]
+        assert sorted(p.name for p in (out / name).iterdir()) == [
+            "case.json",
+            "ct.nii.gz",
+            "labels.nii.gz",
+            "preview.png",
+            "report.txt",
+        ]
     rerun = subprocess.run(_generate(tiny_model, out), env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "already there" in rerun.stdout

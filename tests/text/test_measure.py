@@ -244,7 +244,10 @@ def test_field_of_view() -> None:
     kidney_r = (slice(25, 32), slice(5, 12), slice(20, 32))
     kidney_l = (slice(8, 15), slice(5, 12), slice(20, 32))
     bladder = (slice(15, 25), slice(20, 30), slice(2, 8))
-    assert _fov(liver=liver, spleen=spleen, kidney_right=kidney_r, kidney_left=kidney_l, urinary_bladder=bladder) == "abdomen_pelvis"
+    assert (
+        _fov(liver=liver, spleen=spleen, kidney_right=kidney_r, kidney_left=kidney_l, urinary_bladder=bladder)
+        == "abdomen_pelvis"
+    )
     assert _fov(liver=liver, spleen=spleen, kidney_right=kidney_r, kidney_left=kidney_l) == "abdomen"
     cut_kidney = (slice(25, 32), slice(5, 12), slice(0, 10))
     assert _fov(liver=liver, kidney_right=cut_kidney) == "upper_abdomen"

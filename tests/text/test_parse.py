@@ -41,17 +41,29 @@ CASES: list[tuple[str, dict]] = [
         "Female aged 40, no tumour, contrast-enhanced CT of the abdomen",
         dict(sex="female", age=40, phase="portal_venous", tumours=(), field_of_view="abdomen"),
     ),
-    ("healthy 30-year-old woman, tumour-free, unenhanced", dict(sex="female", age=30, phase="non_contrast", tumours=())),
-    ("Rectal cancer 5 x 3 cm in an 81-year-old male", dict(sex="male", age=81, tumours=(T("colon", "rectum", 50.0, 1),))),
+    (
+        "healthy 30-year-old woman, tumour-free, unenhanced",
+        dict(sex="female", age=30, phase="non_contrast", tumours=()),
+    ),
+    (
+        "Rectal cancer 5 x 3 cm in an 81-year-old male",
+        dict(sex="male", age=81, tumours=(T("colon", "rectum", 50.0, 1),)),
+    ),
     ("Multiple hepatic lesions, arterial phase", dict(phase="arterial", tumours=(T("liver", None, None, None),))),
-    ("pancreatic head adenocarcinoma 2.8cm, late arterial", dict(phase="arterial", tumours=(T("pancreas", None, 28.0, 1),))),
+    (
+        "pancreatic head adenocarcinoma 2.8cm, late arterial",
+        dict(phase="arterial", tumours=(T("pancreas", None, 28.0, 1),)),
+    ),
     (
         "HCC in the right lobe of the liver, 6 cm; hepatomegaly",
         dict(tumours=(T("liver", "right lobe", 60.0, 1),), organs=organs(liver="enlarged")),
     ),
     ("Caecal mass 40mm", dict(tumours=(T("colon", "caecum", 40.0, 1),))),
     ("liver metastases, two lesions up to 25 mm", dict(tumours=(T("liver", None, 25.0, 2),))),
-    ("sigmoid cancer 4 cm, another lesion 2 cm", dict(tumours=(T("colon", "sigmoid", 40.0, 1), T(None, None, 20.0, 1)))),
+    (
+        "sigmoid cancer 4 cm, another lesion 2 cm",
+        dict(tumours=(T("colon", "sigmoid", 40.0, 1), T(None, None, 20.0, 1))),
+    ),
     ("cecum tumor, 3.2 cm, delayed phase", dict(phase="delayed", tumours=(T("colon", "caecum", 32.0, 1),))),
     ("transverse colon carcinoma", dict(tumours=(T("colon", "transverse", None, 1),))),
     (
@@ -68,28 +80,43 @@ CASES: list[tuple[str, dict]] = [
         dict(sex="female", age=65, phase="non_contrast", field_of_view="abdomen_pelvis"),
     ),
     ("a 4.5cm mass arising from the pancreas", dict(tumours=(T("pancreas", None, 45.0, 1),))),
-    ("liver metastases from colorectal cancer", dict(tumours=(T("liver", None, None, None), T("colon", None, None, 1)))),
-    ("moderate hepatosplenomegaly", dict(organs=organs(liver=("enlarged", "moderate"), spleen=("enlarged", "moderate")))),
+    (
+        "liver metastases from colorectal cancer",
+        dict(tumours=(T("liver", None, None, None), T("colon", None, None, 1))),
+    ),
+    (
+        "moderate hepatosplenomegaly",
+        dict(organs=organs(liver=("enlarged", "moderate"), spleen=("enlarged", "moderate"))),
+    ),
     ("Status post splenectomy, 59-year-old man", dict(sex="male", age=59, organs=organs(spleen="absent"))),
     ("tumor in the kidney 3 cm", dict(tumours=(T("kidney", None, 30.0, 1),))),
     (
         "upper abdominal CT, venous phase, 3 cm HCC",
         dict(phase="portal_venous", field_of_view="upper_abdomen", tumours=(T("liver", None, 30.0, 1),)),
     ),
-    ("small bowel normal, small liver lesion 8 mm", dict(tumours=(T("liver", None, 8.0, 1),), organs=organs(small_bowel="normal"))),
+    (
+        "small bowel normal, small liver lesion 8 mm",
+        dict(tumours=(T("liver", None, 8.0, 1),), organs=organs(small_bowel="normal")),
+    ),
     ("metastatic disease in the liver", dict(tumours=(T("liver", None, None, None),))),
     (
         "the liver, spleen and kidneys are normal in size",
         dict(organs=organs(liver="normal", spleen="normal", kidney_right="normal", kidney_left="normal")),
     ),
-    ("68 years old, sex: F, bladder tumour 2 cm", dict(sex="female", age=68, tumours=(T("urinary_bladder", None, 20.0, 1),))),
+    (
+        "68 years old, sex: F, bladder tumour 2 cm",
+        dict(sex="female", age=68, tumours=(T("urinary_bladder", None, 20.0, 1),)),
+    ),
     ("No hepatomegaly, no splenomegaly.", dict(organs=organs(liver="normal", spleen="normal"))),
     ("patient with colon cancer. The mass measures 5 cm.", dict(tumours=(T("colon", None, 50.0, 1),))),
     (
         "4 cm mass in the sigmoid colon with a 2 cm lesion in the liver",
         dict(tumours=(T("colon", "sigmoid", 40.0, 1), T("liver", None, 20.0, 1))),
     ),
-    ("ascending colon adenocarcinoma, 62 mm, 70-year-old gentleman", dict(sex="male", age=70, tumours=(T("colon", "ascending", 62.0, 1),))),
+    (
+        "ascending colon adenocarcinoma, 62 mm, 70-year-old gentleman",
+        dict(sex="male", age=70, tumours=(T("colon", "ascending", 62.0, 1),)),
+    ),
     ("hepatic flexure tumour", dict(tumours=(T("colon", "ascending", None, 1),))),
     ("rectosigmoid junction carcinoma 3,5 cm", dict(tumours=(T("colon", "sigmoid", 35.0, 1),))),
     ("CECT, 2 x 3 x 4.5 cm pancreatic mass", dict(phase="portal_venous", tumours=(T("pancreas", None, 45.0, 1),))),
@@ -97,9 +124,23 @@ CASES: list[tuple[str, dict]] = [
     ("a single 12 mm liver lesion", dict(tumours=(T("liver", None, 12.0, 1),))),
     ("numerous liver mets", dict(tumours=(T("liver", None, None, None),))),
     ("gallbladder not seen, cholecystectomy", dict(organs=organs(gallbladder="absent"))),
-    ("Non-contrast CT of the pelvis, bladder mass", dict(phase="non_contrast", field_of_view="pelvis", tumours=(T("urinary_bladder",),))),
+    (
+        "Non-contrast CT of the pelvis, bladder mass",
+        dict(
+            phase="non_contrast",
+            field_of_view="pelvis",
+            tumours=(
+                T(
+                    "urinary_bladder",
+                ),
+            ),
+        ),
+    ),
     ("CT with IV contrast", dict(phase="portal_venous")),
-    ("nephrographic phase, right renal mass 25 mm", dict(phase="portal_venous", tumours=(T("kidney_right", None, 25.0, 1),))),
+    (
+        "nephrographic phase, right renal mass 25 mm",
+        dict(phase="portal_venous", tumours=(T("kidney_right", None, 25.0, 1),)),
+    ),
     ("excretory phase urogram", dict(phase="delayed")),
     ("CT angiography, 60 yo", dict(phase="arterial", age=60)),
     ("limited field of view, liver partially imaged", dict(field_of_view="partial", organs={"liver": E(partial=True)})),
@@ -109,7 +150,10 @@ CASES: list[tuple[str, dict]] = [
     ("body mass index 31, no focal lesion", dict(tumours=())),
     ("to rule out malignancy", dict()),
     ("a mass", dict(tumours=(T(),))),
-    ("kidney cancer, 64-year-old woman, bilateral small kidneys", dict(sex="female", age=64, tumours=(T("kidney"),), organs=organs(kidney_right="small", kidney_left="small"))),
+    (
+        "kidney cancer, 64-year-old woman, bilateral small kidneys",
+        dict(sex="female", age=64, tumours=(T("kidney"),), organs=organs(kidney_right="small", kidney_left="small")),
+    ),
 ]
 
 
@@ -191,7 +235,15 @@ def test_sex_and_age(text: str, sex: str | None, age: int | None) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["no tumour", "without tumor", "tumour-free", "tumor free", "no evidence of malignancy", "no focal lesion", "cancer-free"],
+    [
+        "no tumour",
+        "without tumor",
+        "tumour-free",
+        "tumor free",
+        "no evidence of malignancy",
+        "no focal lesion",
+        "cancer-free",
+    ],
 )
 def test_negations_mean_explicitly_no_tumour(text: str) -> None:
     assert parse_prompt(text).tumours == ()

@@ -327,8 +327,12 @@ def test_write_prompt_round_trip():
     from guidegen.text.parse import parse_prompt
     from guidegen.text.report import write_prompt
 
-    attrs = Attributes(sex="male", age=68, tumours=(Tumour(organ="colon", segment="sigmoid", diameter_mm=40.0),),
-                       organs={"spleen": OrganFinding(state="enlarged", severity="mild")})
+    attrs = Attributes(
+        sex="male",
+        age=68,
+        tumours=(Tumour(organ="colon", segment="sigmoid", diameter_mm=40.0),),
+        organs={"spleen": OrganFinding(state="enlarged", severity="mild")},
+    )
     for seed in range(20):
         text = write_prompt(attrs, seed)
         assert len(text) < 200, text

@@ -29,8 +29,16 @@ from guidegen.data.ops.tumour import TumourInsertion, TumourParams, TumourSpec
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import NAMES
 
-__all__ = ["RECORD_VERSION", "AugmentConfig", "Params", "augment_case", "augment_pair", "params_from_json",
-           "params_to_json", "replay"]
+__all__ = [
+    "RECORD_VERSION",
+    "AugmentConfig",
+    "Params",
+    "augment_case",
+    "augment_pair",
+    "params_from_json",
+    "params_to_json",
+    "replay",
+]
 
 RECORD_VERSION = 1
 
@@ -112,8 +120,12 @@ class AugmentConfig:
 
     def transform(self, name: str) -> Any:
         """The configured instance for a transform name (a default one where not configured)."""
-        attribute = {"ElasticDeformation": "elastic", "RigidJitter": "jitter", "OrganScaling": "scaling",
-                     "TumourInsertion": "tumour"}.get(name)
+        attribute = {
+            "ElasticDeformation": "elastic",
+            "RigidJitter": "jitter",
+            "OrganScaling": "scaling",
+            "TumourInsertion": "tumour",
+        }.get(name)
         if attribute is None:
             raise ValueError(f"name must be one of {', '.join(_TRANSFORMS)}, got {name!r}")
         return getattr(self, attribute) or _TRANSFORMS[name]()
@@ -134,8 +146,12 @@ def augment_pair(
     config = config or AugmentConfig()
     rng = np.random.default_rng(rng)
     check_inputs(labels, ct)
-    record: dict[str, Any] = {"version": RECORD_VERSION, "input_sha256": _digest(labels.array),
-                              "shape": list(labels.shape), "spacing_mm": [round(s, 4) for s in labels.spacing]}
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "input_sha256": _digest(labels.array),
+        "shape": list(labels.shape),
+        "spacing_mm": [round(s, 4) for s in labels.spacing],
+    }
     start = len(labels.meta.get("augmentations", []))
     current, current_ct = labels, ct
     chain: list[tuple[Any, float]] = [(config.elastic, config.p_elastic), (config.jitter, config.p_jitter)]
@@ -184,7 +200,10 @@ def augment_case(
 
 
 def replay(
-    labels: Volume, record: dict[str, Any], ct: Volume | None = None, config: AugmentConfig | None = None,
+    labels: Volume,
+    record: dict[str, Any],
+    ct: Volume | None = None,
+    config: AugmentConfig | None = None,
     check_input: bool = True,
 ) -> tuple[Volume, Volume | None]:
     """Re-apply the steps of an `augment_case` record (no randomness involved).

@@ -42,7 +42,7 @@ def body_outline(ct: np.ndarray, spacing: tuple[float, float, float]) -> np.ndar
     mask = ct > BODY_THRESHOLD_HU
     radius = np.maximum(1, np.round(2.5 / np.asarray(spacing[:2]))).astype(int)
     structure = np.zeros((2 * radius[0] + 1, 2 * radius[1] + 1, 1), dtype=bool)
-    xx, yy = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
+    xx, yy = np.ogrid[-radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1]
     structure[..., 0] = (xx / radius[0]) ** 2 + (yy / radius[1]) ** 2 <= 1.0
     opened = ndimage.binary_opening(mask, structure=structure)
     components, n = ndimage.label(opened)
@@ -89,17 +89,19 @@ def _convex_hull_2d(mask: np.ndarray) -> np.ndarray:
     lo, hi = points.min(0), points.max(0) + 1
     if np.any(hi - lo < 2):  # a straight line of pixels has no area: keep it
         out = np.zeros_like(mask)
-        out[lo[0]:hi[0], lo[1]:hi[1]] = True
+        out[lo[0] : hi[0], lo[1] : hi[1]] = True
         return out
     try:
         hull = ConvexHull(points)
     except QhullError:  # collinear points
         return mask.copy()
     triangles = Delaunay(points[hull.vertices])
-    grid = np.stack(np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij"), axis=-1).reshape(-1, 2)
+    grid = np.stack(np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij"), axis=-1).reshape(
+        -1, 2
+    )
     inside = triangles.find_simplex(grid, tol=1e-9) >= 0
     out = np.zeros_like(mask)
-    out[lo[0]:hi[0], lo[1]:hi[1]] = inside.reshape(hi[0] - lo[0], hi[1] - lo[1])
+    out[lo[0] : hi[0], lo[1] : hi[1]] = inside.reshape(hi[0] - lo[0], hi[1] - lo[1])
     return out | mask
 
 
@@ -121,8 +123,12 @@ def _enclosed(labelled: np.ndarray) -> np.ndarray:
     return out
 
 
-def derive_body(labels: np.ndarray, spacing: tuple[float, float, float], margin_mm: float = DERIVED_BODY_MARGIN_MM,
-                slab_mm: float = DERIVED_BODY_SLAB_MM) -> np.ndarray:
+def derive_body(
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    margin_mm: float = DERIVED_BODY_MARGIN_MM,
+    slab_mm: float = DERIVED_BODY_SLAB_MM,
+) -> np.ndarray:
     """(X, Y, Z) bool body outline of a label map (axial slices along the last axis) that has none.
 
     The hull of the labelled structures per slice (`slice_hulls`, over ±``slab_mm``) grown by
@@ -151,8 +157,13 @@ class BodyCompletion:
     body_voxels: int
 
 
-def complete_body(labels: Volume, annotated: Iterable[str] | None = None, *, margin_mm: float = DERIVED_BODY_MARGIN_MM,
-                  slab_mm: float = DERIVED_BODY_SLAB_MM) -> BodyCompletion:
+def complete_body(
+    labels: Volume,
+    annotated: Iterable[str] | None = None,
+    *,
+    margin_mm: float = DERIVED_BODY_MARGIN_MM,
+    slab_mm: float = DERIVED_BODY_SLAB_MM,
+) -> BodyCompletion:
     """Give a label map the body outline the CT generator expects, as preparation gives training maps.
 
     * The map has "body" voxels: background enclosed by labelled voxels within an axial slice (a

@@ -44,7 +44,6 @@ from typing import Literal
 
 from guidegen.terms import PHASES
 
-
 Confidence = Literal["high", "medium", "low"]
 
 #: Typical mean HU of each structure in each phase: the centres of the ranges in the table above
@@ -52,14 +51,38 @@ Confidence = Literal["high", "medium", "low"]
 #: the IVC and the delayed phase are approximate teaching values). Used to render a real scan in
 #: another phase for training (`guidegen.images.config.ImageGeneratorConfig.p_phase_remap`).
 TYPICAL_HU: dict[str, dict[str, float]] = {
-    "non_contrast": {"aorta": 40.0, "inferior_vena_cava": 40.0, "liver": 55.0, "spleen": 45.0,
-                     "kidney_left": 32.0, "kidney_right": 32.0},
-    "arterial": {"aorta": 300.0, "inferior_vena_cava": 70.0, "liver": 75.0, "spleen": 120.0,
-                 "kidney_left": 180.0, "kidney_right": 180.0},
-    "portal_venous": {"aorta": 175.0, "inferior_vena_cava": 130.0, "liver": 115.0, "spleen": 120.0,
-                      "kidney_left": 160.0, "kidney_right": 160.0},
-    "delayed": {"aorta": 125.0, "inferior_vena_cava": 115.0, "liver": 100.0, "spleen": 100.0,
-                "kidney_left": 130.0, "kidney_right": 130.0},
+    "non_contrast": {
+        "aorta": 40.0,
+        "inferior_vena_cava": 40.0,
+        "liver": 55.0,
+        "spleen": 45.0,
+        "kidney_left": 32.0,
+        "kidney_right": 32.0,
+    },
+    "arterial": {
+        "aorta": 300.0,
+        "inferior_vena_cava": 70.0,
+        "liver": 75.0,
+        "spleen": 120.0,
+        "kidney_left": 180.0,
+        "kidney_right": 180.0,
+    },
+    "portal_venous": {
+        "aorta": 175.0,
+        "inferior_vena_cava": 130.0,
+        "liver": 115.0,
+        "spleen": 120.0,
+        "kidney_left": 160.0,
+        "kidney_right": 160.0,
+    },
+    "delayed": {
+        "aorta": 125.0,
+        "inferior_vena_cava": 115.0,
+        "liver": 100.0,
+        "spleen": 100.0,
+        "kidney_left": 130.0,
+        "kidney_right": 130.0,
+    },
 }
 
 #: Minimum voxel count for a structure's mean HU to be used. Noise is not the issue (20 voxels of
@@ -149,11 +172,17 @@ class PhaseEstimate:
 
     def to_dict(self) -> dict:
         """JSON-able form (as stored in a prepared case's ``case.json`` → ``phase_estimate``)."""
-        return {"phase": self.phase, "confidence": self.confidence, "evidence": self.evidence,
-                "fallback": self.fallback}
+        return {
+            "phase": self.phase,
+            "confidence": self.confidence,
+            "evidence": self.evidence,
+            "fallback": self.fallback,
+        }
 
 
-def _usable(mean_hu: Mapping[str, float], voxel_counts: Mapping[str, int] | None) -> tuple[dict[str, float], dict[str, str]]:
+def _usable(
+    mean_hu: Mapping[str, float], voxel_counts: Mapping[str, int] | None
+) -> tuple[dict[str, float], dict[str, str]]:
     used: dict[str, float] = {}
     ignored: dict[str, str] = {}
     for name, minimum in MIN_VOXELS.items():
@@ -177,8 +206,7 @@ def _kidneys(used: Mapping[str, float], voxel_counts: Mapping[str, int] | None) 
     return round(sum(used[k] * w for k, w in zip(sides, weights)) / sum(weights), 1)
 
 
-def estimate_phase(mean_hu: Mapping[str, float] | None,
-                   voxel_counts: Mapping[str, int] | None = None) -> PhaseEstimate:
+def estimate_phase(mean_hu: Mapping[str, float] | None, voxel_counts: Mapping[str, int] | None = None) -> PhaseEstimate:
     """Estimate the contrast phase from the mean HU inside labelled structures.
 
     Rules, in order (A aorta, L liver, S spleen, K kidneys, V IVC, P portal vein, B bladder, HU):
@@ -231,18 +259,28 @@ def estimate_phase(mean_hu: Mapping[str, float] | None,
         return PhaseEstimate(phase, confidence, {**evidence, "rule": rule}, fallback)
 
     # Parenchyma / veins that show contrast, and those that show none (confirmations).
-    enhanced = [name for name, value, floor in (("liver", liver, LIVER_ENHANCED_MIN),
-                                                ("spleen", spleen, SPLEEN_ENHANCED_MIN),
-                                                ("kidneys", kidneys, KIDNEY_ENHANCED_MIN),
-                                                ("inferior_vena_cava", ivc, VEIN_ENHANCED_MIN),
-                                                ("portal_vein", portal, VEIN_ENHANCED_MIN))
-                if value is not None and value >= floor]
-    unenhanced = [name for name, value, ceiling in (("liver", liver, LIVER_UNENHANCED_MAX),
-                                                    ("spleen", spleen, SPLEEN_UNENHANCED_MAX),
-                                                    ("kidneys", kidneys, KIDNEY_UNENHANCED_MAX),
-                                                    ("inferior_vena_cava", ivc, VEIN_UNENHANCED_MAX),
-                                                    ("portal_vein", portal, VEIN_UNENHANCED_MAX))
-                  if value is not None and value <= ceiling]
+    enhanced = [
+        name
+        for name, value, floor in (
+            ("liver", liver, LIVER_ENHANCED_MIN),
+            ("spleen", spleen, SPLEEN_ENHANCED_MIN),
+            ("kidneys", kidneys, KIDNEY_ENHANCED_MIN),
+            ("inferior_vena_cava", ivc, VEIN_ENHANCED_MIN),
+            ("portal_vein", portal, VEIN_ENHANCED_MIN),
+        )
+        if value is not None and value >= floor
+    ]
+    unenhanced = [
+        name
+        for name, value, ceiling in (
+            ("liver", liver, LIVER_UNENHANCED_MAX),
+            ("spleen", spleen, SPLEEN_UNENHANCED_MAX),
+            ("kidneys", kidneys, KIDNEY_UNENHANCED_MAX),
+            ("inferior_vena_cava", ivc, VEIN_UNENHANCED_MAX),
+            ("portal_vein", portal, VEIN_UNENHANCED_MAX),
+        )
+        if value is not None and value <= ceiling
+    ]
     excreted = bladder is not None and bladder >= BLADDER_EXCRETED_MIN
 
     if a is not None:
@@ -251,42 +289,77 @@ def estimate_phase(mean_hu: Mapping[str, float] | None,
             reliable = [n for n in unenhanced if n in ("spleen", "kidneys")]
             if not parenchyma:
                 confidence: Confidence = "high" if unenhanced else "medium"
-                return result("non_contrast", confidence,
-                              f"aorta < {AORTA_UNENHANCED_MAX:g} HU (unenhanced blood)"
-                              + (f", confirmed by unenhanced {', '.join(unenhanced)}" if unenhanced else ", aorta only"))
+                return result(
+                    "non_contrast",
+                    confidence,
+                    f"aorta < {AORTA_UNENHANCED_MAX:g} HU (unenhanced blood)"
+                    + (f", confirmed by unenhanced {', '.join(unenhanced)}" if unenhanced else ", aorta only"),
+                )
             if parenchyma == ["liver"] and reliable:
                 # A dense liver next to unenhanced blood, spleen or kidneys is the liver's own
                 # attenuation (iron overload, amiodarone), not contrast.
-                return result("non_contrast", "medium", f"aorta < {AORTA_UNENHANCED_MAX:g} HU with unenhanced "
-                              f"{', '.join(reliable)}; dense liver taken as intrinsic (iron, amiodarone)")
+                return result(
+                    "non_contrast",
+                    "medium",
+                    f"aorta < {AORTA_UNENHANCED_MAX:g} HU with unenhanced "
+                    f"{', '.join(reliable)}; dense liver taken as intrinsic (iron, amiodarone)",
+                )
             if excreted or a >= AORTA_WASHOUT_MIN:
                 # Blood has washed out while organs still hold contrast (or it is being excreted):
                 # a late delayed scan; weak evidence, so low.
-                return result("delayed", "low", f"aorta < {AORTA_UNENHANCED_MAX:g} HU but enhanced "
-                              f"{', '.join(parenchyma)}" + (", contrast in the bladder" if excreted else ""))
-            return result(None, "low", f"contradictory: aorta < {AORTA_UNENHANCED_MAX:g} HU with enhanced "
-                          f"{', '.join(parenchyma)} (check the labels)")
+                return result(
+                    "delayed",
+                    "low",
+                    f"aorta < {AORTA_UNENHANCED_MAX:g} HU but enhanced "
+                    f"{', '.join(parenchyma)}" + (", contrast in the bladder" if excreted else ""),
+                )
+            return result(
+                None,
+                "low",
+                f"contradictory: aorta < {AORTA_UNENHANCED_MAX:g} HU with enhanced "
+                f"{', '.join(parenchyma)} (check the labels)",
+            )
 
         if liver is not None and liver < LIVER_ARTERIAL_MAX:
             bright = a >= AORTA_ARTERIAL_MIN
             steep = a - liver >= ARTERIAL_GRADIENT_MIN
             if bright or steep:
-                return result("arterial", "high" if bright and steep else "medium",
-                              f"liver < {LIVER_ARTERIAL_MAX:g} HU (not yet enhanced) with "
-                              + " and ".join(s for s, ok in ((f"aorta >= {AORTA_ARTERIAL_MIN:g} HU", bright),
-                                                             (f"aorta - liver >= {ARTERIAL_GRADIENT_MIN:g} HU", steep)) if ok))
+                return result(
+                    "arterial",
+                    "high" if bright and steep else "medium",
+                    f"liver < {LIVER_ARTERIAL_MAX:g} HU (not yet enhanced) with "
+                    + " and ".join(
+                        s
+                        for s, ok in (
+                            (f"aorta >= {AORTA_ARTERIAL_MIN:g} HU", bright),
+                            (f"aorta - liver >= {ARTERIAL_GRADIENT_MIN:g} HU", steep),
+                        )
+                        if ok
+                    ),
+                )
         if liver is None and a >= AORTA_ARTERIAL_MIN:
             ivc_dark = ivc is not None and a - ivc >= ARTERIAL_IVC_GRADIENT_MIN
-            return result("arterial", "medium" if ivc_dark else "low",
-                          f"aorta >= {AORTA_ARTERIAL_MIN:g} HU, no usable liver"
-                          + (f", IVC >= {ARTERIAL_IVC_GRADIENT_MIN:g} HU darker (unenhanced venous return)" if ivc_dark else ""))
+            return result(
+                "arterial",
+                "medium" if ivc_dark else "low",
+                f"aorta >= {AORTA_ARTERIAL_MIN:g} HU, no usable liver"
+                + (f", IVC >= {ARTERIAL_IVC_GRADIENT_MIN:g} HU darker (unenhanced venous return)" if ivc_dark else ""),
+            )
 
-        if (liver is not None and a < DELAYED_AORTA_MAX and abs(a - liver) <= DELAYED_GRADIENT_MAX
-                and (ivc is None or abs(a - ivc) <= DELAYED_GRADIENT_MAX)):
-            return result("delayed", "high" if excreted else "medium",
-                          f"aorta < {DELAYED_AORTA_MAX:g} HU within {DELAYED_GRADIENT_MAX:g} HU of the liver"
-                          + (" and IVC" if ivc is not None else "") + " (equilibrium)"
-                          + (", contrast in the bladder" if excreted else ""))
+        if (
+            liver is not None
+            and a < DELAYED_AORTA_MAX
+            and abs(a - liver) <= DELAYED_GRADIENT_MAX
+            and (ivc is None or abs(a - ivc) <= DELAYED_GRADIENT_MAX)
+        ):
+            return result(
+                "delayed",
+                "high" if excreted else "medium",
+                f"aorta < {DELAYED_AORTA_MAX:g} HU within {DELAYED_GRADIENT_MAX:g} HU of the liver"
+                + (" and IVC" if ivc is not None else "")
+                + " (equilibrium)"
+                + (", contrast in the bladder" if excreted else ""),
+            )
 
         if liver is not None:
             # Textbook portal-venous: liver >= 100 HU with the aorta back below arterial levels.
@@ -297,28 +370,50 @@ def estimate_phase(mean_hu: Mapping[str, float] | None,
                 notes.append(f"liver below the typical {LIVER_PORTAL_TYPICAL_MIN:g} HU")
             if a >= AORTA_ARTERIAL_MIN:
                 notes.append(f"aorta still >= {AORTA_ARTERIAL_MIN:g} HU")
-            return result("portal_venous", "medium" if notes else "high",
-                          "contrast in the aorta with an enhanced liver, neither arterial nor equilibrium"
-                          + (f" ({'; '.join(notes)})" if notes else ""))
-        return result("portal_venous", "low", f"aorta {AORTA_UNENHANCED_MAX:g} to {AORTA_ARTERIAL_MIN:g} HU, "
-                      "no usable liver to confirm")
+            return result(
+                "portal_venous",
+                "medium" if notes else "high",
+                "contrast in the aorta with an enhanced liver, neither arterial nor equilibrium"
+                + (f" ({'; '.join(notes)})" if notes else ""),
+            )
+        return result(
+            "portal_venous",
+            "low",
+            f"aorta {AORTA_UNENHANCED_MAX:g} to {AORTA_ARTERIAL_MIN:g} HU, no usable liver to confirm",
+        )
 
     # Fallbacks without a usable aorta: contrast can be seen, but not when in the bolus it was.
     if enhanced:
-        return result("portal_venous", "low", f"no usable aorta; enhanced {', '.join(enhanced)}",
-                      fallback=f"no usable aorta: contrast in {' and '.join(enhanced)} (liver >= "
-                      f"{LIVER_ENHANCED_MIN:g}, spleen >= {SPLEEN_ENHANCED_MIN:g}, kidneys >= {KIDNEY_ENHANCED_MIN:g}, "
-                      f"veins >= {VEIN_ENHANCED_MIN:g} HU); reported as portal_venous (the commonest "
-                      "contrast phase; arterial not excluded)")
+        return result(
+            "portal_venous",
+            "low",
+            f"no usable aorta; enhanced {', '.join(enhanced)}",
+            fallback=f"no usable aorta: contrast in {' and '.join(enhanced)} (liver >= "
+            f"{LIVER_ENHANCED_MIN:g}, spleen >= {SPLEEN_ENHANCED_MIN:g}, kidneys >= {KIDNEY_ENHANCED_MIN:g}, "
+            f"veins >= {VEIN_ENHANCED_MIN:g} HU); reported as portal_venous (the commonest "
+            "contrast phase; arterial not excluded)",
+        )
     reliable = [n for n in unenhanced if n in ("spleen", "kidneys")]
     if reliable:
-        return result("non_contrast", "low", f"no usable aorta; unenhanced {', '.join(unenhanced)}",
-                      fallback=f"no usable aorta: {' and '.join(reliable)} unenhanced (spleen <= "
-                      f"{SPLEEN_UNENHANCED_MAX:g}, kidneys <= {KIDNEY_UNENHANCED_MAX:g} HU); reported as non_contrast")
+        return result(
+            "non_contrast",
+            "low",
+            f"no usable aorta; unenhanced {', '.join(unenhanced)}",
+            fallback=f"no usable aorta: {' and '.join(reliable)} unenhanced (spleen <= "
+            f"{SPLEEN_UNENHANCED_MAX:g}, kidneys <= {KIDNEY_UNENHANCED_MAX:g} HU); reported as non_contrast",
+        )
     if used:
-        return result(None, "low", f"no usable aorta; {', '.join(used)} in the indeterminate range",
-                      fallback=f"undecided: {', '.join(used)} fit more than one phase without the aorta (a "
-                      f"liver below {LIVER_ENHANCED_MIN:g} HU may be unenhanced, arterial or fatty; a spleen of "
-                      f"{SPLEEN_UNENHANCED_MAX:g}-{SPLEEN_ENHANCED_MIN:g} HU arterial or venous)")
-    return result(None, "low", "nothing usable",
-                  fallback="no aorta, IVC, portal vein, liver, spleen, kidneys or bladder with enough voxels")
+        return result(
+            None,
+            "low",
+            f"no usable aorta; {', '.join(used)} in the indeterminate range",
+            fallback=f"undecided: {', '.join(used)} fit more than one phase without the aorta (a "
+            f"liver below {LIVER_ENHANCED_MIN:g} HU may be unenhanced, arterial or fatty; a spleen of "
+            f"{SPLEEN_UNENHANCED_MAX:g}-{SPLEEN_ENHANCED_MIN:g} HU arterial or venous)",
+        )
+    return result(
+        None,
+        "low",
+        "nothing usable",
+        fallback="no aorta, IVC, portal vein, liver, spleen, kidneys or bladder with enough voxels",
+    )

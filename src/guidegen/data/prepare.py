@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from guidegen.data.body import body_outline
+from guidegen.data.phase import PhaseEstimate, estimate_phase
 from guidegen.errors import InputError
+from guidegen.grids.resample import grid_affine, resample_ct, resample_labels
 from guidegen.io.atomic import DiskFullError, atomic_dir, write_text
 from guidegen.io.layouts import SIDECAR, CaseSource, discover_cases
 from guidegen.io.nifti import read_nifti, write_nifti
 from guidegen.io.validate import check_same_grid
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
-from guidegen.data.body import body_outline
-from guidegen.data.phase import PhaseEstimate, estimate_phase
-from guidegen.grids.resample import grid_affine, resample_ct, resample_labels
 from guidegen.labels.label_set import label_set
 from guidegen.labels.remap import combine_structure_masks, load_vocabulary, names_from_ids, remap_labels
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
@@ -120,7 +120,10 @@ def load_case(source: CaseSource, vocabulary: str | None = None) -> LoadedCase:
             if not m.same_grid(ref, atol=1e-2):
                 raise InputError(source.structures[name], "is not on the same grid as the other structure masks")
         array, annotated = combine_structure_masks({n: m.array > 0 for n, m in masks.items()}, ref.affine)
-        labels, vocab_name = Volume(array, ref.affine, "labels", {"source": str(source.structures[next(iter(masks))].parent)}), "structure files"
+        labels, vocab_name = (
+            Volume(array, ref.affine, "labels", {"source": str(source.structures[next(iter(masks))].parent)}),
+            "structure files",
+        )
     elif source.labels is not None:
         if source.labels_format == "dicom_seg":
             from guidegen.io.dicom_seg import read_dicom_seg
@@ -141,12 +144,17 @@ def load_case(source: CaseSource, vocabulary: str | None = None) -> LoadedCase:
                 vocab = names_from_ids(source.label_names)
                 vocab_name = "dataset.json label names"
             else:
-                raise InputError(source.labels, "its label vocabulary is unknown: add a guidegen-source.json "
-                                 'sidecar ({"vocabulary": "amos"}) or pass --vocabulary')
+                raise InputError(
+                    source.labels,
+                    "its label vocabulary is unknown: add a guidegen-source.json "
+                    'sidecar ({"vocabulary": "amos"}) or pass --vocabulary',
+                )
         array, annotated = remap_labels(raw.array, vocab, path=source.labels, affine=raw.affine)
         labels = raw.with_array(array)
     if ct is not None and labels is not None:
-        check_same_grid(ct, labels, source.image, source.labels or source.structures.get(next(iter(source.structures), ""), ""))
+        check_same_grid(
+            ct, labels, source.image, source.labels or source.structures.get(next(iter(source.structures), ""), "")
+        )
     if ct is None and labels is None:
         raise InputError(source.image or source.labels, "case has neither a CT nor labels")
     return LoadedCase(source, ct, labels, annotated, vocab_name)
@@ -155,8 +163,14 @@ def load_case(source: CaseSource, vocabulary: str | None = None) -> LoadedCase:
 def target_grid(case: LoadedCase, config: PrepareConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Axis-aligned RAS+ grid: fixed in-plane FOV centred on the body (or labels), full z extent."""
     ref = case.ct if case.ct is not None else case.labels
-    corners = np.array([[i, j, k] for i in (-0.5, ref.shape[0] - 0.5) for j in (-0.5, ref.shape[1] - 0.5)
-                        for k in (-0.5, ref.shape[2] - 0.5)])
+    corners = np.array(
+        [
+            [i, j, k]
+            for i in (-0.5, ref.shape[0] - 0.5)
+            for j in (-0.5, ref.shape[1] - 0.5)
+            for k in (-0.5, ref.shape[2] - 0.5)
+        ]
+    )
     world = ref.world_coordinates(corners)
     lo, hi = world.min(0), world.max(0)
     if case.ct is not None:
@@ -172,11 +186,13 @@ def target_grid(case: LoadedCase, config: PrepareConfig) -> tuple[np.ndarray, tu
     sx, sy, sz = config.spacing
     nz = max(1, int(np.floor((hi[2] - lo[2]) / sz + 1e-6)))
     shape = (int(config.size_xy[0]), int(config.size_xy[1]), nz)
-    origin = np.array([
-        centre[0] - (shape[0] - 1) / 2 * sx,
-        centre[1] - (shape[1] - 1) / 2 * sy,
-        lo[2] + sz / 2 + ((hi[2] - lo[2]) - nz * sz) / 2,
-    ])
+    origin = np.array(
+        [
+            centre[0] - (shape[0] - 1) / 2 * sx,
+            centre[1] - (shape[1] - 1) / 2 * sy,
+            lo[2] + sz / 2 + ((hi[2] - lo[2]) - nz * sz) / 2,
+        ]
+    )
     return grid_affine((sx, sy, sz), origin), shape
 
 
@@ -206,8 +222,9 @@ def preprocess(case: LoadedCase, config: PrepareConfig) -> tuple[Volume | None, 
         "unknown_fraction": round(float(counts[UNKNOWN]) / labels.array.size, 4),
     }
     if ct is not None:
-        stats["mean_hu"] = {NAMES[i]: round(float(ct.array[labels.array == i].mean()), 1)
-                            for i in range(1, len(NAMES)) if counts[i]}
+        stats["mean_hu"] = {
+            NAMES[i]: round(float(ct.array[labels.array == i].mean()), 1) for i in range(1, len(NAMES)) if counts[i]
+        }
     # Contrast phase (guidegen.data.phase): estimated from this case's own mean HU and voxel
     # counts on the prepared grid, so the image generator can be conditioned on it.
     if ct is not None:
@@ -244,8 +261,13 @@ def _unique_ids(sources: list[CaseSource]) -> None:
         seen.setdefault(s.case_id, 0)
 
 
-def prepare(sources: Sequence[str | Path], out: str | Path, config: PrepareConfig | None = None,
-            progress: bool = True, overwrite: bool = False) -> PrepareResult:
+def prepare(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    config: PrepareConfig | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> PrepareResult:
     """Prepare every case found below ``sources`` into ``out`` (see the module docstring).
 
     Cases already prepared with the same settings from unchanged files are skipped. A case that
@@ -266,8 +288,14 @@ def prepare(sources: Sequence[str | Path], out: str | Path, config: PrepareConfi
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), disable=not progress, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]prepare[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=False,
+    ) as bar:
         task = bar.add_task("", total=len(found))
         for source in found:
             bar.update(task, description=source.case_id)

@@ -118,13 +118,9 @@ class CategoricalDiffusionConfig:
         ):
             raise ValueError(f"ignore_index must be an integer or None, got {self.ignore_index!r}")
         if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
-            raise ValueError(
-                f"ignore_index ({self.ignore_index}) must not be a class id in [0, {self.num_classes})"
-            )
+            raise ValueError(f"ignore_index ({self.ignore_index}) must not be a class id in [0, {self.num_classes})")
         if not 0 <= self.background_class < self.num_classes:
-            raise ValueError(
-                f"background_class must be in [0, {self.num_classes}), got {self.background_class!r}"
-            )
+            raise ValueError(f"background_class must be in [0, {self.num_classes}), got {self.background_class!r}")
 
 
 def sample_categorical(log_probs: Tensor, generator: Generators = None) -> Tensor:
@@ -351,12 +347,9 @@ class CategoricalDiffusion:
         at_zero = per_item(s_ == 0, post).bool()
         return torch.where(at_zero, p0, post)
 
-
     # ------------------------------------------------------------------ shared by loss and sampler
 
-    def log_posterior(
-        self, xt: Tensor, log_x0: Tensor, t: Tensor, s: Tensor, sizes: Tensor | None = None
-    ) -> Tensor:
+    def log_posterior(self, xt: Tensor, log_x0: Tensor, t: Tensor, s: Tensor, sizes: Tensor | None = None) -> Tensor:
         """``log q(x_s | x_t, x_0)`` from probabilities ``xt`` and log-probabilities ``log_x0``.
 
         Computes ``log([a x_t + (1 − a) ⟨x_t, m⟩/K] ⊙ [ᾱ_s x_0 + (1 − ᾱ_s) m/K])`` normalised
@@ -400,7 +393,6 @@ class CategoricalDiffusion:
         log_f1 = torch.log(f1_keep * xt + f1_flip * mass)
         log_un = log_f1 + log_f2
         return log_un - torch.logsumexp(log_un, dim=1, keepdim=True)
-
 
     def split_unknown(self, x: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """Integer labels → (labels with unknown voxels set to background, unknown mask).
@@ -448,7 +440,6 @@ class CategoricalDiffusion:
         return t_, s_
 
 
-
 def per_item(values: Tensor, like: Tensor) -> Tensor:
     """(N,) per-item values → (N, 1, …, 1) in the dtype and on the device of ``like``."""
     dtype = like.dtype if like.is_floating_point() else torch.float32
@@ -475,7 +466,5 @@ def schedule_betas(config: CategoricalDiffusionConfig) -> Tensor:
         betas = 1.0 - f[1:] / f[:-1]
     else:
         scale = 1000.0 / T
-        betas = torch.linspace(
-            config.linear_beta_start * scale, config.linear_beta_end * scale, T, dtype=torch.float64
-        )
+        betas = torch.linspace(config.linear_beta_start * scale, config.linear_beta_end * scale, T, dtype=torch.float64)
     return betas.clamp(min=0.0, max=config.max_beta)

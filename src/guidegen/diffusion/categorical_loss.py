@@ -115,8 +115,7 @@ def categorical_loss(
     N, spatial = logits.shape[0], tuple(logits.shape[2:])
     if x0_labels.is_floating_point() or tuple(x0_labels.shape) != (N, *spatial):
         raise ValueError(
-            f"x0_labels must be integer labels of shape {(N, *spatial)}, got "
-            f"{x0_labels.dtype} {tuple(x0_labels.shape)}"
+            f"x0_labels must be integer labels of shape {(N, *spatial)}, got {x0_labels.dtype} {tuple(x0_labels.shape)}"
         )
     labels, unknown = diffusion.split_unknown(x0_labels.to(logits.device), "x0_labels")
     if ignore_mask is not None:
@@ -163,8 +162,10 @@ def categorical_loss(
         w = known.float()
     else:
         if tuple(voxel_weight.shape) != (N, *spatial) or not voxel_weight.is_floating_point():
-            raise ValueError(f"voxel_weight must be a float tensor of shape {(N, *spatial)}, got "
-                             f"{voxel_weight.dtype} {tuple(voxel_weight.shape)}")
+            raise ValueError(
+                f"voxel_weight must be a float tensor of shape {(N, *spatial)}, got "
+                f"{voxel_weight.dtype} {tuple(voxel_weight.shape)}"
+            )
         if bool((voxel_weight < 0).any()):
             raise ValueError("voxel_weight must be non-negative")
         w = torch.where(known, voxel_weight.to(logits.device).float(), torch.zeros_like(vb_vox))

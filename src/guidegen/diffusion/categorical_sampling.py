@@ -140,9 +140,7 @@ def ancestral_sample(
         t_batch = torch.full((N,), t, dtype=torch.long, device=device)
         logits = model_fn(x_onehot, t_batch) if cond is None else model_fn(x_onehot, t_batch, cond)
         if tuple(logits.shape) != (N, K, *shape[1:]):
-            raise ValueError(
-                f"model_fn returned logits of shape {tuple(logits.shape)}, expected {(N, K, *shape[1:])}"
-            )
+            raise ValueError(f"model_fn returned logits of shape {tuple(logits.shape)}, expected {(N, K, *shape[1:])}")
         log_p0 = torch.log_softmax(logits.float(), dim=1)
         if s == 0:
             if final == "matched":

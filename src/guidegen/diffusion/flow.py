@@ -154,8 +154,9 @@ def shift_times(t: Tensor, shift: float) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def sample_training_times(n: int, config: FlowConfig, generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> Tensor:
+def sample_training_times(
+    n: int, config: FlowConfig, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Draw ``n`` training times in (0, 1) (float32, shape (n,)) from ``config.time_sampling``, then shift."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -167,8 +168,12 @@ def sample_training_times(n: int, config: FlowConfig, generator: torch.Generator
     return shift_times(t, config.shift)
 
 
-def sample_noise(shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Tensor:
+def sample_noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Standard Gaussian ``ε`` of the given shape drawn from ``generator``."""
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
@@ -191,8 +196,12 @@ def euler_step(x_t: Tensor, velocity: Tensor, t: float, t_next: float) -> Tensor
 VelocityFn = Callable[[Tensor, float], Tensor]
 
 
-def euler_sample(velocity_fn: VelocityFn, noise: Tensor, schedule: Tensor,
-                 callback: Callable[[int, float, Tensor], None] | None = None) -> Tensor:
+def euler_sample(
+    velocity_fn: VelocityFn,
+    noise: Tensor,
+    schedule: Tensor,
+    callback: Callable[[int, float, Tensor], None] | None = None,
+) -> Tensor:
     """Integrate ``dx/dt = v(x, t)`` from ``x_1 = ε`` down the schedule to ``x_0`` (explicit Euler).
 
     Args:
@@ -226,7 +235,9 @@ def guided_velocity(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
     towards the condition.
     """
     if v_cond.shape != v_uncond.shape:
-        raise ValueError(f"v_cond and v_uncond must have the same shape, got {tuple(v_cond.shape)} and {tuple(v_uncond.shape)}")
+        raise ValueError(
+            f"v_cond and v_uncond must have the same shape, got {tuple(v_cond.shape)} and {tuple(v_uncond.shape)}"
+        )
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale!r}")

@@ -47,8 +47,18 @@ from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, NUM_CLASSES, UNKNOWN
 from guidegen.training import cosine_lr, step_generators
 
-__all__ = ["JudgeConfig", "Judge", "JudgeEncoder", "Segmenter", "build_judge_network", "marginal_cross_entropy",
-           "train_judge", "default_alignment_classes", "dice_per_class", "alignment_dice"]
+__all__ = [
+    "JudgeConfig",
+    "Judge",
+    "JudgeEncoder",
+    "Segmenter",
+    "build_judge_network",
+    "marginal_cross_entropy",
+    "train_judge",
+    "default_alignment_classes",
+    "dice_per_class",
+    "alignment_dice",
+]
 
 _BODY = ID["body"]
 #: Labels that mean "none of the annotated classes" in a partially annotated case.
@@ -85,13 +95,17 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or len(self.strides) != len(self.channels) - 1:
-            raise ValueError(f"channels needs >= 2 entries and strides one fewer, got {self.channels} and {self.strides}")
+            raise ValueError(
+                f"channels needs >= 2 entries and strides one fewer, got {self.channels} and {self.strides}"
+            )
         if min(self.channels) < 1 or min(self.strides) < 1:
             raise ValueError(f"channels and strides must be positive, got {self.channels} and {self.strides}")
         if len(self.patch) != 2 or min(self.patch) < 1:
             raise ValueError(f"patch must be two positive integers, got {self.patch}")
         if self.batch_size < 1 or self.steps < 0 or not self.lr > 0:
-            raise ValueError(f"batch_size must be >= 1, steps >= 0, lr > 0; got {self.batch_size}, {self.steps}, {self.lr}")
+            raise ValueError(
+                f"batch_size must be >= 1, steps >= 0, lr > 0; got {self.batch_size}, {self.steps}, {self.lr}"
+            )
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must lie in [0, 1], got {self.foreground_fraction}")
         if not self.hu_range[1] > self.hu_range[0]:
@@ -107,8 +121,15 @@ def build_judge_network(config: JudgeConfig) -> nn.Module:
     """The judge's MONAI `UNet`: (N, 1, X, Y) in [-1, 1] → (N, NUM_CLASSES, X, Y) logits."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES, channels=config.channels,
-                strides=config.strides, num_res_units=config.num_res_units, norm="batch")
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=NUM_CLASSES,
+        channels=config.channels,
+        strides=config.strides,
+        num_res_units=config.num_res_units,
+        norm="batch",
+    )
 
 
 def _pad_to(x: torch.Tensor, divisor: int, value: float) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -183,10 +204,12 @@ class Judge:
         units = normalise_hu(array, self.config.hu_range)
         out = np.empty(array.shape, dtype=np.uint8)
         for start in range(0, array.shape[2], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(units[:, :, start:start + batch_size], 2, 0)))[:, None]
+            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(units[:, :, start : start + batch_size], 2, 0)))[
+                :, None
+            ]
             x, (h, w) = _pad_to(x, self.config.divisor, -1.0)
             pred = self.network(x).argmax(dim=1)[:, :h, :w]
-            out[:, :, start:start + batch_size] = np.moveaxis(pred.numpy().astype(np.uint8), 0, 2)
+            out[:, :, start : start + batch_size] = np.moveaxis(pred.numpy().astype(np.uint8), 0, 2)
         return out
 
     def encoder(self) -> JudgeEncoder:
@@ -195,8 +218,13 @@ class Judge:
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (checksummed, atomic)."""
-        return save_checkpoint(folder, self.config, self.network.state_dict(), overwrite=overwrite,
-                               metadata={"component": "guidegen.evaluation.judge"})
+        return save_checkpoint(
+            folder,
+            self.config,
+            self.network.state_dict(),
+            overwrite=overwrite,
+            metadata={"component": "guidegen.evaluation.judge"},
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> Judge:
@@ -271,8 +299,9 @@ def _gather(cases: Sequence[EvalCase], config: JudgeConfig) -> tuple[_Slices, tu
     return data, tuple(sorted(trained))
 
 
-def _crop_or_pad(image: np.ndarray, labels: np.ndarray, patch: tuple[int, int], rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _crop_or_pad(
+    image: np.ndarray, labels: np.ndarray, patch: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     for axis, size in enumerate(patch):
         n = image.shape[axis]
         if n > size:
@@ -287,8 +316,13 @@ def _crop_or_pad(image: np.ndarray, labels: np.ndarray, patch: tuple[int, int], 
     return image, labels
 
 
-def train_judge(cases: Sequence[EvalCase], steps: int = 300, seed: int = 0, config: JudgeConfig | None = None,
-                progress: bool = False) -> Judge:
+def train_judge(
+    cases: Sequence[EvalCase],
+    steps: int = 300,
+    seed: int = 0,
+    config: JudgeConfig | None = None,
+    progress: bool = False,
+) -> Judge:
     """Train the judge on (real) cases.
 
     Each step draws ``batch_size`` axial slices (``foreground_fraction`` of them among slices
@@ -321,8 +355,14 @@ def train_judge(cases: Sequence[EvalCase], steps: int = 300, seed: int = 0, conf
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     network.train()
-    with Progress(TextColumn("[bold]judge[/] {task.fields[loss]}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]judge[/] {task.fields[loss]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task("train", total=steps, loss="")
         for step in range(steps):
             rng, _ = step_generators(seed, step)
@@ -347,8 +387,12 @@ def train_judge(cases: Sequence[EvalCase], steps: int = 300, seed: int = 0, conf
     return Judge(config, network)
 
 
-def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: Sequence[int],
-                   annotated: frozenset[int] | set[int] = ALL_CLASSES) -> dict[int, float]:
+def dice_per_class(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    classes: Sequence[int],
+    annotated: frozenset[int] | set[int] = ALL_CLASSES,
+) -> dict[int, float]:
     """Dice ``2|P∩T| / (|P| + |T|)`` of each class, over voxels whose truth is known.
 
     Classes not in ``annotated`` and classes absent from both prediction and truth are left out;
@@ -362,8 +406,9 @@ def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: Sequence[
         raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
     known = truth != UNKNOWN
     size = UNKNOWN + 1
-    joint = np.bincount(prediction[known].astype(np.int64) * size + truth[known].astype(np.int64),
-                        minlength=size * size).reshape(size, size)
+    joint = np.bincount(
+        prediction[known].astype(np.int64) * size + truth[known].astype(np.int64), minlength=size * size
+    ).reshape(size, size)
     result = {}
     for c in classes:
         if c not in annotated or c == UNKNOWN:

@@ -29,8 +29,17 @@ from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NUM_CLASSES, UNKNOWN
 
-__all__ = ["CT_NAME", "LABELS_NAME", "CASE_JSON", "ALL_CLASSES", "HU_RANGE", "EvalCase", "normalise_hu", "load_cases",
-           "find_case_folders"]
+__all__ = [
+    "CT_NAME",
+    "LABELS_NAME",
+    "CASE_JSON",
+    "ALL_CLASSES",
+    "HU_RANGE",
+    "EvalCase",
+    "normalise_hu",
+    "load_cases",
+    "find_case_folders",
+]
 
 CT_NAME = "ct.nii.gz"
 LABELS_NAME = "labels.nii.gz"
@@ -99,12 +108,15 @@ def _read_pair(case_id: str, ct_path: Path, labels_path: Path, annotated: frozen
     ct = read_nifti(ct_path, kind="ct")
     labels = read_nifti(labels_path, kind="labels")
     if not labels.same_grid(ct):
-        raise InputError(labels_path, f"is not on the grid of {ct_path.name} "
-                                      f"(shape {labels.shape} vs {ct.shape} or different affine)")
+        raise InputError(
+            labels_path,
+            f"is not on the grid of {ct_path.name} (shape {labels.shape} vs {ct.shape} or different affine)",
+        )
     bad = np.setdiff1d(np.unique(labels.array), [*range(NUM_CLASSES), UNKNOWN])
     if bad.size:
-        raise InputError(labels_path, f"holds ids {bad.tolist()[:8]} that are not GuideGen classes "
-                                      f"(0-{NUM_CLASSES - 1}, 255)")
+        raise InputError(
+            labels_path, f"holds ids {bad.tolist()[:8]} that are not GuideGen classes (0-{NUM_CLASSES - 1}, 255)"
+        )
     return EvalCase(case_id, ct, labels, annotated, meta)
 
 
@@ -152,8 +164,9 @@ def load_cases(folder: str | Path) -> list[EvalCase]:
             if not entry.get("ct_path"):
                 continue  # a label map without CT (mask-only source): nothing to compare intensities with
             annotated = _annotated_ids(folder / MANIFEST, entry.get("annotated", []))
-            cases.append(_read_pair(str(entry["case_id"]), Path(entry["ct_path"]), Path(entry["labels_path"]),
-                                    annotated, entry))
+            cases.append(
+                _read_pair(str(entry["case_id"]), Path(entry["ct_path"]), Path(entry["labels_path"]), annotated, entry)
+            )
     else:
         for case_dir in find_case_folders(folder):
             meta: dict[str, Any] = {}
@@ -162,9 +175,19 @@ def load_cases(folder: str | Path) -> list[EvalCase]:
                 meta = read_json_object(meta_path)
             annotated = _annotated_ids(meta_path, meta.get("annotated"))
             case_id = case_dir.relative_to(folder).as_posix()
-            cases.append(_read_pair(folder.name if case_id == "." else case_id, case_dir / CT_NAME,
-                                    case_dir / LABELS_NAME, annotated, meta))
+            cases.append(
+                _read_pair(
+                    folder.name if case_id == "." else case_id,
+                    case_dir / CT_NAME,
+                    case_dir / LABELS_NAME,
+                    annotated,
+                    meta,
+                )
+            )
     if not cases:
-        raise InputError(folder, f"holds no case (expected folders with {CT_NAME} and {LABELS_NAME}, "
-                                 f"or a prepared dataset's {MANIFEST} with CTs)")
+        raise InputError(
+            folder,
+            f"holds no case (expected folders with {CT_NAME} and {LABELS_NAME}, "
+            f"or a prepared dataset's {MANIFEST} with CTs)",
+        )
     return sorted(cases, key=lambda c: c.case_id)

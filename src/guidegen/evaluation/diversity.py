@@ -84,12 +84,13 @@ def ms_ssim(a: EvalCase, b: EvalCase, kernel_size: int = KERNEL_SIZE, batch_size
     if z.size == 0:
         return None
     low, high = HU_RANGE
-    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=2.0, kernel_size=kernel_size,
-                                  weights=ms_ssim_scales(a.ct.shape[:2], kernel_size))
+    metric = MultiScaleSSIMMetric(
+        spatial_dims=2, data_range=2.0, kernel_size=kernel_size, weights=ms_ssim_scales(a.ct.shape[:2], kernel_size)
+    )
     values = []
     with torch.no_grad():
         for start in range(0, z.size, batch_size):
-            idx = z[start:start + batch_size]
+            idx = z[start : start + batch_size]
             x = torch.from_numpy(np.moveaxis(normalise_hu(a.ct.array[:, :, idx], (low, high)), 2, 0))[:, None]
             y = torch.from_numpy(np.moveaxis(normalise_hu(b.ct.array[:, :, idx], (low, high)), 2, 0))[:, None]
             values.append(metric(x, y).reshape(-1).double().numpy())
@@ -124,9 +125,16 @@ def prompt_diversity(cases: Sequence[EvalCase], max_pairs: int | None = None, ke
             dice = label_diversity([group[i].labels.array, group[j].labels.array])
             if dice is not None:
                 dices.append(dice)
-        results.append({"prompt": prompt, "cases": len(group), "pairs": len(pairs) - skipped, "skipped_pairs": skipped,
-                        "ms_ssim": float(np.mean(scores)) if scores else None,
-                        "label_dice": float(np.mean(dices)) if dices else None})
+        results.append(
+            {
+                "prompt": prompt,
+                "cases": len(group),
+                "pairs": len(pairs) - skipped,
+                "skipped_pairs": skipped,
+                "ms_ssim": float(np.mean(scores)) if scores else None,
+                "label_dice": float(np.mean(dices)) if dices else None,
+            }
+        )
 
     def mean(key: str) -> float | None:
         values = [r[key] for r in results if r[key] is not None]

@@ -22,9 +22,16 @@ __all__ = ["SETTINGS", "downstream_experiment", "run_downstream"]
 SETTINGS = ("real", "synthetic", "real+synthetic")
 
 
-def downstream_experiment(real_train: Sequence[EvalCase], synthetic: Sequence[EvalCase], real_test: Sequence[EvalCase],
-                          seeds: Sequence[int] = (0, 1, 2), steps: int = 300, config: JudgeConfig | None = None,
-                          classes: Sequence[str] | None = None, progress: bool = False) -> dict:
+def downstream_experiment(
+    real_train: Sequence[EvalCase],
+    synthetic: Sequence[EvalCase],
+    real_test: Sequence[EvalCase],
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int = 300,
+    config: JudgeConfig | None = None,
+    classes: Sequence[str] | None = None,
+    progress: bool = False,
+) -> dict:
     """Train on real / synthetic / both, test on held-out real cases.
 
     Args:
@@ -72,8 +79,17 @@ def _spread(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
 
 
-def run_downstream(real_dir, synthetic_dir, out_dir, test_dir=None, seeds: Sequence[int] = (0, 1, 2), steps: int = 300,
-                   holdout_fraction: float = 0.3, overwrite: bool = False, progress: bool = False) -> dict:
+def run_downstream(
+    real_dir,
+    synthetic_dir,
+    out_dir,
+    test_dir=None,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int = 300,
+    holdout_fraction: float = 0.3,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
     """`guidegen evaluate downstream`: load the folders, run `downstream_experiment`, write the results.
 
     Without ``test_dir`` the real cases are split (``holdout_fraction`` held out, seeded by the
@@ -102,16 +118,23 @@ def run_downstream(real_dir, synthetic_dir, out_dir, test_dir=None, seeds: Seque
     result["real_test"] = [c.case_id for c in test]
     result["synthetic"] = len(synthetic)
     classes = sorted({c for s in result["settings"].values() for c in s["per_class"]})
-    lines = ["# Downstream value: Dice on held-out real cases", "",
-             f"{len(train)} real training case(s), {len(synthetic)} synthetic, {len(test)} real test case(s) "
-             f"({', '.join(result['real_test'])}); {steps} steps per run; seeds {list(seeds)}.", "",
-             "| class | " + " | ".join(SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
+    lines = [
+        "# Downstream value: Dice on held-out real cases",
+        "",
+        f"{len(train)} real training case(s), {len(synthetic)} synthetic, {len(test)} real test case(s) "
+        f"({', '.join(result['real_test'])}); {steps} steps per run; seeds {list(seeds)}.",
+        "",
+        "| class | " + " | ".join(SETTINGS) + " |",
+        "|---|" + "---|" * len(SETTINGS),
+    ]
 
     def cell(entry) -> str:
         return "–" if entry is None or entry["mean"] is None else f"{entry['mean']:.3f} ± {entry['std']:.3f}"
 
     for cls in classes:
-        lines.append(f"| {cls} | " + " | ".join(cell(result["settings"][s]["per_class"].get(cls)) for s in SETTINGS) + " |")
+        lines.append(
+            f"| {cls} | " + " | ".join(cell(result["settings"][s]["per_class"].get(cls)) for s in SETTINGS) + " |"
+        )
     lines.append("| **mean** | " + " | ".join(cell(result["settings"][s]["mean"]) for s in SETTINGS) + " |")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "downstream.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -55,11 +55,16 @@ from guidegen.evaluation.mask_volumes import (
 )
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
-from guidegen.text.agreement import DIAMETER_TOLERANCE, ORGAN_VOLUME_TOLERANCE, finding_volume, organ_agreement, tumour_agreement
+from guidegen.text.agreement import (
+    DIAMETER_TOLERANCE,
+    ORGAN_VOLUME_TOLERANCE,
+    finding_volume,
+    organ_agreement,
+    tumour_agreement,
+)
 from guidegen.text.attributes import Attributes
 from guidegen.text.measure import measure_labels
 from guidegen.text.parse import parse_prompt
-
 
 # --------------------------------------------------------------------------------------------------
 # Prompt adherence

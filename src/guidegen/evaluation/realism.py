@@ -49,11 +49,23 @@ from guidegen.io.volume import HU_MAX, HU_MIN, Volume
 from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN
 
 __all__ = [
-    "HU_BINS", "hu_histograms", "histogram_wasserstein", "intensity_statistics",
-    "feature_statistics", "frechet_distance", "FeatureExtractor", "SliceFeatureExtractor",
-    "SubvolumeFeatureExtractor", "frechet_distances", "ASTRA_HU_WINDOW", "ASTRA_SPACING", "ASTRA_FEATURES",
-    "I3DResNet152", "load_astra_i3d_encoder",
-    "adjacent_slice_differences", "z_consistency",
+    "HU_BINS",
+    "hu_histograms",
+    "histogram_wasserstein",
+    "intensity_statistics",
+    "feature_statistics",
+    "frechet_distance",
+    "FeatureExtractor",
+    "SliceFeatureExtractor",
+    "SubvolumeFeatureExtractor",
+    "frechet_distances",
+    "ASTRA_HU_WINDOW",
+    "ASTRA_SPACING",
+    "ASTRA_FEATURES",
+    "I3DResNet152",
+    "load_astra_i3d_encoder",
+    "adjacent_slice_differences",
+    "z_consistency",
 ]
 
 #: One histogram bin per integer HU from -1024 to 3071.
@@ -90,8 +102,9 @@ def hu_histograms(cases: Sequence[EvalCase | tuple[Volume, Volume]]) -> np.ndarr
             keep &= np.isin(labels, sorted(case.annotated))
         hu = np.clip(np.rint(ct[keep]), HU_MIN, HU_MAX).astype(np.int64) - HU_MIN
         # One bincount over (class, HU) pairs fills every class's histogram at once.
-        counts += np.bincount(labels[keep].astype(np.int64) * HU_BINS + hu,
-                              minlength=NUM_CLASSES * HU_BINS).reshape(NUM_CLASSES, HU_BINS)
+        counts += np.bincount(labels[keep].astype(np.int64) * HU_BINS + hu, minlength=NUM_CLASSES * HU_BINS).reshape(
+            NUM_CLASSES, HU_BINS
+        )
     return counts
 
 
@@ -123,8 +136,11 @@ def _moments(counts: np.ndarray) -> tuple[int, float | None, float | None]:
     return n, mean, std
 
 
-def intensity_statistics(generated: Sequence[EvalCase] | np.ndarray, real: Sequence[EvalCase] | np.ndarray,
-                         classes: Sequence[str] | None = None) -> dict[str, dict]:
+def intensity_statistics(
+    generated: Sequence[EvalCase] | np.ndarray,
+    real: Sequence[EvalCase] | np.ndarray,
+    classes: Sequence[str] | None = None,
+) -> dict[str, dict]:
     """Organ-wise HU statistics, generated vs real.
 
     Args:
@@ -175,8 +191,9 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """Fréchet distance ``‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)`` between two Gaussians.
 
     ``(Σ₁ Σ₂)^½`` is computed with `scipy.linalg.sqrtm`. When Σ₁ Σ₂ is (nearly) singular, which
@@ -200,8 +217,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     f = mu1.shape[0]
     if mu1.shape != (f,) or mu2.shape != (f,) or sigma1.shape != (f, f) or sigma2.shape != (f, f):
-        raise ValueError(f"shapes do not match: mu1 {mu1.shape}, sigma1 {sigma1.shape}, "
-                         f"mu2 {mu2.shape}, sigma2 {sigma2.shape}")
+        raise ValueError(
+            f"shapes do not match: mu1 {mu1.shape}, sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}"
+        )
     diff = mu1 - mu2
 
     def _sqrt_product(offset: float) -> np.ndarray:
@@ -265,9 +283,18 @@ class SliceFeatureExtractor:
 
     PLANES = ("axial", "coronal", "sagittal")
 
-    def __init__(self, network: nn.Module, name: str = "network", planes: Sequence[str] = PLANES, step: int = 1,
-                 size: tuple[int, int] | None = None, hu_range: tuple[float, float] = HU_RANGE,
-                 min_body_fraction: float = 0.05, batch_size: int = 32, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        network: nn.Module,
+        name: str = "network",
+        planes: Sequence[str] = PLANES,
+        step: int = 1,
+        size: tuple[int, int] | None = None,
+        hu_range: tuple[float, float] = HU_RANGE,
+        min_body_fraction: float = 0.05,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+    ):
         bad = [p for p in planes if p not in self.PLANES]
         if bad or not planes:
             raise ValueError(f"planes must be a non-empty subset of {self.PLANES}, got {tuple(planes)}")
@@ -291,7 +318,7 @@ class SliceFeatureExtractor:
             slices = self._slices(ct.array, plane)
             feats = []
             for start in range(0, len(slices), self.batch_size):
-                x = torch.from_numpy(normalise_hu(slices[start:start + self.batch_size], self.hu_range))[:, None]
+                x = torch.from_numpy(normalise_hu(slices[start : start + self.batch_size], self.hu_range))[:, None]
                 if self.size is not None:
                     x = F.interpolate(x, size=tuple(self.size), mode="bilinear", align_corners=False)
                 feats.append(_pool(self.network(x.to(self.device)).float()).cpu().numpy())
@@ -315,9 +342,17 @@ class SubvolumeFeatureExtractor:
         hu_range: HU window mapped to [-1, 1].
     """
 
-    def __init__(self, network: nn.Module, name: str = "network", size: tuple[int, int, int] = (32, 32, 32),
-                 spacing: tuple[float, float, float] | None = (3.0, 3.0, 3.0), hu_range: tuple[float, float] = HU_RANGE,
-                 min_body_fraction: float = 0.1, batch_size: int = 4, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        network: nn.Module,
+        name: str = "network",
+        size: tuple[int, int, int] = (32, 32, 32),
+        spacing: tuple[float, float, float] | None = (3.0, 3.0, 3.0),
+        hu_range: tuple[float, float] = HU_RANGE,
+        min_body_fraction: float = 0.1,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
+    ):
         if len(size) != 3 or min(size) < 1:
             raise ValueError(f"size must be three positive integers, got {size}")
         if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
@@ -347,13 +382,16 @@ class SubvolumeFeatureExtractor:
     def __call__(self, ct: Volume) -> dict[str, np.ndarray]:
         self.network.eval()
         tiles = self.tiles(ct)
-        feats = [_pool(self.network(tiles[i:i + self.batch_size].to(self.device)).float()).cpu().numpy()
-                 for i in range(0, len(tiles), self.batch_size)]
+        feats = [
+            _pool(self.network(tiles[i : i + self.batch_size].to(self.device)).float()).cpu().numpy()
+            for i in range(0, len(tiles), self.batch_size)
+        ]
         return {"3d": np.concatenate(feats).astype(np.float64)}
 
 
-def frechet_distances(extractor: FeatureExtractor, generated: Sequence[EvalCase | Volume],
-                      real: Sequence[EvalCase | Volume]) -> dict:
+def frechet_distances(
+    extractor: FeatureExtractor, generated: Sequence[EvalCase | Volume], real: Sequence[EvalCase | Volume]
+) -> dict:
     """Fréchet distance between generated and real CTs for each feature group of ``extractor``.
 
     Features of all cases of a set are pooled before fitting the Gaussian.
@@ -362,6 +400,7 @@ def frechet_distances(extractor: FeatureExtractor, generated: Sequence[EvalCase 
         ``{"network": name, "groups": {group: {"frechet", "n_generated", "n_real", "features"}},
         "mean": mean over groups}``; a group with fewer than two vectors on a side gets ``None``.
     """
+
     def collect(cases: Sequence[EvalCase | Volume]) -> dict[str, list[np.ndarray]]:
         pooled: dict[str, list[np.ndarray]] = {}
         for case in cases:
@@ -377,8 +416,12 @@ def frechet_distances(extractor: FeatureExtractor, generated: Sequence[EvalCase 
         value = None
         if len(a) >= 2 and len(b) >= 2:
             value = frechet_distance(*feature_statistics(a), *feature_statistics(b))
-        groups[group] = {"frechet": value, "n_generated": int(len(a)), "n_real": int(len(b)),
-                         "features": int(a.shape[1] if a.size else b.shape[1] if b.size else 0)}
+        groups[group] = {
+            "frechet": value,
+            "n_generated": int(len(a)),
+            "n_real": int(len(b)),
+            "features": int(a.shape[1] if a.size else b.shape[1] if b.size else 0),
+        }
     values = [g["frechet"] for g in groups.values() if g["frechet"] is not None]
     return {"network": extractor.name, "groups": groups, "mean": float(np.mean(values)) if values else None}
 
@@ -414,8 +457,11 @@ class _Bottleneck3d(nn.Module):
         self.bn2 = nn.BatchNorm3d(width)
         self.conv3 = nn.Conv3d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(out)
-        self.downsample = (nn.Sequential(nn.Conv3d(channels_in, out, 1, stride=stride, bias=False), nn.BatchNorm3d(out))
-                           if stride != 1 or channels_in != out else None)
+        self.downsample = (
+            nn.Sequential(nn.Conv3d(channels_in, out, 1, stride=stride, bias=False), nn.BatchNorm3d(out))
+            if stride != 1 or channels_in != out
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -490,11 +536,13 @@ def _astra_state_dict() -> dict[str, torch.Tensor]:
     try:
         path = weights.path(_ASTRA_WEIGHTS)  # joins the three shards once (cached), checks the SHA-256
     except ImportError:
-        raise InputError(ASTRA_PACKAGE, f"its '{_ASTRA_WEIGHTS}' shard packages are not installed: "
-                                        f"{_ASTRA_INSTALL}") from None
+        raise InputError(
+            ASTRA_PACKAGE, f"its '{_ASTRA_WEIGHTS}' shard packages are not installed: {_ASTRA_INSTALL}"
+        ) from None
     except (AttributeError, KeyError, OSError, RuntimeError) as exc:
-        raise InputError(ASTRA_PACKAGE, f"cannot join the '{_ASTRA_WEIGHTS}' weights "
-                                        f"({exc.__class__.__name__}: {exc})") from None
+        raise InputError(
+            ASTRA_PACKAGE, f"cannot join the '{_ASTRA_WEIGHTS}' weights ({exc.__class__.__name__}: {exc})"
+        ) from None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for a foreign file
@@ -517,9 +565,13 @@ def _match_state_dict(network: nn.Module, state: dict[str, torch.Tensor]) -> str
     def few(names: list[str]) -> str:
         return ", ".join(names[:3]) + (f" … (+{len(names) - 3})" if len(names) > 3 else "")
 
-    parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
-             f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
-             "shapes differ: " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes]) if shapes else ""]
+    parts = [
+        f"{len(missing)} missing ({few(missing)})" if missing else "",
+        f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+        "shapes differ: " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
+        if shapes
+        else "",
+    ]
     return "; ".join(p for p in parts if p)
 
 
@@ -584,8 +636,12 @@ def adjacent_slice_differences(case: EvalCase | tuple[Volume, Volume], min_voxel
 def _summary(values: np.ndarray) -> dict:
     if values.size == 0:
         return {"pairs": 0, "mean": None, "median": None, "p95": None}
-    return {"pairs": int(values.size), "mean": float(values.mean()), "median": float(np.median(values)),
-            "p95": float(np.percentile(values, 95))}
+    return {
+        "pairs": int(values.size),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+    }
 
 
 def z_consistency(generated: Sequence[EvalCase], real: Sequence[EvalCase], min_voxels: int = 50) -> dict:
@@ -604,6 +660,9 @@ def z_consistency(generated: Sequence[EvalCase], real: Sequence[EvalCase], min_v
     def spacing(cases: Sequence[EvalCase]) -> float | None:
         return float(np.mean([c.ct.spacing[2] for c in cases])) if cases else None
 
-    return {"generated": _summary(gen), "real": _summary(ref), "wasserstein": distance,
-            "slice_spacing_mm": {"generated": spacing(generated), "real": spacing(real)}}
-
+    return {
+        "generated": _summary(gen),
+        "real": _summary(ref),
+        "wasserstein": distance,
+        "slice_spacing_mm": {"generated": spacing(generated), "real": spacing(real)},
+    }

@@ -76,10 +76,21 @@ def split_holdout(cases: Sequence[EvalCase], fraction: float, seed: int) -> tupl
     return [c for i, c in enumerate(cases) if i not in out], [c for i, c in enumerate(cases) if i in out]
 
 
-def evaluate(generated_dir: str | Path, real_dir: str | Path, out_dir: str | Path, judge: Judge | str | Path | None = None,
-             judge_steps: int = 300, seed: int = 0, progress: bool = True, overwrite: bool = False,
-             judge_config: JudgeConfig | None = None, holdout_fraction: float = 0.2, fid_step: int = 2,
-             astra: bool = True, max_pairs: int | None = None) -> dict:
+def evaluate(
+    generated_dir: str | Path,
+    real_dir: str | Path,
+    out_dir: str | Path,
+    judge: Judge | str | Path | None = None,
+    judge_steps: int = 300,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    judge_config: JudgeConfig | None = None,
+    holdout_fraction: float = 0.2,
+    fid_step: int = 2,
+    astra: bool = True,
+    max_pairs: int | None = None,
+) -> dict:
     """Run the evaluation suite and write ``out_dir`` (see the module docstring).
 
     Args:
@@ -117,8 +128,10 @@ def evaluate(generated_dir: str | Path, real_dir: str | Path, out_dir: str | Pat
     spacing_gen = np.mean([c.ct.spacing for c in generated], axis=0)
     spacing_real = np.mean([c.ct.spacing for c in real], axis=0)
     if not np.allclose(spacing_gen, spacing_real, rtol=0.02):
-        notes.append(f"Generated voxel size {_mm(spacing_gen)} differs from the real one {_mm(spacing_real)}: the judge "
-                     "and the z-consistency assume one grid, so alignment and z-consistency are not comparable.")
+        notes.append(
+            f"Generated voxel size {_mm(spacing_gen)} differs from the real one {_mm(spacing_real)}: the judge "
+            "and the z-consistency assume one grid, so alignment and z-consistency are not comparable."
+        )
 
     console.print("[bold]evaluate[/] organ intensities and z-consistency")
     hist_gen, hist_real = hu_histograms(generated), hu_histograms(real)
@@ -130,34 +143,47 @@ def evaluate(generated_dir: str | Path, real_dir: str | Path, out_dir: str | Pat
         judge_info: dict[str, Any] = {"source": str(judge)}
         judge = Judge.load(judge)
         held_out = list(real)
-        notes.append("The judge was given (not trained here): its ceiling is measured on all real cases, which it may "
-                     "have seen in training.")
+        notes.append(
+            "The judge was given (not trained here): its ceiling is measured on all real cases, which it may "
+            "have seen in training."
+        )
     elif judge is not None:
         judge_info = {"source": "given"}
         held_out = list(real)
-        notes.append("The judge was given (not trained here): its ceiling is measured on all real cases, which it may "
-                     "have seen in training.")
+        notes.append(
+            "The judge was given (not trained here): its ceiling is measured on all real cases, which it may "
+            "have seen in training."
+        )
     else:
         console.print(f"[bold]evaluate[/] training the judge on {len(train_cases)} real case(s), {judge_steps} steps")
         judge = train_judge(train_cases, steps=judge_steps, seed=seed, config=judge_config, progress=progress)
-        judge_info = {"source": "trained here", "trained_on": [c.case_id for c in train_cases],
-                      "held_out": [c.case_id for c in held_out]}
+        judge_info = {
+            "source": "trained here",
+            "trained_on": [c.case_id for c in train_cases],
+            "held_out": [c.case_id for c in held_out],
+        }
         if not held_out:
-            notes.append("Only one real case: the judge was trained on it, so no held-out real case measures the "
-                         "ceiling; the alignment Dice has no reference.")
+            notes.append(
+                "Only one real case: the judge was trained on it, so no held-out real case measures the "
+                "ceiling; the alignment Dice has no reference."
+            )
     judge_info["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(judge.config).items()}
     judge_info["trained_classes"] = [NAMES[c] for c in judge.config.trained_classes]
 
     console.print("[bold]evaluate[/] alignment (judge Dice)")
-    alignment = {"generated": alignment_dice(judge, generated),
-                 "ceiling": alignment_dice(judge, held_out) if held_out else None,
-                 "ceiling_cases": [c.case_id for c in held_out]}
+    alignment = {
+        "generated": alignment_dice(judge, generated),
+        "ceiling": alignment_dice(judge, held_out) if held_out else None,
+        "ceiling_cases": [c.case_id for c in held_out],
+    }
 
     console.print("[bold]evaluate[/] Fréchet distances")
     extractor = SliceFeatureExtractor(judge.encoder(), name="judge-encoder", step=fid_step)
     frechet: dict[str, Any] = {"judge_encoder": frechet_distances(extractor, generated, real)}
-    frechet["judge_encoder"]["note"] = ("2.5-D features of the segmentation judge's encoder, trained here on the real "
-                                        "cases; comparable only between runs using the same judge")
+    frechet["judge_encoder"]["note"] = (
+        "2.5-D features of the segmentation judge's encoder, trained here on the real "
+        "cases; comparable only between runs using the same judge"
+    )
     if astra:
         try:
             network = load_astra_i3d_encoder()
@@ -165,17 +191,22 @@ def evaluate(generated_dir: str | Path, real_dir: str | Path, out_dir: str | Pat
             frechet["astra"] = {"available": False, "reason": str(exc)}
         else:
             # At the voxel size the encoder was trained at (Merlin: 1.5 × 1.5 × 3 mm).
-            astra_extractor = SubvolumeFeatureExtractor(network, name="astra-i3d-resnet152", size=(64, 64, 64),
-                                                        spacing=ASTRA_SPACING)
+            astra_extractor = SubvolumeFeatureExtractor(
+                network, name="astra-i3d-resnet152", size=(64, 64, 64), spacing=ASTRA_SPACING
+            )
             frechet["astra"] = {"available": True, **frechet_distances(astra_extractor, generated, real)}
 
     console.print("[bold]evaluate[/] diversity")
     diversity = prompt_diversity(generated, max_pairs=max_pairs)
 
     metrics = {
-        "inputs": {"generated": str(generated_dir), "real": str(real_dir), "n_generated": len(generated),
-                   "n_real": len(real), "voxel_size_mm": {"generated": _round_list(spacing_gen),
-                                                          "real": _round_list(spacing_real)}},
+        "inputs": {
+            "generated": str(generated_dir),
+            "real": str(real_dir),
+            "n_generated": len(generated),
+            "n_real": len(real),
+            "voxel_size_mm": {"generated": _round_list(spacing_gen), "real": _round_list(spacing_real)},
+        },
         "seed": int(seed),
         "judge": judge_info,
         "intensity": intensity,
@@ -216,45 +247,71 @@ def _mm(spacing: Any) -> str:
 def render_markdown(metrics: dict) -> str:
     """The report as Markdown, from `evaluate`'s metrics."""
     inputs = metrics["inputs"]
-    lines = ["# GuideGen evaluation", "",
-             f"{inputs['n_generated']} generated cases (`{inputs['generated']}`) against {inputs['n_real']} real cases "
-             f"(`{inputs['real']}`), seed {metrics['seed']}, {metrics.get('seconds', '—')} s.", ""]
+    lines = [
+        "# GuideGen evaluation",
+        "",
+        f"{inputs['n_generated']} generated cases (`{inputs['generated']}`) against {inputs['n_real']} real cases "
+        f"(`{inputs['real']}`), seed {metrics['seed']}, {metrics.get('seconds', '—')} s.",
+        "",
+    ]
     if metrics["notes"]:
         lines += ["## Notes", ""] + [f"* {n}" for n in metrics["notes"]] + [""]
 
-    lines += ["## Organ intensities (HU)", "",
-              "| class | generated mean ± std | real mean ± std | mean difference | Wasserstein-1 |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "## Organ intensities (HU)",
+        "",
+        "| class | generated mean ± std | real mean ± std | mean difference | Wasserstein-1 |",
+        "|---|---|---|---|---|",
+    ]
     for name, s in metrics["intensity"].items():
         g, r = s["generated"], s["real"]
-        lines.append(f"| {name} | {_fmt(g['mean'])} ± {_fmt(g['std'])} | {_fmt(r['mean'])} ± {_fmt(r['std'])} "
-                     f"| {_fmt(s['mean_difference'])} | {_fmt(s['wasserstein'])} |")
+        lines.append(
+            f"| {name} | {_fmt(g['mean'])} ± {_fmt(g['std'])} | {_fmt(r['mean'])} ± {_fmt(r['std'])} "
+            f"| {_fmt(s['mean_difference'])} | {_fmt(s['wasserstein'])} |"
+        )
     lines += ["", "![HU histograms](hu_histograms.png)", "", "## Fréchet distances", ""]
     for key, result in metrics["frechet"].items():
         if not result.get("available", True):
             lines.append(f"* {key}: not computed ({result['reason']})")
             continue
-        groups = ", ".join(f"{g} {_fmt(v['frechet'])} ({v['n_generated']} vs {v['n_real']} samples)"
-                           for g, v in result["groups"].items())
-        lines.append(f"* {key} (`{result['network']}`): mean {_fmt(result['mean'])}; {groups}. {result.get('note', '')}")
+        groups = ", ".join(
+            f"{g} {_fmt(v['frechet'])} ({v['n_generated']} vs {v['n_real']} samples)"
+            for g, v in result["groups"].items()
+        )
+        lines.append(
+            f"* {key} (`{result['network']}`): mean {_fmt(result['mean'])}; {groups}. {result.get('note', '')}"
+        )
     zc = metrics["z_consistency"]
-    lines += ["", "## z-consistency (adjacent axial slices, mean |ΔHU| inside the body)", "",
-              "| set | pairs | mean | median | p95 | slice spacing (mm) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## z-consistency (adjacent axial slices, mean |ΔHU| inside the body)",
+        "",
+        "| set | pairs | mean | median | p95 | slice spacing (mm) |",
+        "|---|---|---|---|---|---|",
+    ]
     for side in ("generated", "real"):
         s = zc[side]
-        lines.append(f"| {side} | {s['pairs']} | {_fmt(s['mean'])} | {_fmt(s['median'])} | {_fmt(s['p95'])} "
-                     f"| {_fmt(zc['slice_spacing_mm'][side])} |")
+        lines.append(
+            f"| {side} | {s['pairs']} | {_fmt(s['mean'])} | {_fmt(s['median'])} | {_fmt(s['p95'])} "
+            f"| {_fmt(zc['slice_spacing_mm'][side])} |"
+        )
     lines += ["", f"Wasserstein-1 between the two distributions: {_fmt(zc['wasserstein'])} HU.", ""]
 
     al = metrics["alignment"]
     judge = metrics["judge"]
-    lines += ["## Alignment (segmentation judge)", "",
-              f"Judge: {judge['source']}; 2-D MONAI UNet {judge['config']['channels']}, "
-              f"{judge['config']['steps']} steps; trained classes: {', '.join(judge['trained_classes'])}.", "",
-              "The judge is small and briefly trained: read each generated Dice against the ceiling (the judge's "
-              "Dice on real cases it did not train on); a class the judge misses on real data says nothing about "
-              "the generated cases.", "",
-              "| class | generated Dice | real ceiling Dice |", "|---|---|---|"]
+    lines += [
+        "## Alignment (segmentation judge)",
+        "",
+        f"Judge: {judge['source']}; 2-D MONAI UNet {judge['config']['channels']}, "
+        f"{judge['config']['steps']} steps; trained classes: {', '.join(judge['trained_classes'])}.",
+        "",
+        "The judge is small and briefly trained: read each generated Dice against the ceiling (the judge's "
+        "Dice on real cases it did not train on); a class the judge misses on real data says nothing about "
+        "the generated cases.",
+        "",
+        "| class | generated Dice | real ceiling Dice |",
+        "|---|---|---|",
+    ]
     ceiling = (al["ceiling"] or {}).get("per_class", {})
     for name in NAMES:
         g = al["generated"]["per_class"].get(name)
@@ -264,13 +321,21 @@ def render_markdown(metrics: dict) -> str:
     lines.append(f"| **mean** | {_fmt(al['generated']['mean'])} | {_fmt((al['ceiling'] or {}).get('mean'))} |")
     if not al["ceiling_cases"]:
         lines.append("\nNo held-out real case: the ceiling is not measured.")
-    lines += ["", "![Dice](dice.png)", "", "## Diversity (lower = more diverse)", "",
-              "| prompt | cases | pairs compared | pairs skipped (grids differ) | MS-SSIM | label Dice |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "![Dice](dice.png)",
+        "",
+        "## Diversity (lower = more diverse)",
+        "",
+        "| prompt | cases | pairs compared | pairs skipped (grids differ) | MS-SSIM | label Dice |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in metrics["diversity"]["prompts"]:
         prompt = p["prompt"] if p["prompt"] is not None else "(no prompt recorded)"
-        lines.append(f"| {prompt} | {p['cases']} | {p['pairs']} | {p['skipped_pairs']} | {_fmt(p['ms_ssim'])} "
-                     f"| {_fmt(p['label_dice'])} |")
+        lines.append(
+            f"| {prompt} | {p['cases']} | {p['pairs']} | {p['skipped_pairs']} | {_fmt(p['ms_ssim'])} "
+            f"| {_fmt(p['label_dice'])} |"
+        )
     lines += ["", "## Samples", "", "![montage](montage.png)", ""]
     return "\n".join(lines)
 
@@ -295,15 +360,17 @@ def _plot_histograms(path: Path, hist_gen: np.ndarray, hist_real: np.ndarray, bi
     rows = max(1, math.ceil(len(classes) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     edges = np.arange(HU_MIN, HU_MIN + HU_BINS + bin_hu, bin_hu)
-    for ax in axes.ravel()[len(classes):]:
+    for ax in axes.ravel()[len(classes) :]:
         ax.axis("off")
     for ax, c in zip(axes.ravel(), classes):
         both = hist_gen[c] + hist_real[c]
         cdf = np.cumsum(both) / both.sum()
         lo = HU_MIN + int(np.searchsorted(cdf, 0.005))
         hi = HU_MIN + int(np.searchsorted(cdf, 0.995))
-        for counts, label, colour, style in ((hist_real[c], "real", "tab:blue", "-"),
-                                             (hist_gen[c], "generated", "tab:orange", "--")):
+        for counts, label, colour, style in (
+            (hist_real[c], "real", "tab:blue", "-"),
+            (hist_gen[c], "generated", "tab:orange", "--"),
+        ):
             if counts.sum():
                 binned = np.add.reduceat(counts, np.arange(0, HU_BINS, bin_hu)) / counts.sum() / bin_hu
                 ax.stairs(binned, edges[: len(binned) + 1], label=label, color=colour, linestyle=style)

@@ -43,7 +43,9 @@ def resample_ct(ct: Volume, target_affine: np.ndarray, shape: tuple[int, int, in
     sigma = np.where(step > 1.5, 0.4 * step, 0.0)
     if np.any(sigma > 0):
         data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
-    out = ndimage.affine_transform(data, matrix, offset, output_shape=shape, order=1, mode="constant", cval=float(HU_MIN))
+    out = ndimage.affine_transform(
+        data, matrix, offset, output_shape=shape, order=1, mode="constant", cval=float(HU_MIN)
+    )
     return Volume(out.astype(np.float32), target_affine, "ct", dict(ct.meta))
 
 
@@ -66,8 +68,9 @@ def signed_distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np
     return np.where(mask, -inside + half, outside - half).astype(np.float32)
 
 
-def resample_labels(labels: Volume, target_affine: np.ndarray, shape: tuple[int, int, int],
-                    mark_outside_unknown: bool = True) -> Volume:
+def resample_labels(
+    labels: Volume, target_affine: np.ndarray, shape: tuple[int, int, int], mark_outside_unknown: bool = True
+) -> Volume:
     """Shape-based resampling of a label map (any ids, including UNKNOWN) onto a target grid.
 
     Voxels outside the source's field of view become UNKNOWN when ``mark_outside_unknown`` (we do
@@ -88,7 +91,9 @@ def resample_labels(labels: Volume, target_affine: np.ndarray, shape: tuple[int,
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         sdf = signed_distance(mask[box], spacing)
         # Shift the index map so that it addresses the box.
-        sdf_t = ndimage.affine_transform(sdf, matrix, offset - lo, output_shape=shape, order=1, mode="constant", cval=_FAR)
+        sdf_t = ndimage.affine_transform(
+            sdf, matrix, offset - lo, output_shape=shape, order=1, mode="constant", cval=_FAR
+        )
         take = (sdf_t < 0) & (sdf_t < best)
         best[take] = sdf_t[take]
         out[take] = cls

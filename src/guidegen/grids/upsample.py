@@ -53,8 +53,9 @@ def component_counts(array: np.ndarray, classes: Sequence[int] | None = None) ->
     return counts
 
 
-def upsample_grid(labels: Volume, spacing: Sequence[float] = (3.0, 3.0, 3.0),
-                  shape: Sequence[int] | None = None) -> tuple[np.ndarray, tuple[int, int, int]]:
+def upsample_grid(
+    labels: Volume, spacing: Sequence[float] = (3.0, 3.0, 3.0), shape: Sequence[int] | None = None
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The target grid (affine, shape) with ``spacing`` mm, same axis directions and same centre as ``labels``.
 
     Without ``shape`` the grid covers the same field of view: ``round(shape_in · spacing_in / spacing)``
@@ -81,8 +82,9 @@ def upsample_grid(labels: Volume, spacing: Sequence[float] = (3.0, 3.0, 3.0),
 def _nearest(labels: Volume, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Nearest-neighbour resampling (keeps the source's connectivity when upsampling); outside → 0."""
     m = np.linalg.inv(labels.affine) @ affine
-    return ndimage.affine_transform(labels.array, m[:3, :3], m[:3, 3], output_shape=shape, order=0,
-                                    mode="constant", cval=0)
+    return ndimage.affine_transform(
+        labels.array, m[:3, :3], m[:3, 3], output_shape=shape, order=0, mode="constant", cval=0
+    )
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +136,16 @@ def _prune(out: np.ndarray, cls: int, target: int, keep_voxels: float) -> None:
     sub[rm] = sub[tuple(nearest[:, rm])]
 
 
-def upsample_labels(labels: Volume, spacing: Sequence[float] = (3.0, 3.0, 3.0), shape: Sequence[int] | None = None,
-                    affine: np.ndarray | None = None, *, fix_connectivity: bool = True,
-                    keep_component_ml: float = 5.0, bridge_iterations: int = 3) -> Volume:
+def upsample_labels(
+    labels: Volume,
+    spacing: Sequence[float] = (3.0, 3.0, 3.0),
+    shape: Sequence[int] | None = None,
+    affine: np.ndarray | None = None,
+    *,
+    fix_connectivity: bool = True,
+    keep_component_ml: float = 5.0,
+    bridge_iterations: int = 3,
+) -> Volume:
     """Resample a coarse label map onto a finer grid with smooth surfaces and no new fragments.
 
     Args:

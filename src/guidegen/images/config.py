@@ -267,20 +267,28 @@ class ImageGeneratorConfig:
             _check_positive_int("channels", c)
         _check_positive_int("norm_num_groups", self.norm_num_groups)
         if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(f"channels {self.channels} must all be multiples of norm_num_groups={self.norm_num_groups}")
+            raise ValueError(
+                f"channels {self.channels} must all be multiples of norm_num_groups={self.norm_num_groups}"
+            )
         levels = self.attention_levels_resolved
         if len(levels) != len(self.channels):
-            raise ValueError(f"attention_levels must have one entry per level of channels ({len(self.channels)}), got {levels}")
+            raise ValueError(
+                f"attention_levels must have one entry per level of channels ({len(self.channels)}), got {levels}"
+            )
         if not any(levels):
             raise ValueError("attention_levels must enable at least one level (cross-attention carries the condition)")
         if self.image_size % (2 ** (len(self.channels) - 1)):
-            raise ValueError(f"image_size={self.image_size} must be divisible by 2**(len(channels)-1)="
-                             f"{2 ** (len(self.channels) - 1)}")
+            raise ValueError(
+                f"image_size={self.image_size} must be divisible by 2**(len(channels)-1)="
+                f"{2 ** (len(self.channels) - 1)}"
+            )
         _check_positive_int("num_res_blocks", self.num_res_blocks)
         _check_positive_int("num_head_channels", self.num_head_channels)
         for c, att in zip(self.channels, levels):
             if att and c % self.num_head_channels:
-                raise ValueError(f"channels with attention ({c}) must be multiples of num_head_channels={self.num_head_channels}")
+                raise ValueError(
+                    f"channels with attention ({c}) must be multiples of num_head_channels={self.num_head_channels}"
+                )
         _check_positive_int("context_dim", self.context_dim)
         _check_positive_int("context_slices", self.context_slices)
         if self.context_slices % 2 == 0:
@@ -297,8 +305,9 @@ class ImageGeneratorConfig:
         if not isinstance(self.flow, FlowConfig):
             raise ValueError(f"flow must be a FlowConfig, got {type(self.flow).__name__}")
         _check_positive_int("flow_steps", self.flow_steps)
-        if self.sample_shift is not None and not (isinstance(self.sample_shift, (int, float))
-                                                  and math.isfinite(self.sample_shift) and self.sample_shift > 0):
+        if self.sample_shift is not None and not (
+            isinstance(self.sample_shift, (int, float)) and math.isfinite(self.sample_shift) and self.sample_shift > 0
+        ):
             raise ValueError(f"sample_shift must be a positive number or null, got {self.sample_shift!r}")
         if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)):
             raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale!r}")
@@ -316,7 +325,9 @@ class ImageGeneratorConfig:
         _check_positive_int("batch_size", self.batch_size)
         _check_positive_int("grad_accumulation", self.grad_accumulation)
         if self.batch_size % self.grad_accumulation:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of grad_accumulation={self.grad_accumulation}")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of grad_accumulation={self.grad_accumulation}"
+            )
         _check_positive_int("steps", self.steps)
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
@@ -325,16 +336,22 @@ class ImageGeneratorConfig:
         _check_probability("p_hide_classes", self.p_hide_classes)
         _check_probability("p_phase_remap", self.p_phase_remap)
         if self.prior_residual and not (self.phase_prior and self.prediction == "sample"):
-            raise ValueError("prior_residual needs phase_prior true and prediction \"sample\" (it offsets the predicted slice)")
+            raise ValueError(
+                'prior_residual needs phase_prior true and prediction "sample" (it offsets the predicted slice)'
+            )
         if self.prior_levels not in _PRIOR_LEVELS:
             raise ValueError(f"prior_levels must be one of {', '.join(_PRIOR_LEVELS)}, got {self.prior_levels!r}")
         if self.prior_levels != "typical" and not self.phase_prior:
-            raise ValueError("prior_levels \"measured\" needs phase_prior true (it sets the phase-prior channel)")
+            raise ValueError('prior_levels "measured" needs phase_prior true (it sets the phase-prior channel)')
         if self.phase_remap_edge not in _REMAP_EDGES:
-            raise ValueError(f"phase_remap_edge must be one of {', '.join(_REMAP_EDGES)}, got {self.phase_remap_edge!r}")
+            raise ValueError(
+                f"phase_remap_edge must be one of {', '.join(_REMAP_EDGES)}, got {self.phase_remap_edge!r}"
+            )
         if self.label_interpolation not in _LABEL_INTERPOLATIONS:
-            raise ValueError(f"label_interpolation must be one of {', '.join(_LABEL_INTERPOLATIONS)}, "
-                             f"got {self.label_interpolation!r}")
+            raise ValueError(
+                f"label_interpolation must be one of {', '.join(_LABEL_INTERPOLATIONS)}, "
+                f"got {self.label_interpolation!r}"
+            )
         if not (isinstance(self.level_loss_weight, (int, float)) and 0 <= self.level_loss_weight <= 100):
             raise ValueError(f"level_loss_weight must be in [0, 100], got {self.level_loss_weight!r}")
         if not (isinstance(self.prev_shift_hu, (int, float)) and 0 <= self.prev_shift_hu <= 500):

@@ -51,8 +51,18 @@ from guidegen.images.model import OUTSIDE, phase_id, phase_prior_table
 from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
-__all__ = ["REMAP_PHASES", "SOFT_TISSUE_MAX_HU", "SliceBatch", "SliceDataset", "augment_slices", "hide_classes",
-           "infer_phase", "measured_levels", "partial_volume_shift_map", "phase_shift_map"]
+__all__ = [
+    "REMAP_PHASES",
+    "SOFT_TISSUE_MAX_HU",
+    "SliceBatch",
+    "SliceDataset",
+    "augment_slices",
+    "hide_classes",
+    "infer_phase",
+    "measured_levels",
+    "partial_volume_shift_map",
+    "phase_shift_map",
+]
 
 
 def infer_phase(mean_hu: dict[str, float] | None) -> str | None:
@@ -124,8 +134,9 @@ class SliceDataset:
             from the case); cases without one are trained without text.
     """
 
-    def __init__(self, prepared_dir: str | Path, config: ImageGeneratorConfig,
-                 text_embeddings: dict[str, Tensor] | None = None):
+    def __init__(
+        self, prepared_dir: str | Path, config: ImageGeneratorConfig, text_embeddings: dict[str, Tensor] | None = None
+    ):
         self.config = config
         self.cases: list[_Case] = []
         for entry in load_prepared(prepared_dir):
@@ -133,13 +144,18 @@ class SliceDataset:
                 continue
             ct = read_nifti(entry["ct_path"], kind="ct")
             labels = read_nifti(entry["labels_path"], kind="labels")
-            if ct.shape[:2] != (config.image_size, config.image_size) or not np.allclose(ct.spacing, config.spacing, rtol=0.02):
-                raise InputError(entry["ct_path"], f"is {ct.shape} at {ct.spacing} mm; the config expects "
-                                 f"{config.image_size}² in-plane at {config.spacing} mm (prepare with matching settings)")
+            if ct.shape[:2] != (config.image_size, config.image_size) or not np.allclose(
+                ct.spacing, config.spacing, rtol=0.02
+            ):
+                raise InputError(
+                    entry["ct_path"],
+                    f"is {ct.shape} at {ct.spacing} mm; the config expects "
+                    f"{config.image_size}² in-plane at {config.spacing} mm (prepare with matching settings)",
+                )
             annotated = torch.zeros(config.num_classes)
             annotated[0] = 1.0
             for name in entry.get("annotated", []):
-                if name in NAMES[:config.num_classes]:
+                if name in NAMES[: config.num_classes]:
                     annotated[NAMES.index(name)] = 1.0
             phase = entry.get("phase")
             if "phase_estimate" in entry:
@@ -153,9 +169,17 @@ class SliceDataset:
             if text_embeddings and entry["case_id"] in text_embeddings:
                 text = torch.as_tensor(text_embeddings[entry["case_id"]], dtype=torch.float32).reshape(config.text_dim)
             means = _interior_means(ct.array, labels.array, [n for n in entry.get("annotated", []) if n in _ENHANCING])
-            self.cases.append(_Case(entry["case_id"], torch.from_numpy(hu_to_unit(ct.array)),
-                                    torch.from_numpy(np.ascontiguousarray(labels.array)), annotated, phase_id(phase), text,
-                                    means))
+            self.cases.append(
+                _Case(
+                    entry["case_id"],
+                    torch.from_numpy(hu_to_unit(ct.array)),
+                    torch.from_numpy(np.ascontiguousarray(labels.array)),
+                    annotated,
+                    phase_id(phase),
+                    text,
+                    means,
+                )
+            )
         if not self.cases:
             raise InputError(prepared_dir, "holds no prepared case with a CT to train on")
         self.index = [(c, k) for c, case in enumerate(self.cases) for k in range(case.ct.shape[2])]
@@ -163,9 +187,15 @@ class SliceDataset:
     def __len__(self) -> int:
         return len(self.index)
 
-    def make_batch(self, rng: np.random.Generator, gen: torch.Generator, batch_size: int,
-                   indices: Sequence[int] | None = None, train: bool = True,
-                   select: Sequence[int] | None = None) -> SliceBatch:
+    def make_batch(
+        self,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+        batch_size: int,
+        indices: Sequence[int] | None = None,
+        train: bool = True,
+        select: Sequence[int] | None = None,
+    ) -> SliceBatch:
         """Draw (or take) slices and apply dropout and augmentation; deterministic given (rng, gen).
 
         Args:
@@ -206,10 +236,16 @@ class SliceDataset:
             texts.append(case.text)
         b = len(indices)
         batch = SliceBatch(
-            target=torch.stack(targets).unsqueeze(1), ctx=torch.stack(ctxs), prev=torch.stack(prevs).unsqueeze(1),
-            has_prev=torch.tensor(has_prev), z=torch.tensor(zs, dtype=torch.float32),
-            phase=torch.tensor(phases, dtype=torch.int64), annotated=torch.stack(anns), text=torch.stack(texts),
-            uncond=torch.zeros(b, dtype=torch.bool))
+            target=torch.stack(targets).unsqueeze(1),
+            ctx=torch.stack(ctxs),
+            prev=torch.stack(prevs).unsqueeze(1),
+            has_prev=torch.tensor(has_prev),
+            z=torch.tensor(zs, dtype=torch.float32),
+            phase=torch.tensor(phases, dtype=torch.int64),
+            annotated=torch.stack(anns),
+            text=torch.stack(texts),
+            uncond=torch.zeros(b, dtype=torch.bool),
+        )
         if not train:
             return batch
         # Draw every random number in a fixed order (exact resume depends on it), for the whole batch.
@@ -247,11 +283,18 @@ class SliceDataset:
                 remap_item, remap_phase = remap_item[chosen], remap_phase[chosen]
             # Before hiding classes: the shift follows the true anatomy, whatever is shown.
             for b_i in np.flatnonzero(remap_item):
-                remapped[b_i] = _remap_phase(batch, int(b_i), item_cases[b_i].mean_hu, REMAP_PHASES[int(remap_phase[b_i])],
-                                             cfg.context_radius, cfg.phase_remap_edge)
+                remapped[b_i] = _remap_phase(
+                    batch,
+                    int(b_i),
+                    item_cases[b_i].mean_hu,
+                    REMAP_PHASES[int(remap_phase[b_i])],
+                    cfg.context_radius,
+                    cfg.phase_remap_edge,
+                )
         if cfg.prior_levels == "measured":
-            batch.levels = measured_levels(batch.phase, [c.mean_hu for c in item_cases], remapped, cfg.num_phases,
-                                           cfg.num_classes)
+            batch.levels = measured_levels(
+                batch.phase, [c.mean_hu for c in item_cases], remapped, cfg.num_phases, cfg.num_classes
+            )
         if cfg.prev_shift_hu > 0:
             shift_hu = rng.uniform(-cfg.prev_shift_hu, cfg.prev_shift_hu, size=full)
             if chosen is not None:
@@ -266,7 +309,9 @@ class SliceDataset:
 _ENHANCING: tuple[str, ...] = tuple(sorted({n for values in TYPICAL_HU.values() for n in values}))
 
 
-def _interior_means(ct_hu: np.ndarray, labels: np.ndarray, names: Sequence[str], min_voxels: int = 20) -> dict[str, float]:
+def _interior_means(
+    ct_hu: np.ndarray, labels: np.ndarray, names: Sequence[str], min_voxels: int = 20
+) -> dict[str, float]:
     """Mean HU inside each structure eroded by one voxel (its rim is partial volume with fat)."""
     means = {}
     for name in names:
@@ -282,7 +327,9 @@ def _interior_means(ct_hu: np.ndarray, labels: np.ndarray, names: Sequence[str],
 REMAP_PHASES: tuple[str, ...] = tuple(TYPICAL_HU)
 
 
-def phase_shift_map(labels: np.ndarray, mean_hu: dict[str, float], phase: str, sigma_px: float = 1.0) -> np.ndarray | None:
+def phase_shift_map(
+    labels: np.ndarray, mean_hu: dict[str, float], phase: str, sigma_px: float = 1.0
+) -> np.ndarray | None:
     """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU.
 
     Each structure of `TYPICAL_HU` measured in the scan (``mean_hu``) moves by typical − measured;
@@ -303,8 +350,9 @@ def phase_shift_map(labels: np.ndarray, mean_hu: dict[str, float], phase: str, s
 SOFT_TISSUE_MAX_HU = 100.0
 
 
-def partial_volume_shift_map(ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dict[str, float], phase: str,
-                             min_contrast_hu: float = 50.0) -> np.ndarray | None:
+def partial_volume_shift_map(
+    ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dict[str, float], phase: str, min_contrast_hu: float = 50.0
+) -> np.ndarray | None:
     """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU, edges by
     their partial volume (`ImageGeneratorConfig.phase_remap_edge` "partial_volume").
 
@@ -358,8 +406,9 @@ def _add_hu(slice_units: Tensor, shift_hu: np.ndarray) -> Tensor:
     return hu_to_unit(unit_to_hu(slice_units) + torch.from_numpy(shift_hu))
 
 
-def measured_levels(phase: Tensor, mean_hu: Sequence[dict[str, float]], remapped: np.ndarray, num_phases: int,
-                    num_classes: int) -> Tensor:
+def measured_levels(
+    phase: Tensor, mean_hu: Sequence[dict[str, float]], remapped: np.ndarray, num_phases: int, num_classes: int
+) -> Tensor:
     """(B, K) the phase-prior channel's value of each class for B training items, model units
     (`ImageGeneratorConfig.prior_levels` "measured").
 
@@ -378,13 +427,15 @@ def measured_levels(phase: Tensor, mean_hu: Sequence[dict[str, float]], remapped
     return levels
 
 
-def _remap_phase(batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int,
-                 edge: str = "blur") -> bool:
+def _remap_phase(
+    batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int, edge: str = "blur"
+) -> bool:
     """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place);
     False when the scan has measured none of the structures to move (nothing changed).
 
     ``edge``: `ImageGeneratorConfig.phase_remap_edge`.
     """
+
     def shift_map(slice_units: Tensor, labels: Tensor) -> np.ndarray | None:
         if edge == "partial_volume":
             return partial_volume_shift_map(unit_to_hu(slice_units).numpy(), labels.numpy(), mean_hu, phase)
@@ -439,8 +490,15 @@ def hide_classes(batch: SliceBatch, hide: np.ndarray) -> None:
     batch.annotated = torch.where(hide, torch.zeros_like(batch.annotated), batch.annotated)
 
 
-def augment_slices(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom: np.ndarray, shift_mm: np.ndarray,
-             spacing_xy: Sequence[float], label_interpolation: str = "nearest") -> None:
+def augment_slices(
+    batch: SliceBatch,
+    apply: np.ndarray,
+    angle: np.ndarray,
+    zoom: np.ndarray,
+    shift_mm: np.ndarray,
+    spacing_xy: Sequence[float],
+    label_interpolation: str = "nearest",
+) -> None:
     """Joint in-plane similarity transform of target, prev and context masks (in place).
 
     ``label_interpolation``: "nearest", or "linear" (`ImageGeneratorConfig.label_interpolation`).
@@ -462,7 +520,10 @@ def augment_slices(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom
     # CT: bilinear, padded with air (sample x − air so that zero padding means air).
     for name in ("target", "prev"):
         x = getattr(batch, name)
-        moved = F.grid_sample(x[sel] - AIR_UNIT, grid[sel], mode="bilinear", padding_mode="zeros", align_corners=False) + AIR_UNIT
+        moved = (
+            F.grid_sample(x[sel] - AIR_UNIT, grid[sel], mode="bilinear", padding_mode="zeros", align_corners=False)
+            + AIR_UNIT
+        )
         x = x.clone()
         x[sel] = moved
         setattr(batch, name, x)
@@ -473,8 +534,12 @@ def augment_slices(batch: SliceBatch, apply: np.ndarray, angle: np.ndarray, zoom
     if label_interpolation == "linear":
         moved = _resample_labels_linear(ctx, grid[sel])
     else:
-        moved = F.grid_sample(ctx.float() - UNKNOWN, grid[sel], mode="nearest", padding_mode="zeros",
-                              align_corners=False).round().long() + UNKNOWN
+        moved = (
+            F.grid_sample(ctx.float() - UNKNOWN, grid[sel], mode="nearest", padding_mode="zeros", align_corners=False)
+            .round()
+            .long()
+            + UNKNOWN
+        )
     moved = torch.where(outside, torch.full_like(moved, OUTSIDE), moved)
     new_ctx = batch.ctx.clone()
     new_ctx[sel] = moved
@@ -493,8 +558,9 @@ def _resample_labels_linear(ctx: Tensor, grid: Tensor) -> Tensor:
     index = torch.searchsorted(order, ctx)
     n, c, h, w = ctx.shape
     one_hot = F.one_hot(index, len(order)).permute(0, 1, 4, 2, 3).float()  # (N, C, V, H, W)
-    weights = F.grid_sample(one_hot.reshape(n, c * len(order), h, w), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False).reshape(n, c, len(order), h, w)
+    weights = F.grid_sample(
+        one_hot.reshape(n, c * len(order), h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).reshape(n, c, len(order), h, w)
     unknown = int(torch.nonzero(order == UNKNOWN)[0])
     weights[:, :, unknown] += 1.0 - weights.sum(2)  # weight that fell outside the slice is unknown
     return order[weights.argmax(2)]

@@ -35,7 +35,6 @@ from guidegen.errors import InputError
 from guidegen.grids.resample import grid_affine, resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.config import PHASES, ImageGeneratorConfig
-from guidegen.settings import GenerationSettings
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
 from guidegen.images.native import finish_native
@@ -44,8 +43,16 @@ from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.runtime.precision import autocast, resolve_precision
+from guidegen.settings import GenerationSettings
 
-__all__ = ["ConditionalImageGenerator", "SliceCallback", "annotated_vector", "generate_ct", "model_grid", "sample_volume"]
+__all__ = [
+    "ConditionalImageGenerator",
+    "SliceCallback",
+    "annotated_vector",
+    "generate_ct",
+    "model_grid",
+    "sample_volume",
+]
 
 #: A generated CT is refused as "nearly all air" when fewer than this share of its labelled voxels
 #: (any class but background and unknown) lie above `BODY_THRESHOLD_HU` (lungs drawn as "body" are
@@ -68,7 +75,9 @@ class _ExportableSlice(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor, uncond: Tensor) -> Tensor:
+    def forward(
+        self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor, uncond: Tensor
+    ) -> Tensor:
         return self.net(inputs, t, phase, annotated, text, uncond)
 
 
@@ -88,8 +97,16 @@ class ConditionalImageGenerator(nn.Module):
         self.source: Path | None = None  # the checkpoint folder it was loaded from (caches the exports)
         self._networks: dict[tuple[str, str, str], CompiledNetwork] = {}
 
-    def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
-                uncond: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        inputs: Tensor,
+        t: Tensor,
+        phase: Tensor,
+        annotated: Tensor,
+        text: Tensor | None = None,
+        uncond: Tensor | None = None,
+        levels: Tensor | None = None,
+    ) -> Tensor:
         """See `SliceDenoiser.forward`: (N, C_in, H, W) inputs → (N, 1, H, W) velocity."""
         return self.net(inputs, t, phase, annotated, text, uncond, levels)
 
@@ -107,8 +124,9 @@ class ConditionalImageGenerator(nn.Module):
 
     def save_pretrained(self, folder: str | Path, overwrite: bool = True) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (+ checksums) atomically."""
-        return save_checkpoint(folder, self.config, self.state_dict(), overwrite=overwrite,
-                               metadata={"component": "image_generator"})
+        return save_checkpoint(
+            folder, self.config, self.state_dict(), overwrite=overwrite, metadata={"component": "image_generator"}
+        )
 
     @property
     def device(self) -> torch.device:
@@ -125,24 +143,45 @@ class ConditionalImageGenerator(nn.Module):
         if key not in self._networks:
             cfg = self.config
             n = 2  # the export frees the batch dimension; two items show it which one that is
-            example = (torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0)),
-                       torch.tensor([0.7, 0.3]), torch.tensor([min(3, cfg.num_phases - 1), 0]),
-                       torch.ones(n, cfg.num_classes), torch.randn(n, cfg.text_dim, generator=torch.Generator().manual_seed(1)),
-                       torch.tensor([False, True]))
+            example = (
+                torch.randn(
+                    n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0)
+                ),
+                torch.tensor([0.7, 0.3]),
+                torch.tensor([min(3, cfg.num_phases - 1), 0]),
+                torch.ones(n, cfg.num_classes),
+                torch.randn(n, cfg.text_dim, generator=torch.Generator().manual_seed(1)),
+                torch.tensor([False, True]),
+            )
             # Wraps the generator itself (not only .net), so a forward replaced on the instance is used.
-            spec = NetworkSpec("image_generator", _ExportableSlice(self).eval(), example,
-                               ("inputs", "t", "phase", "annotated", "text", "uncond"),
-                               weights_digest(self.net, repr(cfg)), cache_dirs(self.source))
+            spec = NetworkSpec(
+                "image_generator",
+                _ExportableSlice(self).eval(),
+                example,
+                ("inputs", "t", "phase", "annotated", "text", "uncond"),
+                weights_digest(self.net, repr(cfg)),
+                cache_dirs(self.source),
+            )
             compiled = compile_network(spec, backend, precision or "auto", self.device)
             self._networks[key] = _with_defaults(compiled, cfg.text_dim)
         return self._networks[key]
 
     @torch.no_grad()
-    def generate(self, labels: Volume | Sequence[Volume], seed: int | Sequence[int] = 0, *,
-                 phase: str | int | None | Sequence[str | int | None] = None, prompt: str | None = None,
-                 text_embedding: Tensor | None = None, annotated: Sequence[str] | None = None,
-                 settings: GenerationSettings | None = None, noise_correlation: float | None = None,
-                 callback: SliceCallback | None = None, check_grid: bool = True, **options: object) -> list[Volume]:
+    def generate(
+        self,
+        labels: Volume | Sequence[Volume],
+        seed: int | Sequence[int] = 0,
+        *,
+        phase: str | int | None | Sequence[str | int | None] = None,
+        prompt: str | None = None,
+        text_embedding: Tensor | None = None,
+        annotated: Sequence[str] | None = None,
+        settings: GenerationSettings | None = None,
+        noise_correlation: float | None = None,
+        callback: SliceCallback | None = None,
+        check_grid: bool = True,
+        **options: object,
+    ) -> list[Volume]:
         """Generate CTs for label maps already on the model grid (use `generate_ct` for any other grid).
 
         Volumes of equal shape are generated together as one batch.
@@ -196,17 +235,27 @@ class ConditionalImageGenerator(nn.Module):
             lab = torch.stack([torch.from_numpy(_checked_ids(vols[i], cfg.num_classes)) for i in idx]).to(self.device)
             gens = [torch.Generator(device=self.device).manual_seed(seeds[i]) for i in idx]
             units = sample_volume(
-                self, lab, flow=cfg.flow, steps=settings.image_steps or cfg.flow_steps,
+                self,
+                lab,
+                flow=cfg.flow,
+                steps=settings.image_steps or cfg.flow_steps,
                 guidance=cfg.guidance_scale if settings.image_guidance is None else settings.image_guidance,
                 phase=torch.tensor([phases[i] for i in idx], dtype=torch.long, device=self.device),
                 annotated=ann.expand(len(idx), -1).to(self.device),
                 text=None if text is None else text[idx].to(self.device),
-                generators=gens, network=network, callback=callback,
-                noise_correlation=cfg.noise_correlation if noise_correlation is None else noise_correlation)
+                generators=gens,
+                network=network,
+                callback=callback,
+                noise_correlation=cfg.noise_correlation if noise_correlation is None else noise_correlation,
+            )
             for j, i in enumerate(idx):
-                meta = {"seed": seeds[i], "phase": PHASES[phases[i]] if phases[i] else None, "prompt": prompt,
-                        "generator": "guidegen.images",
-                        "runtime": {"backend": network.backend, "precision": network.precision}}
+                meta = {
+                    "seed": seeds[i],
+                    "phase": PHASES[phases[i]] if phases[i] else None,
+                    "prompt": prompt,
+                    "generator": "guidegen.images",
+                    "runtime": {"backend": network.backend, "precision": network.precision},
+                }
                 results[i] = Volume(units_to_int16_hu(units[j]), vols[i].affine.copy(), "ct", meta)
         return results  # type: ignore[return-value]
 
@@ -216,8 +265,10 @@ def _image_settings(settings: GenerationSettings | None, options: dict[str, obje
     settings, so passing them to the image stage is a mistake worth stopping (it would be ignored)."""
     mistaken = sorted({"steps", "guidance"} & set(options))
     if mistaken:
-        raise TypeError(f"{', '.join(mistaken)} are the mask sampler's settings; the image generator's are "
-                        f"{', '.join('image_' + m for m in mistaken)}")
+        raise TypeError(
+            f"{', '.join(mistaken)} are the mask sampler's settings; the image generator's are "
+            f"{', '.join('image_' + m for m in mistaken)}"
+        )
     return GenerationSettings.from_options(settings, **options)
 
 
@@ -227,12 +278,14 @@ def _with_defaults(compiled: CompiledNetwork, text_dim: int) -> CompiledNetwork:
         return compiled
 
     def fill(call: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        def filled(inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None,
-                   uncond: Tensor | None) -> Tensor:
+        def filled(
+            inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None, uncond: Tensor | None
+        ) -> Tensor:
             n = inputs.shape[0]
             text = inputs.new_zeros(n, text_dim) if text is None else text.float()
             uncond = torch.zeros(n, dtype=torch.bool, device=inputs.device) if uncond is None else uncond.bool()
             return call(inputs.float(), t.float(), phase.long(), annotated.float(), text, uncond)
+
         return filled
 
     return compiled.wrapped(fill)
@@ -273,7 +326,9 @@ def _text_embedding(prompt: str | None, embedding: Tensor | None, n: int, dim: i
     if embedding.ndim == 1:
         embedding = embedding.unsqueeze(0)
     if embedding.shape[-1] != dim or embedding.shape[0] not in (1, n):
-        raise ValueError(f"text_embedding must have shape ({dim},), (1, {dim}) or ({n}, {dim}), got {tuple(embedding.shape)}")
+        raise ValueError(
+            f"text_embedding must have shape ({dim},), (1, {dim}) or ({n}, {dim}), got {tuple(embedding.shape)}"
+        )
     return embedding.expand(n, -1)
 
 
@@ -282,24 +337,41 @@ def _check_model_grid(labels: Volume, config: ImageGeneratorConfig) -> None:
         raise ValueError(f"labels must be label Volumes, got kind {labels.kind!r}")
     x, y, _ = labels.shape
     if (x, y) != (config.image_size, config.image_size) or not np.allclose(labels.spacing, config.spacing, rtol=0.02):
-        raise ValueError(f"labels must be on the model grid ({config.image_size}×{config.image_size} in-plane, "
-                         f"{config.spacing} mm), got shape {labels.shape} at {labels.spacing} mm; use generate_ct()")
+        raise ValueError(
+            f"labels must be on the model grid ({config.image_size}×{config.image_size} in-plane, "
+            f"{config.spacing} mm), got shape {labels.shape} at {labels.spacing} mm; use generate_ct()"
+        )
 
 
 def _checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
     arr = np.asarray(labels.array)
     bad = (arr != UNKNOWN) & ((arr < 0) | (arr >= num_classes))
     if bad.any():
-        raise InputError(labels.meta.get("source"), f"label ids must be 0..{num_classes - 1} (GuideGen vocabulary) "
-                         f"or {UNKNOWN}; found {sorted(np.unique(arr[bad]).tolist())[:5]}")
+        raise InputError(
+            labels.meta.get("source"),
+            f"label ids must be 0..{num_classes - 1} (GuideGen vocabulary) "
+            f"or {UNKNOWN}; found {sorted(np.unique(arr[bad]).tolist())[:5]}",
+        )
     return arr.astype(np.int64)
 
 
 @torch.no_grad()
-def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: int, guidance: float, phase: Tensor,
-                  annotated: Tensor, text: Tensor | None, generators: Sequence[torch.Generator],
-                  precision: str = "auto", callback: SliceCallback | None = None,
-                  noise_correlation: float = 0.0, network: VelocityNetwork | None = None) -> Tensor:
+def sample_volume(
+    model: nn.Module,
+    labels: Tensor,
+    *,
+    flow: FlowConfig,
+    steps: int,
+    guidance: float,
+    phase: Tensor,
+    annotated: Tensor,
+    text: Tensor | None,
+    generators: Sequence[torch.Generator],
+    precision: str = "auto",
+    callback: SliceCallback | None = None,
+    noise_correlation: float = 0.0,
+    network: VelocityNetwork | None = None,
+) -> Tensor:
     """Generate N volumes slice by slice along z, each slice conditioned on the generated previous one.
 
     For k = 0 … Z−1, all volumes together: draw ``ε_k`` (N, 1, X, Y) (volume i from ``generators[i]``),
@@ -342,6 +414,7 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
         def network(*args: Tensor | None) -> Tensor:
             with autocast(device, precision):
                 return model(*args).float()
+
     shift = getattr(cfg, "sample_shift", None)
     schedule = sampling_schedule(steps, flow.shift if shift is None else shift)
     uncond_flags = torch.ones(n, dtype=torch.bool, device=device)
@@ -351,14 +424,18 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
     out = torch.empty(n, x, y, z, dtype=torch.float32, device=device)
     prev = torch.zeros(n, 1, x, y, device=device)
     has_prev = torch.zeros(n, device=device)
+    noise = torch.zeros(n, 1, x, y, device=device)  # ε_{k−1}; slice 0 starts from fresh noise alone
     with torch_threads_for(network):
         for k in range(z):
             masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
             zpos = torch.full((n,), k / max(z - 1, 1) if cfg.slice_position else 0.0, device=device)
             fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
             # ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1.
-            noise = fresh if k == 0 or noise_correlation == 0.0 else (
-                noise_correlation * noise + math.sqrt(1.0 - noise_correlation ** 2) * fresh)
+            noise = (
+                fresh
+                if k == 0 or noise_correlation == 0.0
+                else (noise_correlation * noise + math.sqrt(1.0 - noise_correlation**2) * fresh)
+            )
 
             def velocity(x_t: Tensor, t: float) -> Tensor:
                 inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
@@ -378,8 +455,9 @@ def sample_volume(model: nn.Module, labels: Tensor, *, flow: FlowConfig, steps: 
     return out
 
 
-def model_grid(labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop", "fit"] = "crop"
-               ) -> tuple[np.ndarray, tuple[int, int, int]]:
+def model_grid(
+    labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop", "fit"] = "crop"
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The model grid for a label map: axis-aligned RAS+, centred in-plane on the labelled body.
 
     Like `guidegen.data.prepare` does for training data: ``image_size``² voxels in-plane centred on
@@ -398,16 +476,29 @@ def model_grid(labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop"
     """
     if fov not in ("crop", "fit"):
         raise ValueError(f"fov must be 'crop' or 'fit', got {fov!r}")
-    corners = np.array([[i, j, k] for i in (-0.5, labels.shape[0] - 0.5) for j in (-0.5, labels.shape[1] - 0.5)
-                        for k in (-0.5, labels.shape[2] - 0.5)])
+    corners = np.array(
+        [
+            [i, j, k]
+            for i in (-0.5, labels.shape[0] - 0.5)
+            for j in (-0.5, labels.shape[1] - 0.5)
+            for k in (-0.5, labels.shape[2] - 0.5)
+        ]
+    )
     world = labels.world_coordinates(corners)
     lo, hi = world.min(0), world.max(0)
     fg = (labels.array > 0) & (labels.array != UNKNOWN)
     if fg.any():
         idx = np.argwhere(fg)
-        box = labels.world_coordinates(np.array([[a, b, c] for a in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)
-                                                 for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
-                                                 for c in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)]))
+        box = labels.world_coordinates(
+            np.array(
+                [
+                    [a, b, c]
+                    for a in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)
+                    for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
+                    for c in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)
+                ]
+            )
+        )
         flo, fhi = box.min(0), box.max(0)
     else:
         flo, fhi = lo, hi
@@ -418,17 +509,34 @@ def model_grid(labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop"
         need = float(max(fhi[0] - flo[0], fhi[1] - flo[1])) / size
         sx, sy = max(sx, need), max(sy, need)
     nz = max(1, int(np.floor((hi[2] - lo[2]) / sz + 1e-6)))
-    origin = np.array([centre[0] - (size - 1) / 2 * sx, centre[1] - (size - 1) / 2 * sy,
-                       lo[2] + sz / 2 + ((hi[2] - lo[2]) - nz * sz) / 2])
+    origin = np.array(
+        [
+            centre[0] - (size - 1) / 2 * sx,
+            centre[1] - (size - 1) / 2 * sy,
+            lo[2] + sz / 2 + ((hi[2] - lo[2]) - nz * sz) / 2,
+        ]
+    )
     return grid_affine((sx, sy, sz), origin), (size, size, nz)
 
 
 @torch.no_grad()
-def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *, spacing: Sequence[float] | None = None,
-                seed: int = 0, prompt: str | None = None, text_embedding: Tensor | None = None,
-                annotated: Sequence[str] | None = None, settings: GenerationSettings | None = None,
-                fov: Literal["crop", "fit"] = "crop", callback: SliceCallback | None = None,
-                add_body: bool = True, texture: bool = True, levels: bool = True, **options: object) -> Volume:
+def generate_ct(
+    model: ConditionalImageGenerator,
+    labels: Volume | np.ndarray,
+    *,
+    spacing: Sequence[float] | None = None,
+    seed: int = 0,
+    prompt: str | None = None,
+    text_embedding: Tensor | None = None,
+    annotated: Sequence[str] | None = None,
+    settings: GenerationSettings | None = None,
+    fov: Literal["crop", "fit"] = "crop",
+    callback: SliceCallback | None = None,
+    add_body: bool = True,
+    texture: bool = True,
+    levels: bool = True,
+    **options: object,
+) -> Volume:
     """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
 
     The map is first shown to the model the way its training maps looked (`guidegen.data.body`):
@@ -496,18 +604,42 @@ def generate_ct(model: ConditionalImageGenerator, labels: Volume | np.ndarray, *
     affine, shape = model_grid(canonical(source), model.config, fov)
     on_grid = upsample_labels(source, affine=affine, shape=shape)
     # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
-    ct = model.generate([on_grid], seed, prompt=prompt, text_embedding=text_embedding, annotated=annotated,
-                        settings=settings, callback=callback, check_grid=False)[0]
+    ct = model.generate(
+        [on_grid],
+        seed,
+        prompt=prompt,
+        text_embedding=text_embedding,
+        annotated=annotated,
+        settings=settings,
+        callback=callback,
+        check_grid=False,
+    )[0]
     model_ct = _edge_extended(Volume(ct.array.astype(np.float32), affine, "ct"))
     back = resample_ct(model_ct, labels.affine, labels.shape)
     _check_not_air(np.rint(back.array), source, labels.meta.get("source"), model.config.spacing)
     # Issue 28: native-resolution texture and tumour / aorta levels (guidegen.images.native), on the
     # completed map (a derived body outline and unknown voxels inside it are body tissue).
-    finished, native = finish_native(back.array, source.array, labels.affine, model.config.spacing, seed=seed,
-                                     phase=settings.phase, texture=texture, levels=levels)
+    finished, native = finish_native(
+        back.array,
+        source.array,
+        labels.affine,
+        model.config.spacing,
+        seed=seed,
+        phase=settings.phase,
+        texture=texture,
+        levels=levels,
+    )
     hu = np.clip(np.rint(finished), HU_MIN, HU_MAX).astype(np.int16)
-    meta = dict(ct.meta, model_grid={"shape": list(shape), "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)]},
-                body=body, annotated=None if annotated is None else sorted(annotated, key=NAMES.index), native=native)
+    meta = dict(
+        ct.meta,
+        model_grid={
+            "shape": list(shape),
+            "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)],
+        },
+        body=body,
+        annotated=None if annotated is None else sorted(annotated, key=NAMES.index),
+        native=native,
+    )
     return Volume(hu, labels.affine.copy(), "ct", meta)
 
 
@@ -529,6 +661,9 @@ def _check_not_air(hu: np.ndarray, labels: Volume, where: object, model_spacing:
         return
     tissue = float(np.count_nonzero(hu[labelled] > BODY_THRESHOLD_HU)) / float(np.count_nonzero(labelled))
     if tissue < MIN_TISSUE_FRACTION:
-        raise InputError(where, f"the generated CT is air (below {BODY_THRESHOLD_HU:.0f} HU) in {1 - tissue:.0%} of the "
-                                "labelled voxels, so no CT was written: the map is outside what the model can draw "
-                                f"(structures too small for its {'×'.join(f'{float(v):g}' for v in model_spacing)} mm grid?)")
+        raise InputError(
+            where,
+            f"the generated CT is air (below {BODY_THRESHOLD_HU:.0f} HU) in {1 - tissue:.0%} of the "
+            "labelled voxels, so no CT was written: the map is outside what the model can draw "
+            f"(structures too small for its {'×'.join(f'{float(v):g}' for v in model_spacing)} mm grid?)",
+        )

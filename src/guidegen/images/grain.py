@@ -51,7 +51,9 @@ def slice_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(unit[2])))
 
 
-def to_slices_last(array: np.ndarray, spacing: Iterable[float], axis: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+def to_slices_last(
+    array: np.ndarray, spacing: Iterable[float], axis: int
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A view of ``array`` with the slice axis last, and the spacing in that order."""
     sp = tuple(float(s) for s in spacing)
     order = [a for a in range(3) if a != axis] + [axis]
@@ -83,7 +85,9 @@ def detrend(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float
     for k in np.flatnonzero(mask.any(axis=(0, 1))):
         m = mask[..., k].astype(np.float32)
         values = hu[..., k].astype(np.float32) * m
-        trend = ndimage.gaussian_filter(values, sigma, mode="nearest") / np.maximum(ndimage.gaussian_filter(m, sigma, mode="nearest"), 1e-6)
+        trend = ndimage.gaussian_filter(values, sigma, mode="nearest") / np.maximum(
+            ndimage.gaussian_filter(m, sigma, mode="nearest"), 1e-6
+        )
         out[..., k] = (hu[..., k] - trend) * m
     return out
 
@@ -101,8 +105,10 @@ class TissueTexture:
     inplane_correlation: tuple[float, float]
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 3) if isinstance(v, float) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (round(v, 3) if isinstance(v, float) else list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,8 +133,9 @@ def _lag_correlation(residual: np.ndarray, inside: np.ndarray, lag: int) -> floa
     return _correlation(a, b) if a.size >= MIN_VOXELS else None
 
 
-def tissue_texture(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float],
-                   depth_mm: float = DEPTH_MM) -> TissueTexture | None:
+def tissue_texture(
+    hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], depth_mm: float = DEPTH_MM
+) -> TissueTexture | None:
     """Statistics of one tissue (arrays slices last; see the module docstring); ``None`` if its
     interior has fewer than `MIN_VOXELS` voxels."""
     inside = interior(mask, spacing, depth_mm)
@@ -144,14 +151,20 @@ def tissue_texture(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float
         adjacent = float(np.abs(np.diff(hu, axis=2))[both].mean())
         slice_corr = _correlation(fine[..., 1:][both], fine[..., :-1][both])
     lags = tuple(_lag_correlation(fine, inside, lag) for lag in (1, 2))
-    return TissueTexture(voxels=n, mean=float(hu[inside].mean()), grain=float(fine[inside].std()),
-                         coarse_grain=float(coarse[inside].std()), adjacent_change=adjacent,
-                         slice_correlation=slice_corr,
-                         inplane_correlation=tuple(float("nan") if c is None else c for c in lags))  # type: ignore[arg-type]
+    return TissueTexture(
+        voxels=n,
+        mean=float(hu[inside].mean()),
+        grain=float(fine[inside].std()),
+        coarse_grain=float(coarse[inside].std()),
+        adjacent_change=adjacent,
+        slice_correlation=slice_corr,
+        inplane_correlation=tuple(float("nan") if c is None else c for c in lags),
+    )  # type: ignore[arg-type]
 
 
-def measure_texture(ct: Volume, labels: Volume, classes: Iterable[str] | None = None,
-                    depth_mm: float = DEPTH_MM) -> dict[str, TissueTexture]:
+def measure_texture(
+    ct: Volume, labels: Volume, classes: Iterable[str] | None = None, depth_mm: float = DEPTH_MM
+) -> dict[str, TissueTexture]:
     """Texture statistics of each class of a label map in a CT on the same grid.
 
     Args:

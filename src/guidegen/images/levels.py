@@ -55,7 +55,9 @@ CARCINOMA_UNENHANCED_HU = 42.6
 COLON_CARCINOMA_ENHANCEMENT_HU = 90.7 - 42.6
 #: Fraction of the liver's enhancement a liver tumour shows (real LiTS 117, portal venous, interiors).
 LITS_TUMOUR_HU, LITS_LIVER_HU = 61.7, 121.9
-LIVER_TUMOUR_FRACTION = (LITS_TUMOUR_HU - CARCINOMA_UNENHANCED_HU) / (LITS_LIVER_HU - TYPICAL_HU["non_contrast"]["liver"])
+LIVER_TUMOUR_FRACTION = (LITS_TUMOUR_HU - CARCINOMA_UNENHANCED_HU) / (
+    LITS_LIVER_HU - TYPICAL_HU["non_contrast"]["liver"]
+)
 #: Unenhanced blood (HU): bundled real unenhanced aortas (totalseg-example-a 43.4, s0009 37.8).
 UNENHANCED_AORTA_HU = (43.4 + 37.8) / 2
 #: Hosts with a tumour level.
@@ -94,7 +96,16 @@ def tumour_host(labels: np.ndarray, component: np.ndarray) -> str | None:
 
 def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
     means, counts = {}, {}
-    for name in ("aorta", "inferior_vena_cava", "portal_vein", "liver", "spleen", "kidney_left", "kidney_right", "urinary_bladder"):
+    for name in (
+        "aorta",
+        "inferior_vena_cava",
+        "portal_vein",
+        "liver",
+        "spleen",
+        "kidney_left",
+        "kidney_right",
+        "urinary_bladder",
+    ):
         mask = labels == ID[name]
         counts[name] = int(mask.sum())
         if counts[name]:
@@ -102,7 +113,9 @@ def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
     return estimate_phase(means, counts).phase
 
 
-def calibrate_levels(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None) -> tuple[np.ndarray, dict]:
+def calibrate_levels(
+    hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None
+) -> tuple[np.ndarray, dict]:
     """Set tumour and unenhanced-aorta levels (module docstring) in a CT on its label map's grid.
 
     Args:

@@ -41,14 +41,21 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
-from guidegen.diffusion.flow import velocity_from_x0
 from guidegen.data.phase import TYPICAL_HU
+from guidegen.diffusion.flow import velocity_from_x0
 from guidegen.images.config import PHASES, SAMPLE_PREDICTION_MIN_T, ImageGeneratorConfig
 from guidegen.images.hu import hu_to_unit
 from guidegen.labels.vocabulary import ID, UNKNOWN
 
-__all__ = ["OUTSIDE", "SliceDenoiser", "assemble_inputs", "context_labels", "mask_channels", "phase_id",
-           "phase_prior_table"]
+__all__ = [
+    "OUTSIDE",
+    "SliceDenoiser",
+    "assemble_inputs",
+    "context_labels",
+    "mask_channels",
+    "phase_id",
+    "phase_prior_table",
+]
 
 #: Label value marking a context slice outside the volume (all its channels are zero).
 OUTSIDE = -1
@@ -153,7 +160,9 @@ class SliceDenoiser(nn.Module):
         if config.phase_prior:
             # Built from the code's table, not stored with the weights (persistent=False): a
             # checkpoint stays loadable, and the table is documented in guidegen.data.phase.
-            self.register_buffer("prior_table", phase_prior_table(config.num_phases, config.num_classes), persistent=False)
+            self.register_buffer(
+                "prior_table", phase_prior_table(config.num_phases, config.num_classes), persistent=False
+            )
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=config.in_channels + int(config.phase_prior),
@@ -200,8 +209,16 @@ class SliceDenoiser(nn.Module):
             token = torch.where(uncond.reshape(n, 1, 1), self.null_token.to(token.dtype).expand_as(token), token)
         return token
 
-    def forward(self, inputs: Tensor, t: Tensor, phase: Tensor, annotated: Tensor, text: Tensor | None = None,
-                uncond: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        inputs: Tensor,
+        t: Tensor,
+        phase: Tensor,
+        annotated: Tensor,
+        text: Tensor | None = None,
+        uncond: Tensor | None = None,
+        levels: Tensor | None = None,
+    ) -> Tensor:
         """Predict the velocity ``ε − x_0`` of the noisy slice (directly, or from the predicted clean
         slice when ``config.prediction`` is "sample").
 
@@ -241,7 +258,7 @@ class SliceDenoiser(nn.Module):
         has none and for phase 0."""
         k = self.config.num_classes
         start = 1 + self.config.context_radius * (k + 1)  # after x_t and the context slices above k
-        onehot = inputs[:, start:start + k]
+        onehot = inputs[:, start : start + k]
         if levels is None:
             weights = self.prior_table[phase.long()].to(inputs.dtype)  # (N, K); row 0 is all zero
         else:

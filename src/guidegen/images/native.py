@@ -22,8 +22,17 @@ from guidegen.images.texture import add_texture
 __all__ = ["finish_native"]
 
 
-def finish_native(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, model_spacing: Sequence[float], *,
-                  seed: int, phase: str | None, texture: bool = True, levels: bool = True) -> tuple[np.ndarray, dict]:
+def finish_native(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    model_spacing: Sequence[float],
+    *,
+    seed: int,
+    phase: str | None,
+    texture: bool = True,
+    levels: bool = True,
+) -> tuple[np.ndarray, dict]:
     """Apply the level corrections and the native-resolution texture.
 
     Args:

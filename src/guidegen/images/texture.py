@@ -99,13 +99,25 @@ class TextureModel:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TextureModel:
-        keys = ("noise_hu", "inplane_sigma_mm", "slice_correlation_mm", "highpass_fraction", "contrast_extra_hu", "provenance")
+        keys = (
+            "noise_hu",
+            "inplane_sigma_mm",
+            "slice_correlation_mm",
+            "highpass_fraction",
+            "contrast_extra_hu",
+            "provenance",
+        )
         return cls(**{k: data[k] for k in keys if k in data})
 
     def to_dict(self) -> dict:
-        return {"noise_hu": self.noise_hu, "inplane_sigma_mm": self.inplane_sigma_mm,
-                "slice_correlation_mm": self.slice_correlation_mm, "highpass_fraction": self.highpass_fraction,
-                "contrast_extra_hu": dict(self.contrast_extra_hu), "provenance": dict(self.provenance)}
+        return {
+            "noise_hu": self.noise_hu,
+            "inplane_sigma_mm": self.inplane_sigma_mm,
+            "slice_correlation_mm": self.slice_correlation_mm,
+            "highpass_fraction": self.highpass_fraction,
+            "contrast_extra_hu": dict(self.contrast_extra_hu),
+            "provenance": dict(self.provenance),
+        }
 
     def noise_at(self, slice_mm: float) -> float:
         """σ (HU) of unenhanced tissue for slices ``slice_mm`` apart."""
@@ -189,8 +201,15 @@ def _filter_slice(white: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return fft.irfft2(fft.rfft2(white) * fft.rfft2(padded), s=white.shape).astype(np.float32)
 
 
-def texture_field(shape: tuple[int, int, int], spacing: tuple[float, float, float], model: TextureModel,
-                  model_inplane_mm: float, seed: int, first: int = 0, previous: np.ndarray | None = None) -> np.ndarray:
+def texture_field(
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    model: TextureModel,
+    model_inplane_mm: float,
+    seed: int,
+    first: int = 0,
+    previous: np.ndarray | None = None,
+) -> np.ndarray:
     """Unit-variance (before the high-pass) noise field of slices ``first … first + Z − 1``.
 
     Args:
@@ -207,7 +226,7 @@ def texture_field(shape: tuple[int, int, int], spacing: tuple[float, float, floa
     """
     kernel = inplane_filter(spacing[:2], model.inplane_sigma_mm, model.highpass_fraction * model_inplane_mm)
     full = inplane_filter(spacing[:2], model.inplane_sigma_mm, None)
-    kernel = kernel / math.sqrt(float((full ** 2).sum()))  # unit variance before the high-pass
+    kernel = kernel / math.sqrt(float((full**2).sum()))  # unit variance before the high-pass
     rho = math.exp(-float(spacing[2]) / model.slice_correlation_mm)
     out = np.empty(shape, dtype=np.float32)
     state = previous
@@ -219,8 +238,15 @@ def texture_field(shape: tuple[int, int, int], spacing: tuple[float, float, floa
     return out
 
 
-def add_texture(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, model_spacing: Sequence[float], seed: int,
-                phase: str | None = None, model: TextureModel | None = None) -> tuple[np.ndarray, dict]:
+def add_texture(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    model_spacing: Sequence[float],
+    seed: int,
+    phase: str | None = None,
+    model: TextureModel | None = None,
+) -> tuple[np.ndarray, dict]:
     """Add native-resolution texture to a CT resampled from the model grid onto a finer grid.
 
     Args:
@@ -242,7 +268,10 @@ def add_texture(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, model_sp
     spacing_all = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
     inplane_finer, _ = finer_than(spacing_all, model_spacing, axis)
     if not inplane_finer:
-        return np.clip(hu, HU_MIN, HU_MAX).astype(np.float32), {"applied": False, "reason": "grid not finer than the model's in-plane"}
+        return np.clip(hu, HU_MIN, HU_MAX).astype(np.float32), {
+            "applied": False,
+            "reason": "grid not finer than the model's in-plane",
+        }
     out = np.moveaxis(np.clip(hu, HU_MIN, HU_MAX).astype(np.float32), axis, -1).copy()
     lab = np.moveaxis(np.asarray(labels), axis, -1)
     order = [a for a in range(3) if a != axis] + [axis]
@@ -260,7 +289,12 @@ def add_texture(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, model_sp
         tissue = block > AIR_HU
         block[tissue] += (sigma * noise)[tissue]
     np.clip(out, HU_MIN, HU_MAX, out=out)
-    record = {"applied": True, "noise_hu": round(model.noise_at(spacing[2]), 2),
-              "inplane_sigma_mm": model.inplane_sigma_mm, "slice_correlation": round(math.exp(-spacing[2] / model.slice_correlation_mm), 3),
-              "highpass_mm": round(model.highpass_fraction * model_inplane, 3), "seed": int(seed)}
+    record = {
+        "applied": True,
+        "noise_hu": round(model.noise_at(spacing[2]), 2),
+        "inplane_sigma_mm": model.inplane_sigma_mm,
+        "slice_correlation": round(math.exp(-spacing[2] / model.slice_correlation_mm), 3),
+        "highpass_mm": round(model.highpass_fraction * model_inplane, 3),
+        "seed": int(seed),
+    }
     return np.moveaxis(out, -1, axis), record

@@ -38,11 +38,28 @@ from guidegen.io.volume import Volume
 __all__ = ["FitScan", "detrended_response", "fit_texture_model", "noise_floor"]
 
 #: Tissues whose grain may serve as the noise floor (homogeneous parenchyma, fluid, blood).
-FLOOR_CANDIDATES: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "pancreas", "gallbladder",
-                                     "inferior_vena_cava", "portal_vein", "urinary_bladder")
+FLOOR_CANDIDATES: tuple[str, ...] = (
+    "liver",
+    "spleen",
+    "kidney_left",
+    "kidney_right",
+    "pancreas",
+    "gallbladder",
+    "inferior_vena_cava",
+    "portal_vein",
+    "urinary_bladder",
+)
 #: Tissues whose extra grain in contrast phases is fitted.
-EXTRA_CANDIDATES: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "pancreas", "gallbladder",
-                                     "inferior_vena_cava", "tumour")
+EXTRA_CANDIDATES: tuple[str, ...] = (
+    "liver",
+    "spleen",
+    "kidney_left",
+    "kidney_right",
+    "pancreas",
+    "gallbladder",
+    "inferior_vena_cava",
+    "tumour",
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,7 @@ def detrended_response(pixel_mm: tuple[float, float], sigma_mm: float, trend_mm:
     """2-D impulse response of full-band unit noise (correlation σ ``sigma_mm``) after the fine
     detrending of `guidegen.images.grain` (minus its Gaussian average of σ ``trend_mm``)."""
     shaped = inplane_filter(pixel_mm, sigma_mm, None)
-    shaped = shaped / math.sqrt(float((shaped ** 2).sum()))
+    shaped = shaped / math.sqrt(float((shaped**2).sum()))
     lx, ly = gaussian_kernel(trend_mm / pixel_mm[0]), gaussian_kernel(trend_mm / pixel_mm[1])
     padded = np.pad(shaped, ((len(lx) // 2,) * 2, (len(ly) // 2,) * 2))
     low = ndimage.convolve1d(ndimage.convolve1d(padded, lx, axis=0, mode="constant"), ly, axis=1, mode="constant")
@@ -79,7 +96,7 @@ def detrended_response(pixel_mm: tuple[float, float], sigma_mm: float, trend_mm:
 def _predicted(pixel_mm: tuple[float, float], sigma_mm: float) -> tuple[float, float, float]:
     """(kept fraction of the noise std, correlation at 1 px, at 2 px) of detrended noise."""
     h = detrended_response(pixel_mm, sigma_mm)
-    energy = float((h ** 2).sum())
+    energy = float((h**2).sum())
     corr = []
     for lag in (1, 2):
         along = [float((h[lag:] * h[:-lag]).sum()), float((h[:, lag:] * h[:, :-lag]).sum())]
@@ -103,8 +120,9 @@ def _inplane_pixel(volume: Volume) -> tuple[tuple[float, float], float]:
     return inplane, sp[axis]  # type: ignore[return-value]
 
 
-def fit_texture_model(scans: Sequence[FitScan], sigma_grid: Sequence[float] | None = None,
-                      length_grid: Sequence[float] | None = None) -> tuple[TextureModel, dict]:
+def fit_texture_model(
+    scans: Sequence[FitScan], sigma_grid: Sequence[float] | None = None, length_grid: Sequence[float] | None = None
+) -> tuple[TextureModel, dict]:
     """Fit the texture model to the scans marked ``fit``; measure all.
 
     Returns:
@@ -118,9 +136,15 @@ def fit_texture_model(scans: Sequence[FitScan], sigma_grid: Sequence[float] | No
         stats = measure_texture(scan.ct, scan.labels)
         floor_name, floor = noise_floor(stats)
         pixel, dz = _inplane_pixel(scan.ct)
-        report[scan.name] = {"fit": scan.fit, "contrast": scan.contrast, "note": scan.note,
-                             "pixel_mm": [round(p, 3) for p in pixel], "slice_mm": round(dz, 3),
-                             "floor": floor_name, "tissues": {n: s.to_dict() for n, s in stats.items()}}
+        report[scan.name] = {
+            "fit": scan.fit,
+            "contrast": scan.contrast,
+            "note": scan.note,
+            "pixel_mm": [round(p, 3) for p in pixel],
+            "slice_mm": round(dz, 3),
+            "floor": floor_name,
+            "tissues": {n: s.to_dict() for n, s in stats.items()},
+        }
         if scan.fit:
             fitted.append((scan, stats, floor, pixel, dz))
     if not fitted:
@@ -150,14 +174,16 @@ def fit_texture_model(scans: Sequence[FitScan], sigma_grid: Sequence[float] | No
         if scan.contrast:
             for name in EXTRA_CANDIDATES:
                 if name in stats:
-                    extra = math.sqrt(max(stats[name].grain ** 2 - floor.grain ** 2, 0.0)) / kept
+                    extra = math.sqrt(max(stats[name].grain ** 2 - floor.grain**2, 0.0)) / kept
                     extras.setdefault(name, []).append(extra)
     if pairs:
         errs = [sum((math.exp(-d / ell) - r) ** 2 for d, r in pairs) for ell in length_grid]
         length = float(length_grid[int(np.argmin(errs))])
     else:
         raise ValueError("no fitted scan has two adjacent slices of its floor tissue")
-    contrast_extra = {n: round(math.sqrt(sum(v * v for v in vals) / len(vals)), 2) for n, vals in sorted(extras.items())}
+    contrast_extra = {
+        n: round(math.sqrt(sum(v * v for v in vals) / len(vals)), 2) for n, vals in sorted(extras.items())
+    }
     contrast_extra = {n: v for n, v in contrast_extra.items() if v > 0}
     provenance = {
         "fitted_on": [s.name for s, *_ in fitted],
@@ -167,6 +193,11 @@ def fit_texture_model(scans: Sequence[FitScan], sigma_grid: Sequence[float] | No
         "amplitude_per_scan_hu_at_5mm": [round(a, 3) for a in amplitudes],
         "slice_correlation_pairs": [[round(d, 3), round(r, 3)] for d, r in pairs],
     }
-    model = TextureModel(noise_hu=round(float(np.mean(amplitudes)), 2), inplane_sigma_mm=round(sigma, 3),
-                         slice_correlation_mm=round(length, 3), contrast_extra_hu=contrast_extra, provenance=provenance)
+    model = TextureModel(
+        noise_hu=round(float(np.mean(amplitudes)), 2),
+        inplane_sigma_mm=round(sigma, 3),
+        slice_correlation_mm=round(length, 3),
+        contrast_extra_hu=contrast_extra,
+        provenance=provenance,
+    )
     return model, report

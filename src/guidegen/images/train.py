@@ -36,17 +36,34 @@ from torch import Tensor, nn
 
 from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict
-from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, cleanup,
-                                  init_distributed, no_sync, wrap_ddp)
 from guidegen.diffusion.flow import add_noise, sample_training_times, velocity_target
+from guidegen.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    batch_shares,
+    cleanup,
+    init_distributed,
+    no_sync,
+    wrap_ddp,
+)
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.dataset import SliceBatch, SliceDataset
 from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.model import assemble_inputs, mask_channels
 from guidegen.labels.vocabulary import ID
 from guidegen.runtime.precision import resolve_precision
-from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
-                               remove_stale_checkpoints, resume_training, step_generators, truncate_log)
+from guidegen.training import (
+    EMA,
+    autocast,
+    checkpoint_path,
+    cosine_lr,
+    prune_checkpoints,
+    remove_stale_checkpoints,
+    resume_training,
+    step_generators,
+    truncate_log,
+)
 
 __all__ = ["LEVEL_EXCLUDED", "LEVEL_MIN_PIXELS", "flow_matching_loss", "structure_level_loss", "train_image_generator"]
 
@@ -64,8 +81,13 @@ LEVEL_MIN_PIXELS = 8
 LEVEL_EXCLUDED: tuple[str, ...] = ("body",)
 
 
-def structure_level_loss(error: Tensor, labels: Tensor, num_classes: int, min_pixels: int = LEVEL_MIN_PIXELS,
-                         exclude: Sequence[str] = LEVEL_EXCLUDED) -> Tensor:
+def structure_level_loss(
+    error: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    min_pixels: int = LEVEL_MIN_PIXELS,
+    exclude: Sequence[str] = LEVEL_EXCLUDED,
+) -> Tensor:
     """Mean over (slice, structure) of the squared mean of ``error`` inside the structure.
 
     Args:
@@ -91,11 +113,12 @@ def structure_level_loss(error: Tensor, labels: Tensor, num_classes: int, min_pi
     if not present.any():
         return error.new_zeros((), dtype=torch.float32)
     means = sums[present] / counts[present]
-    return (means ** 2).mean()
+    return (means**2).mean()
 
 
-def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: SliceBatch, t: Tensor, noise: Tensor,
-                       precision: str = "auto") -> Tensor:
+def flow_matching_loss(
+    model: ConditionalImageGenerator | nn.Module, batch: SliceBatch, t: Tensor, noise: Tensor, precision: str = "auto"
+) -> Tensor:
     """Mean squared velocity error ``‖v_θ(x_t, t | c) − (ε − x_0)‖²`` of a batch (float32 scalar), plus
     ``level_loss_weight`` × `structure_level_loss` when the config asks for it."""
     x_t = add_noise(batch.target, noise, t)
@@ -107,7 +130,7 @@ def flow_matching_loss(model: ConditionalImageGenerator | nn.Module, batch: Slic
         extra = {} if batch.levels is None else {"levels": batch.levels}
         pred = model(inputs, t, batch.phase, batch.annotated, batch.text, batch.uncond, **extra)
     error = pred.float() - velocity_target(batch.target, noise)
-    loss = (error ** 2).mean()
+    loss = (error**2).mean()
     if config.level_loss_weight:
         centre = batch.ctx[:, config.context_radius]
         loss = loss + config.level_loss_weight * structure_level_loss(error, centre, config.num_classes)
@@ -125,9 +148,16 @@ def _same_run(a: ImageGeneratorConfig, b: ImageGeneratorConfig) -> bool:
     return all(da[k] == db[k] for k in da if k not in _RESUME_MUTABLE)
 
 
-def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: str | Path,
-                          resume: bool = True, progress: bool = True, max_steps: int | None = None,
-                          text_embeddings: dict[str, Tensor] | None = None, device: str = "cpu") -> Path:
+def train_image_generator(
+    config: ImageGeneratorConfig,
+    prepared_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+    text_embeddings: dict[str, Tensor] | None = None,
+    device: str = "cpu",
+) -> Path:
     """Train (or resume training) the slice generator.
 
     Under ``torchrun`` every process calls this; they train one model with DistributedDataParallel
@@ -162,12 +192,24 @@ def train_image_generator(config: ImageGeneratorConfig, prepared_dir: str | Path
 
 def _take(batch: SliceBatch, idx: Tensor, device: torch.device) -> SliceBatch:
     """Items ``idx`` of a batch, on ``device``."""
-    return SliceBatch(**{f: None if getattr(batch, f) is None else getattr(batch, f)[idx].to(device)
-                         for f in SliceBatch.__dataclass_fields__})
+    return SliceBatch(
+        **{
+            f: None if getattr(batch, f) is None else getattr(batch, f)[idx].to(device)
+            for f in SliceBatch.__dataclass_fields__
+        }
+    )
 
 
-def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path, resume: bool, progress: bool,
-           stop: int, text_embeddings: dict[str, Tensor] | None, ctx: DistContext) -> Path:
+def _train(
+    config: ImageGeneratorConfig,
+    prepared_dir: str | Path,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    stop: int,
+    text_embeddings: dict[str, Tensor] | None,
+    ctx: DistContext,
+) -> Path:
     device = ctx.device
     micro = batch_shares(config.batch_size, ctx, config.grad_accumulation)
     mine = [p for share in micro for p in share]  # this rank's positions in every global batch
@@ -178,8 +220,9 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
     precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ema = EMA(model, config.ema_decay)
-    step = resume_training(run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler,
-                           same_run=_same_run, ctx=ctx, resume=resume)
+    step = resume_training(
+        run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler, same_run=_same_run, ctx=ctx, resume=resume
+    )
     log_path = run_dir / "log.jsonl"
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,14 +231,29 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
         truncate_log(log_path, step)  # lines after the checkpoint belong to steps that are done again
     net = wrap_ddp(model, ctx)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     recent: list[float] = []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(Progress(TextColumn("[bold]image generator[/]"), BarColumn(), MofNCompleteColumn(),
-                                           TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                           disable=not (progress and ctx.is_main)))
+        bar = stack.enter_context(
+            Progress(
+                TextColumn("[bold]image generator[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                disable=not (progress and ctx.is_main),
+            )
+        )
         log = stack.enter_context(open(log_path, "a", encoding="utf-8")) if ctx.is_main else None
         task = bar.add_task("train", total=config.steps, completed=step, loss="—")
         while step < stop:
@@ -216,8 +274,9 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
                 idx = torch.tensor([mine.index(p) for p in share])
                 weight = len(share) / config.batch_size  # the loss is a mean over the global batch
                 with no_sync(net, sync=j == len(micro) - 1):
-                    loss = flow_matching_loss(net, _take(batch, idx, device), t[idx].to(device), noise[idx].to(device),
-                                              precision)
+                    loss = flow_matching_loss(
+                        net, _take(batch, idx, device), t[idx].to(device), noise[idx].to(device), precision
+                    )
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss at step {step}; lower lr or use precision='fp32'")
                     # DDP averages the gradients over the ranks, hence × world size.
@@ -230,12 +289,21 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
             scaler.update()
             ema.update(model)
             step += 1
-            recent = (recent + [float(all_reduce_sum(logged, ctx))])[-config.log_every:]
+            recent = (recent + [float(all_reduce_sum(logged, ctx))])[-config.log_every :]
             if step % config.log_every == 0 or step == stop:
                 mean = sum(recent) / len(recent)
                 if log is not None:
-                    log.write(json.dumps({"step": step, "loss": round(mean, 6), "lr": lr,
-                                          "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "step": step,
+                                "loss": round(mean, 6),
+                                "lr": lr,
+                                "seconds": round(time.perf_counter() - started, 1),
+                            }
+                        )
+                        + "\n"
+                    )
                     log.flush()
                 bar.update(task, loss=f"{mean:.4f}")
             bar.update(task, completed=step)
@@ -248,11 +316,24 @@ def _train(config: ImageGeneratorConfig, prepared_dir: str | Path, run_dir: Path
     return final if step >= config.steps else checkpoint_path(run_dir, step)
 
 
-def _save(run_dir: Path, config: ImageGeneratorConfig, model: ConditionalImageGenerator, ema: EMA,
-          opt: torch.optim.Optimizer, step: int, scaler: torch.amp.GradScaler | None = None) -> None:
+def _save(
+    run_dir: Path,
+    config: ImageGeneratorConfig,
+    model: ConditionalImageGenerator,
+    ema: EMA,
+    opt: torch.optim.Optimizer,
+    step: int,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
     state = {"step": step, "optimizer": opt.state_dict(), "ema_updates": ema.updates}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
-    save_checkpoint(checkpoint_path(run_dir, step), config, ema.state_dict(), training=state,
-                    raw_weights=model.state_dict(), metadata={"component": "image_generator", "step": str(step)})
+    save_checkpoint(
+        checkpoint_path(run_dir, step),
+        config,
+        ema.state_dict(),
+        training=state,
+        raw_weights=model.state_dict(),
+        metadata={"component": "image_generator", "step": str(step)},
+    )
     prune_checkpoints(run_dir, config.keep_checkpoints)

@@ -17,8 +17,9 @@ from guidegen.labels.vocabulary import NAMES
 __all__ = ["compare_mean_hu", "organ_mean_hu", "validate_case"]
 
 
-def organ_mean_hu(ct: Volume, labels: Volume, classes: Sequence[str] | None = None, min_voxels: int = 10
-                  ) -> dict[str, float]:
+def organ_mean_hu(
+    ct: Volume, labels: Volume, classes: Sequence[str] | None = None, min_voxels: int = 10
+) -> dict[str, float]:
     """Mean HU of every labelled structure (with at least ``min_voxels`` voxels).
 
     Args:
@@ -41,7 +42,9 @@ def organ_mean_hu(ct: Volume, labels: Volume, classes: Sequence[str] | None = No
     return out
 
 
-def compare_mean_hu(generated: Volume, real: Volume, labels: Volume, min_voxels: int = 10) -> dict[str, dict[str, float]]:
+def compare_mean_hu(
+    generated: Volume, real: Volume, labels: Volume, min_voxels: int = 10
+) -> dict[str, dict[str, float]]:
     """Per-structure mean HU of a generated and a real CT of the same label map.
 
     Returns:
@@ -50,15 +53,19 @@ def compare_mean_hu(generated: Volume, real: Volume, labels: Volume, min_voxels:
     """
     gen = organ_mean_hu(generated, labels, min_voxels=min_voxels)
     ref = organ_mean_hu(real, labels, min_voxels=min_voxels)
-    table = {n: {"generated": round(gen[n], 1), "real": round(ref[n], 1), "difference": round(gen[n] - ref[n], 1)}
-             for n in ref if n in gen}
+    table = {
+        n: {"generated": round(gen[n], 1), "real": round(ref[n], 1), "difference": round(gen[n] - ref[n], 1)}
+        for n in ref
+        if n in gen
+    }
     diffs = [abs(v["difference"]) for v in table.values()]
     table["_summary"] = {"mean_abs_difference": round(float(np.mean(diffs)), 1) if diffs else float("nan")}
     return table
 
 
-def validate_case(model, entry: dict, seed: int = 0, steps: int | None = None, phase: str | int | None = None
-                  ) -> dict[str, dict[str, float]]:
+def validate_case(
+    model, entry: dict, seed: int = 0, steps: int | None = None, phase: str | int | None = None
+) -> dict[str, dict[str, float]]:
     """Generate a CT for a prepared case's labels and compare it with the real CT.
 
     Args:

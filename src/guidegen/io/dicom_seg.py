@@ -212,9 +212,7 @@ def _frame_numbers(
     return numbers
 
 
-def _seg_on_reference_grid(
-    path: Path, seg: hd.seg.Segmentation, numbers: set[int], reference: Volume
-) -> np.ndarray:
+def _seg_on_reference_grid(path: Path, seg: hd.seg.Segmentation, numbers: set[int], reference: Volume) -> np.ndarray:
     """Copy each frame into the reference grid without resampling.
 
     Returns:
@@ -254,9 +252,7 @@ def _seg_on_reference_grid(
         origin = (to_index @ LPS_TO_RAS @ np.append(position, 1.0))[:3]
         step_column = to_index[:3, :3] @ (LPS_TO_RAS[:3, :3] @ orientation[:3]) * spacing[1]
         step_row = to_index[:3, :3] @ (LPS_TO_RAS[:3, :3] @ orientation[3:]) * spacing[0]
-        corners = np.array(
-            [origin + c * step_column + r * step_row for c in (0, columns - 1) for r in (0, rows - 1)]
-        )
+        corners = np.array([origin + c * step_column + r * step_row for c in (0, columns - 1) for r in (0, rows - 1)])
         unit_column, unit_row = np.rint(step_column), np.rint(step_row)
         axes_ok = (
             np.abs(unit_column).sum() == 1

@@ -24,15 +24,16 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir, atomic_file, check_writable
+
 # The folder scan and slice-geometry checks are the reader's own, so that a series is accepted for a
 # SEG exactly when `read_dicom_series` would accept it.
-from guidegen.io.dicom import LPS_TO_RAS, scan_folder, DicomSlice, slice_geometry, sort_and_check_geometry
+from guidegen.io.dicom import LPS_TO_RAS, DicomSlice, scan_folder, slice_geometry, sort_and_check_geometry
 from guidegen.io.dicom_seg import GRID_TOLERANCE_VOXELS
 from guidegen.io.volume import HU_MAX, HU_MIN, LabelInfo, Volume
 
@@ -178,8 +179,9 @@ def write_dicom_ct_series(
     width = max(4, len(str(n_slices)))
     with atomic_dir(folder, overwrite) as tmp:
         for k in range(n_slices):
-            ds = _ct_slice_header(info, date, time, study_uid, series_uid, frame_of_reference_uid, series_description,
-                                  series_number)
+            ds = _ct_slice_header(
+                info, date, time, study_uid, series_uid, frame_of_reference_uid, series_description, series_number
+            )
             position = affine_lps[:3, 3] + k * slice_step
             ds.InstanceNumber = k + 1
             ds.ImagePositionPatient = [_ds(v) for v in position]
@@ -189,8 +191,7 @@ def write_dicom_ct_series(
             ds.SpacingBetweenSlices = _ds(gap)
             ds.SliceLocation = _ds(float(position @ normal))
             # Volume axis 0 runs along a row (column index), axis 1 down a column (row index).
-            ds.set_pixel_data(np.ascontiguousarray(pixels[:, :, k].T), "MONOCHROME2", 16,
-                              generate_instance_uid=False)
+            ds.set_pixel_data(np.ascontiguousarray(pixels[:, :, k].T), "MONOCHROME2", 16, generate_instance_uid=False)
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.save_as(tmp / f"IM{k + 1:0{width}d}.dcm", enforce_file_format=True)
     return folder
@@ -489,9 +490,7 @@ def _frames_on_ct(
     return frames
 
 
-def _segment_description(
-    number: int, cls: SegmentClass, colour: tuple[int, int, int]
-) -> hd.seg.SegmentDescription:
+def _segment_description(number: int, cls: SegmentClass, colour: tuple[int, int, int]) -> hd.seg.SegmentDescription:
     fallback = (_ANATOMY, codes.SCT.Organ, None) if cls.organ else (codes.SCT.Tissue, codes.SCT.Tissue, None)
     category, kind, laterality = _SEGMENT_CODES.get(cls.name, fallback)
     description = hd.seg.SegmentDescription(
@@ -520,4 +519,3 @@ def _version() -> str:
         return importlib.metadata.version("guidegen")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree
         return "unknown"
-

@@ -111,8 +111,11 @@ def sidecar_vocabulary(meta: dict) -> str | dict[str, str] | None:
 
 def _check_vocabulary(path: Path, value: object, where: str = "") -> None:
     if value is not None and not isinstance(value, str) and not is_label_table(value):
-        raise InputError(path, f"{where}'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`) or a "
-                               f'label set ({{"1": "liver", ...}}, see `guidegen list-classes`), got {value!r}')
+        raise InputError(
+            path,
+            f"{where}'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`) or a "
+            f'label set ({{"1": "liver", ...}}, see `guidegen list-classes`), got {value!r}',
+        )
 
 
 def _read_json(path: Path) -> dict:
@@ -123,12 +126,20 @@ def _read_json(path: Path) -> dict:
 
 def _structures_case(folder: Path) -> CaseSource:
     seg = folder / "segmentations"
-    masks = {re.sub(r"\.nii(\.gz)?$", "", p.name): p for p in sorted(seg.iterdir()) if p.name.endswith((".nii", ".nii.gz"))}
+    masks = {
+        re.sub(r"\.nii(\.gz)?$", "", p.name): p for p in sorted(seg.iterdir()) if p.name.endswith((".nii", ".nii.gz"))
+    }
     if not masks:
         raise InputError(seg, "holds no .nii.gz structure masks")
     image = _first(folder, CT_NAMES)
-    return CaseSource(_safe_id(folder.name), "totalsegmentator", image=image, image_format="nifti" if image else None,
-                      labels_format="structures", structures=masks)
+    return CaseSource(
+        _safe_id(folder.name),
+        "totalsegmentator",
+        image=image,
+        image_format="nifti" if image else None,
+        labels_format="structures",
+        structures=masks,
+    )
 
 
 def _dataset_json_cases(folder: Path) -> list[CaseSource]:
@@ -145,7 +156,10 @@ def _dataset_json_cases(folder: Path) -> list[CaseSource]:
             names = {}
             for k, v in labels.items():
                 if not isinstance(v, int):
-                    raise InputError(folder / "dataset.json", f"label {k!r} is a region ({v!r}); region-based labels are not supported")
+                    raise InputError(
+                        folder / "dataset.json",
+                        f"label {k!r} is a region ({v!r}); region-based labels are not supported",
+                    )
                 names[v] = str(k)
             layout = "nnunet"
     except ValueError:
@@ -163,8 +177,17 @@ def _dataset_json_cases(folder: Path) -> list[CaseSource]:
         if not image.exists():
             alt = images / f"{case}_0000{ending}"
             image = alt if alt.exists() else None
-        cases.append(CaseSource(_safe_id(case), layout, image=image, image_format="nifti" if image else None,
-                                labels=label_path, labels_format="nifti", label_names=names))
+        cases.append(
+            CaseSource(
+                _safe_id(case),
+                layout,
+                image=image,
+                image_format="nifti" if image else None,
+                labels=label_path,
+                labels_format="nifti",
+                label_names=names,
+            )
+        )
     if not cases:
         raise InputError(labels_dir, f"holds no label files ending in {ending}")
     return cases
@@ -192,11 +215,18 @@ def _sidecar_cases(folder: Path) -> list[CaseSource] | None:
         for p in (image, labels):
             if p is not None and not p.exists():
                 raise InputError(p, f"is listed in {side.name} but does not exist")
-        out.append(CaseSource(
-            _safe_id(entry.get("id", (labels or image).name.split(".")[0])), "sidecar",
-            image=image, image_format=("dicom" if image.is_dir() else "nifti") if image else None,
-            labels=labels, labels_format=("dicom_seg" if labels and labels.suffix == ".dcm" else "nifti") if labels else None,
-            vocabulary=entry.get("vocabulary", meta.get("vocabulary")), notes=str(entry.get("notes", ""))))
+        out.append(
+            CaseSource(
+                _safe_id(entry.get("id", (labels or image).name.split(".")[0])),
+                "sidecar",
+                image=image,
+                image_format=("dicom" if image.is_dir() else "nifti") if image else None,
+                labels=labels,
+                labels_format=("dicom_seg" if labels and labels.suffix == ".dcm" else "nifti") if labels else None,
+                vocabulary=entry.get("vocabulary", meta.get("vocabulary")),
+                notes=str(entry.get("notes", "")),
+            )
+        )
     return out
 
 
@@ -220,8 +250,16 @@ def _pair_case(folder: Path) -> CaseSource | None:
     if (folder / SIDECAR).exists():
         meta = _read_json(folder / SIDECAR)
         vocabulary, notes = sidecar_vocabulary(meta), str(meta.get("notes", ""))
-    return CaseSource(_safe_id(folder.name), "pair", image=image, image_format=image_format,  # type: ignore[arg-type]
-                      labels=labels, labels_format=labels_format, vocabulary=vocabulary, notes=notes)  # type: ignore[arg-type]
+    return CaseSource(
+        _safe_id(folder.name),
+        "pair",
+        image=image,
+        image_format=image_format,  # type: ignore[arg-type]
+        labels=labels,
+        labels_format=labels_format,
+        vocabulary=vocabulary,
+        notes=notes,
+    )  # type: ignore[arg-type]
 
 
 def discover_cases(source: str | Path, _depth: int = 0) -> list[CaseSource]:
@@ -230,7 +268,9 @@ def discover_cases(source: str | Path, _depth: int = 0) -> list[CaseSource]:
     if not source.exists():
         raise InputError(source, "no such file or folder")
     if source.is_file():
-        raise InputError(source, "is a file; give the folder that holds the case (see `guidegen prepare --help` for layouts)")
+        raise InputError(
+            source, "is a file; give the folder that holds the case (see `guidegen prepare --help` for layouts)"
+        )
     sidecar = _sidecar_cases(source)
     if sidecar is not None:
         return sidecar
@@ -248,5 +288,8 @@ def discover_cases(source: str | Path, _depth: int = 0) -> list[CaseSource]:
         for sub in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
             cases.extend(discover_cases(sub, _depth + 1))
     if _depth == 0 and not cases:
-        raise InputError(source, "holds no case in a supported layout (TotalSegmentator, nnU-Net, MSD, CT + labels pair, DICOM folder)")
+        raise InputError(
+            source,
+            "holds no case in a supported layout (TotalSegmentator, nnU-Net, MSD, CT + labels pair, DICOM folder)",
+        )
     return cases

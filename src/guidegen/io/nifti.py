@@ -14,7 +14,7 @@ import numpy as np
 from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_file
 from guidegen.io.validate import check_affine, check_ct_values, check_shape, labels_to_integers
-from guidegen.io.volume import HU_MIN, HU_MAX, Volume, VolumeKind, canonical
+from guidegen.io.volume import HU_MAX, HU_MIN, Volume, VolumeKind, canonical
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Deflate never compresses better than about 1032:1: a .nii.gz cannot hold more than this many
@@ -66,7 +66,11 @@ def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True)
         _check_data_size(path, image.header, shape)
         zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
         if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
-            raise InputError(path, f"the header's voxel size {tuple(float(z) for z in zooms)} is zero, negative or not a number (affine singular)")
+            raise InputError(
+                path,
+                f"the header's voxel size {tuple(float(z) for z in zooms)} is zero, negative or not a number (affine "
+                "singular)",
+            )
         check_affine(path, image.affine)
         with quiet_nibabel():
             data = np.asanyarray(image.dataobj)
@@ -84,8 +88,12 @@ def read_nifti(path: str | Path, kind: VolumeKind = "ct", reorient: bool = True)
     else:
         check_ct_values(path, data)
         array = data.astype(np.float32, copy=False)
-    volume = Volume(array=array, affine=image.affine, kind=kind,
-                    meta={"source": str(path), "orientation_on_disk": "".join(nib.aff2axcodes(image.affine))})
+    volume = Volume(
+        array=array,
+        affine=image.affine,
+        kind=kind,
+        meta={"source": str(path), "orientation_on_disk": "".join(nib.aff2axcodes(image.affine))},
+    )
     return canonical(volume) if reorient else volume
 
 
@@ -96,8 +104,11 @@ def _check_data_size(path: Path, header: nib.Nifti1Header, shape: tuple[int, int
     compressed = path.name.lower().endswith(".gz")
     capacity = size * MAX_DEFLATE_RATIO + 1024 if compressed else size
     if needed > capacity:
-        raise InputError(path, f"is truncated or corrupt: its header declares {needed:,} bytes of voxel data, the file "
-                               f"holds {'at most ' if compressed else ''}{capacity:,}")
+        raise InputError(
+            path,
+            f"is truncated or corrupt: its header declares {needed:,} bytes of voxel data, the file "
+            f"holds {'at most ' if compressed else ''}{capacity:,}",
+        )
 
 
 def to_nifti_image(volume: Volume) -> nib.Nifti1Image:

@@ -159,7 +159,8 @@ def write_nnunet_dataset(
     Raises:
         InputError: bad id, name, case id or option; CT and labels on different grids; a volume
             of the wrong kind; label ids outside the vocabulary; unknown voxels with
-            ``unknown="refuse"``; (append) a class outside the existing mapping; another folder with the same dataset id; (append) no dataset to
+            ``unknown="refuse"``; (append) a class outside the existing mapping;
+            another folder with the same dataset id; (append) no dataset to
             extend, or one that this function did not write.
         OutputExistsError: the dataset folder exists and neither ``overwrite`` nor ``append``.
     """
@@ -242,9 +243,7 @@ def read_nnunet_label_mapping(dataset_dir: str | Path) -> dict[int, int]:
 # --- checks -------------------------------------------------------------------------------------
 
 
-def _check_options(
-    out_dir: Path, dataset_id: int, name: str, overwrite: bool, append: bool, unknown: str
-) -> None:
+def _check_options(out_dir: Path, dataset_id: int, name: str, overwrite: bool, append: bool, unknown: str) -> None:
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, (int, np.integer)) or not 1 <= dataset_id <= 999:
         raise InputError(out_dir, f"nnU-Net dataset id must be an integer from 1 to 999, got {dataset_id!r}")
     if not isinstance(name, str) or not DATASET_NAME.match(name):

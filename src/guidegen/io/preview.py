@@ -15,8 +15,9 @@ from guidegen.io.volume import Volume
 WINDOW = (-160.0, 240.0)
 
 
-def _centre(labels: Volume | None, shape: tuple[int, int, int], skip: Sequence[int],
-            focus: Sequence[int] = ()) -> tuple[int, int, int]:
+def _centre(
+    labels: Volume | None, shape: tuple[int, int, int], skip: Sequence[int], focus: Sequence[int] = ()
+) -> tuple[int, int, int]:
     if labels is not None:
         for class_id in focus:  # a lesion is what the reader looks for: cut through the largest one
             mask = labels.array == class_id
@@ -32,9 +33,18 @@ def _centre(labels: Volume | None, shape: tuple[int, int, int], skip: Sequence[i
     return tuple(s // 2 for s in shape)  # type: ignore[return-value]
 
 
-def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, class_names: Sequence[str],
-                   class_colours: Sequence[tuple[int, int, int]], title: str = "", overwrite: bool = False,
-                   skip_classes: Sequence[int] = (0, 255), alpha: float = 0.45, focus_classes: Sequence[int] = ()) -> Path:
+def render_preview(
+    path: str | Path,
+    ct: Volume | None,
+    labels: Volume | None,
+    class_names: Sequence[str],
+    class_colours: Sequence[tuple[int, int, int]],
+    title: str = "",
+    overwrite: bool = False,
+    skip_classes: Sequence[int] = (0, 255),
+    alpha: float = 0.45,
+    focus_classes: Sequence[int] = (),
+) -> Path:
     """Write a PNG with three orthogonal slices through the labelled anatomy's centre.
 
     With ``focus_classes`` (e.g. the tumour id) the slices go through the largest component of the
@@ -58,6 +68,7 @@ def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, c
         raise ValueError("need a CT or a label map to draw")
     cx, cy, cz = _centre(labels, ref.shape, skip_classes, focus_classes)
     sx, sy, sz = ref.spacing
+
     # (image, extent aspect): each panel shown with anatomical orientation (radiological convention:
     # patient's right on the image's left, anterior up, superior up).
     def panel(vol: np.ndarray, plane: str) -> np.ndarray:
@@ -76,11 +87,22 @@ def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, c
         if i not in skip_classes:
             lut[i, :3] = np.asarray(colour) / 255.0
             lut[i, 3] = alpha
-    present = sorted(int(i) for i in np.unique(labels.array) if int(i) not in skip_classes and int(i) < len(class_names)) if labels is not None else []
+    present = (
+        sorted(int(i) for i in np.unique(labels.array) if int(i) not in skip_classes and int(i) < len(class_names))
+        if labels is not None
+        else []
+    )
     fig, axes = plt.subplots(1, 3, figsize=(13, 5), facecolor="black")
     for ax, plane in zip(axes, ("axial", "coronal", "sagittal")):
         if ct is not None:
-            ax.imshow(panel(ct.array, plane), cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], aspect=aspects[plane], interpolation="bilinear")
+            ax.imshow(
+                panel(ct.array, plane),
+                cmap="gray",
+                vmin=WINDOW[0],
+                vmax=WINDOW[1],
+                aspect=aspects[plane],
+                interpolation="bilinear",
+            )
         else:
             ax.imshow(np.zeros_like(panel(labels.array, plane), dtype=float), cmap="gray", aspect=aspects[plane])
         if labels is not None:
@@ -89,7 +111,14 @@ def render_preview(path: str | Path, ct: Volume | None, labels: Volume | None, c
         ax.axis("off")
     if present:
         handles = [Patch(facecolor=np.asarray(class_colours[i]) / 255.0, label=class_names[i]) for i in present]
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False, labelcolor="white", fontsize=9)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(6, len(handles)),
+            frameon=False,
+            labelcolor="white",
+            fontsize=9,
+        )
     if title:
         fig.suptitle(title, color="white", fontsize=10, parse_math=False)  # a prompt's "$" is no TeX
     path = Path(path)

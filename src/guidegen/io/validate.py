@@ -39,11 +39,15 @@ def check_shape(path: str | Path, shape: tuple[int, ...]) -> tuple[int, int, int
     if len(dims) < 3:
         raise InputError(path, f"is a {len(dims)}-D image of shape {tuple(shape)}, expected a 3-D volume")
     if len(dims) > 3:
-        raise InputError(path, f"has shape {tuple(shape)}: expected a 3-D volume, not a time series or multi-channel image")
+        raise InputError(
+            path, f"has shape {tuple(shape)}: expected a 3-D volume, not a time series or multi-channel image"
+        )
     if min(dims) < 1:
         raise InputError(path, f"has an empty axis (shape {tuple(shape)})")
     if int(np.prod(dims, dtype=np.int64)) > MAX_VOXELS:
-        raise InputError(path, f"is too large ({tuple(dims)} = {np.prod(dims, dtype=np.int64):,} voxels, limit {MAX_VOXELS:,})")
+        raise InputError(
+            path, f"is too large ({tuple(dims)} = {np.prod(dims, dtype=np.int64):,} voxels, limit {MAX_VOXELS:,})"
+        )
     return dims[0], dims[1], dims[2]
 
 
@@ -52,8 +56,14 @@ def check_ct_values(path: str | Path, array: np.ndarray) -> None:
         raise InputError(path, f"has voxel type {array.dtype}, expected real numbers (Hounsfield units)")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise InputError(path, "contains NaN or infinite intensities")
-    if array.size and np.issubdtype(array.dtype, np.floating) and float(np.abs(array).max()) > float(np.finfo(np.float32).max):
-        raise InputError(path, f"has intensities up to {float(np.abs(array).max()):.3g}, too large for Hounsfield units")
+    if (
+        array.size
+        and np.issubdtype(array.dtype, np.floating)
+        and float(np.abs(array).max()) > float(np.finfo(np.float32).max)
+    ):
+        raise InputError(
+            path, f"has intensities up to {float(np.abs(array).max()):.3g}, too large for Hounsfield units"
+        )
 
 
 def labels_to_integers(path: str | Path, array: np.ndarray) -> np.ndarray:
@@ -69,7 +79,9 @@ def labels_to_integers(path: str | Path, array: np.ndarray) -> np.ndarray:
     if lo < 0:
         raise InputError(path, f"label map has negative ids (minimum {lo})")
     if hi > MAX_LABEL_ID:
-        raise InputError(path, f"label map has ids up to {hi}, more than a label map can hold ({MAX_LABEL_ID}); is this a CT?")
+        raise InputError(
+            path, f"label map has ids up to {hi}, more than a label map can hold ({MAX_LABEL_ID}); is this a CT?"
+        )
     return array.astype(np.uint8)
 
 

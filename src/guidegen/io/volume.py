@@ -103,8 +103,9 @@ def reorient_like(volume: Volume, affine: np.ndarray) -> Volume:
     with ``affine`` to 1e-4 mm it is ``affine`` itself, so a writer copies the input's header exactly.
     """
     affine = np.asarray(affine, dtype=np.float64)
-    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(volume.affine),
-                                                nib.orientations.io_orientation(affine))
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(volume.affine), nib.orientations.io_orientation(affine)
+    )
     if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
         out_array, out_affine = volume.array, volume.affine
     else:

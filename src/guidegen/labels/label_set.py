@@ -47,11 +47,16 @@ def label_set(table: Mapping, where: str | Path | None = None) -> SourceVocabula
             them in one line, with the accepted names).
     """
     if not isinstance(table, Mapping) or not table:
-        raise InputError(where, "a label set must be a JSON object mapping label ids to GuideGen class names, "
-                                'e.g. {"1": "liver", "2": "tumour"}')
+        raise InputError(
+            where,
+            "a label set must be a JSON object mapping label ids to GuideGen class names, "
+            'e.g. {"1": "liver", "2": "tumour"}',
+        )
     bad_ids = [str(k) for k in table if not str(k).strip().isdigit() or not 0 <= int(str(k)) <= 255]
     if bad_ids:
-        raise InputError(where, f"label ids must be whole numbers 0–255; got {', '.join(repr(k) for k in bad_ids[:10])}")
+        raise InputError(
+            where, f"label ids must be whole numbers 0–255; got {', '.join(repr(k) for k in bad_ids[:10])}"
+        )
     mapping: dict[int, str] = {}
     unknown_names: list[str] = []
     for key, value in table.items():
@@ -60,14 +65,21 @@ def label_set(table: Mapping, where: str | Path | None = None) -> SourceVocabula
             continue
         mapping[int(str(key))] = value
     if unknown_names:
-        raise InputError(where, f"names no GuideGen class has ({'; '.join(unknown_names)}); accepted: "
-                                f"{', '.join(ACCEPTED_NAMES)} (see `guidegen list-classes`)")
+        raise InputError(
+            where,
+            f"names no GuideGen class has ({'; '.join(unknown_names)}); accepted: "
+            f"{', '.join(ACCEPTED_NAMES)} (see `guidegen list-classes`)",
+        )
     annotated = frozenset(v for v in mapping.values() if v not in ("background", UNKNOWN_NAME))
     if not annotated:
         raise InputError(where, "names no GuideGen class (only background / unknown): nothing to generate from")
-    return SourceVocabulary(name="label set" if where is None else f"label set {Path(str(where)).name}",
-                            description="the user's own id → GuideGen class table", source_names=dict(mapping),
-                            map=mapping, annotated=annotated)
+    return SourceVocabulary(
+        name="label set" if where is None else f"label set {Path(str(where)).name}",
+        description="the user's own id → GuideGen class table",
+        source_names=dict(mapping),
+        map=mapping,
+        annotated=annotated,
+    )
 
 
 def read_label_set(path: str | Path) -> SourceVocabulary:
@@ -76,7 +88,9 @@ def read_label_set(path: str | Path) -> SourceVocabulary:
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "is not a file (expected a JSON label set)")
     data = read_json_object(path)
-    return label_set(data if is_label_table(data) or not isinstance(data.get("vocabulary"), Mapping) else data["vocabulary"], path)
+    return label_set(
+        data if is_label_table(data) or not isinstance(data.get("vocabulary"), Mapping) else data["vocabulary"], path
+    )
 
 
 def vocabulary_for(spec: str | Mapping, where: str | Path | None = None) -> SourceVocabulary:

@@ -41,12 +41,18 @@ class SourceVocabulary:
         table = np.full(256, UNKNOWN, dtype=np.uint8)
         table[0] = 0
         for sid, name in self.map.items():
-            table[sid] = ID["kidney_right"] if name == KIDNEY_EITHER_SIDE else UNKNOWN if name == NOT_ANNOTATED else ID[name]
+            table[sid] = (
+                ID["kidney_right"] if name == KIDNEY_EITHER_SIDE else UNKNOWN if name == NOT_ANNOTATED else ID[name]
+            )
         return table
 
 
 def available_vocabularies() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("guidegen.labels").joinpath("sources").iterdir() if p.name.endswith(".json"))
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("guidegen.labels").joinpath("sources").iterdir()
+        if p.name.endswith(".json")
+    )
 
 
 @lru_cache(maxsize=None)
@@ -70,8 +76,12 @@ def load_vocabulary(name: str) -> SourceVocabulary:
     )
 
 
-def remap_labels(array: np.ndarray, vocabulary: str | SourceVocabulary, path: str | Path | None = None,
-                 affine: np.ndarray | None = None) -> tuple[np.ndarray, frozenset[str]]:
+def remap_labels(
+    array: np.ndarray,
+    vocabulary: str | SourceVocabulary,
+    path: str | Path | None = None,
+    affine: np.ndarray | None = None,
+) -> tuple[np.ndarray, frozenset[str]]:
     """Source label ids → GuideGen ids.
 
     Args:
@@ -140,26 +150,70 @@ def split_kidneys(labels: np.ndarray, kidney: np.ndarray, affine: np.ndarray) ->
 # MSD dataset.json label names and DICOM-SEG segment labels, normalised by `normalise_name`.
 NAME_ALIASES: dict[str, str] = {
     "spleen": "spleen",
-    "kidney right": "kidney_right", "right kidney": "kidney_right", "kidney r": "kidney_right",
-    "kidney left": "kidney_left", "left kidney": "kidney_left", "kidney l": "kidney_left",
-    "kidney cyst right": "kidney_right", "kidney cyst left": "kidney_left",
-    "kidney": KIDNEY_EITHER_SIDE, "kidneys": KIDNEY_EITHER_SIDE, "cyst": KIDNEY_EITHER_SIDE,
-    "liver": "liver", "stomach": "stomach", "pancreas": "pancreas",
-    "small bowel": "small_bowel", "small intestine": "small_bowel", "intestine": "small_bowel",
-    "duodenum": "duodenum", "colon": "colon", "rectum": "colon", "large bowel": "colon",
-    "urinary bladder": "urinary_bladder", "bladder": "urinary_bladder",
-    "gallbladder": "gallbladder", "gall bladder": "gallbladder",
-    "aorta": "aorta", "inferior vena cava": "inferior_vena_cava", "ivc": "inferior_vena_cava",
-    "postcava": "inferior_vena_cava", "postcava ivc": "inferior_vena_cava",
-    "portal vein and splenic vein": "portal_vein", "portal vein": "portal_vein",
-    "tumour": "tumour", "tumor": "tumour", "cancer": "tumour", "lesion": "tumour", "mass": "tumour",
-    "liver tumor": "tumour", "liver tumour": "tumour", "kidney tumor": "tumour", "pancreatic tumor": "tumour",
-    "pancreas tumor": "tumour", "colon cancer primaries": "tumour", "colon cancer": "tumour",
-    "hepatic tumor": "tumour", "neoplasm": "tumour",
-    "body": "body", "bone": "bone", "spine": "bone", "vertebra": "bone", "vertebrae": "bone",
-    "sacrum": "bone", "rib": "bone", "ribs": "bone", "femur": "bone", "hip": "bone", "pelvis": "bone",
-    "skull": "bone", "sternum": "bone", "humerus": "bone", "scapula": "bone", "clavicula": "bone",
-    "clavicle": "bone", "background": "background",
+    "kidney right": "kidney_right",
+    "right kidney": "kidney_right",
+    "kidney r": "kidney_right",
+    "kidney left": "kidney_left",
+    "left kidney": "kidney_left",
+    "kidney l": "kidney_left",
+    "kidney cyst right": "kidney_right",
+    "kidney cyst left": "kidney_left",
+    "kidney": KIDNEY_EITHER_SIDE,
+    "kidneys": KIDNEY_EITHER_SIDE,
+    "cyst": KIDNEY_EITHER_SIDE,
+    "liver": "liver",
+    "stomach": "stomach",
+    "pancreas": "pancreas",
+    "small bowel": "small_bowel",
+    "small intestine": "small_bowel",
+    "intestine": "small_bowel",
+    "duodenum": "duodenum",
+    "colon": "colon",
+    "rectum": "colon",
+    "large bowel": "colon",
+    "urinary bladder": "urinary_bladder",
+    "bladder": "urinary_bladder",
+    "gallbladder": "gallbladder",
+    "gall bladder": "gallbladder",
+    "aorta": "aorta",
+    "inferior vena cava": "inferior_vena_cava",
+    "ivc": "inferior_vena_cava",
+    "postcava": "inferior_vena_cava",
+    "postcava ivc": "inferior_vena_cava",
+    "portal vein and splenic vein": "portal_vein",
+    "portal vein": "portal_vein",
+    "tumour": "tumour",
+    "tumor": "tumour",
+    "cancer": "tumour",
+    "lesion": "tumour",
+    "mass": "tumour",
+    "liver tumor": "tumour",
+    "liver tumour": "tumour",
+    "kidney tumor": "tumour",
+    "pancreatic tumor": "tumour",
+    "pancreas tumor": "tumour",
+    "colon cancer primaries": "tumour",
+    "colon cancer": "tumour",
+    "hepatic tumor": "tumour",
+    "neoplasm": "tumour",
+    "body": "body",
+    "bone": "bone",
+    "spine": "bone",
+    "vertebra": "bone",
+    "vertebrae": "bone",
+    "sacrum": "bone",
+    "rib": "bone",
+    "ribs": "bone",
+    "femur": "bone",
+    "hip": "bone",
+    "pelvis": "bone",
+    "skull": "bone",
+    "sternum": "bone",
+    "humerus": "bone",
+    "scapula": "bone",
+    "clavicula": "bone",
+    "clavicle": "bone",
+    "background": "background",
 }
 _BONE_PREFIXES = ("vertebrae ", "rib ", "femur ", "hip ", "humerus ", "scapula ", "clavicula ")
 
@@ -231,7 +285,10 @@ def names_from_ids(ids: dict[int, str]) -> SourceVocabulary:
             continue
         mapping[sid] = cls
         annotated.update({"kidney_right", "kidney_left"} if cls == KIDNEY_EITHER_SIDE else {cls})
-    return SourceVocabulary(name="dataset", description="from the dataset's own label names",
-                            source_names=dict(ids), map=mapping, annotated=frozenset(annotated))
-
-
+    return SourceVocabulary(
+        name="dataset",
+        description="from the dataset's own label names",
+        source_names=dict(ids),
+        map=mapping,
+        annotated=frozenset(annotated),
+    )

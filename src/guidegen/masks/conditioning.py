@@ -48,7 +48,7 @@ def attribute_vector(attrs: Attributes | None) -> np.ndarray:
     i += 3
     main = None
     if tumours:
-        main = max(tumours, key=lambda t: (t.diameter_mm or 0.0))
+        main = max(tumours, key=lambda t: t.diameter_mm or 0.0)
         host = main.organ
         if host == KIDNEY_UNSPECIFIED:
             host = "kidney_right"  # side not stated: either kidney is right; pick one consistently

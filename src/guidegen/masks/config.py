@@ -107,8 +107,15 @@ class MaskSamplerConfig:
             raise ValueError("attention_levels needs one entry per channels level")
         if any(c % self.norm_num_groups for c in self.channels):
             raise ValueError(f"channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
-        if not isinstance(self.grad_accumulation, int) or self.grad_accumulation < 1 or self.batch_size % self.grad_accumulation:
-            raise ValueError(f"grad_accumulation must be a positive divisor of batch_size={self.batch_size}, got {self.grad_accumulation!r}")
+        if (
+            not isinstance(self.grad_accumulation, int)
+            or self.grad_accumulation < 1
+            or self.batch_size % self.grad_accumulation
+        ):
+            raise ValueError(
+                f"grad_accumulation must be a positive divisor of batch_size={self.batch_size}, got "
+                f"{self.grad_accumulation!r}"
+            )
         if not self.tumour_weight > 0:
             raise ValueError(f"tumour_weight must be positive, got {self.tumour_weight!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -116,10 +123,14 @@ class MaskSamplerConfig:
         if self.final_decode not in FINAL_DECODES:
             raise ValueError(f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {self.final_decode!r}")
         if self.aorta_placement not in AORTA_PLACEMENTS:
-            raise ValueError(f"aorta_placement must be one of {', '.join(AORTA_PLACEMENTS)}, got {self.aorta_placement!r}")
+            raise ValueError(
+                f"aorta_placement must be one of {', '.join(AORTA_PLACEMENTS)}, got {self.aorta_placement!r}"
+            )
         if self.organ_sizes not in ORGAN_SIZES:
             raise ValueError(f"organ_sizes must be one of {', '.join(ORGAN_SIZES)}, got {self.organ_sizes!r}")
         if self.tumour_placement not in TUMOUR_PLACEMENTS:
-            raise ValueError(f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {self.tumour_placement!r}")
+            raise ValueError(
+                f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {self.tumour_placement!r}"
+            )
         if not 1 <= self.sample_steps <= self.num_timesteps:
             raise ValueError(f"sample_steps must be in [1, {self.num_timesteps}], got {self.sample_steps}")

@@ -46,9 +46,14 @@ def drop_fields(attrs: Attributes, rng: np.random.Generator, p: float) -> Attrib
         tumours = None
     elif tumours:
         tumours = tuple(
-            Tumour(organ=t.organ, segment=None if rng.random() < p / 2 else t.segment,
-                   diameter_mm=None if rng.random() < p / 2 else t.diameter_mm, count=t.count)
-            for t in tumours)
+            Tumour(
+                organ=t.organ,
+                segment=None if rng.random() < p / 2 else t.segment,
+                diameter_mm=None if rng.random() < p / 2 else t.diameter_mm,
+                count=t.count,
+            )
+            for t in tumours
+        )
     sex = SEXES[int(rng.integers(len(SEXES)))] if rng.random() < 0.4 else None
     age = int(rng.integers(25, 90)) if rng.random() < 0.4 else None
     return Attributes(sex=sex, age=age, tumours=tumours, organs=organs, field_of_view=None)
@@ -70,11 +75,19 @@ class MaskExamples:
         for case in cases:
             hosts = [h for h in TUMOUR_HOSTS if h in case["annotated"] and np.any(case["labels"] == ID[h])]
             tumour = TumourInsertion(hosts=hosts, site_of=_site_of) if hosts else None
-            self.augmenters.append(AugmentConfig(
-                elastic=ElasticDeformation(), p_elastic=config.p_elastic,
-                jitter=RigidJitter(max_rotation_deg=4.0, max_translation_mm=8.0), p_jitter=0.8,
-                scaling=OrganScaling(volume_factor=(0.75, 2.2)), p_scaling=config.p_organ_scaling, max_scalings=2,
-                tumour=tumour, p_tumour=config.p_tumour if tumour is not None else 0.0))
+            self.augmenters.append(
+                AugmentConfig(
+                    elastic=ElasticDeformation(),
+                    p_elastic=config.p_elastic,
+                    jitter=RigidJitter(max_rotation_deg=4.0, max_translation_mm=8.0),
+                    p_jitter=0.8,
+                    scaling=OrganScaling(volume_factor=(0.75, 2.2)),
+                    p_scaling=config.p_organ_scaling,
+                    max_scalings=2,
+                    tumour=tumour,
+                    p_tumour=config.p_tumour if tumour is not None else 0.0,
+                )
+            )
 
     def __len__(self) -> int:  # effectively infinite; a large finite length for DataLoader users
         return 2**31 - 1
@@ -93,5 +106,11 @@ class MaskExamples:
         ignore = np.array([name not in annotated and name != "background" for name in NAMES], dtype=bool)
         if ignore.shape[0] != NUM_CLASSES:
             raise ValueError("vocabulary size changed")
-        return {"labels": labels.array, "text": text, "attributes": stated, "ignore_classes": ignore,
-                "case_id": case["case_id"], "record": record}
+        return {
+            "labels": labels.array,
+            "text": text,
+            "attributes": stated,
+            "ignore_classes": ignore,
+            "case_id": case["case_id"],
+            "record": record,
+        }

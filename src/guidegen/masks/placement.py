@@ -65,11 +65,29 @@ from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
 from guidegen.text.agreement import DIAMETER_TOLERANCE, finding_volume, organ_agreement, tumour_agreement
 from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
-from guidegen.text.measure import (REFERENCE_RANGES, SMALL_MILD_RATIO, SMALL_MODERATE_RATIO, ReferenceRange,
-                                   colon_segment_of, liver_lobe_of, measure_labels)
+from guidegen.text.measure import (
+    REFERENCE_RANGES,
+    SMALL_MILD_RATIO,
+    SMALL_MODERATE_RATIO,
+    ReferenceRange,
+    colon_segment_of,
+    liver_lobe_of,
+    measure_labels,
+)
 
-__all__ = ["AORTA_BELOW_KIDNEYS_MM", "AORTA_DIAMETER_MM", "AORTA_MAX_DRIFT", "HOST_TUMOUR_RATIO", "apply_stated_organs",
-           "draw_aorta_tube", "fill_from_nearest", "grow_host", "place_stated_tumours", "remove_tumours", "stated_volume_band"]
+__all__ = [
+    "AORTA_BELOW_KIDNEYS_MM",
+    "AORTA_DIAMETER_MM",
+    "AORTA_MAX_DRIFT",
+    "HOST_TUMOUR_RATIO",
+    "apply_stated_organs",
+    "draw_aorta_tube",
+    "fill_from_nearest",
+    "grow_host",
+    "place_stated_tumours",
+    "remove_tumours",
+    "stated_volume_band",
+]
 #: Lesions drawn for "multiple" when no number is stated.
 MULTIPLE_COUNT = (2, 4)
 #: Secondary lesions of a group get this fraction range of the stated (largest) diameter.
@@ -127,12 +145,19 @@ def _present(labels: Volume) -> set[str]:
     return {h for h in TUMOUR_HOSTS if counts[ID[h]] > 0}
 
 
-def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator, shapes: Sequence[TumourShape] | None,
-                keep_size: frozenset[str] = frozenset()) -> tuple[Volume, dict[str, Any]]:
+def _draw_group(
+    labels: Volume,
+    group: Tumour,
+    rng: np.random.Generator,
+    shapes: Sequence[TumourShape] | None,
+    keep_size: frozenset[str] = frozenset(),
+) -> tuple[Volume, dict[str, Any]]:
     """Insert one stated tumour group; returns the map and a record (with ``"error"`` on failure)."""
     if group.organ not in (None, KIDNEY_UNSPECIFIED, *TUMOUR_HOSTS):
-        return labels, {"organ": group.organ,
-                        "error": f"tumours of the {group.organ} are not placed (hosts: {', '.join(TUMOUR_HOSTS)})"}
+        return labels, {
+            "organ": group.organ,
+            "error": f"tumours of the {group.organ} are not placed (hosts: {', '.join(TUMOUR_HOSTS)})",
+        }
     present = _present(labels)
     if group.organ is None:
         options = sorted(present)
@@ -172,10 +197,15 @@ def _draw_group(labels: Volume, group: Tumour, rng: np.random.Generator, shapes:
     return labels, record
 
 
-def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng: np.random.Generator,
-                         attempts: int = 6, shapes: Sequence[TumourShape] | None = None,
-                         tolerance: float = DIAMETER_TOLERANCE, keep_size: Sequence[str] = ()
-                         ) -> tuple[Volume, dict[str, Any]]:
+def place_stated_tumours(
+    labels: Volume,
+    stated: tuple[Tumour, ...] | None,
+    rng: np.random.Generator,
+    attempts: int = 6,
+    shapes: Sequence[TumourShape] | None = None,
+    tolerance: float = DIAMETER_TOLERANCE,
+    keep_size: Sequence[str] = (),
+) -> tuple[Volume, dict[str, Any]]:
     """Give ``labels`` exactly the tumours ``stated`` (``parse_prompt(...).tumours``).
 
     Args:
@@ -197,8 +227,12 @@ def place_stated_tumours(labels: Volume, stated: tuple[Tumour, ...] | None, rng:
         return labels, {"mode": "insert", "stated": False}
     base = remove_tumours(labels)
     if not stated:
-        return base, {"mode": "insert", "stated": True, "attempts": 0,
-                      "agreement": tumour_agreement(stated, measure_labels(base).attributes.tumours, tolerance)}
+        return base, {
+            "mode": "insert",
+            "stated": True,
+            "attempts": 0,
+            "agreement": tumour_agreement(stated, measure_labels(base).attributes.tumours, tolerance),
+        }
     best: tuple[int, Volume, dict[str, Any]] | None = None
     for attempt in range(1, attempts + 1):
         out, groups = base, []
@@ -298,16 +332,22 @@ def stated_volume_band(organ: str, finding: OrganFinding) -> tuple[float, float]
     if ref is None or finding.state not in ("enlarged", "small", "normal"):
         return None
     if finding.state == "enlarged":
-        ratios = {None: (1.0, ref.moderate_ratio), "mild": (1.0, ref.moderate_ratio),
-                  "moderate": (ref.moderate_ratio, ref.marked_ratio),
-                  "marked": (ref.marked_ratio, 1.3 * ref.marked_ratio)}[finding.severity]
+        ratios = {
+            None: (1.0, ref.moderate_ratio),
+            "mild": (1.0, ref.moderate_ratio),
+            "moderate": (ref.moderate_ratio, ref.marked_ratio),
+            "marked": (ref.marked_ratio, 1.3 * ref.marked_ratio),
+        }[finding.severity]
         return ref.high_ml * ratios[0], ref.high_ml * ratios[1]
     if finding.state == "small":
         if ref.low_ml is None:
             return None
-        ratios = {None: (SMALL_MODERATE_RATIO, 1.0), "mild": (SMALL_MILD_RATIO, 1.0),
-                  "moderate": (SMALL_MODERATE_RATIO, SMALL_MILD_RATIO),
-                  "marked": (0.6 * SMALL_MODERATE_RATIO, SMALL_MODERATE_RATIO)}[finding.severity]
+        ratios = {
+            None: (SMALL_MODERATE_RATIO, 1.0),
+            "mild": (SMALL_MILD_RATIO, 1.0),
+            "moderate": (SMALL_MODERATE_RATIO, SMALL_MILD_RATIO),
+            "marked": (0.6 * SMALL_MODERATE_RATIO, SMALL_MODERATE_RATIO),
+        }[finding.severity]
         return ref.low_ml * ratios[0], ref.low_ml * ratios[1]
     return (ref.low_ml if ref.low_ml is not None else 0.2 * ref.high_ml), ref.high_ml
 
@@ -324,8 +364,9 @@ def _fill_soft(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def apply_stated_organs(labels: Volume, stated: Mapping[str, OrganFinding], rng: np.random.Generator
-                        ) -> tuple[Volume, dict[str, Any]]:
+def apply_stated_organs(
+    labels: Volume, stated: Mapping[str, OrganFinding], rng: np.random.Generator
+) -> tuple[Volume, dict[str, Any]]:
     """Give the organs a prompt states a size for (``parse_prompt(...).organs``) that size.
 
     An organ whose sampled volume already shows the stated grade is left as drawn. Otherwise it is
@@ -343,8 +384,11 @@ def apply_stated_organs(labels: Volume, stated: Mapping[str, OrganFinding], rng:
     for organ, finding in stated.items():
         if finding.state is None:
             continue
-        entry: dict[str, Any] = {"stated": finding.state if finding.severity is None else f"{finding.severity} {finding.state}",
-                                 "before_ml": finding_volume(measured.get(organ)), "changed": False}
+        entry: dict[str, Any] = {
+            "stated": finding.state if finding.severity is None else f"{finding.severity} {finding.state}",
+            "before_ml": finding_volume(measured.get(organ)),
+            "changed": False,
+        }
         record[organ] = entry
         if all(organ_agreement(organ, finding, measured.get(organ)).values()):
             continue
@@ -417,8 +461,9 @@ def _robust_line(z: np.ndarray, values: np.ndarray, weights: np.ndarray, max_slo
     return slope, intercept
 
 
-def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
-                    diameter_mm: tuple[float, float] = AORTA_DIAMETER_MM) -> tuple[Volume, dict[str, Any]]:
+def draw_aorta_tube(
+    labels: Volume, rng: np.random.Generator, diameter_mm: tuple[float, float] = AORTA_DIAMETER_MM
+) -> tuple[Volume, dict[str, Any]]:
     """Replace the aorta a network drew (scattered, thin) by one tube of normal calibre along it.
 
     The tube keeps what the network decides: the aorta's cranio-caudal extent (the 5th to 95th
@@ -504,6 +549,11 @@ def draw_aorta_tube(labels: Volume, rng: np.random.Generator,
     stray = mask & ~tube
     out[tube] = aorta
     out = _fill_soft(out, stray)
-    record = {"diameter_mm": round(diameter, 1), "slices": int(tube.any(axis=(0, 1)).sum()),
-              "network_mm2": network_mm2, "tube_mm2": median_mm2(tube), "moved_voxels": int(stray.sum())}
+    record = {
+        "diameter_mm": round(diameter, 1),
+        "slices": int(tube.any(axis=(0, 1)).sum()),
+        "network_mm2": network_mm2,
+        "tube_mm2": median_mm2(tube),
+        "moved_voxels": int(stray.sum()),
+    }
     return labels.with_array(out), record

@@ -25,13 +25,12 @@ from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.config import FINAL_DECODES, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.placement import apply_stated_organs, draw_aorta_tube, fill_from_nearest, place_stated_tumours
-from guidegen.text.attributes import Attributes
-from guidegen.text.encoder import TextEncoder, TextEncoderConfig
-from guidegen.text.parse import parse_prompt
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.settings import GenerationSettings
-
+from guidegen.text.attributes import Attributes
+from guidegen.text.encoder import TextEncoder, TextEncoderConfig
+from guidegen.text.parse import parse_prompt
 
 #: Seed-sequence prefix of the tumour placement's random stream ("tumr").
 _PLACEMENT_STREAM = 0x74756D72
@@ -48,8 +47,16 @@ def placement_rng(seed: int, index: int | None = None, stream: int = _PLACEMENT_
     return np.random.default_rng([stream, int(seed) % 2**64] + ([int(index)] if index is not None else []))
 
 
-def apply_statements(volume: Volume, attributes: Attributes, seed: int, index: int | None = None, *,
-                     tumours: bool = True, organs: bool = True, aorta: bool = True) -> Volume:
+def apply_statements(
+    volume: Volume,
+    attributes: Attributes,
+    seed: int,
+    index: int | None = None,
+    *,
+    tumours: bool = True,
+    organs: bool = True,
+    aorta: bool = True,
+) -> Volume:
     """The placement stage on one sampled map, with its own streams (`placement_rng`):
 
     * ``aorta`` (``aorta_placement="tube"``): the network's aorta redrawn as one tube of normal
@@ -87,9 +94,16 @@ def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
 
 def diffusion_from_config(config: MaskSamplerConfig) -> CategoricalDiffusion:
     """The mask sampler's categorical diffusion; voxels labelled `UNKNOWN` are the unknown ones."""
-    return CategoricalDiffusion(CategoricalDiffusionConfig(
-        num_classes=config.num_classes, num_timesteps=config.num_timesteps, schedule=config.schedule,  # type: ignore[arg-type]
-        kl_weight=config.kl_weight, ce_weight=config.ce_weight, ignore_index=UNKNOWN))
+    return CategoricalDiffusion(
+        CategoricalDiffusionConfig(
+            num_classes=config.num_classes,
+            num_timesteps=config.num_timesteps,
+            schedule=config.schedule,  # type: ignore[arg-type]
+            kl_weight=config.kl_weight,
+            ce_weight=config.ce_weight,
+            ignore_index=UNKNOWN,
+        )
+    )
 
 
 def keep_main_components(labels: np.ndarray, classes: Sequence[str] = ORGANS) -> np.ndarray:
@@ -123,8 +137,13 @@ class VolumetricMaskSampler:
         >>> masks = sampler.sample_masks("4 cm sigmoid colon cancer", n=2, seed=0)
     """
 
-    def __init__(self, config: MaskSamplerConfig, model: MaskDenoiser | None = None,
-                 text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        config: MaskSamplerConfig,
+        model: MaskDenoiser | None = None,
+        text_encoder: TextEncoder | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.config = config
         self.device = torch.device(device)
         self.model = (model or MaskDenoiser(config)).to(self.device).eval()
@@ -135,21 +154,29 @@ class VolumetricMaskSampler:
 
     # -- persistence -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        text_encoder: TextEncoder | None = None) -> VolumetricMaskSampler:
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device = "cpu", text_encoder: TextEncoder | None = None
+    ) -> VolumetricMaskSampler:
         config, weights, _ = load_checkpoint(folder, MaskSamplerConfig)
         model = MaskDenoiser(config)
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:
-            raise InputError(Path(folder) / "model.safetensors", f"does not match its config.json ({str(exc).splitlines()[0]})") from None
+            raise InputError(
+                Path(folder) / "model.safetensors", f"does not match its config.json ({str(exc).splitlines()[0]})"
+            ) from None
         sampler = cls(config, model, text_encoder, device)
         sampler.source = Path(folder)
         return sampler
 
     def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
-        return save_checkpoint(folder, self.config, self.model.state_dict(), overwrite=overwrite,
-                               metadata={"component": "mask_sampler", "text_encoder": self.text_encoder.model_id})
+        return save_checkpoint(
+            folder,
+            self.config,
+            self.model.state_dict(),
+            overwrite=overwrite,
+            metadata={"component": "mask_sampler", "text_encoder": self.text_encoder.model_id},
+        )
 
     def network(self, backend: str = "auto", precision: str | None = "auto") -> CompiledNetwork:
         """The denoiser ``(x_t, t, context) → logits`` ready for sampling in a backend and precision
@@ -175,31 +202,54 @@ class VolumetricMaskSampler:
                 tokens = torch.randn(2, cfg.max_text_tokens, cfg.text_dim, generator=gen).to(self.device)
                 context = self.model.context(tokens, attr)
             example = (x.to(self.device), torch.tensor([700, 300], device=self.device), context)
-            spec = NetworkSpec("mask_sampler", self.model, example, ("x_t", "t", "context"),
-                               weights_digest(self.model, repr(cfg)), cache_dirs(self.source))
+            spec = NetworkSpec(
+                "mask_sampler",
+                self.model,
+                example,
+                ("x_t", "t", "context"),
+                weights_digest(self.model, repr(cfg)),
+                cache_dirs(self.source),
+            )
             self._networks[key] = compile_network(spec, backend, precision or "auto", self.device)
         return self._networks[key]
 
     # -- conditioning ------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[str], attributes: Sequence[Attributes] | None = None,
-               text_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        prompts: Sequence[str],
+        attributes: Sequence[Attributes] | None = None,
+        text_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text tokens (N, L, D) and attribute vectors (N, A) for prompts (parsed and encoded unless given)."""
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
         if text_tokens is None:
             text_tokens = self.text_encoder.encode(list(prompts)).tokens
         elif text_tokens.shape[:2] != (len(prompts), self.config.max_text_tokens):
-            raise ValueError(f"text_tokens must be ({len(prompts)}, {self.config.max_text_tokens}, D), got {tuple(text_tokens.shape)}")
+            raise ValueError(
+                f"text_tokens must be ({len(prompts)}, {self.config.max_text_tokens}, D), got "
+                f"{tuple(text_tokens.shape)}"
+            )
         text = text_tokens.to(self.device)
         attr = torch.from_numpy(np.stack([attribute_vector(a) for a in attributes])).to(self.device)
         return text, attr
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_masks(self, prompts: str | Sequence[str], n: int = 1, seed: int | Sequence[int] = 0, *,
-                     settings: GenerationSettings | None = None, attributes: Sequence[Attributes] | None = None,
-                     text_tokens: torch.Tensor | None = None, clean: bool = True, final_decode: str | None = None,
-                     callback: Callable[[int, int], None] | None = None, **options: object) -> list[Volume]:
+    def sample_masks(
+        self,
+        prompts: str | Sequence[str],
+        n: int = 1,
+        seed: int | Sequence[int] = 0,
+        *,
+        settings: GenerationSettings | None = None,
+        attributes: Sequence[Attributes] | None = None,
+        text_tokens: torch.Tensor | None = None,
+        clean: bool = True,
+        final_decode: str | None = None,
+        callback: Callable[[int, int], None] | None = None,
+        **options: object,
+    ) -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
 
         Args:
@@ -236,7 +286,9 @@ class VolumetricMaskSampler:
             raise InputError(None, "need at least one prompt and n ≥ 1")
         steps = settings.steps or self.config.sample_steps
         if steps > self.config.num_timesteps:
-            raise InputError("--steps", f"must be at most the model's {self.config.num_timesteps} diffusion steps, got {steps}")
+            raise InputError(
+                "--steps", f"must be at most the model's {self.config.num_timesteps} diffusion steps, got {steps}"
+            )
         placement = settings.tumour_placement or self.config.tumour_placement
         sizes = settings.organ_sizes or self.config.organ_sizes
         aorta = settings.aorta_placement or self.config.aorta_placement
@@ -257,7 +309,9 @@ class VolumetricMaskSampler:
             if len(seeds) != batch:
                 raise InputError(None, f"seed: need one seed per map ({batch}), got {len(seeds)}")
         cond_ctx = self.model.context(text, attr)
-        uncond_ctx = self.model.context(None, torch.from_numpy(np.stack([attribute_vector(None)] * batch)).to(self.device))
+        uncond_ctx = self.model.context(
+            None, torch.from_numpy(np.stack([attribute_vector(None)] * batch)).to(self.device)
+        )
         network = self.network(settings.backend, settings.precision)
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -271,20 +325,42 @@ class VolumetricMaskSampler:
         generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, steps))
         with torch_threads_for(network):
-            labels = ancestral_sample(self.diffusion, model_fn, (batch, *self.config.shape), generator=generator,
-                                      steps=steps, callback=step_cb, device=self.device, final=decode,  # type: ignore[arg-type]
-                                      matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]])
+            labels = ancestral_sample(
+                self.diffusion,
+                model_fn,
+                (batch, *self.config.shape),
+                generator=generator,
+                steps=steps,
+                callback=step_cb,
+                device=self.device,
+                final=decode,  # type: ignore[arg-type]
+                matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]],
+            )
         affine = sampler_grid(self.config)
         out = []
         for i in range(batch):
             array = labels[i].to("cpu", torch.uint8).numpy()
             if clean:
                 array = keep_main_components(array)
-            volume = Volume(array, affine.copy(), "labels", {"prompt": prompts[i // n], "seed": seeds[i], "index": i,
-                                                             "runtime": {"backend": network.backend,
-                                                                         "precision": network.precision}})
+            volume = Volume(
+                array,
+                affine.copy(),
+                "labels",
+                {
+                    "prompt": prompts[i // n],
+                    "seed": seeds[i],
+                    "index": i,
+                    "runtime": {"backend": network.backend, "precision": network.precision},
+                },
+            )
             if placement == "insert" or sizes == "scale" or aorta == "tube":
-                volume = apply_statements(volume, attributes[i // n], seeds[i], tumours=placement == "insert",
-                                          organs=sizes == "scale", aorta=aorta == "tube")
+                volume = apply_statements(
+                    volume,
+                    attributes[i // n],
+                    seeds[i],
+                    tumours=placement == "insert",
+                    organs=sizes == "scale",
+                    aorta=aorta == "tube",
+                )
             out.append(volume)
         return out

@@ -32,23 +32,39 @@ from torch import nn
 
 from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict
-from guidegen.distributed import (DistContext, all_reduce_sum, barrier, batch_shares, cleanup,
-                                  init_distributed, no_sync, wrap_ddp)
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
 from guidegen.diffusion.categorical_loss import categorical_loss
+from guidegen.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    batch_shares,
+    cleanup,
+    init_distributed,
+    no_sync,
+    wrap_ddp,
+)
 from guidegen.errors import InputError
 from guidegen.io.nifti import read_nifti
-from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, ORGANS, UNKNOWN
 from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import MaskExamples
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.sampler import diffusion_from_config
-from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.runtime.precision import resolve_precision
-from guidegen.training import (EMA, autocast, checkpoint_path, cosine_lr, prune_checkpoints,
-                               remove_stale_checkpoints, resume_training, step_generators, truncate_log)
+from guidegen.text.encoder import TextEncoder, TextEncoderConfig
+from guidegen.training import (
+    EMA,
+    autocast,
+    checkpoint_path,
+    cosine_lr,
+    prune_checkpoints,
+    remove_stale_checkpoints,
+    resume_training,
+    step_generators,
+    truncate_log,
+)
 
 
 def resolve(path: str, root: Path | None) -> Path:
@@ -56,7 +72,9 @@ def resolve(path: str, root: Path | None) -> Path:
     return p if p.is_absolute() or root is None else root / p
 
 
-def load_base_cases(config: MaskSamplerConfig, root: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
+def load_base_cases(
+    config: MaskSamplerConfig, root: Path | None = None, progress: bool = False
+) -> list[dict[str, Any]]:
     """Prepare ``config.data_sources`` on the sampler grid; returns case dicts with label arrays.
 
     Each case's z range is cut or padded (with UNKNOWN) to ``shape[2]`` slices so that the top of the
@@ -64,8 +82,12 @@ def load_base_cases(config: MaskSamplerConfig, root: Path | None = None, progres
     consistent height.
     """
     cache = resolve(config.prepared_cache, root)
-    prepare([resolve(s, root) for s in config.data_sources], cache,
-            PrepareConfig(spacing=config.spacing, size_xy=config.shape[:2]), progress=progress)
+    prepare(
+        [resolve(s, root) for s in config.data_sources],
+        cache,
+        PrepareConfig(spacing=config.spacing, size_xy=config.shape[:2]),
+        progress=progress,
+    )
     cases = []
     for entry in load_prepared(cache):
         labels = read_nifti(entry["labels_path"], kind="labels")
@@ -77,8 +99,9 @@ def load_base_cases(config: MaskSamplerConfig, root: Path | None = None, progres
             continue
         array = labels.array
         anchor_ids = [ID["liver"], ID["spleen"]]
-        zs = next((np.nonzero(np.isin(array, [a]).any(axis=(0, 1)))[0] for a in anchor_ids
-                   if np.isin(array, [a]).any()), None)
+        zs = next(
+            (np.nonzero(np.isin(array, [a]).any(axis=(0, 1)))[0] for a in anchor_ids if np.isin(array, [a]).any()), None
+        )
         top = int(zs.max()) if zs is not None else array.shape[2] - 1
         target_top = config.shape[2] - 5
         shift = target_top - top
@@ -126,8 +149,9 @@ class _Prefetcher:
         self.next = 0
         if workers > 0:
             # spawn, not fork: forking after torch started its OpenMP threads can hang the child.
-            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                               initializer=_init_worker, initargs=(examples,))
+            self.pool = cf.ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(examples,)
+            )
             self._fill()
 
     def _fill(self) -> None:
@@ -137,7 +161,7 @@ class _Prefetcher:
 
     def take(self, count: int) -> list[dict[str, Any]]:
         if self.pool is None:
-            out = [self.examples[i] for i in self.indices[self.next:self.next + count]]
+            out = [self.examples[i] for i in self.indices[self.next : self.next + count]]
             self.next += count
             return out
         out = []
@@ -161,7 +185,9 @@ def prefetch_closing(prefetch: _Prefetcher):
         prefetch.close()
 
 
-def _batch(items: list[dict[str, Any]], encoder: TextEncoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(
+    items: list[dict[str, Any]], encoder: TextEncoder
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x0 = torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64))
     text = encoder.encode([it["text"] for it in items]).tokens
     attr = torch.from_numpy(np.stack([attribute_vector(it["attributes"]) for it in items]))
@@ -184,7 +210,9 @@ class _Denoise(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, attr: torch.Tensor, drop_text: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, attr: torch.Tensor, drop_text: torch.Tensor
+    ) -> torch.Tensor:
         return self.model(x_t, t, self.model.context(text, attr, drop_text=drop_text))
 
 
@@ -194,8 +222,16 @@ def _same_run(saved: MaskSamplerConfig, config: MaskSamplerConfig) -> bool:
     return config_to_dict(same) == config_to_dict(config)
 
 
-def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
-                       max_steps: int | None = None, root: Path | None = None, device: str = "cpu", workers: int = 1) -> Path:
+def train_mask_sampler(
+    config: MaskSamplerConfig,
+    run_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+    root: Path | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+) -> Path:
     """Train (or resume) and return the run folder; ``run_dir/model`` holds the EMA model.
 
     Under ``torchrun`` every process calls this; they train one model with DistributedDataParallel
@@ -216,8 +252,16 @@ def train_mask_sampler(config: MaskSamplerConfig, run_dir: str | Path, resume: b
         cleanup(ctx)
 
 
-def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: bool, max_steps: int | None,
-           root: Path | None, ctx: DistContext, workers: int) -> Path:
+def _train(
+    config: MaskSamplerConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    max_steps: int | None,
+    root: Path | None,
+    ctx: DistContext,
+    workers: int,
+) -> Path:
     device = ctx.device
     micro = batch_shares(config.batch_size, ctx, config.grad_accumulation)
     mine = [p for share in micro for p in share]  # this rank's positions in every global batch
@@ -228,8 +272,9 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start = resume_training(run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler,
-                            same_run=_same_run, ctx=ctx, resume=resume)
+    start = resume_training(
+        run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler, same_run=_same_run, ctx=ctx, resume=resume
+    )
     diffusion = diffusion_from_config(config)
     if ctx.is_main:
         (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
@@ -251,13 +296,29 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
     placeholder = torch.zeros((batch, *config.shape), dtype=torch.int64)
     locate = {p: i for i, p in enumerate(mine)}
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     model.train()
     started = time.perf_counter()
-    with prefetch_closing(prefetch), Progress(
-            TextColumn("[bold]train masks[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), disable=not (progress and ctx.is_main)) as bar:
+    with (
+        prefetch_closing(prefetch),
+        Progress(
+            TextColumn("[bold]train masks[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not (progress and ctx.is_main),
+        ) as bar,
+    ):
         task = bar.add_task("", total=config.steps, completed=start, loss=float("nan"))
         for step in range(start, end):
             # The step's draws are made for the whole global batch, as one process makes them; each
@@ -291,13 +352,26 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
                 with no_sync(net, sync=j == len(micro) - 1):
                     x_in = F.one_hot(x_t[idx], config.num_classes).permute(0, 4, 1, 2, 3).float().to(device)
                     with autocast(device, precision):
-                        logits = net(x_in, t[idx].to(device), text[idx].to(device), attr[idx].to(device), drop_t[idx].to(device))
-                    losses = categorical_loss(diffusion, logits.float(), x0[idx].to(device), x_t[idx].to(device),
-                                              t[idx].to(device), ignore_classes=ignore[idx].to(device),
-                                              voxel_weight=voxel_weight[idx].float().to(device))
+                        logits = net(
+                            x_in, t[idx].to(device), text[idx].to(device), attr[idx].to(device), drop_t[idx].to(device)
+                        )
+                    losses = categorical_loss(
+                        diffusion,
+                        logits.float(),
+                        x0[idx].to(device),
+                        x_t[idx].to(device),
+                        t[idx].to(device),
+                        ignore_classes=ignore[idx].to(device),
+                        voxel_weight=voxel_weight[idx].float().to(device),
+                    )
                     scaler.scale(losses.total * (weight * ctx.world_size)).backward()
-                logged += torch.tensor([float(losses.total.detach()), float(losses.kl.detach()), float(losses.ce.detach())],
-                                       dtype=torch.float64) * weight
+                logged += (
+                    torch.tensor(
+                        [float(losses.total.detach()), float(losses.kl.detach()), float(losses.ce.detach())],
+                        dtype=torch.float64,
+                    )
+                    * weight
+                )
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             scaler.step(opt)
@@ -307,15 +381,30 @@ def _train(config: MaskSamplerConfig, run_dir: Path, resume: bool, progress: boo
             bar.update(task, advance=1, loss=loss_value)
             if ctx.is_main:
                 with open(log_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": step + 1, "loss": loss_value, "kl": kl_value, "ce": ce_value,
-                                         "t": int(t[0]),
-                                         "seconds": round(time.perf_counter() - started, 2)}) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {
+                                "step": step + 1,
+                                "loss": loss_value,
+                                "kl": kl_value,
+                                "ce": ce_value,
+                                "t": int(t[0]),
+                                "seconds": round(time.perf_counter() - started, 2),
+                            }
+                        )
+                        + "\n"
+                    )
             if ctx.is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == end):
                 state = {"step": step + 1, "optimizer": opt.state_dict(), "ema_updates": ema.updates}
                 if scaler.is_enabled():
                     state["scaler"] = scaler.state_dict()
-                save_checkpoint(checkpoint_path(run_dir, step + 1), config, ema.state_dict(), training=state,
-                                raw_weights=model.state_dict())
+                save_checkpoint(
+                    checkpoint_path(run_dir, step + 1),
+                    config,
+                    ema.state_dict(),
+                    training=state,
+                    raw_weights=model.state_dict(),
+                )
                 prune_checkpoints(run_dir, config.keep_checkpoints)
     if end == config.steps and ctx.is_main:
         save_checkpoint(run_dir / "model", config, ema.state_dict(), metadata={"component": "mask_sampler"})

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from guidegen.errors import InputError
-from guidegen.pipeline.folders import runtime_line
 from guidegen.pipeline.dataset import CaseRequest, DatasetRequest, Shard, generate_dataset, world_from_env
+from guidegen.pipeline.folders import runtime_line
 from guidegen.pipeline.generate import GeneratedCase, GuideGen
 
 
@@ -32,9 +32,19 @@ def _process_group(shard: Shard, device: str) -> Iterator[object | None]:
             dist.destroy_process_group()
 
 
-def run_generate(request: DatasetRequest, out: Path, *, batch_size: int, model: Path | None, device: str,
-                 threads: int | None, dataset_id: int, dataset_name: str, overwrite: bool,
-                 progress: bool) -> list[str]:
+def run_generate(
+    request: DatasetRequest,
+    out: Path,
+    *,
+    batch_size: int,
+    model: Path | None,
+    device: str,
+    threads: int | None,
+    dataset_id: int,
+    dataset_name: str,
+    overwrite: bool,
+    progress: bool,
+) -> list[str]:
     """Run one `guidegen generate` request; returns the summary lines (rank 0) or nothing (other ranks).
 
     The request is checked already (`DatasetRequest`, `guidegen.settings.GenerationSettings`);
@@ -56,19 +66,35 @@ def run_generate(request: DatasetRequest, out: Path, *, batch_size: int, model: 
     show = progress and shard.rank == 0
     with _process_group(shard, device) as dist, _progress(show, mine) as bar:
         summary = generate_dataset(
-            gg, request, out, batch_size=batch_size, overwrite=overwrite, shard=shard, dataset_id=dataset_id,
-            dataset_name=dataset_name, on_case=bar.on_case, progress=bar.on_stage,
-            barrier=None if dist is None else dist.barrier)
+            gg,
+            request,
+            out,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            shard=shard,
+            dataset_id=dataset_id,
+            dataset_name=dataset_name,
+            on_case=bar.on_case,
+            progress=bar.on_stage,
+            barrier=None if dist is None else dist.barrier,
+        )
     if shard.rank != 0:
         return []
-    lines = [f"{summary['generated']} case(s) generated, {summary['skipped']} already there, "
-             f"{summary['requested']} requested; {summary['seconds']:.1f} s"
-             + (f" on {shard.world_size} ranks" if shard.world_size > 1 else "")]
+    lines = [
+        f"{summary['generated']} case(s) generated, {summary['skipped']} already there, "
+        f"{summary['requested']} requested; {summary['seconds']:.1f} s"
+        + (f" on {shard.world_size} ranks" if shard.world_size > 1 else "")
+    ]
     if bar.times:
         per_case = sum(bar.times) / len(bar.times)
-        lines.append(f"per case: {per_case:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bar.stage_means().items()) + ")")
-    lines.append(f"cases: {out}/case_*/ (ct.nii.gz, labels.nii.gz, case.json, report.txt, preview.png"
-                 + (", dicom/" if format == "dicom" else "") + f"); manifest: {summary['manifest']}")
+        lines.append(
+            f"per case: {per_case:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bar.stage_means().items()) + ")"
+        )
+    lines.append(
+        f"cases: {out}/case_*/ (ct.nii.gz, labels.nii.gz, case.json, report.txt, preview.png"
+        + (", dicom/" if format == "dicom" else "")
+        + f"); manifest: {summary['manifest']}"
+    )
     lines.append(runtime_line(runtime))
     if summary.get("export"):
         lines.append(f"nnU-Net dataset: {summary['export']}")
@@ -118,8 +144,21 @@ def _progress(show: bool, total: int) -> Iterator[_Bar]:
     if not show:
         yield _Bar(None, total)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description:>22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
         yield _Bar(progress, total)

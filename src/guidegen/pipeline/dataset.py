@@ -92,8 +92,11 @@ def _check_run_folder(out: Path, request: dict, overwrite: bool, shard: Shard) -
             raise InputError(run_file, f"is not valid JSON ({exc}); use --overwrite or another --out") from None
         if previous != request:
             changed = sorted(k for k in set(previous) | set(request) if previous.get(k) != request.get(k))
-            raise InputError(out, f"holds a different request (differs in: {', '.join(changed)}); "
-                                  "use --overwrite to replace it, or another --out")
+            raise InputError(
+                out,
+                f"holds a different request (differs in: {', '.join(changed)}); "
+                "use --overwrite to replace it, or another --out",
+            )
         return
     if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         if shard.world_size > 1 and shard.rank != 0:
@@ -110,8 +113,9 @@ def _remove_stale_temporaries(out: Path, case: CaseRequest) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _case_json(case: GeneratedCase, model_info: dict, settings: GenerationSettings, sampling: dict,
-               files: list[str]) -> dict:
+def _case_json(
+    case: GeneratedCase, model_info: dict, settings: GenerationSettings, sampling: dict, files: list[str]
+) -> dict:
     present = sorted(int(v) for v in np.unique(case.labels.array) if v != UNKNOWN)
     return {
         "format_version": 1,
@@ -146,8 +150,14 @@ def _case_json(case: GeneratedCase, model_info: dict, settings: GenerationSettin
     }
 
 
-def write_case_folder(case: GeneratedCase, folder: Path, model_info: dict, settings: GenerationSettings,
-                      sampling: dict, dicom: bool = False) -> None:
+def write_case_folder(
+    case: GeneratedCase,
+    folder: Path,
+    model_info: dict,
+    settings: GenerationSettings,
+    sampling: dict,
+    dicom: bool = False,
+) -> None:
     """Write one case into ``folder`` (a temporary folder the caller renames)."""
     started = time.perf_counter()
     write_nifti(case.ct, folder / "ct.nii.gz")
@@ -155,19 +165,34 @@ def write_case_folder(case: GeneratedCase, folder: Path, model_info: dict, setti
     (folder / "report.txt").write_text(case.report + "\n", encoding="utf-8")
     from guidegen.io.preview import render_preview
 
-    render_preview(folder / "preview.png", case.ct, case.labels, [c.display for c in CLASSES],
-                   [preview_colour(c.id) for c in CLASSES], title=case.prompt[:90],
-                   skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
+    render_preview(
+        folder / "preview.png",
+        case.ct,
+        case.labels,
+        [c.display for c in CLASSES],
+        [preview_colour(c.id) for c in CLASSES],
+        title=case.prompt[:90],
+        skip_classes=(0, ID["body"], UNKNOWN),
+        focus_classes=(ID["tumour"],),
+    )
     files = ["ct.nii.gz", "labels.nii.gz", "report.txt", "preview.png"]
     if dicom:
         from guidegen.io.dicom_write import DicomStudyInfo, write_dicom_ct_series, write_dicom_seg
 
         sex = {"male": "M", "female": "F"}.get(case.requested.sex or "", "O")
-        info = DicomStudyInfo(patient_id=f"GUIDEGEN-{case.index:06d}", patient_sex=sex,
-                              study_description=("GuideGen synthetic CT: " + case.prompt)[:64])
+        info = DicomStudyInfo(
+            patient_id=f"GUIDEGEN-{case.index:06d}",
+            patient_sex=sex,
+            study_description=("GuideGen synthetic CT: " + case.prompt)[:64],
+        )
         write_dicom_ct_series(case.ct, folder / "dicom" / "CT", info)
-        write_dicom_seg(case.labels, folder / "dicom" / "CT", folder / "dicom" / "seg.dcm", label_classes=CLASSES,
-                        colours={c.id: preview_colour(c.id) for c in CLASSES})
+        write_dicom_seg(
+            case.labels,
+            folder / "dicom" / "CT",
+            folder / "dicom" / "seg.dcm",
+            label_classes=CLASSES,
+            colours={c.id: preview_colour(c.id) for c in CLASSES},
+        )
         files += ["dicom/CT/", "dicom/seg.dcm"]
     case.timings["write"] = time.perf_counter() - started
     meta = _case_json(case, model_info, settings, sampling, files=files + ["case.json"])
@@ -184,10 +209,16 @@ def write_manifest(out: Path, cases: Sequence[CaseRequest]) -> dict:
     for case in cases:
         finished = _finished(out, case)
         done += finished
-        rows.append({"index": case.index, "prompt": case.prompt, "seed": case.seed,
-                     "folder": case.folder if finished else None})
-    manifest = {"format_version": 1, "cases": rows, "finished": done, "requested": len(cases),
-                "complete": done == len(cases)}
+        rows.append(
+            {"index": case.index, "prompt": case.prompt, "seed": case.seed, "folder": case.folder if finished else None}
+        )
+    manifest = {
+        "format_version": 1,
+        "cases": rows,
+        "finished": done,
+        "requested": len(cases),
+        "complete": done == len(cases),
+    }
     write_text(out / MANIFEST, json.dumps(manifest, indent=1), overwrite=True)
     return manifest
 
@@ -200,22 +231,32 @@ def export_nnunet(out: Path, cases: Sequence[CaseRequest], dataset_id: int, name
     def load():
         for case in cases:
             folder = out / case.folder
-            yield NnunetCase(f"{name}_{case.index:06d}", read_nifti(folder / "ct.nii.gz", kind="ct"),
-                             read_nifti(folder / "labels.nii.gz", kind="labels"))
+            yield NnunetCase(
+                f"{name}_{case.index:06d}",
+                read_nifti(folder / "ct.nii.gz", kind="ct"),
+                read_nifti(folder / "labels.nii.gz", kind="labels"),
+            )
 
     raw = out / "nnUNet_raw"
     existing = raw / dataset_folder_name(dataset_id, name)
     # Derived from the case folders of this very run, so replacing it loses nothing.
-    return write_nnunet_dataset(load(), raw, dataset_id, name, label_classes=CLASSES,
-                                overwrite=existing.exists())
+    return write_nnunet_dataset(load(), raw, dataset_id, name, label_classes=CLASSES, overwrite=existing.exists())
 
 
-def generate_dataset(model: GuideGen, request: DatasetRequest, out: str | Path, *, batch_size: int = 4,
-                     overwrite: bool = False, shard: Shard | None = None, dataset_id: int = 500,
-                     dataset_name: str = "GuideGen",
-                     on_case: Callable[[CaseRequest, GeneratedCase | None], None] | None = None,
-                     progress: Callable[[str, int, int], None] | None = None,
-                     barrier: Callable[[], None] | None = None) -> dict:
+def generate_dataset(
+    model: GuideGen,
+    request: DatasetRequest,
+    out: str | Path,
+    *,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    shard: Shard | None = None,
+    dataset_id: int = 500,
+    dataset_name: str = "GuideGen",
+    on_case: Callable[[CaseRequest, GeneratedCase | None], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    barrier: Callable[[], None] | None = None,
+) -> dict:
     """Generate every requested case that is not already in ``out`` (this shard's share).
 
     Args:
@@ -260,16 +301,23 @@ def generate_dataset(model: GuideGen, request: DatasetRequest, out: str | Path, 
             if c not in todo:
                 on_case(c, None)
     sampler_cfg, image_cfg, settings = model.mask_sampler.config, model.image_generator.config, request.settings
-    sampling = {"mask_steps": settings.steps or sampler_cfg.sample_steps,
-                "mask_guidance": sampler_cfg.guidance_scale if settings.guidance is None else settings.guidance,
-                "image_steps": settings.image_steps or image_cfg.flow_steps,
-                "image_guidance": image_cfg.guidance_scale if settings.image_guidance is None else settings.image_guidance,
-                "image_noise_correlation": image_cfg.noise_correlation}
+    sampling = {
+        "mask_steps": settings.steps or sampler_cfg.sample_steps,
+        "mask_guidance": sampler_cfg.guidance_scale if settings.guidance is None else settings.guidance,
+        "image_steps": settings.image_steps or image_cfg.flow_steps,
+        "image_guidance": image_cfg.guidance_scale if settings.image_guidance is None else settings.image_guidance,
+        "image_noise_correlation": image_cfg.noise_correlation,
+    }
     started = time.perf_counter()
     for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        generated = model.generate_cases([c.prompt for c in batch], [c.seed for c in batch], [c.index for c in batch],
-                                         settings=settings, progress=progress)
+        batch = todo[start : start + batch_size]
+        generated = model.generate_cases(
+            [c.prompt for c in batch],
+            [c.seed for c in batch],
+            [c.index for c in batch],
+            settings=settings,
+            progress=progress,
+        )
         for req, case in zip(batch, generated):
             _remove_stale_temporaries(out, req)
             with atomic_dir(out / req.folder) as tmp:
@@ -279,8 +327,16 @@ def generate_dataset(model: GuideGen, request: DatasetRequest, out: str | Path, 
     seconds = time.perf_counter() - started
     if barrier is not None:
         barrier()
-    summary = {"requested": len(all_cases), "this_shard": len(mine), "generated": len(todo), "skipped": skipped,
-               "seconds": round(seconds, 2), "out": str(out), "manifest": None, "export": None}
+    summary = {
+        "requested": len(all_cases),
+        "this_shard": len(mine),
+        "generated": len(todo),
+        "skipped": skipped,
+        "seconds": round(seconds, 2),
+        "out": str(out),
+        "manifest": None,
+        "export": None,
+    }
     if shard.rank == 0:
         manifest = write_manifest(out, all_cases)
         summary["manifest"] = str(out / MANIFEST)

@@ -38,17 +38,24 @@ def _sidecar(path: Path) -> tuple[str | dict | None, frozenset[str] | None]:
             spec, annotated = entry.get("vocabulary", spec), entry.get("annotated", annotated)
             break
     if spec is not None and not isinstance(spec, str) and not is_label_table(spec):
-        raise InputError(side, f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`) or a label set "
-                               f'({{"1": "liver", ...}}, see `guidegen list-classes`), got {spec!r}')
+        raise InputError(
+            side,
+            f"'vocabulary' must be a vocabulary name (see `guidegen list-vocabularies`) or a label set "
+            f'({{"1": "liver", ...}}, see `guidegen list-classes`), got {spec!r}',
+        )
     if annotated is not None:
         if not isinstance(annotated, list) or any(a not in NAMES for a in annotated):
-            raise InputError(side, f"'annotated' must be a list of GuideGen class names (see `guidegen list-classes`), got {annotated!r}")
+            raise InputError(
+                side,
+                f"'annotated' must be a list of GuideGen class names (see `guidegen list-classes`), got {annotated!r}",
+            )
         annotated = frozenset(annotated)
     return spec, annotated
 
 
-def load_labels(path: str | Path, vocabulary: str | None = None, label_set: str | Path | None = None
-                ) -> tuple[Volume, frozenset[str]]:
+def load_labels(
+    path: str | Path, vocabulary: str | None = None, label_set: str | Path | None = None
+) -> tuple[Volume, frozenset[str]]:
     """Read a label file in any supported vocabulary → (GuideGen label Volume, annotated classes).
 
     The vocabulary is, in order: ``label_set`` (a JSON file mapping the map's ids to GuideGen class
@@ -85,8 +92,11 @@ def load_labels(path: str | Path, vocabulary: str | None = None, label_set: str 
             if descrip.startswith(b"GuideGen label map"):
                 spec = "guidegen"
         if user_set is None and spec is None:
-            raise InputError(path, "its label vocabulary is unknown: pass --vocabulary (see `guidegen list-vocabularies`) "
-                                   "or --labels-json (your ids → GuideGen classes, see `guidegen list-classes`)")
+            raise InputError(
+                path,
+                "its label vocabulary is unknown: pass --vocabulary (see `guidegen list-vocabularies`) "
+                "or --labels-json (your ids → GuideGen classes, see `guidegen list-classes`)",
+            )
         vocab = user_set or vocabulary_for(spec, path.parent / SIDECAR)
     array, annotated = remap_labels(raw.array, vocab, path=path, affine=raw.affine)
     if annotated_override is not None:
@@ -96,8 +106,9 @@ def load_labels(path: str | Path, vocabulary: str | None = None, label_set: str 
     return raw.with_array(array), annotated
 
 
-def report_for_label_file(path: str | Path, vocabulary: str | None = None, seed: int | None = None,
-                          label_set: str | Path | None = None) -> tuple[str, dict]:
+def report_for_label_file(
+    path: str | Path, vocabulary: str | None = None, seed: int | None = None, label_set: str | Path | None = None
+) -> tuple[str, dict]:
     """Radiology-style report and attribute record (as a dict) for a label file (``label_set``: see `load_labels`)."""
     from guidegen.text.report import report_from_labels
 
@@ -133,9 +144,16 @@ def run_demo(out: str | Path, data: str | Path, overwrite: bool = False, case: s
         (tmp / "attributes.json").write_text(json.dumps(attributes.to_dict(), indent=1), encoding="utf-8")
         shutil.copy(entry["ct_path"], tmp / "ct.nii.gz")
         shutil.copy(entry["labels_path"], tmp / "labels.nii.gz")
-        render_preview(tmp / "preview.png", ct, labels, [c.display for c in CLASSES],
-                       [preview_colour(c.id) for c in CLASSES], title=f"{case} (real CT, prepared at 3 mm)",
-                       skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
+        render_preview(
+            tmp / "preview.png",
+            ct,
+            labels,
+            [c.display for c in CLASSES],
+            [preview_colour(c.id) for c in CLASSES],
+            title=f"{case} (real CT, prepared at 3 mm)",
+            skip_classes=(0, ID["body"], UNKNOWN),
+            focus_classes=(ID["tumour"],),
+        )
     seconds = time.perf_counter() - started
     return [
         f"demo case {case}: {ct.shape} voxels at {tuple(round(s, 2) for s in ct.spacing)} mm, {ct.orientation}",
@@ -151,13 +169,23 @@ def model_component(model: str | Path | None, name: str) -> Path:
     if (folder / name).is_dir():
         folder = folder / name
     if not folder.is_dir():
-        raise InputError(folder, f"no {name.replace('_', ' ')} model here (train one with `guidegen train`, or pass --model)")
+        raise InputError(
+            folder, f"no {name.replace('_', ' ')} model here (train one with `guidegen train`, or pass --model)"
+        )
     return folder
 
 
-def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int = 0, *,
-                           settings: GenerationSettings | None = None, model: str | Path | None = None,
-                           device: str = "cpu", overwrite: bool = False) -> tuple[list[str], list[Volume]]:
+def sample_masks_to_folder(
+    prompt: str,
+    out: str | Path,
+    n: int = 1,
+    seed: int = 0,
+    *,
+    settings: GenerationSettings | None = None,
+    model: str | Path | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> tuple[list[str], list[Volume]]:
     """Sample ``n`` label maps for a prompt and write ``out/sample_NNN/{labels.nii.gz, report.txt, preview.png}``.
 
     ``settings``: the mask sampler's part of `GenerationSettings` (steps, guidance, the placement
@@ -190,28 +218,60 @@ def sample_masks_to_folder(prompt: str, out: str | Path, n: int = 1, seed: int =
             write_nifti(vol, folder / "labels.nii.gz")
             text, measured = report_from_labels(vol, seed=seed + i)
             (folder / "report.txt").write_text(text + "\n", encoding="utf-8")
-            render_preview(folder / "preview.png", None, vol, [c.display for c in CLASSES], [preview_colour(c.id) for c in CLASSES],
-                           title=prompt[:100], skip_classes=(0, UNKNOWN), focus_classes=(ID["tumour"],))
-        (tmp / "prompt.json").write_text(json.dumps({"prompt": prompt, "attributes": attributes.to_dict(), "n": n, "seed": seed,
-                                                     "steps": settings.steps or sampler.config.sample_steps,
-                                                     "guidance": sampler.config.guidance_scale if settings.guidance is None else settings.guidance,
-                                                     "tumour_placement": placement,
-                                                     "placed": [v.meta.get("tumour_placement") for v in volumes],
-                                                     "organ_sizes": sizes,
-                                                     "sized": [v.meta.get("organ_sizes") for v in volumes],
-                                                     "aorta_placement": aorta,
-                                                     "aorta": [v.meta.get("aorta_placement") for v in volumes],
-                                                     "runtime": volumes[0].meta.get("runtime"),
-                                                     "settings": settings.to_dict(),
-                                                     "seconds": round(seconds, 2)}, indent=1), encoding="utf-8")
-    return [f"sampled {n} label map(s) in {seconds:.1f} s → {out}", runtime_line({"masks": volumes[0].meta["runtime"]})], volumes
+            render_preview(
+                folder / "preview.png",
+                None,
+                vol,
+                [c.display for c in CLASSES],
+                [preview_colour(c.id) for c in CLASSES],
+                title=prompt[:100],
+                skip_classes=(0, UNKNOWN),
+                focus_classes=(ID["tumour"],),
+            )
+        (tmp / "prompt.json").write_text(
+            json.dumps(
+                {
+                    "prompt": prompt,
+                    "attributes": attributes.to_dict(),
+                    "n": n,
+                    "seed": seed,
+                    "steps": settings.steps or sampler.config.sample_steps,
+                    "guidance": sampler.config.guidance_scale if settings.guidance is None else settings.guidance,
+                    "tumour_placement": placement,
+                    "placed": [v.meta.get("tumour_placement") for v in volumes],
+                    "organ_sizes": sizes,
+                    "sized": [v.meta.get("organ_sizes") for v in volumes],
+                    "aorta_placement": aorta,
+                    "aorta": [v.meta.get("aorta_placement") for v in volumes],
+                    "runtime": volumes[0].meta.get("runtime"),
+                    "settings": settings.to_dict(),
+                    "seconds": round(seconds, 2),
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+    return [
+        f"sampled {n} label map(s) in {seconds:.1f} s → {out}",
+        runtime_line({"masks": volumes[0].meta["runtime"]}),
+    ], volumes
 
 
-def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str | None = None, seed: int = 0, *,
-                          label_set: str | Path | None = None, prompt: str | None = None,
-                          settings: GenerationSettings | None = None, model: str | Path | None = None,
-                          device: str = "cpu", overwrite: bool = False, texture: bool = True,
-                          levels: bool = True) -> list[str]:
+def generate_ct_to_folder(
+    labels: str | Path,
+    out: str | Path,
+    vocabulary: str | None = None,
+    seed: int = 0,
+    *,
+    label_set: str | Path | None = None,
+    prompt: str | None = None,
+    settings: GenerationSettings | None = None,
+    model: str | Path | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    texture: bool = True,
+    levels: bool = True,
+) -> list[str]:
     """Bring your own mask: a CT for a label file, written as ``out/{ct,labels}.nii.gz`` + ``preview.png``.
 
     The label map keeps its own grid and array order: the CT is generated on the model grid and
@@ -240,42 +300,89 @@ def generate_ct_to_folder(labels: str | Path, out: str | Path, vocabulary: str |
     completion = complete_body(labels_volume, annotated)
     labels_volume, annotated = completion.labels, completion.annotated
     started = time.perf_counter()
-    ct = generate_ct(generator, labels_volume, seed=seed, prompt=prompt, annotated=sorted(annotated), settings=settings,
-                     add_body=False, texture=texture, levels=levels)
+    ct = generate_ct(
+        generator,
+        labels_volume,
+        seed=seed,
+        prompt=prompt,
+        annotated=sorted(annotated),
+        settings=settings,
+        add_body=False,
+        texture=texture,
+        levels=levels,
+    )
     seconds = time.perf_counter() - started
     disk_affine = labels_volume.meta.get("affine_on_disk")
     if disk_affine is not None:  # the input file's own array order (load_labels made it RAS+)
         ct, labels_volume = reorient_like(ct, disk_affine), reorient_like(labels_volume, disk_affine)
     unknown = int(np.count_nonzero(labels_volume.array == UNKNOWN))
-    unknown_in_body = int(np.count_nonzero(unknown_as_body(labels_volume).array == ID["body"])
-                          - np.count_nonzero(labels_volume.array == ID["body"]))
+    unknown_in_body = int(
+        np.count_nonzero(unknown_as_body(labels_volume).array == ID["body"])
+        - np.count_nonzero(labels_volume.array == ID["body"])
+    )
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_nifti(ct, tmp / "ct.nii.gz")
         write_nifti(labels_volume, tmp / "labels.nii.gz")
-        render_preview(tmp / "preview.png", canonical(ct), canonical(labels_volume), [c.display for c in CLASSES],
-                       [preview_colour(c.id) for c in CLASSES], title=f"generated CT for {Path(labels).name}",
-                       skip_classes=(0, ID["body"], UNKNOWN), focus_classes=(ID["tumour"],))
+        render_preview(
+            tmp / "preview.png",
+            canonical(ct),
+            canonical(labels_volume),
+            [c.display for c in CLASSES],
+            [preview_colour(c.id) for c in CLASSES],
+            title=f"generated CT for {Path(labels).name}",
+            skip_classes=(0, ID["body"], UNKNOWN),
+            focus_classes=(ID["tumour"],),
+        )
         annotated_names = sorted(annotated, key=NAMES.index)
-        (tmp / "case.json").write_text(json.dumps({"labels": str(labels), "label_set": None if label_set is None else str(label_set),
-                                                   "seed": seed, "phase": settings.phase, "prompt": prompt,
-                                                   "steps": settings.image_steps, "guidance": settings.image_guidance,
-                                                   "settings": settings.to_dict(), "seconds": round(seconds, 2),
-                                                   "runtime": ct.meta.get("runtime"), "native": ct.meta.get("native"),
-                                                   "annotated": annotated_names,
-                                                   "body": "derived" if completion.derived else "from the map",
-                                                   "unknown_voxels": unknown, "unknown_voxels_in_body": unknown_in_body,
-                                                   "shape": list(ct.shape), "spacing_mm": list(ct.spacing),
-                                                   "orientation": ct.orientation}, indent=1), encoding="utf-8")
-        (tmp / SIDECAR).write_text(json.dumps({"vocabulary": "guidegen", "annotated": annotated_names,
-                                               "notes": f"generate-ct output for {Path(labels).name}"}, indent=1), encoding="utf-8")
+        (tmp / "case.json").write_text(
+            json.dumps(
+                {
+                    "labels": str(labels),
+                    "label_set": None if label_set is None else str(label_set),
+                    "seed": seed,
+                    "phase": settings.phase,
+                    "prompt": prompt,
+                    "steps": settings.image_steps,
+                    "guidance": settings.image_guidance,
+                    "settings": settings.to_dict(),
+                    "seconds": round(seconds, 2),
+                    "runtime": ct.meta.get("runtime"),
+                    "native": ct.meta.get("native"),
+                    "annotated": annotated_names,
+                    "body": "derived" if completion.derived else "from the map",
+                    "unknown_voxels": unknown,
+                    "unknown_voxels_in_body": unknown_in_body,
+                    "shape": list(ct.shape),
+                    "spacing_mm": list(ct.spacing),
+                    "orientation": ct.orientation,
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+        (tmp / SIDECAR).write_text(
+            json.dumps(
+                {
+                    "vocabulary": "guidegen",
+                    "annotated": annotated_names,
+                    "notes": f"generate-ct output for {Path(labels).name}",
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
     lines = [f"generated a {ct.shape} CT in {seconds:.1f} s → {out}"]
     if completion.derived:
-        lines.append(f"the map has no body outline: derived one from its structures (their outline per axial slice + "
-                     f"{DERIVED_BODY_MARGIN_MM:g} mm of soft tissue), written as class body in labels.nii.gz")
+        lines.append(
+            f"the map has no body outline: derived one from its structures (their outline per axial slice + "
+            f"{DERIVED_BODY_MARGIN_MM:g} mm of soft tissue), written as class body in labels.nii.gz"
+        )
     if unknown:
-        lines.append(f"{unknown} unknown voxels (id 255, kept in labels.nii.gz): {unknown_in_body} inside the body drawn as "
-                     f"unannotated body tissue, {unknown - unknown_in_body} outside it as air")
+        lines.append(
+            f"{unknown} unknown voxels (id 255, kept in labels.nii.gz): {unknown_in_body} inside the body drawn as "
+            f"unannotated body tissue, {unknown - unknown_in_body} outside it as air"
+        )
     return [*lines, runtime_line({"images": ct.meta["runtime"]})]
 
 

@@ -98,8 +98,13 @@ class GuideGen:
             token limit, ``MaskSamplerConfig.max_text_tokens``, is the one both stages see).
     """
 
-    def __init__(self, mask_sampler: VolumetricMaskSampler, image_generator: ConditionalImageGenerator,
-                 info: dict | None = None, text_encoder: TextEncoder | None = None):
+    def __init__(
+        self,
+        mask_sampler: VolumetricMaskSampler,
+        image_generator: ConditionalImageGenerator,
+        info: dict | None = None,
+        text_encoder: TextEncoder | None = None,
+    ):
         self.mask_sampler = mask_sampler
         self.image_generator = image_generator
         self.text_encoder = text_encoder or mask_sampler.text_encoder
@@ -116,7 +121,10 @@ class GuideGen:
             raise InputError(root, "model folder not found (train one with `guidegen train demo`, or pass --model)")
         for part in ("mask_sampler", "image_generator"):
             if not (root / part).is_dir():
-                raise InputError(root, f"is not a GuideGen model folder: it has no {part}/ (expected mask_sampler/ and image_generator/)")
+                raise InputError(
+                    root,
+                    f"is not a GuideGen model folder: it has no {part}/ (expected mask_sampler/ and image_generator/)",
+                )
         info: dict = {"model_id": root.name}
         if (root / MODEL_INFO).exists():
             info.update(read_json_object(root / MODEL_INFO))
@@ -128,9 +136,17 @@ class GuideGen:
     def device(self) -> torch.device:
         return self.image_generator.device
 
-    def generate(self, prompt: str | Sequence[str], n: int = 1, seed: int = 0, *,
-                 settings: GenerationSettings | None = None, first_index: int = 0,
-                 progress: ProgressCallback | None = None, **options: object) -> list[GeneratedCase]:
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        *,
+        settings: GenerationSettings | None = None,
+        first_index: int = 0,
+        progress: ProgressCallback | None = None,
+        **options: object,
+    ) -> list[GeneratedCase]:
         """Generate ``n`` cases per prompt, all stages batched.
 
         Args:
@@ -156,12 +172,20 @@ class GuideGen:
             raise InputError("-n", f"must be a positive number of cases, got {n!r}")
         case_prompts = [check_prompt(p) for p in prompts for _ in range(n)]
         indices = [first_index + k for k in range(len(case_prompts))]
-        return self.generate_cases(case_prompts, [int(seed) + i for i in indices], indices, settings=settings,
-                                   progress=progress)
+        return self.generate_cases(
+            case_prompts, [int(seed) + i for i in indices], indices, settings=settings, progress=progress
+        )
 
-    def generate_cases(self, prompts: Sequence[str], seeds: Sequence[int], indices: Sequence[int] | None = None, *,
-                       settings: GenerationSettings | None = None, progress: ProgressCallback | None = None,
-                       **options: object) -> list[GeneratedCase]:
+    def generate_cases(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        indices: Sequence[int] | None = None,
+        *,
+        settings: GenerationSettings | None = None,
+        progress: ProgressCallback | None = None,
+        **options: object,
+    ) -> list[GeneratedCase]:
         """Generate one case per (prompt, seed) pair, as one batch; see `generate` for the options.
 
         Each case depends only on its own prompt, seed and the settings, never on the rest of the
@@ -187,8 +211,13 @@ class GuideGen:
 
         started = time.perf_counter()
         coarse = self.mask_sampler.sample_masks(
-            case_prompts, seed=seeds, settings=settings, attributes=case_attrs, text_tokens=text.tokens,
-            callback=None if progress is None else (lambda i, total: progress("masks", i, total)))
+            case_prompts,
+            seed=seeds,
+            settings=settings,
+            attributes=case_attrs,
+            text_tokens=text.tokens,
+            callback=None if progress is None else (lambda i, total: progress("masks", i, total)),
+        )
         t_masks = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -201,8 +230,13 @@ class GuideGen:
             total_slices = max(v.shape[2] for v in fine)
             image_cb = lambda k, _slices: progress("images", k + 1, total_slices)  # noqa: E731
         cts = self.image_generator.generate(
-            fine, seeds, phase=[a.phase for a in case_attrs], text_embedding=text.pooled, settings=settings,
-            callback=image_cb)
+            fine,
+            seeds,
+            phase=[a.phase for a in case_attrs],
+            text_embedding=text.pooled,
+            settings=settings,
+            callback=image_cb,
+        )
         t_images = time.perf_counter() - started
 
         cases = []
@@ -218,12 +252,25 @@ class GuideGen:
             for stage in ("tumour_placement", "organ_sizes", "aorta_placement"):  # what the placement stage did
                 if stage in coarse[k].meta:
                     labels.meta[stage] = coarse[k].meta[stage]
-            cases.append(GeneratedCase(
-                index=indices[k], prompt=case_prompts[k], seed=seeds[k], ct=cts[k], labels=labels, requested=asked,
-                measured=measured, report=report,
-                timings={"masks": t_masks / count, "upsample": t_upsample / count, "images": t_images / count,
-                         "report": t_report},
-                runtime={"masks": coarse[k].meta["runtime"], "images": cts[k].meta["runtime"]}))
+            cases.append(
+                GeneratedCase(
+                    index=indices[k],
+                    prompt=case_prompts[k],
+                    seed=seeds[k],
+                    ct=cts[k],
+                    labels=labels,
+                    requested=asked,
+                    measured=measured,
+                    report=report,
+                    timings={
+                        "masks": t_masks / count,
+                        "upsample": t_upsample / count,
+                        "images": t_images / count,
+                        "report": t_report,
+                    },
+                    runtime={"masks": coarse[k].meta["runtime"], "images": cts[k].meta["runtime"]},
+                )
+            )
         return cases
 
     def warm_up(self, settings: GenerationSettings | None = None) -> dict[str, dict[str, str]]:
@@ -237,8 +284,10 @@ class GuideGen:
         default_tumour_shapes()
         masks = self.mask_sampler.network(settings.backend, settings.precision)
         images = self.image_generator.network(settings.backend, settings.precision)
-        return {"masks": {"backend": masks.backend, "precision": masks.precision},
-                "images": {"backend": images.backend, "precision": images.precision}}
+        return {
+            "masks": {"backend": masks.backend, "precision": masks.precision},
+            "images": {"backend": images.backend, "precision": images.precision},
+        }
 
     def _upsample(self, coarse: Volume) -> Volume:
         """The sampler's map onto the image generator's grid (its voxel size, centred on the body)."""

@@ -39,9 +39,17 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def train_demo(out: str | Path = REPO / "models" / "default", runs: str | Path = REPO / "runs" / "demo", *,
-               data: str | Path = DATA, mask_recipe: str | Path = MASK_RECIPE, image_recipe: str | Path = IMAGE_RECIPE,
-               model_id: str = "guidegen-demo", overwrite: bool = False, log=print) -> Path:
+def train_demo(
+    out: str | Path = REPO / "models" / "default",
+    runs: str | Path = REPO / "runs" / "demo",
+    *,
+    data: str | Path = DATA,
+    mask_recipe: str | Path = MASK_RECIPE,
+    image_recipe: str | Path = IMAGE_RECIPE,
+    model_id: str = "guidegen-demo",
+    overwrite: bool = False,
+    log=print,
+) -> Path:
     """Prepare, train both stages in parallel, and assemble the model folder ``out``."""
     out, runs, data = Path(out), Path(runs), Path(data)
     mask_recipe, image_recipe = Path(mask_recipe), Path(image_recipe)
@@ -57,10 +65,32 @@ def train_demo(out: str | Path = REPO / "models" / "default", runs: str | Path =
     log(f"preparing {data} → {prepared}")
     subprocess.run([*guidegen, "prepare", str(data), "--out", str(prepared), "-q"], check=True, env=env, cwd=REPO)
     jobs = {
-        "mask_sampler": [*guidegen, "train", "masks", "--config", str(mask_recipe), "--run", str(runs / "mask_sampler"),
-                         "--threads", "1", "-q"],
-        "image_generator": [*guidegen, "train", "images", "--config", str(image_recipe), "--prepared", str(prepared),
-                            "--run", str(runs / "image_generator"), "--threads", "1", "-q"],
+        "mask_sampler": [
+            *guidegen,
+            "train",
+            "masks",
+            "--config",
+            str(mask_recipe),
+            "--run",
+            str(runs / "mask_sampler"),
+            "--threads",
+            "1",
+            "-q",
+        ],
+        "image_generator": [
+            *guidegen,
+            "train",
+            "images",
+            "--config",
+            str(image_recipe),
+            "--prepared",
+            str(prepared),
+            "--run",
+            str(runs / "image_generator"),
+            "--threads",
+            "1",
+            "-q",
+        ],
     }
     procs = {}
     for name, cmd in jobs.items():
@@ -75,14 +105,31 @@ def train_demo(out: str | Path = REPO / "models" / "default", runs: str | Path =
         handle.close()
     if failed:
         raise InputError(runs, f"training failed for {', '.join(failed)}; see the .log files there (rerun to resume)")
-    return assemble_model(out, runs / "mask_sampler" / "model", runs / "image_generator" / "model",
-                          mask_recipe=mask_recipe, image_recipe=image_recipe, data=data, model_id=model_id,
-                          seconds=time.perf_counter() - started, overwrite=overwrite)
+    return assemble_model(
+        out,
+        runs / "mask_sampler" / "model",
+        runs / "image_generator" / "model",
+        mask_recipe=mask_recipe,
+        image_recipe=image_recipe,
+        data=data,
+        model_id=model_id,
+        seconds=time.perf_counter() - started,
+        overwrite=overwrite,
+    )
 
 
-def assemble_model(out: str | Path, mask_model: str | Path, image_model: str | Path, *, mask_recipe: Path,
-                   image_recipe: Path, data: Path, model_id: str, seconds: float | None = None,
-                   overwrite: bool = False) -> Path:
+def assemble_model(
+    out: str | Path,
+    mask_model: str | Path,
+    image_model: str | Path,
+    *,
+    mask_recipe: Path,
+    image_recipe: Path,
+    data: Path,
+    model_id: str,
+    seconds: float | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Copy two trained stage folders into one model folder with its ``model.json``."""
     out, mask_model, image_model = Path(out), Path(mask_model), Path(image_model)
     for folder in (mask_model, image_model):
@@ -93,14 +140,19 @@ def assemble_model(out: str | Path, mask_model: str | Path, image_model: str | P
     image_cfg = read_json_object(image_model / "config.json")
     held_out = sorted(image_cfg.get("holdout_cases") or [])
     info = {
-        "model_id": model_id, "version": __version__,
-        "recipes": {"mask_sampler": {"file": mask_recipe.name, "sha256_16": _digest(mask_recipe)},
-                    "image_generator": {"file": image_recipe.name, "sha256_16": _digest(image_recipe)}},
+        "model_id": model_id,
+        "version": __version__,
+        "recipes": {
+            "mask_sampler": {"file": mask_recipe.name, "sha256_16": _digest(mask_recipe)},
+            "image_generator": {"file": image_recipe.name, "sha256_16": _digest(image_recipe)},
+        },
         "training_data": {
             "mask_sampler": [Path(d).name for d in mask_cfg.get("data_sources", [])],
             "image_generator": [c for c in cases if c not in held_out],
             "held_out_from_image_generator": held_out,
-            "sources_and_licences": "data/real/SOURCES.md"}, "training_seconds": None if seconds is None else round(seconds),
+            "sources_and_licences": "data/real/SOURCES.md",
+        },
+        "training_seconds": None if seconds is None else round(seconds),
         "intended_use": "research only; not for diagnosis",
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:

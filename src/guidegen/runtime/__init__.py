@@ -14,5 +14,12 @@ checked by `guidegen.settings.GenerationSettings` before anything here is import
 from guidegen.runtime.backends import CompiledNetwork, NetworkSpec, available_backends, compile_network
 from guidegen.runtime.precision import cpu_capabilities, native_bf16, resolve_precision
 
-__all__ = ["CompiledNetwork", "NetworkSpec", "available_backends", "compile_network", "cpu_capabilities",
-           "native_bf16", "resolve_precision"]
+__all__ = [
+    "CompiledNetwork",
+    "NetworkSpec",
+    "available_backends",
+    "compile_network",
+    "cpu_capabilities",
+    "native_bf16",
+    "resolve_precision",
+]

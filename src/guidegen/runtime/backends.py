@@ -45,8 +45,19 @@ from guidegen.paths import cache_root
 from guidegen.runtime.precision import autocast, cpu_capabilities, resolve_precision
 from guidegen.settings import BACKENDS
 
-__all__ = ["BACKENDS", "BACKEND_ENV", "CompiledNetwork", "NetworkSpec", "available_backends", "compile_network",
-           "RUNTIME_CACHE", "cache_dirs", "default_cache_dir", "torch_threads_for", "weights_digest"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "CompiledNetwork",
+    "NetworkSpec",
+    "available_backends",
+    "compile_network",
+    "RUNTIME_CACHE",
+    "cache_dirs",
+    "default_cache_dir",
+    "torch_threads_for",
+    "weights_digest",
+]
 
 #: Environment variable that replaces "auto" with a fixed backend (a site-wide choice; the test
 #: suite uses torch, so that its outputs do not depend on which backend was timed fastest).
@@ -123,8 +134,14 @@ class CompiledNetwork:
         seconds_per_call: the self-check timing of the chosen backend (``None`` if not timed).
     """
 
-    def __init__(self, call: Callable[..., Tensor], backend: str, precision: str,
-                 seconds_per_call: float | None = None, keep_alive: object = None):
+    def __init__(
+        self,
+        call: Callable[..., Tensor],
+        backend: str,
+        precision: str,
+        seconds_per_call: float | None = None,
+        keep_alive: object = None,
+    ):
         self._call = call
         self.backend = backend
         self.precision = precision
@@ -165,6 +182,7 @@ def _torch_call(module: nn.Module, precision: str) -> Callable[..., Tensor]:
     def call(*inputs: Tensor) -> Tensor:
         with torch.inference_mode(), autocast(inputs[0].device, precision):
             return module(*inputs).float()
+
     return call
 
 
@@ -184,6 +202,7 @@ def _onnxruntime_call(onnx_path: Path, names: Sequence[str]) -> tuple[Callable[.
     def call(*inputs: Tensor) -> Tensor:
         out = session.run(None, {n: _to_numpy(t) for n, t in zip(names, inputs)})[0]
         return torch.from_numpy(out).to(inputs[0].device)
+
     return call, "fp32"
 
 
@@ -192,8 +211,11 @@ def _openvino_call(onnx_path: Path, names: Sequence[str], precision: str) -> tup
 
     core = ov.Core()
     hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]
-    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": hint}
+    config = {
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": hint,
+    }
     try:
         compiled = core.compile_model(str(onnx_path), "CPU", config)
     except RuntimeError:
@@ -202,12 +224,15 @@ def _openvino_call(onnx_path: Path, names: Sequence[str], precision: str) -> tup
         # Some CPUs lack kernels for a bf16 node (seen: Softmax with the ISA capped at AVX2).
         compiled = core.compile_model(str(onnx_path), "CPU", dict(config, INFERENCE_PRECISION_HINT="f32"))
     used = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # e.g. "<Type: 'bfloat16'>"
-    really = "bf16" if ("bf16" in used or "bfloat16" in used) else "fp16" if ("f16" in used or "float16" in used) else "fp32"
+    really = (
+        "bf16" if ("bf16" in used or "bfloat16" in used) else "fp16" if ("f16" in used or "float16" in used) else "fp32"
+    )
     request = compiled.create_infer_request()
 
     def call(*inputs: Tensor) -> Tensor:
         result = request.infer({n: _to_numpy(t) for n, t in zip(names, inputs)})
         return torch.from_numpy(np.array(result[compiled.output(0)], dtype=np.float32)).to(inputs[0].device)
+
     return call, really
 
 
@@ -219,9 +244,16 @@ def _export(spec: NetworkSpec, path: Path) -> None:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the tracer's warnings are about Python control flow we do not use
-            torch.onnx.export(spec.module, spec.example_inputs, tmp, input_names=list(spec.input_names),
-                              output_names=["output"], dynamic_axes={n: {0: "batch"} for n in spec.input_names},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                spec.module,
+                spec.example_inputs,
+                tmp,
+                input_names=list(spec.input_names),
+                output_names=["output"],
+                dynamic_axes={n: {0: "batch"} for n in spec.input_names},
+                opset_version=17,
+                dynamo=False,
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -243,8 +275,16 @@ def _writable_dir(dirs: Sequence[Path]) -> Path | None:
 def _environment_key(precision: str) -> str:
     versions = {m: _version(m) for m in ("torch", *_MODULES.values())}
     caps = cpu_capabilities()
-    return json.dumps({"cpu": platform.processor() or platform.machine(), "caps": caps, "precision": precision,
-                       "threads": torch.get_num_threads(), "versions": versions}, sort_keys=True)
+    return json.dumps(
+        {
+            "cpu": platform.processor() or platform.machine(),
+            "caps": caps,
+            "precision": precision,
+            "threads": torch.get_num_threads(),
+            "versions": versions,
+        },
+        sort_keys=True,
+    )
 
 
 def _version(module: str) -> str | None:
@@ -271,8 +311,9 @@ def _write_verdicts(path: Path, verdicts: dict) -> None:
     os.replace(tmp, path)
 
 
-def _check(call: Callable[..., Tensor], references: list[tuple[tuple[Tensor, ...], Tensor]],
-           precision: str) -> tuple[bool, float]:
+def _check(
+    call: Callable[..., Tensor], references: list[tuple[tuple[Tensor, ...], Tensor]], precision: str
+) -> tuple[bool, float]:
     """Worst error relative to the reference's scale over the check inputs; passes below `TOLERANCE`."""
     worst = 0.0
     for inputs, ref in references:
@@ -292,8 +333,9 @@ def _timed(call: Callable[..., Tensor], inputs: tuple[Tensor, ...]) -> float:
     return (time.perf_counter() - start) / _TIMED_CALLS
 
 
-def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "auto",
-                    device: torch.device | str = "cpu") -> CompiledNetwork:
+def compile_network(
+    spec: NetworkSpec, backend: str = "auto", precision: str = "auto", device: torch.device | str = "cpu"
+) -> CompiledNetwork:
     """The network in the requested backend and precision, checked against PyTorch (see the module doc).
 
     Args:
@@ -322,7 +364,7 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
     installed = available_backends()
     wanted = [b for b in _MODULES if b in installed] if backend == "auto" else [backend]
     if backend != "auto" and backend not in installed:
-        _LOG.warning("backend %s is not installed (pip install \"guidegen[fast]\"); using torch", backend)
+        _LOG.warning('backend %s is not installed (pip install "guidegen[fast]"); using torch', backend)
         return CompiledNetwork(torch_call, "torch", precision)
     if not wanted:
         return CompiledNetwork(torch_call, "torch", precision)
@@ -351,10 +393,15 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
     candidates: dict[str, tuple[Callable[..., Tensor], str, float | None]] = {}
     for name in wanted:
         try:
-            call, used = (_onnxruntime_call(onnx_path, spec.input_names) if name == "onnxruntime"
-                          else _openvino_call(onnx_path, spec.input_names, precision))
+            call, used = (
+                _onnxruntime_call(onnx_path, spec.input_names)
+                if name == "onnxruntime"
+                else _openvino_call(onnx_path, spec.input_names, precision)
+            )
         except Exception as exc:  # noqa: BLE001
-            _LOG.warning("backend %s could not load %s (%s); using torch", name, spec.name, str(exc).splitlines()[0][:200])
+            _LOG.warning(
+                "backend %s could not load %s (%s); using torch", name, spec.name, str(exc).splitlines()[0][:200]
+            )
             continue
         known = verdict.get(name)
         if known is None or known.get("precision") != used:
@@ -367,15 +414,24 @@ def compile_network(spec: NetworkSpec, backend: str = "auto", precision: str = "
         if known["ok"] and backend == "auto" and known.get("seconds") is None:
             known["seconds"] = _timed(call, example)
         if not known["ok"]:
-            _LOG.warning("backend %s failed its self-check on %s (relative error %.2g > %.0e); using torch",
-                         name, spec.name, known["relative_error"], TOLERANCE[used])
+            _LOG.warning(
+                "backend %s failed its self-check on %s (relative error %.2g > %.0e); using torch",
+                name,
+                spec.name,
+                known["relative_error"],
+                TOLERANCE[used],
+            )
             continue
         candidates[name] = (call, used, known.get("seconds"))
 
     if backend == "auto" and candidates:
         if "torch" not in verdict:
-            verdict["torch"] = {"ok": True, "relative_error": 0.0, "precision": precision,
-                                "seconds": _timed(torch_call, example)}
+            verdict["torch"] = {
+                "ok": True,
+                "relative_error": 0.0,
+                "precision": precision,
+                "seconds": _timed(torch_call, example),
+            }
         candidates["torch"] = (torch_call, precision, verdict["torch"]["seconds"])
     verdicts[key] = verdict
     if scratch is None:

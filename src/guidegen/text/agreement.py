@@ -14,7 +14,14 @@ from typing import Any
 from guidegen.text.attributes import KIDNEY_UNSPECIFIED, OrganFinding, Tumour
 from guidegen.text.measure import REFERENCE_RANGES, grade_volume
 
-__all__ = ["DIAMETER_TOLERANCE", "ORGAN_VOLUME_TOLERANCE", "finding_volume", "organ_agreement", "tumour_agreement", "within"]
+__all__ = [
+    "DIAMETER_TOLERANCE",
+    "ORGAN_VOLUME_TOLERANCE",
+    "finding_volume",
+    "organ_agreement",
+    "tumour_agreement",
+    "within",
+]
 
 #: A stated longest tumour diameter holds when the measured one is within ±30 % of it.
 DIAMETER_TOLERANCE = 0.30
@@ -55,8 +62,9 @@ def _group_fields(number: int, tumour: Tumour, measured: Sequence[Tumour], toler
     return fields
 
 
-def tumour_agreement(stated: tuple[Tumour, ...] | None, measured: tuple[Tumour, ...] | None,
-                     tolerance: float = DIAMETER_TOLERANCE) -> dict[str, bool]:
+def tumour_agreement(
+    stated: tuple[Tumour, ...] | None, measured: tuple[Tumour, ...] | None, tolerance: float = DIAMETER_TOLERANCE
+) -> dict[str, bool]:
     """Field → holds, for the tumours a prompt states against those measured in a map.
 
     Fields: ``"tumours"`` ("no tumour" → none measured; any stated tumour → at least one); per
@@ -83,8 +91,13 @@ def finding_volume(finding: OrganFinding | None) -> float | None:
     return finding.volume_ml if finding.volume_ml is not None else 0.0
 
 
-def organ_agreement(organ: str, stated: OrganFinding, measured: OrganFinding | None,
-                    stats: Mapping[str, Any] | None = None, tolerance: float = ORGAN_VOLUME_TOLERANCE) -> dict[str, bool]:
+def organ_agreement(
+    organ: str,
+    stated: OrganFinding,
+    measured: OrganFinding | None,
+    stats: Mapping[str, Any] | None = None,
+    tolerance: float = ORGAN_VOLUME_TOLERANCE,
+) -> dict[str, bool]:
     """Field → holds for one organ a prompt states something about (``parse_prompt(...).organs``).
 
     ``{organ}.state``: "enlarged" → volume above the normal range of

@@ -90,7 +90,9 @@ class Tumour:
                     + (f" (valid: {', '.join(allowed)})" if allowed else "")
                 )
         _check_positive("Tumour.diameter_mm", self.diameter_mm)
-        if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1):
+        if self.count is not None and (
+            isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1
+        ):
             raise ValueError(f"Tumour.count must be a positive integer or None, got {self.count!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +134,9 @@ class OrganFinding:
         _check_choice("OrganFinding.state", self.state, ORGAN_STATES)
         _check_choice("OrganFinding.severity", self.severity, SEVERITIES)
         if self.severity is not None and self.state not in ("enlarged", "small"):
-            raise ValueError(f"a severity ({self.severity}) only applies to enlarged or small organs, not {self.state!r}")
+            raise ValueError(
+                f"a severity ({self.severity}) only applies to enlarged or small organs, not {self.state!r}"
+            )
         _check_positive("OrganFinding.volume_ml", self.volume_ml, allow_zero=True)
         if self.partial is not None and not isinstance(self.partial, bool):
             raise ValueError(f"OrganFinding.partial must be True, False or None, got {self.partial!r}")

@@ -234,7 +234,9 @@ def grade_volume(organ: str, volume_ml: float, partial: bool = False) -> tuple[s
         return None, None
     if volume_ml > ref.high_ml:
         ratio = volume_ml / ref.high_ml
-        severity: Severity = "mild" if ratio < ref.moderate_ratio else "moderate" if ratio < ref.marked_ratio else "marked"
+        severity: Severity = (
+            "mild" if ratio < ref.moderate_ratio else "moderate" if ratio < ref.marked_ratio else "marked"
+        )
         return "enlarged", severity
     if partial:
         return None, None

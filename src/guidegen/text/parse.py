@@ -132,7 +132,6 @@ def normalise(text: str) -> str:
     return re.sub(r" ?\n[\s]*", "\n", text).strip()
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Public API
 
@@ -221,7 +220,6 @@ def _parse_fov(text: str) -> str | None:
     return "pelvis"
 
 
-
 @dataclass
 class _Mention:
     organ: str | None
@@ -261,9 +259,15 @@ class _Reader:
             if mention is None:
                 continue
             previous = sentence_mentions[-1] if sentence_mentions else None
-            if (previous is not None and last == position - 1 and span.connector == "," and mention.organ is None
-                    and previous.organ is not None and previous.diameter_mm is None
-                    and not NEW_TUMOUR.search(span.text)):
+            if (
+                previous is not None
+                and last == position - 1
+                and span.connector == ","
+                and mention.organ is None
+                and previous.organ is not None
+                and previous.diameter_mm is None
+                and not NEW_TUMOUR.search(span.text)
+            ):
                 # "liver metastases, two lesions up to 25 mm": an organ-less apposition right after a
                 # mention without a size describes that mention's tumours.
                 previous.diameter_mm = mention.diameter_mm
@@ -523,8 +527,6 @@ class _Reader:
                 partial=note.partial,
             )
         return findings
-
-
 
 
 _FILLER = frozenset("is are was were appears appear seems looks it also but and otherwise in size both".split())

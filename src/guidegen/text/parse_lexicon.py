@@ -70,9 +70,7 @@ NOT_TUMOUR_BEFORE = re.compile(r"\bbody $")
 NOT_TUMOUR_AFTER = re.compile(r" (?:effect|index)\b")  # used with .match(text, pos)
 TUMOUR_FREE_AFTER = re.compile(r" ?-? ?free\b")  # used with .match(text, pos)
 
-NEGATION_BEFORE = re.compile(
-    r"\b(?:no|not|without|negative for|free of|absence of|absent|nor|denies|excluded)\b"
-)
+NEGATION_BEFORE = re.compile(r"\b(?:no|not|without|negative for|free of|absence of|absent|nor|denies|excluded)\b")
 NEGATION_AFTER = re.compile(
     r"^[ :,-]{0,3}(?:is |are |was |were )?(?:absent|none|excluded|not (?:seen|identified|present|detected|"
     r"visuali[sz]ed|demonstrated)|ruled out)\b"
@@ -105,7 +103,11 @@ STATE_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"(?:status post |s/p |post-?)?right nephrectomy", "absent", ("kidney_right",)),
     (r"(?:status post |s/p |post-?)?left nephrectomy", "absent", ("kidney_left",)),
     (r"(?:status post |s/p |post-?)?nephrectomy", "absent", ("kidney",)),
-    (r"not enlarged|normal in size|normal[ -]sized?|normal size|within normal limits|unremarkable|normal", "normal", ()),
+    (
+        r"not enlarged|normal in size|normal[ -]sized?|normal size|within normal limits|unremarkable|normal",
+        "normal",
+        (),
+    ),
     (
         r"enlarged|enlargement|increased in size|bulky|distended|distension|distention|hypertroph(?:y|ied|ic)",
         "enlarged",
@@ -138,7 +140,8 @@ PARTIAL_RE = re.compile(
 # Spans: split sentences at commas and connectors.
 SENTENCE_RE = re.compile(r"(?<!\d)\.|\.(?!\d)|[!?;\n]")
 SPAN_RE = re.compile(
-    r"(?<!\d),|,(?!\d)|:(?! ?\d)|\((?! ?\d)|\)|\b(?:with|without|and|plus|as well as|along with|together with|while|whereas|but|"
+    r"(?<!\d),|,(?!\d)|:(?! ?\d)|\((?! ?\d)|\)|\b(?:with|without|and|plus|as well as|along with|together "
+    r"with|while|whereas|but|"
     r"from|secondary to|due to|in addition to|besides|also)\b(?! ?\d)"
 )
 #: Connectors that stay in the span they open (they negate it).
@@ -163,7 +166,8 @@ AGE_RE = re.compile(
     r"(?<![\d.,])(?P<a1>\d{1,3}) ?-? ?(?:years?|yrs?|y) ?-? ?(?:old|of age)\b"
     r"|(?<![\d.,])(?P<a2>\d{1,3}) ?(?:yo|y/o|y\.o\.?|yr|yrs)(?![a-z])"
     r"|\b(?:aged|age|age of) ?:? ?(?P<a3>\d{1,3})(?![\d.,]\d| ?(?:cm|mm|ml|%))"
-    r"|(?<![\d.,])(?P<a4>\d{1,3}) ?(?:years?|yrs?)\b(?! ?(?:ago|after|before|since|later|prior|of follow|history|earlier))"
+    r"|(?<![\d.,])(?P<a4>\d{1,3}) ?(?:years?|yrs?)\b(?! ?(?:ago|after|before|since|later|prior|of "
+    r"follow|history|earlier))"
     r"|(?<![\d.,])(?P<a5>\d{1,3}) ?-?(?:m|f)\b(?! ?[/.]? ?\d)"
     r"|\b(?:m|f) ?/ ?(?P<a6>\d{1,3})\b|(?<![\d.,])(?P<a7>\d{1,3}) ?/ ?(?:m|f)\b"
 )
@@ -195,7 +199,8 @@ CONTRAST_RE = re.compile(
 def _region(tag: str) -> str:
     # Named groups must be unique in one pattern: each use of the region alternation gets a suffix.
     return (
-        rf"(?P<ap{tag}>abdomen(?: and | ?/ ?| ?& ?| ?\+ ?|-)pelvis|abdomino-?pelvic)|(?P<upper{tag}>upper abdom(?:en|inal))"
+        rf"(?P<ap{tag}>abdomen(?: and | ?/ ?| ?& ?| ?\+ ?|-)pelvis|abdomino-?pelvic)|(?P<upper{tag}>upper "
+        rf"abdom(?:en|inal))"
         rf"|(?P<abdomen{tag}>abdomen|abdominal)|(?P<pelvis{tag}>pelvis|pelvic)"
     )
 

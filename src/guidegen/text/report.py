@@ -197,7 +197,11 @@ def _tumour_sentence(tumour: Tumour, pick: _Picker) -> str:
                     f"{_capital(a_sized)} is present, its organ of origin cannot be determined.",
                 )
             )
-        templates = [f"There is {a_sized} in the {site}.", f"The {site} contains {a_sized}.", f"{_capital(site)}: {sized}."]
+        templates = [
+            f"There is {a_sized} in the {site}.",
+            f"The {site} contains {a_sized}.",
+            f"{_capital(site)}: {sized}.",
+        ]
         if size:
             templates.append(f"A {singular} measuring {size} is present in the {site}.")
         return pick(templates)
@@ -259,7 +263,10 @@ def _organ_sentences(name: str, finding: OrganFinding, pick: _Picker) -> list[st
     if state == "enlarged":
         adverb = pick(_ENLARGED_ADVERB[severity]) + " " if severity else ""
         adjective = pick(_SEVERITY_ADJECTIVE[severity]) + " " if severity else ""
-        templates = [f"The {display} is {adverb}enlarged{bracket}.", f"{_capital(display)}: {adjective}enlargement{bracket}."]
+        templates = [
+            f"The {display} is {adverb}enlarged{bracket}.",
+            f"{_capital(display)}: {adjective}enlargement{bracket}.",
+        ]
         if name in _MEGALY:
             templates.append(f"{_capital(adjective + _MEGALY[name])}{bracket}.")
         sentences.append(pick(templates))
@@ -287,7 +294,13 @@ def _organ_sentences(name: str, finding: OrganFinding, pick: _Picker) -> list[st
         )
     elif state == "absent":
         sentences.append(
-            pick((f"The {display} is not seen.", f"{_capital(display)}: not visualised.", f"The {display} is absent from the imaged volume."))
+            pick(
+                (
+                    f"The {display} is not seen.",
+                    f"{_capital(display)}: not visualised.",
+                    f"The {display} is absent from the imaged volume.",
+                )
+            )
         )
         return sentences  # a volume or partial view of an absent organ says nothing more
     elif finding.partial:
@@ -295,13 +308,22 @@ def _organ_sentences(name: str, finding: OrganFinding, pick: _Picker) -> list[st
             pick(
                 (
                     f"The {display} is only partially imaged{bracket}.",
-                    f"{_capital(display)}: partially included in the field of view" + (f", {volume}." if volume else "."),
+                    f"{_capital(display)}: partially included in the field of view"
+                    + (f", {volume}." if volume else "."),
                 )
             )
         )
         return sentences
     elif volume:
-        sentences.append(pick((f"The {display} measures {volume}.", f"{_capital(display)} volume: {volume}.", f"{_capital(display)}: {volume}.")))
+        sentences.append(
+            pick(
+                (
+                    f"The {display} measures {volume}.",
+                    f"{_capital(display)} volume: {volume}.",
+                    f"{_capital(display)}: {volume}.",
+                )
+            )
+        )
     if finding.partial and state is not None:
         sentences.append(f"The {display} is only partially imaged.")
     return sentences
@@ -354,7 +376,11 @@ def _article(phrase: str) -> str:
     first = phrase.split()[0]
     integer = first.split(".")[0]
     if integer.isdigit():
-        vowel_sound = integer.startswith("8") or integer in ("11", "18") or (len(integer) in (5, 6) and integer[:2] in ("11", "18"))
+        vowel_sound = (
+            integer.startswith("8")
+            or integer in ("11", "18")
+            or (len(integer) in (5, 6) and integer[:2] in ("11", "18"))
+        )
     else:
         vowel_sound = first[:1] in "aeio"
     return ("an " if vowel_sound else "a ") + phrase

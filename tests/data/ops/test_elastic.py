@@ -8,7 +8,6 @@ import pytest
 from guidegen.data.ops import ElasticDeformation, ElasticParams
 from guidegen.io.nifti import read_nifti
 from guidegen.labels.vocabulary import ID, ORGANS, UNKNOWN
-
 from tests.data.conftest import counts
 
 

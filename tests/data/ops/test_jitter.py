@@ -8,7 +8,6 @@ import pytest
 from guidegen.data.ops import MAX_JITTER_DEGREES, JitterParams, RigidJitter, rotation_matrix
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, UNKNOWN
-
 from tests.data.conftest import centroid_x
 
 

@@ -8,7 +8,6 @@ import pytest
 from guidegen.data.ops import OrganScaling, ScalingParams
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, UNKNOWN
-
 from tests.data.conftest import SOFT, SOLID, counts
 
 

@@ -8,7 +8,6 @@ from scipy import ndimage
 
 from guidegen.data.ops import TumourInsertion
 from guidegen.labels.vocabulary import ID
-
 from tests.data.conftest import SOFT, SOLID, brute_diameter, counts, toy_site_of
 
 
@@ -36,8 +35,9 @@ def test_liver_tumour_of_40_mm(labels, bank):
 def test_colon_tumour_in_requested_segment(labels, bank):
     transform = TumourInsertion(bank, site_of=toy_site_of)
     for segment in ("sigmoid", "ascending"):
-        params = transform.make_params(np.random.default_rng(4), labels, host="colon", segment=segment,
-                                       diameter_mm=30.0)
+        params = transform.make_params(
+            np.random.default_rng(4), labels, host="colon", segment=segment, diameter_mm=30.0
+        )
         assert params.segment == segment
         for spec in params.tumours:
             centre = np.array(spec.centre_mm)

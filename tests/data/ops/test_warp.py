@@ -18,4 +18,3 @@ def test_warp_is_smooth_not_staircase():
     assert abs(int(out.sum()) - int(ball.sum())) / ball.sum() < 0.05
     filled = ndimage.binary_fill_holes(out)
     assert np.array_equal(filled, out.astype(bool)) and ndimage.label(out)[1] == 1
-

@@ -10,10 +10,16 @@ from guidegen.data.ops.base import SOFT_CLASSES, Transform, params_to_json, rota
 from guidegen.data.ops.elastic import ElasticDeformation, ElasticParams
 from guidegen.data.ops.jitter import MAX_JITTER_DEGREES, JitterParams, RigidJitter
 from guidegen.data.ops.scaling import SCALABLE_ORGANS, OrganScaling, ScalingParams
-from guidegen.data.ops.tumour import (COLON_SEGMENTS, COUNT_RANGES, DIAMETER_RANGES_MM, SiteOf, TumourInsertion,
-                                      TumourParams, TumourSpec)
-from guidegen.data.ops.tumour_bank import (DEFAULT_TUMOUR_SOURCES, TumourShape, default_tumour_shapes,
-                                           load_tumour_shapes)
+from guidegen.data.ops.tumour import (
+    COLON_SEGMENTS,
+    COUNT_RANGES,
+    DIAMETER_RANGES_MM,
+    SiteOf,
+    TumourInsertion,
+    TumourParams,
+    TumourSpec,
+)
+from guidegen.data.ops.tumour_bank import DEFAULT_TUMOUR_SOURCES, TumourShape, default_tumour_shapes, load_tumour_shapes
 
 __all__ = [
     "COLON_SEGMENTS",

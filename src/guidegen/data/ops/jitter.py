@@ -95,7 +95,7 @@ class RigidJitter:
         matrix = inv @ rot.T @ a3
         offset = inv @ (rot.T @ (a0 - centre - np.array(params.translation_mm)) + centre - a0)
         grid = grid_points(labels.shape)
-        return (np.tensordot(matrix.astype(np.float32), grid, axes=1) + offset.astype(np.float32)[:, None, None, None])
+        return np.tensordot(matrix.astype(np.float32), grid, axes=1) + offset.astype(np.float32)[:, None, None, None]
 
     def apply(self, labels: Volume, params: JitterParams, ct: Volume | None = None) -> tuple[Volume, Volume | None]:
         """Rotate and shift ``labels`` (and ``ct``) on their own grid.

@@ -128,16 +128,24 @@ class OrganScaling:
             c = centre.astype(np.float32)[:, None, None, None]
             src = c + (grid - c) / scale
             points = (src - lo.astype(np.float32)[:, None, None, None]).reshape(3, -1)
-            values = ndimage.map_coordinates(coefficients, points, order=2, mode="nearest",
-                                             prefilter=False).reshape(sub.shape)
+            values = ndimage.map_coordinates(coefficients, points, order=2, mode="nearest", prefilter=False).reshape(
+                sub.shape
+            )
             return (values < 0) & allowed, src
 
         def measure(scale: float) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
             mask, src = grown(scale)
             return float(mask.sum()), (mask, src)
 
-        scale, _, (mask, src) = fit_scale(measure, nominal, n0 * float(params.volume_factor), 0.02, limits,
-                                           power=1.0 / 3.0, iterations=8 if params.match_volume else 1)
+        scale, _, (mask, src) = fit_scale(
+            measure,
+            nominal,
+            n0 * float(params.volume_factor),
+            0.02,
+            limits,
+            power=1.0 / 3.0,
+            iterations=8 if params.match_volume else 1,
+        )
 
         out = array.copy()
         out_sub = out[region]
@@ -145,8 +153,9 @@ class OrganScaling:
         out_sub[mask] = organ_id
         new_ct = ct.array.astype(np.float32, copy=True) if ct is not None else None
         if new_ct is not None:
-            stretched = ndimage.map_coordinates(ct.array.astype(np.float32), src.reshape(3, -1), order=1,
-                                                mode="nearest").reshape(sub.shape)
+            stretched = ndimage.map_coordinates(
+                ct.array.astype(np.float32), src.reshape(3, -1), order=1, mode="nearest"
+            ).reshape(sub.shape)
             ct_sub = new_ct[region]
             ct_sub[mask] = stretched[mask]
         if vacated.any():
@@ -154,8 +163,9 @@ class OrganScaling:
             if not fill_from.any():  # nothing soft anywhere: the nearest other known class
                 fill_from = (out != organ_id) & (out != UNKNOWN)
             if fill_from.any():
-                nearest = ndimage.distance_transform_edt(~fill_from, sampling=spacing, return_distances=False,
-                                                         return_indices=True)
+                nearest = ndimage.distance_transform_edt(
+                    ~fill_from, sampling=spacing, return_distances=False, return_indices=True
+                )
                 index = tuple(nearest[i][region][vacated] for i in range(3))
                 out_sub[vacated] = out[index]
                 if new_ct is not None:

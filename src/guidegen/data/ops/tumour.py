@@ -11,10 +11,20 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from guidegen.grids.geometry import longest_diameter_mm
-from guidegen.data.ops.base import (CONNECTIVITY_26, FAR_OUTSIDE_MM, check_inputs, check_range, finite_floats, fit_scale,
-                                    rotation_matrix, soft_ids, step_meta, surface_points)
+from guidegen.data.ops.base import (
+    CONNECTIVITY_26,
+    FAR_OUTSIDE_MM,
+    check_inputs,
+    check_range,
+    finite_floats,
+    fit_scale,
+    rotation_matrix,
+    soft_ids,
+    step_meta,
+    surface_points,
+)
 from guidegen.data.ops.tumour_bank import TumourShape, default_tumour_shapes
+from guidegen.grids.geometry import longest_diameter_mm
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
 from guidegen.terms import COLON_SEGMENTS  # the names a ``site_of`` callable returns
@@ -282,8 +292,9 @@ class TumourInsertion:
             specs.append(spec)
         return TumourParams(host=host, segment=segment, tumours=tuple(specs))
 
-    def _place(self, out: np.ndarray, affine: np.ndarray, spec: TumourSpec, host_id: int,
-               soft: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, float, float]:
+    def _place(
+        self, out: np.ndarray, affine: np.ndarray, spec: TumourSpec, host_id: int, soft: np.ndarray
+    ) -> tuple[tuple[slice, ...], np.ndarray, float, float]:
         """Where ``spec``'s tumour goes in the label array ``out`` (not modified).
 
         Returns:
@@ -313,8 +324,15 @@ class TumourInsertion:
         scale, diameter, (box, mask) = fit_scale(measure, spec.diameter_mm / shape.diameter_mm, spec.diameter_mm, 0.02)
         return box, mask, diameter, scale
 
-    def _rasterise(self, shape: TumourShape, rot: np.ndarray, scale: float, centre_mm: np.ndarray,
-                   affine: np.ndarray, grid_shape: tuple[int, int, int]) -> tuple[tuple[slice, ...], np.ndarray]:
+    def _rasterise(
+        self,
+        shape: TumourShape,
+        rot: np.ndarray,
+        scale: float,
+        centre_mm: np.ndarray,
+        affine: np.ndarray,
+        grid_shape: tuple[int, int, int],
+    ) -> tuple[tuple[slice, ...], np.ndarray]:
         """The shape, rotated, scaled by ``scale`` and centred at ``centre_mm``, on the label grid.
 
         Returns:
@@ -333,8 +351,9 @@ class TumourInsertion:
         to_shape = np.diag(1.0 / np.array(shape.spacing)) @ rot.T / scale
         matrix = to_shape @ a3
         offset = to_shape @ (a0 + a3 @ lo - centre_mm) + np.array(shape.centroid_mm) / np.array(shape.spacing)
-        values = ndimage.affine_transform(shape.sdf, matrix, offset, output_shape=tuple(hi - lo), order=1,
-                                          mode="constant", cval=float(FAR_OUTSIDE_MM))
+        values = ndimage.affine_transform(
+            shape.sdf, matrix, offset, output_shape=tuple(hi - lo), order=1, mode="constant", cval=float(FAR_OUTSIDE_MM)
+        )
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), values < 0
 
     def apply(self, labels: Volume, params: TumourParams, ct: Volume | None = None) -> tuple[Volume, Volume | None]:
@@ -358,15 +377,18 @@ class TumourInsertion:
             sub = out[box]
             was_host = float((sub[mask] == host_id).mean()) if mask.any() else 0.0
             sub[mask] = tumour_id
-            results.append({
-                "diameter_mm": round(diameter, 2),
-                "target_diameter_mm": spec.diameter_mm,
-                "volume_ml": round(int(mask.sum()) * labels.voxel_volume_ml, 3),
-                "host_fraction": round(was_host, 4),
-                "scale": round(scale, 5),
-            })
-        meta = step_meta(labels, "TumourInsertion", params, {"host": params.host, "segment": params.segment,
-                                                               "tumours": results})
+            results.append(
+                {
+                    "diameter_mm": round(diameter, 2),
+                    "target_diameter_mm": spec.diameter_mm,
+                    "volume_ml": round(int(mask.sum()) * labels.voxel_volume_ml, 3),
+                    "host_fraction": round(was_host, 4),
+                    "scale": round(scale, 5),
+                }
+            )
+        meta = step_meta(
+            labels, "TumourInsertion", params, {"host": params.host, "segment": params.segment, "tumours": results}
+        )
         if "annotated" in meta and "tumour" not in meta["annotated"]:
             meta["annotated"] = [*meta["annotated"], "tumour"]
         return labels.with_array(out, meta=meta), ct

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from guidegen.grids.geometry import longest_diameter_mm
 from guidegen.data.ops.base import CONNECTIVITY_26, surface_points
-from guidegen.grids.resample import resample_labels, signed_distance
 from guidegen.errors import InputError
+from guidegen.grids.geometry import longest_diameter_mm
+from guidegen.grids.resample import resample_labels, signed_distance
 from guidegen.io.volume import Volume
 from guidegen.paths import default_data_dir
 
@@ -63,8 +63,15 @@ class TumourShape:
         centroid = points.mean(axis=0) * np.array(spacing_t)
         radius = float(np.sqrt((((points * np.array(spacing_t)) - centroid) ** 2).sum(1)).max()) + 0.5 * max(spacing_t)
         diameter = longest_diameter_mm(surface_points(crop), np.diag([*spacing_t, 1.0]))
-        return cls(crop, spacing_t, source, signed_distance(crop, spacing_t),  # type: ignore[arg-type]
-                   tuple(float(c) for c in centroid), diameter, radius)  # type: ignore[arg-type]
+        return cls(
+            crop,
+            spacing_t,
+            source,
+            signed_distance(crop, spacing_t),  # type: ignore[arg-type]
+            tuple(float(c) for c in centroid),
+            diameter,
+            radius,
+        )  # type: ignore[arg-type]
 
 
 def load_tumour_shapes(

@@ -74,8 +74,9 @@ def warp_labels(array: np.ndarray, spacing: Sequence[float], coords: np.ndarray)
         # of their volume at every resampling (6 mm grid); quadratic splines keep the mean change
         # within ~1 % of nearest neighbour's (cubic does no better and costs more).
         coefficients = ndimage.spline_filter(sdf, order=2, output=np.float32, mode="nearest")
-        values = ndimage.map_coordinates(coefficients, points[:, near] - lo[:, None].astype(np.float32), order=2,
-                                         mode="nearest", prefilter=False)
+        values = ndimage.map_coordinates(
+            coefficients, points[:, near] - lo[:, None].astype(np.float32), order=2, mode="nearest", prefilter=False
+        )
         index = np.flatnonzero(near)
         take = values < best[index]
         best[index[take]] = values[take]
