@@ -81,7 +81,8 @@ def measure_output(folder: Path) -> None:
 
 def unknown_check(model_dir: Path, slices: int, seed: int) -> None:
     import guidegen.images.generator as generator_module
-    from guidegen.images.generator import ConditionalImageGenerator, generate_ct
+    from guidegen.images.any_grid import generate_ct
+    from guidegen.images.generator import ConditionalImageGenerator
     from guidegen.io.volume import canonical
     from guidegen.labels.label_set import label_set
     from guidegen.labels.remap import load_vocabulary, remap_labels

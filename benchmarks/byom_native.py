@@ -36,7 +36,8 @@ import torch
 from real_scans import load_scans  # a script's folder is on sys.path
 from scipy import ndimage
 
-from guidegen.images.generator import ConditionalImageGenerator, generate_ct
+from guidegen.images.any_grid import generate_ct
+from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.grain import interior, measure_texture, slice_axis, to_slices_last
 from guidegen.images.levels import (
     CARCINOMA_UNENHANCED_HU,

@@ -10,8 +10,13 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "guidegen"
 MODULES = sorted(SRC.rglob("*.py"))
-#: Modules allowed over the size limit, each with the reason (none today).
-LONG_MODULES: dict[str, str] = {}
+#: Modules allowed over the size limit, each with the reason.
+LONG_MODULES: dict[str, str] = {
+    "guidegen/cli.py": "the command line: one typer function per command, whose option declarations are most of its "
+    "length; it holds no logic of its own",
+    "guidegen/evaluation/realism.py": "609 lines before the tree was formatted (668 after); due to be split when the "
+    "label-map realism metrics of issue 24 join it",
+}
 MAX_LINES = 620
 
 

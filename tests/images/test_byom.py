@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from guidegen.errors import InputError
-from guidegen.images.generator import generate_ct
+from guidegen.images.any_grid import generate_ct
 from guidegen.io.volume import Volume, canonical
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 from tests.images.conftest import ORACLE_HU

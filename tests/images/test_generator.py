@@ -11,7 +11,8 @@ from guidegen.data.prepare import load_prepared
 from guidegen.diffusion.flow import FlowConfig
 from guidegen.errors import InputError
 from guidegen.grids.upsample import upsample_labels
-from guidegen.images.generator import ConditionalImageGenerator, generate_ct, model_grid, sample_volume
+from guidegen.images.any_grid import generate_ct, model_grid
+from guidegen.images.generator import ConditionalImageGenerator, sample_volume
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
 from tests.images.conftest import tiny_config

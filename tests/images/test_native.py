@@ -8,7 +8,8 @@ import torch
 
 from guidegen.data.prepare import load_prepared
 from guidegen.grids.upsample import upsample_labels
-from guidegen.images.generator import ConditionalImageGenerator, generate_ct
+from guidegen.images.any_grid import generate_ct
+from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.grain import measure_texture
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume

@@ -1,7 +1,7 @@
 """Stage 2 of GuideGen: CT generation from a label map, slice by slice along z.
 
 Modules: `hu` (HU ↔ model units), `config` (`ImageGeneratorConfig`), `model` (the MONAI UNet and
-its inputs), `generator` (`ConditionalImageGenerator`, `sample_volume`, `generate_ct`), `dataset`
+its inputs), `generator` (`ConditionalImageGenerator`, `sample_volume`), `any_grid` (`generate_ct`), `dataset`
 (`SliceDataset`: training batches), `train` (`train_image_generator`), `validate` (per-organ mean
 HU checks).
 
@@ -16,7 +16,7 @@ from typing import Any
 
 _EXPORTS = {
     "ConditionalImageGenerator": "guidegen.images.generator",
-    "generate_ct": "guidegen.images.generator",
+    "generate_ct": "guidegen.images.any_grid",
     "sample_volume": "guidegen.images.generator",
     "ImageGeneratorConfig": "guidegen.images.config",
     "train_image_generator": "guidegen.images.train",

@@ -11,10 +11,8 @@ per slice (the shipped model samples with 4; docs/results/fast_cpu.txt) instead 
   ``torch.Generator``, so a batch gives the same volumes as generating them one by one.
 * `ConditionalImageGenerator.generate` takes label `Volume`s on the model grid and returns int16 HU
   `Volume`s on the same grid.
-* `generate_ct` ("bring your own mask") takes any label map at any spacing and orientation,
-  gives it the body outline and the unknown voxels the model was trained on
-  (`guidegen.data.body`), resamples it onto the model grid, generates, and resamples the CT back
-  onto the input grid, so the returned CT and the input labels share shape and affine exactly.
+* `guidegen.images.any_grid.generate_ct` ("bring your own mask") runs it for a label map on any
+  grid.
 """
 
 from __future__ import annotations
@@ -22,23 +20,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from guidegen.checkpoint import load_checkpoint, save_checkpoint
-from guidegen.data.body import BODY_THRESHOLD_HU, complete_body, unknown_as_body
 from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
 from guidegen.errors import InputError
-from guidegen.grids.resample import grid_affine, resample_ct
-from guidegen.grids.upsample import upsample_labels
 from guidegen.images.config import PHASES, ImageGeneratorConfig
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
-from guidegen.images.native import finish_native
-from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
+from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
@@ -49,15 +42,10 @@ __all__ = [
     "ConditionalImageGenerator",
     "SliceCallback",
     "annotated_vector",
-    "generate_ct",
-    "model_grid",
+    "checked_ids",
+    "image_settings",
     "sample_volume",
 ]
-
-#: A generated CT is refused as "nearly all air" when fewer than this share of its labelled voxels
-#: (any class but background and unknown) lie above `BODY_THRESHOLD_HU` (lungs drawn as "body" are
-#: below it, so the share is not 1 for a correct CT; a failed one is near 0).
-MIN_TISSUE_FRACTION = 0.25
 
 #: ``callback(k, slices)`` after slice k of every volume is finished; ``slices`` is (N, X, Y) model units.
 SliceCallback = Callable[[int, Tensor], None]
@@ -208,7 +196,7 @@ class ConditionalImageGenerator(nn.Module):
             int16 HU CT `Volume`s on the labels' grids, in input order; ``meta["runtime"]`` says which
             backend and precision really ran.
         """
-        settings = _image_settings(settings, options)
+        settings = image_settings(settings, options)
         vols = [labels] if isinstance(labels, Volume) else list(labels)
         if not vols:
             raise ValueError("labels must contain at least one Volume")
@@ -232,7 +220,7 @@ class ConditionalImageGenerator(nn.Module):
         for i, v in enumerate(vols):
             groups.setdefault(v.shape, []).append(i)
         for idx in groups.values():
-            lab = torch.stack([torch.from_numpy(_checked_ids(vols[i], cfg.num_classes)) for i in idx]).to(self.device)
+            lab = torch.stack([torch.from_numpy(checked_ids(vols[i], cfg.num_classes)) for i in idx]).to(self.device)
             gens = [torch.Generator(device=self.device).manual_seed(seeds[i]) for i in idx]
             units = sample_volume(
                 self,
@@ -260,7 +248,7 @@ class ConditionalImageGenerator(nn.Module):
         return results  # type: ignore[return-value]
 
 
-def _image_settings(settings: GenerationSettings | None, options: dict[str, object]) -> GenerationSettings:
+def image_settings(settings: GenerationSettings | None, options: dict[str, object]) -> GenerationSettings:
     """The settings with keyword options applied; ``steps``/``guidance`` name the *mask* sampler's
     settings, so passing them to the image stage is a mistake worth stopping (it would be ignored)."""
     mistaken = sorted({"steps", "guidance"} & set(options))
@@ -343,7 +331,7 @@ def _check_model_grid(labels: Volume, config: ImageGeneratorConfig) -> None:
         )
 
 
-def _checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
+def checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
     arr = np.asarray(labels.array)
     bad = (arr != UNKNOWN) & ((arr < 0) | (arr >= num_classes))
     if bad.any():
@@ -453,217 +441,3 @@ def sample_volume(
             if callback is not None:
                 callback(k, slice_k[:, 0])
     return out
-
-
-def model_grid(
-    labels: Volume, config: ImageGeneratorConfig, fov: Literal["crop", "fit"] = "crop"
-) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The model grid for a label map: axis-aligned RAS+, centred in-plane on the labelled body.
-
-    Like `guidegen.data.prepare` does for training data: ``image_size``² voxels in-plane centred on
-    the bounding box of the labelled voxels, the full z extent of the input at the model's z spacing.
-
-    Args:
-        labels: any label `Volume`.
-        config: gives the model's spacing and in-plane size.
-        fov: ``"crop"`` keeps the model's voxel size (anatomy beyond ``image_size · spacing`` mm is
-            cut and becomes air); ``"fit"`` enlarges the in-plane voxel size when the labelled
-            region is wider than that, so everything fits (the model then sees anatomy smaller
-            than in training).
-
-    Returns:
-        (affine (4, 4), shape (X, Y, Z)).
-    """
-    if fov not in ("crop", "fit"):
-        raise ValueError(f"fov must be 'crop' or 'fit', got {fov!r}")
-    corners = np.array(
-        [
-            [i, j, k]
-            for i in (-0.5, labels.shape[0] - 0.5)
-            for j in (-0.5, labels.shape[1] - 0.5)
-            for k in (-0.5, labels.shape[2] - 0.5)
-        ]
-    )
-    world = labels.world_coordinates(corners)
-    lo, hi = world.min(0), world.max(0)
-    fg = (labels.array > 0) & (labels.array != UNKNOWN)
-    if fg.any():
-        idx = np.argwhere(fg)
-        box = labels.world_coordinates(
-            np.array(
-                [
-                    [a, b, c]
-                    for a in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)
-                    for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
-                    for c in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)
-                ]
-            )
-        )
-        flo, fhi = box.min(0), box.max(0)
-    else:
-        flo, fhi = lo, hi
-    centre = (flo + fhi) / 2
-    sx, sy, sz = (float(s) for s in config.spacing)
-    size = config.image_size
-    if fov == "fit":
-        need = float(max(fhi[0] - flo[0], fhi[1] - flo[1])) / size
-        sx, sy = max(sx, need), max(sy, need)
-    nz = max(1, int(np.floor((hi[2] - lo[2]) / sz + 1e-6)))
-    origin = np.array(
-        [
-            centre[0] - (size - 1) / 2 * sx,
-            centre[1] - (size - 1) / 2 * sy,
-            lo[2] + sz / 2 + ((hi[2] - lo[2]) - nz * sz) / 2,
-        ]
-    )
-    return grid_affine((sx, sy, sz), origin), (size, size, nz)
-
-
-@torch.no_grad()
-def generate_ct(
-    model: ConditionalImageGenerator,
-    labels: Volume | np.ndarray,
-    *,
-    spacing: Sequence[float] | None = None,
-    seed: int = 0,
-    prompt: str | None = None,
-    text_embedding: Tensor | None = None,
-    annotated: Sequence[str] | None = None,
-    settings: GenerationSettings | None = None,
-    fov: Literal["crop", "fit"] = "crop",
-    callback: SliceCallback | None = None,
-    add_body: bool = True,
-    texture: bool = True,
-    levels: bool = True,
-    **options: object,
-) -> Volume:
-    """Bring your own mask: a CT for any GuideGen label map, returned on exactly the input's grid.
-
-    The map is first shown to the model the way its training maps looked (`guidegen.data.body`):
-    with ``add_body``, a map without "body" voxels gets a body outline derived from its structures
-    (else the CT would be organs floating in air) and background enclosed by the body becomes
-    "body"; unknown voxels (255) inside the body are shown as "body" (unannotated tissue), those
-    outside it stay unknown (outside the scan: air). The labels are then resampled onto the model
-    grid (`model_grid`; shape-based interpolation with `guidegen.grids.upsample.upsample_labels`, so
-    coarse maps are not staircased), the CT is generated there and resampled back (linear,
-    anti-aliased when the input grid is coarser) onto the input grid, the model grid's edge slices
-    extended by one voxel so the input's first and last slices are covered; anything further
-    outside the model's field of view is air (−1024 HU). Where the input grid is finer than the
-    model's, texture and data-driven levels are added (`guidegen.images.native`).
-
-    Args:
-        model: a trained generator.
-        labels: label `Volume` (any orientation and voxel size) in GuideGen ids, or a bare (X, Y, Z)
-            array of ids in RAS+ order together with ``spacing``.
-        spacing: voxel size in mm; required for a bare array, and overrides a `Volume`'s voxel
-            size (keeping its axis directions and position) when its header is wrong.
-        annotated: the classes the map annotates (the model's annotated-class flags); default
-            every class. "body" is added when its outline is derived.
-        seed, prompt, text_embedding, settings, callback: see `ConditionalImageGenerator.generate`
-            (the contrast phase is the settings' ``phase``).
-        fov: see `model_grid`.
-        add_body: complete the body outline (`guidegen.data.body.complete_body`); turn off only for
-            a map already completed (or to see what the model draws without one).
-        texture: add scanner-noise grain where the input grid is finer than the model's
-            (`guidegen.images.texture`); ``False``: the resampled model CT as it is.
-        levels: set tumour HU by host and phase and the unenhanced aorta's level
-            (`guidegen.images.levels`); ``False``: the network's own levels.
-        **options: any `GenerationSettings` field (``phase="arterial"``, ``image_steps=4``).
-
-    Returns:
-        int16 HU CT `Volume` with the input's shape and affine; ``meta["body"]`` says whether the
-        body outline was "derived", ``meta["annotated"]`` lists the flags used (``None`` = all) and
-        ``meta["native"]`` what the texture and level steps did.
-
-    Raises:
-        InputError: label ids outside the vocabulary, or a CT that came out nearly all air (fewer
-            than `MIN_TISSUE_FRACTION` of the labelled voxels above −500 HU).
-    """
-    settings = _image_settings(settings, options)
-    if isinstance(labels, np.ndarray):
-        if spacing is None:
-            raise ValueError("spacing is required when labels is a bare array")
-        labels = Volume(labels, np.diag([*map(float, spacing), 1.0]), "labels")
-    elif spacing is not None:
-        sp = np.asarray(spacing, dtype=np.float64)
-        if sp.shape != (3,) or np.any(sp <= 0):
-            raise ValueError(f"spacing must be three positive voxel sizes in mm, got {spacing}")
-        affine = labels.affine.copy()
-        affine[:3, :3] = affine[:3, :3] / np.asarray(labels.spacing) * sp
-        labels = labels.with_array(labels.array, affine=affine)
-    if not isinstance(labels, Volume) or labels.kind != "labels":
-        raise ValueError("labels must be a label Volume or an integer array")
-    ids = _checked_ids(labels, model.config.num_classes)
-    source = labels.with_array(ids.astype(np.uint8))
-    body = "as given"
-    if add_body:
-        completion = complete_body(source, annotated)
-        source, annotated = completion.labels, completion.annotated
-        body = "derived" if completion.derived else "from the map"
-    source = unknown_as_body(source)
-    affine, shape = model_grid(canonical(source), model.config, fov)
-    on_grid = upsample_labels(source, affine=affine, shape=shape)
-    # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
-    ct = model.generate(
-        [on_grid],
-        seed,
-        prompt=prompt,
-        text_embedding=text_embedding,
-        annotated=annotated,
-        settings=settings,
-        callback=callback,
-        check_grid=False,
-    )[0]
-    model_ct = _edge_extended(Volume(ct.array.astype(np.float32), affine, "ct"))
-    back = resample_ct(model_ct, labels.affine, labels.shape)
-    _check_not_air(np.rint(back.array), source, labels.meta.get("source"), model.config.spacing)
-    # Issue 28: native-resolution texture and tumour / aorta levels (guidegen.images.native), on the
-    # completed map (a derived body outline and unknown voxels inside it are body tissue).
-    finished, native = finish_native(
-        back.array,
-        source.array,
-        labels.affine,
-        model.config.spacing,
-        seed=seed,
-        phase=settings.phase,
-        texture=texture,
-        levels=levels,
-    )
-    hu = np.clip(np.rint(finished), HU_MIN, HU_MAX).astype(np.int16)
-    meta = dict(
-        ct.meta,
-        model_grid={
-            "shape": list(shape),
-            "spacing_mm": [round(float(s), 4) for s in np.linalg.norm(affine[:3, :3], axis=0)],
-        },
-        body=body,
-        annotated=None if annotated is None else sorted(annotated, key=NAMES.index),
-        native=native,
-    )
-    return Volume(hu, labels.affine.copy(), "ct", meta)
-
-
-def _edge_extended(ct: Volume) -> Volume:
-    """The CT with one more voxel on every side, a copy of the edge voxel.
-
-    The model grid's slice centres lie up to one model voxel inside the input's first and last
-    slice centres (its z extent is a whole number of model slices); linear resampling gives air
-    beyond the outermost centres, so without the copy the input's end slices came back as air.
-    """
-    affine = ct.affine.copy()
-    affine[:3, 3] -= affine[:3, :3] @ np.ones(3)
-    return Volume(np.pad(ct.array, 1, mode="edge"), affine, "ct", dict(ct.meta))
-
-
-def _check_not_air(hu: np.ndarray, labels: Volume, where: object, model_spacing: Sequence[float]) -> None:
-    labelled = (labels.array != 0) & (labels.array != UNKNOWN)
-    if not labelled.any():
-        return
-    tissue = float(np.count_nonzero(hu[labelled] > BODY_THRESHOLD_HU)) / float(np.count_nonzero(labelled))
-    if tissue < MIN_TISSUE_FRACTION:
-        raise InputError(
-            where,
-            f"the generated CT is air (below {BODY_THRESHOLD_HU:.0f} HU) in {1 - tissue:.0%} of the "
-            "labelled voxels, so no CT was written: the map is outside what the model can draw "
-            f"(structures too small for its {'×'.join(f'{float(v):g}' for v in model_spacing)} mm grid?)",
-        )

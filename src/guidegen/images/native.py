@@ -1,4 +1,4 @@
-"""The last step of `guidegen.images.generator.generate_ct`: from the model's CT, resampled onto the
+"""The last step of `guidegen.images.any_grid.generate_ct`: from the model's CT, resampled onto the
 user's grid, to a CT that looks like CT at that grid's resolution.
 
 Two independent corrections, in this order (each can be turned off):

@@ -283,10 +283,11 @@ def generate_ct_to_folder(
     generator's annotated-class flags, so a report of the output does not call the others absent.
     ``label_set``: a JSON file mapping the map's ids to GuideGen classes (`load_labels`).
     ``settings``: the image generator's part of `GenerationSettings` (image steps and guidance,
-    phase, precision, backend); ``texture``, ``levels``: see `guidegen.images.generator.generate_ct`.
+    phase, precision, backend); ``texture``, ``levels``: see `guidegen.images.any_grid.generate_ct`.
     """
     from guidegen.data.body import DERIVED_BODY_MARGIN_MM, complete_body, unknown_as_body
-    from guidegen.images.generator import ConditionalImageGenerator, generate_ct
+    from guidegen.images.any_grid import generate_ct
+    from guidegen.images.generator import ConditionalImageGenerator
     from guidegen.io.nifti import write_nifti
     from guidegen.io.preview import render_preview
 

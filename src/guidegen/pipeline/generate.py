@@ -29,7 +29,8 @@ import torch
 from guidegen import __version__
 from guidegen.errors import InputError
 from guidegen.grids.upsample import upsample_labels
-from guidegen.images.generator import ConditionalImageGenerator, model_grid
+from guidegen.images.any_grid import model_grid
+from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.io.layouts import read_json_object
 from guidegen.io.volume import Volume
 from guidegen.masks.sampler import VolumetricMaskSampler
