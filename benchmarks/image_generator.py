@@ -38,7 +38,7 @@ import torch
 from guidegen.config import load_config
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator, sample_volume
-from guidegen.training import autocast
+from guidegen.runtime.precision import autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from guidegen.masks.conditioning import attribute_dim
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.sampler import diffusion_from_config
-from guidegen.training import autocast
+from guidegen.runtime.precision import autocast
 
 
 def peak_rss_gb() -> float:

@@ -52,10 +52,9 @@ from guidegen.images.dataset import SliceBatch, SliceDataset
 from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.model import assemble_inputs, mask_channels
 from guidegen.labels.vocabulary import ID
-from guidegen.runtime.precision import resolve_precision
+from guidegen.runtime.precision import autocast, resolve_precision
 from guidegen.training import (
     EMA,
-    autocast,
     checkpoint_path,
     cosine_lr,
     prune_checkpoints,

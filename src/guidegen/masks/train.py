@@ -52,11 +52,10 @@ from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import MaskExamples
 from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.sampler import diffusion_from_config
-from guidegen.runtime.precision import resolve_precision
+from guidegen.runtime.precision import autocast, resolve_precision
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.training import (
     EMA,
-    autocast,
     checkpoint_path,
     cosine_lr,
     prune_checkpoints,
