@@ -32,6 +32,7 @@ import numpy as np
 from guidegen.data.body import body_outline
 from guidegen.data.phase import PhaseEstimate, estimate_phase
 from guidegen.errors import InputError
+from guidegen.grids.geometry import world_extent
 from guidegen.grids.resample import grid_affine, resample_ct, resample_labels
 from guidegen.io.atomic import DiskFullError, atomic_dir, write_text
 from guidegen.io.layouts import SIDECAR, CaseSource, discover_cases
@@ -163,16 +164,7 @@ def load_case(source: CaseSource, vocabulary: str | None = None) -> LoadedCase:
 def target_grid(case: LoadedCase, config: PrepareConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Axis-aligned RAS+ grid: fixed in-plane FOV centred on the body (or labels), full z extent."""
     ref = case.ct if case.ct is not None else case.labels
-    corners = np.array(
-        [
-            [i, j, k]
-            for i in (-0.5, ref.shape[0] - 0.5)
-            for j in (-0.5, ref.shape[1] - 0.5)
-            for k in (-0.5, ref.shape[2] - 0.5)
-        ]
-    )
-    world = ref.world_coordinates(corners)
-    lo, hi = world.min(0), world.max(0)
+    lo, hi = world_extent(ref)
     if case.ct is not None:
         fg = case.ct.array > -500
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-__all__ = ["longest_diameter_mm"]
+__all__ = ["longest_diameter_mm", "world_extent"]
 
 
 def longest_diameter_mm(points: np.ndarray, affine: np.ndarray) -> float:
@@ -48,3 +48,23 @@ def longest_diameter_mm(points: np.ndarray, affine: np.ndarray) -> float:
     if best == 0.0:
         return float(np.linalg.norm(axes, axis=0).max())
     return float(np.sqrt(best))
+
+
+def world_extent(
+    volume, first: np.ndarray | None = None, last: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """World (mm) bounds of a box of voxels, outer faces included: the lowest and highest x, y, z of
+    its eight corners. ``first``/``last``: the box's first and last voxel index (default the whole
+    volume); ``volume`` is anything with ``shape`` and ``world_coordinates`` (a `Volume`)."""
+    first = np.zeros(3) if first is None else np.asarray(first)
+    last = np.asarray(volume.shape[:3]) - 1 if last is None else np.asarray(last)
+    corners = np.array(
+        [
+            [i, j, k]
+            for i in (first[0] - 0.5, last[0] + 0.5)
+            for j in (first[1] - 0.5, last[1] + 0.5)
+            for k in (first[2] - 0.5, last[2] + 0.5)
+        ]
+    )
+    world = volume.world_coordinates(corners)
+    return world.min(0), world.max(0)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from guidegen.data.body import BODY_THRESHOLD_HU, complete_body, unknown_as_body
 from guidegen.errors import InputError
+from guidegen.grids.geometry import world_extent
 from guidegen.grids.resample import grid_affine, resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.config import ImageGeneratorConfig
@@ -57,30 +58,11 @@ def model_grid(
     """
     if fov not in ("crop", "fit"):
         raise ValueError(f"fov must be 'crop' or 'fit', got {fov!r}")
-    corners = np.array(
-        [
-            [i, j, k]
-            for i in (-0.5, labels.shape[0] - 0.5)
-            for j in (-0.5, labels.shape[1] - 0.5)
-            for k in (-0.5, labels.shape[2] - 0.5)
-        ]
-    )
-    world = labels.world_coordinates(corners)
-    lo, hi = world.min(0), world.max(0)
+    lo, hi = world_extent(labels)
     fg = (labels.array > 0) & (labels.array != UNKNOWN)
     if fg.any():
         idx = np.argwhere(fg)
-        box = labels.world_coordinates(
-            np.array(
-                [
-                    [a, b, c]
-                    for a in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)
-                    for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
-                    for c in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)
-                ]
-            )
-        )
-        flo, fhi = box.min(0), box.max(0)
+        flo, fhi = world_extent(labels, idx.min(0), idx.max(0))
     else:
         flo, fhi = lo, hi
     centre = (flo + fhi) / 2
