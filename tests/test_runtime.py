@@ -71,10 +71,15 @@ def test_auto_on_cuda_asks_torch_for_bf16(auto_env, monkeypatch):
     assert resolve_precision("auto", "cuda") == "fp32"
 
 
-def test_the_real_capability_query_answers(auto_env):
+def test_the_real_capability_query_answers(auto_env, monkeypatch):
     caps = precision.cpu_capabilities()
     assert set(caps) >= {"avx2", "avx512", "avx512_bf16", "amx", "onednn_bf16"}
-    assert resolve_precision("auto") == ("bf16" if caps["onednn_bf16"] and precision._bf16_not_slower() else "fp32")
+    # The timing check is fixed here: measured twice on a busy machine it may land on either side
+    # of its line, and what this test asks is whether the real capability query is obeyed.
+    for fast in (True, False):
+        monkeypatch.setattr(precision, "_bf16_not_slower", lambda fast=fast: fast)
+        precision.native_bf16.cache_clear()
+        assert resolve_precision("auto") == ("bf16" if caps["onednn_bf16"] and fast else "fp32")
 
 
 class _Doubler(torch.nn.Module):
