@@ -140,3 +140,18 @@ def test_version_and_usage_lines():
     for command, shown in (("report", "{LABELS}"), ("prepare", "{SOURCES}...")):
         usage = next(line for line in runner.invoke(app, [command, "--help"]).output.splitlines() if "Usage" in line)
         assert shown in usage, usage
+
+
+def test_a_run_folder_with_another_request_is_refused_before_the_model_loads(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"prompts": [{"prompt": "enlarged spleen", "count": 1}], "seed": 9}')
+    code = (
+        "import sys\nfrom guidegen.cli import main\nimport guidegen.pipeline.generate as g\n"
+        "g.GuideGen.from_pretrained = None  # loading a model would fail loudly\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    print(e.code)\n"
+    )
+    args = ["generate", "--prompt", "4 cm liver tumour", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["2"], done.stdout + done.stderr
+    assert "holds a different request" in done.stderr and "prompts" in done.stderr

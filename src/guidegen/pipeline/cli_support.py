@@ -7,9 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from guidegen.errors import InputError
-from guidegen.pipeline.dataset import CaseRequest, DatasetRequest, Shard, generate_dataset, world_from_env
+from guidegen.pipeline.dataset import (
+    CaseRequest,
+    DatasetRequest,
+    Shard,
+    check_resumable,
+    generate_dataset,
+    world_from_env,
+)
 from guidegen.pipeline.folders import runtime_line
-from guidegen.pipeline.generate import GeneratedCase, GuideGen
+from guidegen.pipeline.generate import GeneratedCase, GuideGen, model_info
 
 
 @contextlib.contextmanager
@@ -54,6 +61,8 @@ def run_generate(
 
     shard = world_from_env()
     set_threads(threads)
+    if not overwrite:  # a run folder holding another request is refused before the model loads
+        check_resumable(out, request.to_dict(model_info(model)))
     gg = GuideGen.from_pretrained(model, device=_rank_device(device, shard))
     runtime = gg.warm_up(request.settings)  # networks compiled (on first use: checked) before any case
     steps, limit = request.settings.steps, gg.mask_sampler.config.num_timesteps

@@ -78,6 +78,28 @@ def plan_cases(prompts: Sequence[tuple[str, int]], seed: int) -> list[CaseReques
     return cases
 
 
+def check_resumable(out: Path, request: dict) -> None:
+    """Refuse, without changing anything, an ``out`` whose ``run.json`` holds a different request
+    (the command line asks this before any model loads; `generate_dataset` asks again)."""
+    if (out / RUN_FILE).is_file():
+        _compare_run_file(out, request)
+
+
+def _compare_run_file(out: Path, request: dict) -> None:
+    run_file = out / RUN_FILE
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(run_file, f"is not valid JSON ({exc}); use --overwrite or another --out") from None
+    if previous != request:
+        changed = sorted(k for k in set(previous) | set(request) if previous.get(k) != request.get(k))
+        raise InputError(
+            out,
+            f"holds a different request (differs in: {', '.join(changed)}); "
+            "use --overwrite to replace it, or another --out",
+        )
+
+
 def _check_run_folder(out: Path, request: dict, overwrite: bool, shard: Shard) -> None:
     """Create ``out`` with run.json, resume a matching run, or refuse a different one."""
     run_file = out / RUN_FILE
@@ -86,17 +108,7 @@ def _check_run_folder(out: Path, request: dict, overwrite: bool, shard: Shard) -
     if overwrite and shard.rank == 0 and out.exists():
         shutil.rmtree(out)
     if run_file.exists():
-        try:
-            previous = json.loads(run_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(run_file, f"is not valid JSON ({exc}); use --overwrite or another --out") from None
-        if previous != request:
-            changed = sorted(k for k in set(previous) | set(request) if previous.get(k) != request.get(k))
-            raise InputError(
-                out,
-                f"holds a different request (differs in: {', '.join(changed)}); "
-                "use --overwrite to replace it, or another --out",
-            )
+        _compare_run_file(out, request)
         return
     if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         if shard.world_size > 1 and shard.rank != 0:

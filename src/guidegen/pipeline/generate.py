@@ -41,7 +41,7 @@ from guidegen.text.encoder import TextEncoder
 from guidegen.text.parse import parse_prompt
 from guidegen.text.report import report_from_labels, write_report
 
-__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt"]
+__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt", "model_info"]
 
 #: File in a model folder naming the model (id, version, recipe, training data).
 MODEL_INFO = "model.json"
@@ -82,6 +82,16 @@ class GeneratedCase:
     @property
     def affine(self) -> np.ndarray:
         return self.labels.affine
+
+
+def model_info(folder: str | Path | None = None) -> dict:
+    """A model folder's identity (``model_id``, ``version``, … from ``model.json``) as `GuideGen.info`
+    will hold it, read without loading the networks; ``None``: the shipped default model."""
+    root = Path(folder) if folder is not None else default_model_dir()
+    info: dict = {"model_id": root.name}
+    if (root / MODEL_INFO).exists():
+        info.update(read_json_object(root / MODEL_INFO))
+    return {"model_id": "custom", "version": __version__, **info}
 
 
 class GuideGen:
@@ -126,12 +136,9 @@ class GuideGen:
                     root,
                     f"is not a GuideGen model folder: it has no {part}/ (expected mask_sampler/ and image_generator/)",
                 )
-        info: dict = {"model_id": root.name}
-        if (root / MODEL_INFO).exists():
-            info.update(read_json_object(root / MODEL_INFO))
         sampler = VolumetricMaskSampler.from_pretrained(root / "mask_sampler", device=device)
         generator = ConditionalImageGenerator.from_pretrained(root / "image_generator", device=device)
-        return cls(sampler, generator, info)
+        return cls(sampler, generator, model_info(root))
 
     @property
     def device(self) -> torch.device:
