@@ -520,10 +520,11 @@ def generate_command(
                 "--dataset-name",
                 f"must be 1-100 letters, digits, '_' or '-', starting with a letter or digit, got {dataset_name!r}",
             )
-    if out.exists() and not overwrite and not (out / "run.json").exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputExistsError(
-            out
-        )  # a run folder is resumed instead (its request is compared once the model is known)
+    # A run folder (run.json) is resumed instead; its request is compared before the model loads.
+    # Hidden entries are a killed run's temporaries, which the run itself removes.
+    taken = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
+    if out.exists() and not overwrite and not (out / "run.json").exists() and (taken or not out.is_dir()):
+        raise OutputExistsError(out)
     device = _device(device)
     from guidegen.pipeline.cli_support import run_generate
 
