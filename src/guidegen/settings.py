@@ -16,6 +16,7 @@ import dataclasses
 import io
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "check_prompt",
     "check_seed",
     "check_threads",
+    "item_seeds",
     "read_prompts_file",
 ]
 
@@ -218,6 +220,17 @@ def check_seed(seed: int, count: int = 1, where: str = "--seed") -> int:
         limit = "2**64 - 1" if count == 1 else f"2**64 - {count} (item i uses seed + i)"
         raise InputError(where, f"must be from -2**63 to {limit}, got {seed}")
     return seed
+
+
+def item_seeds(seed: int | Sequence[int], count: int, where: str = "--seed") -> list[int]:
+    """The seed rule of every stage: item ``i`` of a request uses ``seed + i``, or give one seed per
+    item. An item then depends only on its own seed, never on what else is in the batch."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(count)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise InputError(where, f"need one seed or one per item ({count}), got {len(seeds)}")
+    return seeds
 
 
 def check_threads(threads: int | None, where: str = "--threads") -> int | None:

@@ -36,7 +36,7 @@ from guidegen.labels.vocabulary import NAMES, UNKNOWN
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.runtime.precision import autocast, resolve_precision
-from guidegen.settings import GenerationSettings
+from guidegen.settings import GenerationSettings, item_seeds
 
 __all__ = [
     "ConditionalImageGenerator",
@@ -205,7 +205,7 @@ class ConditionalImageGenerator(nn.Module):
                 _check_model_grid(v, self.config)
         cfg = self.config
         network = self.network(settings.backend, settings.precision)
-        seeds = _seeds(seed, len(vols))
+        seeds = item_seeds(seed, len(vols))
         text = _text_embedding(prompt, text_embedding, len(vols), cfg.text_dim)
         ann = annotated_vector(annotated, cfg.num_classes)
         phase = settings.phase if phase is None else phase
@@ -290,15 +290,6 @@ def annotated_vector(annotated: Sequence[str] | None, num_classes: int) -> Tenso
                 raise ValueError(f"annotated: unknown class {name!r}; valid classes: {', '.join(NAMES[:num_classes])}")
             vec[0, NAMES.index(name)] = 1.0
     return vec
-
-
-def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return [int(seed) + i for i in range(n)]
-    seeds = [int(s) for s in seed]  # type: ignore[union-attr]
-    if len(seeds) != n:
-        raise ValueError(f"seed must be one integer or one per volume ({n}), got {len(seeds)}")
-    return seeds
 
 
 def _text_embedding(prompt: str | None, embedding: Tensor | None, n: int, dim: int) -> Tensor | None:

@@ -27,7 +27,7 @@ from guidegen.masks.model import MaskDenoiser
 from guidegen.masks.placement import apply_stated_organs, draw_aorta_tube, fill_from_nearest, place_stated_tumours
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
-from guidegen.settings import GenerationSettings
+from guidegen.settings import GenerationSettings, item_seeds
 from guidegen.text.attributes import Attributes
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.text.parse import parse_prompt
@@ -41,8 +41,8 @@ _AORTA_STREAM = 0x616F7274
 
 def placement_rng(seed: int, index: int | None = None, stream: int = _PLACEMENT_STREAM) -> np.random.Generator:
     """A placement stage's random stream for a map (``stream``: the tumours' and organ sizes', or the
-    aorta's): its own seed (and its index in the batch when the batch shares one seed), never the
-    network's draws, so placement can be redone on saved maps."""
+    aorta's): the map's own seed (and ``index``, for callers that place several maps from one
+    seed), never the network's draws, so placement can be redone on saved maps."""
     # numpy seed sequences take non-negative integers only; torch seeds may be negative.
     return np.random.default_rng([stream, int(seed) % 2**64] + ([int(index)] if index is not None else []))
 
@@ -51,7 +51,6 @@ def apply_statements(
     volume: Volume,
     attributes: Attributes,
     seed: int,
-    index: int | None = None,
     *,
     tumours: bool = True,
     organs: bool = True,
@@ -70,9 +69,9 @@ def apply_statements(
       ``meta["tumour_placement"]``.
     """
     if aorta:
-        volume, drawn = draw_aorta_tube(volume, placement_rng(seed, index, _AORTA_STREAM))
+        volume, drawn = draw_aorta_tube(volume, placement_rng(seed, stream=_AORTA_STREAM))
         volume.meta["aorta_placement"] = drawn
-    rng = placement_rng(seed, index)
+    rng = placement_rng(seed)
     sized: dict = {}
     if organs:
         volume, sized = apply_stated_organs(volume, attributes.organs, rng)
@@ -302,12 +301,7 @@ class VolumetricMaskSampler:
         text = text.repeat_interleave(n, 0)
         attr = attr.repeat_interleave(n, 0)
         batch = text.shape[0]
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            seeds = [int(seed) + i for i in range(batch)]
-        else:
-            seeds = [int(s) for s in seed]
-            if len(seeds) != batch:
-                raise InputError(None, f"seed: need one seed per map ({batch}), got {len(seeds)}")
+        seeds = item_seeds(seed, batch)
         cond_ctx = self.model.context(text, attr)
         uncond_ctx = self.model.context(
             None, torch.from_numpy(np.stack([attribute_vector(None)] * batch)).to(self.device)

@@ -84,6 +84,11 @@ class GeneratedCase:
         return self.labels.affine
 
 
+def _identity(info: dict | None) -> dict:
+    """A model's identity with the defaults of an unnamed one (built in memory, no ``model.json``)."""
+    return {"model_id": "custom", "version": __version__, **(info or {})}
+
+
 def model_info(folder: str | Path | None = None) -> dict:
     """A model folder's identity (``model_id``, ``version``, … from ``model.json``) as `GuideGen.info`
     will hold it, read without loading the networks; ``None``: the shipped default model."""
@@ -91,7 +96,7 @@ def model_info(folder: str | Path | None = None) -> dict:
     info: dict = {"model_id": root.name}
     if (root / MODEL_INFO).exists():
         info.update(read_json_object(root / MODEL_INFO))
-    return {"model_id": "custom", "version": __version__, **info}
+    return _identity(info)
 
 
 class GuideGen:
@@ -119,7 +124,7 @@ class GuideGen:
         self.mask_sampler = mask_sampler
         self.image_generator = image_generator
         self.text_encoder = text_encoder or mask_sampler.text_encoder
-        self.info = {"model_id": "custom", "version": __version__, **(info or {})}
+        self.info = _identity(info)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | torch.device = "cpu") -> GuideGen:
