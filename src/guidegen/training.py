@@ -166,3 +166,24 @@ def resume_training(
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     return int(state["step"])
+
+
+def warm_start(model: nn.Module, config, folder: str | Path, grow) -> dict:
+    """Load a trained model folder's weights into ``model`` before training (a recipe's ``init_from``).
+
+    The folder's network must be the recipe's, except that it may know fewer classes (an older
+    vocabulary): ``grow(weights, old_config, config)`` then maps its class channels (each network's
+    ``grown_weights``). Returns a record for the run's log (folder, its classes).
+    """
+    folder = Path(folder)
+    old, weights, _ = load_checkpoint(folder, type(config))
+    if old.num_classes > config.num_classes:
+        raise InputError(folder, f"knows {old.num_classes} classes, more than the recipe's {config.num_classes}")
+    if old.num_classes < config.num_classes:
+        weights = grow(weights, old, config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise InputError(folder, f"is not the recipe's network (init_from): {first[0].strip()}") from None
+    return {"init_from": str(folder), "init_classes": old.num_classes}

@@ -23,6 +23,9 @@ ALL_CASES = {
     "msd-spleen-8",
     "totalseg-example-a",
     "totalseg-example-b",
+    # TotalSegmentator dataset subjects (data/real/totalseg-dataset): label maps, one CT with labels,
+    # four CTs without labels.
+    *(f"s{n:04d}" for n in (0, 1, 4, 6, 9, 12, 15, 24, 28, 29, 327, 328)),
 }
 
 
@@ -71,6 +74,16 @@ def test_prepared_anatomy_is_plausible(prepared):
     assert not cases["amos-0013-labels"]["has_ct"]
     d = cases["dcmqi-ct-3slice"]
     assert "liver" in d["annotated"] and d["volume_ml"]["liver"] > 0
+    # The non-contrast TotalSegmentator subject: its phase is read from its own aorta, IVC and liver.
+    s9 = cases["s0009"]
+    assert s9["phase"] == "non_contrast" and {"lung", "muscle", "bone", "liver"} <= set(s9["annotated"])
+    assert s9["mean_hu"]["body"] < s9["mean_hu"]["muscle"] < s9["mean_hu"]["liver"] < s9["mean_hu"]["bone"]
+    # CTs without labels: only the derived body outline is annotated; their phase stays unknown.
+    for case_id in ("s0015", "s0024", "s0028", "s0029"):
+        assert cases[case_id]["annotated"] == ["body"] and cases[case_id]["phase"] is None
+    # Label maps without CT keep the vocabulary-2 classes (TotalSegmentator lungs, heart, muscles).
+    assert {"lung", "heart", "muscle", "other_artery", "other_vein"} <= set(cases["s0004"]["annotated"])
+    assert cases["s0004"]["volume_ml"]["spleen"] > 900  # the splenomegaly subject
 
 
 def test_rerun_skips_finished_cases(prepared, real, tmp_path):
@@ -164,7 +177,7 @@ def test_totalsegmentator_folder_layout(tmp_path, real):
     assert result.prepared == ["s0001"], result.failed
     entry = load_prepared(out)[0]
     assert entry["layout"] == "totalsegmentator"
-    assert entry["annotated"] == ["spleen", "liver", "body", "bone"]
+    assert entry["annotated"] == ["spleen", "liver", "body", "bone", "lung"]
 
 
 def test_nnunet_layout(tmp_path, real):

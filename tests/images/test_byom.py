@@ -132,3 +132,25 @@ def test_a_ct_that_is_nearly_all_air_is_refused(oracle_model):
         oracle_model.levels.fill_(float(oracle_model.unknown_level))  # a broken model: air everywhere
     with pytest.raises(InputError, match=r"phantom-RAS: the generated CT is air .* in 100% of the labelled voxels"):
         generate_ct(oracle_model, phantom(), seed=0, texture=False, levels=False)
+
+
+def test_newer_classes_reach_an_older_model_as_body():
+    """Vocabulary 2 (lungs, heart, muscles, other vessels; ids 18–22) was appended: a model trained on
+    the first 18 classes sees those structures as the tissue they were in its training maps (body)."""
+    from tests.images.conftest import ClassOracle, tiny_config
+
+    old = ClassOracle(tiny_config(num_classes=18)).eval()
+    labels = phantom()
+    array = labels.array.copy()
+    block = (slice(8, 16), slice(14, 22), slice(2, 12))
+    array[block] = ID["lung"]
+    ct = generate_ct(old, labels.with_array(array), seed=0, annotated=["body", "lung", "liver", "bone"], texture=False)
+    core = (slice(10, 14), slice(16, 20), slice(4, 10))
+    assert np.all(np.abs(ct.array[core] - ORACLE_HU["body"]) <= 2)
+    flags = old.seen_annotated[-1][0]
+    assert flags.shape == (18,)
+    assert {NAMES[i] for i in torch.nonzero(flags).flatten().tolist()} == {"background", "body", "liver", "bone"}
+    # The current vocabulary's model is shown the lungs as lungs (the oracle draws them at 40 HU).
+    new = ClassOracle(tiny_config()).eval()
+    ct = generate_ct(new, labels.with_array(array), seed=0, texture=False, levels=False)
+    assert np.all(np.abs(ct.array[core] - 40.0) <= 2)

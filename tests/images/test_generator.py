@@ -15,9 +15,10 @@ from guidegen.images.any_grid import generate_ct, model_grid
 from guidegen.images.generator import ConditionalImageGenerator, sample_volume
 from guidegen.io.nifti import read_nifti
 from guidegen.io.volume import Volume
+from guidegen.labels.vocabulary import NUM_CLASSES
 from tests.images.conftest import tiny_config
 
-K = 18
+K = NUM_CLASSES  # the tiny test model knows the whole vocabulary
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def test_contrast_extras_raise_only_their_tissues():
     with pytest.raises(ValueError, match="noise_hu"):
         TextureModel(noise_hu=-1.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0)
     with pytest.raises(ValueError, match="unknown class"):
-        TextureModel(noise_hu=1.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0, contrast_extra_hu={"lung": 1.0})
+        TextureModel(noise_hu=1.0, inplane_sigma_mm=0.5, slice_correlation_mm=3.0, contrast_extra_hu={"lungs": 1.0})
 
 
 def test_shipped_parameters_are_what_the_fit_gives(real):

@@ -50,7 +50,7 @@ def test_batches_are_deterministic_and_augmentation_is_joint(tiny_prepared):
     bone = a.ctx[:, 1:2] == ID["bone"]
     assert a.target[bone].mean() > plain.target[plain.ctx[:, 1:2] == ID["bone"]].mean() - 0.1
     assert a.target.min() >= -1.0 and a.target.max() <= 1.0
-    assert set(torch.unique(a.ctx).tolist()) <= set(range(18)) | {255, -1}
+    assert set(torch.unique(a.ctx).tolist()) <= set(range(cfg.num_classes)) | {255, -1}
 
 
 def test_prev_dropout_hides_the_previous_slice(tiny_prepared):

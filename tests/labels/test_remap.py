@@ -50,7 +50,9 @@ def test_totalsegmentator_covers_all_117_ids(real):
     vocab = load_vocabulary("totalsegmentator")
     assert set(vocab.map) == {int(k) for k in names}
     assert vocab.map[5] == "liver" and vocab.map[64] == "portal_vein" and vocab.map[28] == "bone"
-    assert vocab.map[10] == "background"  # a lung lobe is annotated as "not one of ours"
+    assert vocab.map[10] == "lung" and vocab.map[51] == "heart" and vocab.map[88] == "muscle"  # vocabulary 2
+    assert vocab.map[65] == "other_artery" and vocab.map[67] == "other_vein"
+    assert vocab.map[8] == "background"  # an adrenal gland is annotated as "not one of ours"
     assert "tumour" not in vocab.annotated  # TotalSegmentator does not segment tumours: unknown
 
 
@@ -102,7 +104,9 @@ def test_structure_names():
     assert class_for_name("postcava") == "inferior_vena_cava"
     assert class_for_name("vertebrae_L3") == "bone"
     assert class_for_name("rib_left_7") == "bone"
-    assert class_for_name("lung_upper_lobe_left") is None
+    assert class_for_name("lung_upper_lobe_left") == "lung"  # vocabulary 2
+    assert class_for_name("iliopsoas_left") == "muscle" and class_for_name("iliac_vena_right") == "other_vein"
+    assert class_for_name("adrenal_gland_left") is None
     vocab = names_from_ids({1: "Liver", 2: "liver tumor", 3: "hepatic vessel"})
     assert vocab.map == {1: "liver", 2: "tumour", 3: "background"}
     assert vocab.annotated == {"liver", "tumour"}
@@ -113,6 +117,6 @@ def test_combine_structures_tumour_wins():
     liver[1:3, 1:3, 1:3] = True
     tumour = np.zeros_like(liver)
     tumour[1, 1, 1] = True
-    out, annotated = combine_structure_masks({"liver_tumor": tumour, "liver": liver, "lung_left": ~liver}, np.eye(4))
+    out, annotated = combine_structure_masks({"liver_tumor": tumour, "liver": liver, "trachea": ~liver}, np.eye(4))
     assert out[1, 1, 1] == ID["tumour"] and out[2, 2, 2] == ID["liver"] and out[0, 0, 0] == 0
     assert annotated == {"liver", "tumour"}

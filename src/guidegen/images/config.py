@@ -255,6 +255,10 @@ class ImageGeneratorConfig:
     # what it aims at. 0 (old models) = per-pixel loss only.
     level_loss_weight: float = 0.0
     holdout_cases: tuple[str, ...] = ()
+    # A trained model folder of the same network to start from instead of random weights (fine-tuning,
+    # or growing a model to a newer vocabulary: `guidegen.training.warm_start`); a relative path is read
+    # like the recipe's data paths. None: random initialisation.
+    init_from: str | None = None
     infer_phase: bool = True
 
     def __post_init__(self) -> None:

@@ -49,7 +49,7 @@ from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.hu import AIR_UNIT, hu_to_unit, unit_to_hu
 from guidegen.images.model import OUTSIDE, phase_id, phase_prior_table
 from guidegen.io.nifti import read_nifti
-from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
+from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN, fold_for_model, fold_names
 
 __all__ = [
     "REMAP_PHASES",
@@ -144,6 +144,9 @@ class SliceDataset:
                 continue
             ct = read_nifti(entry["ct_path"], kind="ct")
             labels = read_nifti(entry["labels_path"], kind="labels")
+            # A config with fewer classes than the vocabulary (an older model's) sees newer classes
+            # as what they were before (guidegen.labels.vocabulary.FALLBACK).
+            labels = labels.with_array(fold_for_model(labels.array, config.num_classes))
             if ct.shape[:2] != (config.image_size, config.image_size) or not np.allclose(
                 ct.spacing, config.spacing, rtol=0.02
             ):
@@ -154,9 +157,8 @@ class SliceDataset:
                 )
             annotated = torch.zeros(config.num_classes)
             annotated[0] = 1.0
-            for name in entry.get("annotated", []):
-                if name in NAMES[: config.num_classes]:
-                    annotated[NAMES.index(name)] = 1.0
+            for name in fold_names([n for n in entry.get("annotated", []) if n in NAMES], config.num_classes):
+                annotated[NAMES.index(name)] = 1.0
             phase = entry.get("phase")
             if "phase_estimate" in entry:
                 # Estimated by `guidegen prepare` (guidegen.data.phase), which also uses the liver,

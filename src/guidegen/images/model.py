@@ -45,7 +45,7 @@ from guidegen.data.phase import TYPICAL_HU
 from guidegen.diffusion.flow import velocity_from_x0
 from guidegen.images.config import PHASES, SAMPLE_PREDICTION_MIN_T, ImageGeneratorConfig
 from guidegen.images.hu import hu_to_unit
-from guidegen.labels.vocabulary import ID, UNKNOWN
+from guidegen.labels.vocabulary import ID, UNKNOWN, class_sources
 
 __all__ = [
     "OUTSIDE",
@@ -266,3 +266,31 @@ class SliceDenoiser(nn.Module):
                 raise ValueError(f"levels must have shape (N, {k}), got {tuple(levels.shape)}")
             weights = torch.where((phase.long() > 0).reshape(-1, 1), levels.to(inputs.dtype), 0.0)
         return torch.einsum("nkhw,nk->nhw", onehot, weights).unsqueeze(1)
+
+
+def grown_weights(
+    weights: dict[str, Tensor], old: ImageGeneratorConfig, new: ImageGeneratorConfig
+) -> dict[str, Tensor]:
+    """A trained generator's weights for a network with more classes (``init_from``, issue 24).
+
+    Only two tensors depend on the class count: the first convolution's mask channels and the
+    condition projection's annotated-class columns. A newer class's mask channels start as a copy of
+    its `FALLBACK` class's (body), so on any map the grown network computes exactly what the old one
+    computed on the folded map; its annotated flag starts with zero weight. Training then separates them.
+    """
+    sources = class_sources(old.num_classes, new.num_classes)
+    k0, k = old.num_classes, new.num_classes
+    out = dict(weights)
+    for name, w in weights.items():
+        if name.endswith("unet.conv_in.conv.weight"):
+            index = [0]
+            for s in range(old.context_slices):
+                index += [1 + s * (k0 + 1) + src for src in sources] + [1 + s * (k0 + 1) + k0]
+            index += list(range(1 + old.context_slices * (k0 + 1), w.shape[1]))  # prev, flags, prior
+            out[name] = w[:, index].clone()
+        elif name.endswith("cond_proj.0.weight"):
+            grown = torch.zeros(w.shape[0], w.shape[1] + k - k0, dtype=w.dtype)
+            grown[:, :k0] = w[:, :k0]
+            grown[:, k:] = w[:, k0:]
+            out[name] = grown
+    return out

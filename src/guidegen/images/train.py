@@ -50,7 +50,7 @@ from guidegen.distributed import (
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.dataset import SliceBatch, SliceDataset
 from guidegen.images.generator import ConditionalImageGenerator
-from guidegen.images.model import assemble_inputs, mask_channels
+from guidegen.images.model import assemble_inputs, grown_weights, mask_channels
 from guidegen.labels.vocabulary import ID
 from guidegen.runtime.precision import autocast, resolve_precision
 from guidegen.training import (
@@ -62,6 +62,7 @@ from guidegen.training import (
     resume_training,
     step_generators,
     truncate_log,
+    warm_start,
 )
 
 __all__ = ["LEVEL_EXCLUDED", "LEVEL_MIN_PIXELS", "flow_matching_loss", "structure_level_loss", "train_image_generator"]
@@ -214,7 +215,10 @@ def _train(
     mine = [p for share in micro for p in share]  # this rank's positions in every global batch
     whole = mine == list(range(config.batch_size))
     data = SliceDataset(prepared_dir, config, text_embeddings)
-    model = _init_model(config).to(device).train()
+    model = _init_model(config)
+    if config.init_from is not None:
+        warm_start(model, config, config.init_from, grown_weights)  # a resumed run then overwrites it
+    model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -70,6 +70,11 @@ _SEGMENT_CODES: dict[str, tuple[Code, Code, Code | None]] = {
     "inferior_vena_cava": (_ANATOMY, codes.SCT.InferiorVenaCava, None),
     "gallbladder": (_ANATOMY, codes.SCT.Gallbladder, None),
     "portal_vein": (_ANATOMY, codes.SCT.Vein, None),
+    "lung": (_ANATOMY, codes.SCT.Lung, None),
+    "heart": (_ANATOMY, codes.SCT.Heart, None),
+    "muscle": (codes.SCT.Tissue, codes.SCT.SkeletalMuscle, None),
+    "other_artery": (_ANATOMY, codes.SCT.Artery, None),
+    "other_vein": (_ANATOMY, codes.SCT.Vein, None),
 }
 
 

@@ -214,8 +214,32 @@ NAME_ALIASES: dict[str, str] = {
     "clavicula": "bone",
     "clavicle": "bone",
     "background": "background",
+    "lung": "lung",
+    "lungs": "lung",
+    "heart": "heart",
+    "atrial appendage left": "heart",
+    "muscle": "muscle",
+    "psoas": "muscle",
+    "superior vena cava": "other_vein",
+    "pulmonary vein": "other_vein",
+    "brachiocephalic trunk": "other_artery",
 }
 _BONE_PREFIXES = ("vertebrae ", "rib ", "femur ", "hip ", "humerus ", "scapula ", "clavicula ")
+#: Name prefixes of the vocabulary-2 classes (TotalSegmentator structure files: "lung_upper_lobe_left" …).
+_PREFIXES = {
+    "lung ": "lung",
+    "gluteus ": "muscle",
+    "autochthon ": "muscle",
+    "iliopsoas ": "muscle",
+    "psoas ": "muscle",
+    "iliac artery ": "other_artery",
+    "common iliac artery ": "other_artery",
+    "subclavian artery ": "other_artery",
+    "common carotid artery ": "other_artery",
+    "iliac vena ": "other_vein",
+    "iliac vein ": "other_vein",
+    "brachiocephalic vein ": "other_vein",
+}
 
 
 def normalise_name(name: str) -> str:
@@ -227,7 +251,7 @@ def normalise_name(name: str) -> str:
 def class_for_name(name: str) -> str | None:
     """The GuideGen class (or ``"kidney"``) for a structure name; ``None`` when it is not one of ours.
 
-    Names of structures we do not model (lungs, muscles …) return ``None``: callers treat them
+    Names of structures we do not model (adrenal glands, trachea …) return ``None``: callers treat them
     as background, since the source did annotate them as *not* any GuideGen class.
     """
     key = normalise_name(name)
@@ -235,6 +259,9 @@ def class_for_name(name: str) -> str | None:
         return NAME_ALIASES[key]
     if key.startswith(_BONE_PREFIXES):
         return "bone"
+    for prefix, cls in _PREFIXES.items():
+        if key.startswith(prefix):
+            return cls
     return None
 
 

@@ -1,7 +1,12 @@
 """The GuideGen class vocabulary.
 
 The first twelve classes are the paper's (Dai et al. 2024); the rest help the CT generator draw the
-anatomy around the organs (body outline, bone, large vessels, gallbladder, portal vein).
+anatomy around the organs (body outline, bone, large vessels, gallbladder, portal vein) and, since
+version 2 of the vocabulary (ids 18–22), what every abdominal CT shows beyond the organs: lung bases,
+heart, the big muscles and the remaining vessels. Before that these were "body" (soft tissue) and
+the generator drew lung bases at about −50 HU. Ids are only ever appended, so a model trained on
+the first K classes still reads every map: `fold_for_model` turns a newer class into the class it
+was before (`FALLBACK`).
 
 Partial annotation is explicit: a label map comes with the set of classes that were *annotated*.
 A voxel with id 0 (background) means "none of the annotated classes"; for a class that was not
@@ -12,6 +17,8 @@ voxels whose class is not known at all (for example outside a scan's annotated r
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 #: Label id for "class not known here" (ignored by losses and metrics).
 UNKNOWN = 255
@@ -45,7 +52,23 @@ CLASSES: tuple[LabelClass, ...] = (
     LabelClass(15, "inferior_vena_cava", "inferior vena cava", (0, 151, 206), False),
     LabelClass(16, "gallbladder", "gallbladder", (139, 150, 98), True),
     LabelClass(17, "portal_vein", "portal and splenic vein", (0, 112, 165), False),
+    # Vocabulary 2 (TotalSegmentator structures; `labels/sources/totalsegmentator.json`).
+    LabelClass(18, "lung", "lungs", (170, 215, 255), False),
+    LabelClass(19, "heart", "heart", (200, 50, 90), False),
+    LabelClass(20, "muscle", "psoas, back and gluteal muscles", (165, 85, 60), False),
+    LabelClass(21, "other_artery", "iliac and other arteries", (255, 140, 120), False),
+    LabelClass(22, "other_vein", "iliac and other veins", (90, 140, 225), False),
 )
+
+#: The class each newer class was before it had its own id: in the maps the older models trained
+#: on, these structures were unlabelled tissue inside the body outline, i.e. "body".
+FALLBACK: dict[str, str] = {
+    "lung": "body",
+    "heart": "body",
+    "muscle": "body",
+    "other_artery": "body",
+    "other_vein": "body",
+}
 
 # Distinct preview colours where anatomy colours coincide (kidneys, hollow organs).
 _PREVIEW_OVERRIDES = {3: (230, 140, 60), 5: (255, 190, 0), 7: (120, 200, 120), 9: (60, 160, 255), 10: (255, 255, 0)}
@@ -60,6 +83,46 @@ PAPER_CLASSES: tuple[str, ...] = NAMES[:12]
 ORGANS: tuple[str, ...] = tuple(c.name for c in CLASSES if c.organ)
 #: Organs in which the tumour insertion / reports place tumours.
 TUMOUR_HOSTS: tuple[str, ...] = ("liver", "kidney_right", "kidney_left", "pancreas", "colon", "spleen", "stomach")
+
+
+def fold_for_model(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """A label map in the ids of a model that knows only the first ``num_classes`` classes: each
+    newer class becomes its `FALLBACK` (unknown, 255, stays). Returns ``labels`` itself when nothing
+    needs folding."""
+    arr = np.asarray(labels)
+    if num_classes >= NUM_CLASSES or not np.any((arr >= num_classes) & (arr != UNKNOWN)):
+        return labels
+    table = np.arange(256, dtype=np.int64)
+    for cls in CLASSES[num_classes:]:
+        table[cls.id] = _folded_id(cls.name, num_classes)
+    out = table[arr.astype(np.int64)]
+    return out.astype(arr.dtype) if arr.dtype.kind in "ui" else out
+
+
+def fold_names(names, num_classes: int) -> list[str]:
+    """Class names as a model with ``num_classes`` classes knows them (newer ones folded, order kept,
+    no repeats)."""
+    out: list[str] = []
+    for name in names:
+        folded = NAMES[_folded_id(name, num_classes)]
+        if folded not in out:
+            out.append(folded)
+    return out
+
+
+def class_sources(old_num_classes: int, new_num_classes: int) -> list[int]:
+    """For each class of a model with ``new_num_classes`` classes, the class of an older model with
+    ``old_num_classes`` that stood for it (itself, or its `FALLBACK`): how a network grown to more
+    classes inherits its predecessor's weights."""
+    if not 2 <= old_num_classes <= new_num_classes <= NUM_CLASSES:
+        raise ValueError(f"cannot grow {old_num_classes} classes to {new_num_classes} (vocabulary: {NUM_CLASSES})")
+    return [_folded_id(NAMES[c], old_num_classes) for c in range(new_num_classes)]
+
+
+def _folded_id(name: str, num_classes: int) -> int:
+    while ID[name] >= num_classes:
+        name = FALLBACK[name]
+    return ID[name]
 
 
 def class_id(name: str) -> int:

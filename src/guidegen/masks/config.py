@@ -99,6 +99,10 @@ class MaskSamplerConfig:
     p_organ_scaling: float = 0.5
     p_elastic: float = 0.8
     p_field_drop: float = 0.35
+    # A trained model folder of the same network to start from instead of random weights (fine-tuning,
+    # or growing a model to a newer vocabulary: `guidegen.training.warm_start`); a relative path is read
+    # like the recipe's data paths. None: random initialisation.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(s % (2 ** (len(self.channels) - 1)) for s in self.shape):

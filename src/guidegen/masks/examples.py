@@ -18,7 +18,7 @@ import numpy as np
 from guidegen.data.augment import AugmentConfig, augment_case
 from guidegen.data.ops import ElasticDeformation, OrganScaling, RigidJitter, TumourInsertion
 from guidegen.io.volume import Volume
-from guidegen.labels.vocabulary import ID, NAMES, NUM_CLASSES, TUMOUR_HOSTS
+from guidegen.labels.vocabulary import ID, NAMES, TUMOUR_HOSTS, fold_for_model, fold_names
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.text.attributes import SEXES, Attributes, Tumour
 from guidegen.text.measure import colon_segment_of, measure_labels
@@ -103,11 +103,13 @@ class MaskExamples:
         stated = drop_fields(measured, rng, self.config.p_field_drop)
         text_seed = int(rng.integers(2**31))
         text = write_report(stated, seed=text_seed) if rng.random() < 0.5 else write_prompt(stated, seed=text_seed)
-        ignore = np.array([name not in annotated and name != "background" for name in NAMES], dtype=bool)
-        if ignore.shape[0] != NUM_CLASSES:
-            raise ValueError("vocabulary size changed")
+        # A config with fewer classes than the vocabulary (an older model's) sees the newer classes
+        # as what they were before they had ids (guidegen.labels.vocabulary.FALLBACK).
+        k = self.config.num_classes
+        known = set(fold_names(sorted(annotated), k))
+        ignore = np.array([name not in known and name != "background" for name in NAMES[:k]], dtype=bool)
         return {
-            "labels": labels.array,
+            "labels": fold_for_model(labels.array, k),
             "text": text,
             "attributes": stated,
             "ignore_classes": ignore,

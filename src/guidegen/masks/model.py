@@ -11,6 +11,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
+from guidegen.labels.vocabulary import class_sources
 from guidegen.masks.conditioning import attribute_dim
 from guidegen.masks.config import MaskSamplerConfig
 
@@ -62,3 +63,24 @@ class MaskDenoiser(nn.Module):
             # The attribute token is the last row of the context (see `context`).
             return self.unet(x_t, timesteps=t, context=context, class_labels=context[:, -1])
         return self.unet(x_t, timesteps=t, context=context)
+
+
+def grown_weights(weights: dict[str, Tensor], old: MaskSamplerConfig, new: MaskSamplerConfig) -> dict[str, Tensor]:
+    """A trained sampler's weights for a network with more classes (``init_from``, issue 24).
+
+    The input convolution reads x_t's class channels and the output convolution writes one logit per
+    class. A newer class starts as a copy of its `FALLBACK` class (body) on both sides, its logit
+    lowered by log m (m: the classes now sharing that old class), so the old class's probability is
+    shared among them and everything else is predicted as before. Training then separates them.
+    """
+    sources = class_sources(old.num_classes, new.num_classes)
+    share = torch.bincount(torch.tensor(sources), minlength=old.num_classes).to(torch.float32)
+    out = dict(weights)
+    for name, w in weights.items():
+        if name.endswith("unet.conv_in.conv.weight"):
+            out[name] = w[:, sources].clone()
+        elif name.endswith("unet.out.2.conv.weight"):
+            out[name] = w[sources].clone()
+        elif name.endswith("unet.out.2.conv.bias"):
+            out[name] = (w - share.log().to(w.dtype))[sources].clone()
+    return out

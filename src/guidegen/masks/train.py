@@ -50,7 +50,7 @@ from guidegen.labels.vocabulary import ID, ORGANS, UNKNOWN
 from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import MaskExamples
-from guidegen.masks.model import MaskDenoiser
+from guidegen.masks.model import MaskDenoiser, grown_weights
 from guidegen.masks.sampler import diffusion_from_config
 from guidegen.runtime.precision import autocast, resolve_precision
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
@@ -63,6 +63,7 @@ from guidegen.training import (
     resume_training,
     step_generators,
     truncate_log,
+    warm_start,
 )
 
 
@@ -266,7 +267,10 @@ def _train(
     mine = [p for share in micro for p in share]  # this rank's positions in every global batch
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # initial weights only; every later draw is step-seeded
-    model = MaskDenoiser(config).to(device)
+    model = MaskDenoiser(config)
+    if config.init_from is not None:
+        warm_start(model, config, resolve(config.init_from, root), grown_weights)  # a resumed run overwrites it
+    model = model.to(device)
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     precision = resolve_precision(config.precision, device)
