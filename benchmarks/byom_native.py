@@ -15,8 +15,9 @@ Maps the shipped image generator never trained on, at their own resolution, with
    (LiTS 117 portal venous; unenhanced colorectal carcinoma, Oto et al. 2003). The default here is
    `guidegen.images.native.finish_native` applied to the network's int16 CT, as `generate_ct` does
    (from its float CT: at most 0.5 HU apart), to save one generation per phase.
-3. **s0009** (TotalSegmentator dataset, never trained on; 1.5 mm voxels, a sharp bone kernel;
-   non-contrast): a 60 mm slab through the spleen, with a 20 mm ball of tumour in the colon where the
+3. **s0009** (TotalSegmentator dataset; never trained on by image generators before vocabulary 2,
+   a training scan of those after it; 1.5 mm voxels, a sharp bone kernel; non-contrast): a 60 mm
+   slab through the spleen, with a 20 mm ball of tumour in the colon where the
    slab has colon; slices here are finer than the model's 3 mm, as in the issue's own map.
 
 Grain, slice change and correlations are defined in `guidegen.images.grain`. Means are interior
