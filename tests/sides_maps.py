@@ -51,15 +51,11 @@ def abdomen(swap_kidneys: bool = False, aorta: bool = True) -> Volume:
     return Volume(array, affine, "labels", {})
 
 
-def lps_affine() -> np.ndarray:
-    """An affine whose array axes point patient-left, posterior, superior (DICOM's LPS order)."""
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    flip[:2, 3] = [(SHAPE[0] - 1), (SHAPE[1] - 1)]
-    return ras_affine() @ flip
-
-
 def stored_lps(volume: Volume) -> Volume:
-    """The same map with its array stored in LPS order (world positions unchanged)."""
-    out = reorient_like(volume, lps_affine())
-    assert out.orientation == "LPS"
+    """The same map with its array stored in LPS order (world positions unchanged): the x and y
+    axes of a RAS-stored map reversed, as a DICOM-derived NIfTI often comes."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [volume.shape[0] - 1, volume.shape[1] - 1]
+    out = reorient_like(volume, volume.affine @ flip)
+    assert out.orientation == "LPS", out.orientation
     return out
