@@ -100,7 +100,9 @@ def main() -> None:
         )
         if "tumour" in row:
             t = row["tumour"]
-            line += f"; tumour stated {t['stated']}, lies {t['world_side']}, agreement all {all(t['agreement'].values())}"
+            line += (
+                f"; tumour stated {t['stated']}, lies {t['world_side']}, agreement all {all(t['agreement'].values())}"
+            )
         print(f"{line}  [{row['prompt']}]")
     for name in ("network", "placed"):
         scored = [r for r in rows if any(v is not None for v in r[name]["sides"].values())]

@@ -205,7 +205,9 @@ def _draw_group(
     for k in range(count):
         diameter = largest if k == 0 else largest * float(rng.uniform(*SECONDARY_FRACTION))
         try:
-            params = insertion.make_params(rng, labels, host=label, segment=group.segment, diameter_mm=diameter, count=1)
+            params = insertion.make_params(
+                rng, labels, host=label, segment=group.segment, diameter_mm=diameter, count=1
+            )
         except ValueError as exc:  # host used up by earlier lesions, no voxel in the segment
             record["error"] = str(exc)
             break

@@ -74,8 +74,8 @@ from guidegen.text.parse_lexicon import (
     PHASE_TABLE,
     PLACE_START,
     SENTENCE_RE,
-    SIDE_ONLY,
     SEX_RE,
+    SIDE_ONLY,
     TUMOUR_FREE_AFTER,
     UNCERTAIN,
 )
@@ -373,8 +373,10 @@ class _Reader:
         phrase is that state's subject, not the tumour's site.
         """
         index = position + 1
-        while index < len(spans) and spans[index].sizes and not (
-            spans[index].organs or spans[index].tumours or spans[index].states or spans[index].volumes
+        while (
+            index < len(spans)
+            and spans[index].sizes
+            and not (spans[index].organs or spans[index].tumours or spans[index].states or spans[index].volumes)
         ):
             index += 1  # "2.5 cm"
         if index >= len(spans) or spans[index].connector != ",":
