@@ -46,3 +46,23 @@ def test_stated_kidney_size_changes_the_kidney_on_that_side():
     grown = (out.array == ID["kidney_right"]).sum() > (labels.array == ID["kidney_right"]).sum()
     untouched = (out.array == ID["kidney_left"]).sum() == (labels.array == ID["kidney_left"]).sum()
     assert grown and untouched
+
+
+@pytest.mark.parametrize("storage", ["RAS", "LPS"])
+def test_placement_stage_names_kidneys_by_their_side(storage):
+    from guidegen.masks.sampler import apply_statements
+    from guidegen.text.sides import kidneys_swapped
+
+    swapped = abdomen(swap_kidneys=True)
+    normal = abdomen()
+    if storage == "LPS":
+        swapped, normal = stored_lps(swapped), stored_lps(normal)
+    attributes = parse_prompt("small renal tumor, 2.5 cm, left kidney")
+    out = apply_statements(swapped, attributes, seed=0, aorta=False)
+    assert out.meta.get("kidney_labels_exchanged") is True and not kidneys_swapped(out)
+    # Only names changed: the kidneys are where they were, and the tumour is in the left one.
+    kidneys = np.isin(swapped.array, [ID["kidney_right"], ID["kidney_left"]])
+    assert np.all(np.isin(out.array[kidneys], [ID["kidney_right"], ID["kidney_left"], ID["tumour"]]))
+    assert _tumour_x(out) < midline_x(out, out.array)
+    untouched = apply_statements(normal, parse_prompt("healthy abdomen"), seed=0, aorta=False)
+    assert "kidney_labels_exchanged" not in untouched.meta and np.array_equal(untouched.array, normal.array)

@@ -76,3 +76,22 @@ def test_a_tumour_is_hosted_by_the_kidney_it_lies_in_not_by_the_label_name(stora
     assert [t.organ for t in tumours] == ["kidney_right"]
     assert tumour_agreement((Tumour("kidney_right", None, 15.0, 1),), tumours)["tumour1.organ"]
     assert not tumour_agreement((Tumour("kidney_left", None, 15.0, 1),), tumours)["tumour1.organ"]
+
+
+def test_a_tumour_in_a_left_kidney_label_right_of_the_midline_is_right_sided():
+    # The default model's seed-3 map of "left renal mass 45 mm": its "left kidney" lay just right of
+    # the midline, beside the right kidney; the tumour placed in it is on the patient's right.
+    labels = abdomen()
+    array = labels.array.copy()
+    array[array == ID["kidney_left"]] = ID["body"]
+    index = np.argwhere(labels.array == ID["kidney_right"])
+    x = labels.world_coordinates(index)[:, 0]
+    array[tuple(index[x < 45.0].T)] = ID["kidney_left"]  # the medial part of the right kidney
+    centre = np.round(np.argwhere(array == ID["kidney_left"]).mean(axis=0)).astype(int)
+    box = tuple(slice(c - 1, c + 2) for c in centre)
+    assert np.all(array[box] == ID["kidney_left"])  # the tumour goes inside the "left kidney" label
+    array[box] = ID["tumour"]
+    volume = labels.with_array(array)
+    measured = measure_labels(volume)
+    assert not measured.kidneys_swapped  # the two labels are in the right order …
+    assert [t.organ for t in measured.attributes.tumours] == ["kidney_right"]  # … the tumour is not

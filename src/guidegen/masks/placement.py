@@ -85,6 +85,7 @@ __all__ = [
     "draw_aorta_tube",
     "fill_from_nearest",
     "grow_host",
+    "name_kidneys_by_side",
     "place_stated_tumours",
     "remove_tumours",
     "stated_volume_band",
@@ -151,6 +152,18 @@ def _present(labels: Volume) -> set[str]:
 
 
 _OTHER_KIDNEY = {KIDNEYS[0]: KIDNEYS[1], KIDNEYS[1]: KIDNEYS[0]}
+
+
+def name_kidneys_by_side(labels: Volume) -> tuple[Volume, bool]:
+    """The kidney labels exchanged when they lie on the wrong sides of the patient (the network drew
+    the "left kidney" on the patient's right: 1 of 10 maps of the default model, docs/results/sides.txt).
+    Only names change, not anatomy. Returns the map and whether they were exchanged."""
+    if not kidneys_swapped(labels):
+        return labels, False
+    array = labels.array.copy()
+    right, left = labels.array == ID["kidney_right"], labels.array == ID["kidney_left"]
+    array[right], array[left] = ID["kidney_left"], ID["kidney_right"]
+    return labels.with_array(array), True
 
 
 def _label_of(labels: Volume, organ: str) -> str:

@@ -15,7 +15,9 @@ unknown class) is *partially imaged*: its volume is a lower bound, so it is neve
 Kidney sides come from positions, not label names (`guidegen.text.sides`): when a map's
 ``kidney_right`` label lies at the patient's left of its ``kidney_left`` label, the findings and
 tumour hosts of "right kidney" are those of the kidney lying on the patient's right, and
-`Measurements.kidneys_swapped` says so.
+`Measurements.kidneys_swapped` says so. A kidney tumour is on the side of the midline it lies on
+(where a midline can be found: the aorta, or the body outline), so a tumour in a "left kidney" drawn
+on the patient's right is a right-sided renal tumour.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from guidegen.grids.geometry import longest_diameter_mm
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
 from guidegen.text.attributes import Attributes, FieldOfView, OrganFinding, Severity, Tumour
-from guidegen.text.sides import KIDNEYS, kidneys_swapped
+from guidegen.text.sides import KIDNEYS, kidneys_swapped, midline_x, world_side
 
 
 @dataclass(frozen=True)
@@ -198,13 +200,15 @@ def measure_labels(
             lesion_list = [replace(les, host=label_of.get(les.host or "", les.host)) for les in lesion_list]
         if tumour_host is not None:
             lesion_list = [les if les.host is not None else replace(les, host=tumour_host) for les in lesion_list]
+        hosted_ml: dict[str, float] = {}  # tumour volume counted into the kidney that holds it
+        for lesion in lesion_list:
+            if lesion.host is not None:
+                hosted_ml[lesion.host] = hosted_ml.get(lesion.host, 0.0) + lesion.volume_ml
+        lesion_list = _kidney_tumour_sides(lesion_list, labels, array)
         lesions = tuple(sorted(lesion_list, key=lambda les: -les.diameter_mm))
         tumours = _group(lesions)
-
-    hosted_ml: dict[str, float] = {}
-    for lesion in lesions or ():
-        if lesion.host is not None:
-            hosted_ml[lesion.host] = hosted_ml.get(lesion.host, 0.0) + lesion.volume_ml
+    else:
+        hosted_ml = {}
 
     organs: dict[str, OrganFinding] = {}
     partial: set[str] = set()
@@ -232,6 +236,19 @@ def measure_labels(
         partial_organs=frozenset(partial),
         kidneys_swapped=swapped,
     )
+
+
+def _kidney_tumour_sides(lesions: list[Lesion], labels: Volume, array: np.ndarray) -> list[Lesion]:
+    """A kidney tumour's side is the side of the midline it lies on (`guidegen.text.sides`), when that
+    can be told: a "left kidney" drawn right of the midline hosts a right-sided renal tumour."""
+    if not any(les.host in KIDNEYS for les in lesions):
+        return lesions
+    midline = midline_x(labels, array)
+    out = []
+    for les in lesions:
+        side = world_side(les.centroid_mm[0], midline) if les.host in KIDNEYS else None
+        out.append(replace(les, host=f"kidney_{side}") if side is not None else les)
+    return out
 
 
 def grade_volume(organ: str, volume_ml: float, partial: bool = False) -> tuple[str | None, Severity | None]:
