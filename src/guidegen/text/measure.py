@@ -200,7 +200,7 @@ def measure_labels(
             lesion_list = [replace(les, host=label_of.get(les.host or "", les.host)) for les in lesion_list]
         if tumour_host is not None:
             lesion_list = [les if les.host is not None else replace(les, host=tumour_host) for les in lesion_list]
-        hosted_ml: dict[str, float] = {}  # tumour volume counted into the kidney that holds it
+        hosted_ml: dict[str, float] = {}  # tumour volume counted into the organ label that holds it
         for lesion in lesion_list:
             if lesion.host is not None:
                 hosted_ml[lesion.host] = hosted_ml.get(lesion.host, 0.0) + lesion.volume_ml
