@@ -250,3 +250,58 @@ def relation_pass_fraction(results: Mapping[str, bool | None]) -> float | None:
     """Share of the testable relations that hold; ``None`` when none could be tested."""
     scored = [r for r in results.values() if r is not None]
     return sum(scored) / len(scored) if scored else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Sides
+
+#: The side tests of `side_check`, name → definition (RAS+: +x = patient's right).
+SIDES: dict[str, str] = {
+    "kidney_left_left_of_kidney_right": "left kidney centroid x < right kidney centroid x",
+    "kidney_right_right_of_midline": "right kidney centroid x > midline x",
+    "kidney_left_left_of_midline": "left kidney centroid x < midline x",
+    "spleen_left_of_midline": "spleen centroid x < midline x",
+    "liver_right_of_midline": "liver centroid x > midline x",
+}
+
+
+def side_check(labels: Volume) -> dict[str, bool | None]:
+    """Whether the organs lie on the patient's side anatomy puts them (`SIDES`), in world RAS+ mm.
+
+    The midline is the one `relation_check` uses (the aorta when present, else the middle of the
+    body's x extent). A sampled map that fails any of these has an organ on the wrong side: a "left
+    kidney" on the patient's right (issue 24: drawn beside the right kidney, or with the two kidney
+    labels exchanged), or a mirrored layout.
+
+    Args:
+        labels: label map (GuideGen ids), any orientation.
+
+    Returns:
+        Test name → ``True`` (holds), ``False`` (wrong side) or ``None`` (not testable: an organ it
+        needs has no voxels, or no midline).
+
+    Raises:
+        ValueError: ``labels`` not a label `Volume`.
+    """
+    array = check_label_volume(labels, "labels")
+    geo = _Geometry(labels, array)
+    c = {name: geo.centroid(name) for name in ("liver", "spleen", *_KIDNEYS)}
+    results: dict[str, bool | None] = dict.fromkeys(SIDES)
+    if c["kidney_right"] is not None and c["kidney_left"] is not None:
+        results["kidney_left_left_of_kidney_right"] = bool(c["kidney_left"][0] < c["kidney_right"][0])
+    midline = geo.midline_x() if any(v is not None for v in c.values()) else None
+    if midline is not None:
+        for name, test, right in (
+            ("kidney_right", "kidney_right_right_of_midline", True),
+            ("kidney_left", "kidney_left_left_of_midline", False),
+            ("spleen", "spleen_left_of_midline", False),
+            ("liver", "liver_right_of_midline", True),
+        ):
+            if c[name] is not None:
+                results[test] = bool(c[name][0] > midline) if right else bool(c[name][0] < midline)
+    return results
+
+
+def wrong_sides(results: Mapping[str, bool | None]) -> list[str]:
+    """Names of the `side_check` tests a map fails (empty: nothing on the wrong side)."""
+    return [name for name, holds in results.items() if holds is False]

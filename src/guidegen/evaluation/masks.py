@@ -13,6 +13,9 @@ compares a sample with anatomy, with the reference (training) set, or with its o
 * **Relations** (`guidegen.evaluation.mask_anatomy.relation_check`): coarse anatomical relations
   between organ centroids / extents in world RAS+ millimetres (liver right of spleen, bladder below
   the kidneys …), see `guidegen.evaluation.mask_anatomy.RELATIONS`.
+* **Sides** (`guidegen.evaluation.mask_anatomy.side_check`): organs on the patient's side anatomy
+  puts them (left kidney left of the right kidney, spleen left and liver right of the midline); a
+  map failing any is counted as having an organ on the wrong side.
 * **Adherence** (`adherence_check`): the attributes the prompt states (tumour presence, host organ,
   colon segment / liver lobe, longest diameter, count, organ size state …) hold in the sample, as
   `guidegen.text.measure.measure_labels` measures it.
@@ -44,6 +47,8 @@ from guidegen.evaluation.mask_anatomy import (
     components_pass,
     relation_check,
     relation_pass_fraction,
+    side_check,
+    wrong_sides,
 )
 from guidegen.evaluation.mask_arguments import check_class_names, check_label_array, check_label_volume
 from guidegen.evaluation.mask_volumes import (
@@ -203,6 +208,7 @@ class SampleCheck:
     adherence: dict[str, bool]
     volumes: dict[str, VolumeFinding]
     measured: Attributes
+    sides: dict[str, bool | None] = field(default_factory=dict)
 
     @property
     def components_ok(self) -> bool | None:
@@ -225,6 +231,8 @@ class SampleCheck:
             "components": {name: r.to_dict() for name, r in self.components.items() if r.voxels},
             "relations": dict(self.relations),
             "relation_pass_fraction": relation_pass_fraction(self.relations),
+            "sides": dict(self.sides),
+            "wrong_side": wrong_sides(self.sides),
             "adherence": dict(self.adherence),
             "volumes": {name: f.to_dict() for name, f in self.volumes.items()},
             "measured": self.measured.to_dict(),
@@ -251,6 +259,8 @@ class MaskCheckReport:
             samples.
         settings: thresholds used.
         samples: per-sample details.
+        wrong_side_fraction: share of the samples with an organ on the wrong side (`side_check`),
+            among those where a side could be tested; ``None`` when none could.
     """
 
     n_samples: int
@@ -263,6 +273,7 @@ class MaskCheckReport:
     diversity: dict[str, dict[str, Any]]
     settings: dict[str, Any]
     samples: list[SampleCheck] = field(default_factory=list)
+    wrong_side_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (str, int, float, bool, None, list, dict only)."""
@@ -271,6 +282,7 @@ class MaskCheckReport:
             "component_pass_fraction": self.component_pass_fraction,
             "relation_pass_fraction": self.relation_pass_fraction,
             "relation_pass_by_name": dict(self.relation_pass_by_name),
+            "wrong_side_fraction": self.wrong_side_fraction,
             "adherence_fraction": self.adherence_fraction,
             "adherence_by_field": dict(self.adherence_by_field),
             "volume_outliers": [dict(o) for o in self.volume_outliers],
@@ -294,6 +306,12 @@ class MaskCheckReport:
         lines.append(
             f"  relations: {_count_line(sum(relations), len(relations))} anatomical relations hold"
             + (f"; violated: {_tally(failing)}" if failing else "")
+        )
+        sided = [s for s in self.samples if any(v is not None for v in s.sides.values())]
+        wrong = Counter(name for s in sided for name in wrong_sides(s.sides))
+        lines.append(
+            f"  sides: {_count_line(sum(bool(wrong_sides(s.sides)) for s in sided), len(sided))} samples have an "
+            "organ on the wrong side" + (f": {_tally(wrong)}" if wrong else "")
         )
         adherent = [s for s in self.samples if s.adherence_scored]
         missed = Counter(_field_kind(k) for s in adherent for k, v in s.adherence.items() if k != "all" and not v)
@@ -377,10 +395,12 @@ def check_masks(
                 adherence=adherence_check(attributes, measured, reference_stats=stats or None),
                 volumes=volume_findings(volumes, stats, tolerance, attributes),
                 measured=measured,
+                sides=side_check(sample),
             )
         )
 
     component_scored = [c.components_ok for c in checks if c.components_ok is not None]
+    sided = [bool(wrong_sides(c.sides)) for c in checks if any(v is not None for v in c.sides.values())]
     relation_values = [r for c in checks for r in c.relations.values() if r is not None]
     by_name: dict[str, float | None] = {}
     for name in RELATIONS:
@@ -437,6 +457,7 @@ def check_masks(
             "reference": bool(stats),
         },
         samples=checks,
+        wrong_side_fraction=_fraction(sum(sided), len(sided)),
     )
 
 

@@ -74,6 +74,7 @@ from guidegen.text.measure import (
     liver_lobe_of,
     measure_labels,
 )
+from guidegen.text.sides import KIDNEYS, kidneys_swapped
 
 __all__ = [
     "AORTA_BELOW_KIDNEYS_MM",
@@ -84,6 +85,7 @@ __all__ = [
     "draw_aorta_tube",
     "fill_from_nearest",
     "grow_host",
+    "name_kidneys_by_side",
     "place_stated_tumours",
     "remove_tumours",
     "stated_volume_band",
@@ -141,8 +143,36 @@ def _site_of(host: str):
 
 
 def _present(labels: Volume) -> set[str]:
+    """Tumour hosts drawn in ``labels``, kidneys named by the side they lie on (`_label_of`)."""
     counts = np.bincount(labels.array.ravel(), minlength=256)
-    return {h for h in TUMOUR_HOSTS if counts[ID[h]] > 0}
+    present = {h for h in TUMOUR_HOSTS if counts[ID[h]] > 0}
+    if kidneys_swapped(labels):
+        present = {_OTHER_KIDNEY.get(h, h) for h in present}
+    return present
+
+
+_OTHER_KIDNEY = {KIDNEYS[0]: KIDNEYS[1], KIDNEYS[1]: KIDNEYS[0]}
+
+
+def name_kidneys_by_side(labels: Volume) -> tuple[Volume, bool]:
+    """The kidney labels exchanged when they lie on the wrong sides of the patient (the network drew
+    the "left kidney" on the patient's right: 1 of 10 maps of the default model, docs/results/sides.txt).
+    Only names change, not anatomy. Returns the map and whether they were exchanged."""
+    if not kidneys_swapped(labels):
+        return labels, False
+    array = labels.array.copy()
+    right, left = labels.array == ID["kidney_right"], labels.array == ID["kidney_left"]
+    array[right], array[left] = ID["kidney_left"], ID["kidney_right"]
+    return labels.with_array(array), True
+
+
+def _label_of(labels: Volume, organ: str) -> str:
+    """The class drawn where ``organ`` lies: the other kidney's label when the map's kidney labels lie
+    on the wrong sides of the patient (`guidegen.text.sides.kidneys_swapped`), so that a tumour or
+    size stated for the right kidney goes to the kidney on the patient's right, as measured."""
+    if organ in _OTHER_KIDNEY and kidneys_swapped(labels):
+        return _OTHER_KIDNEY[organ]
+    return organ
 
 
 def _draw_group(
@@ -168,31 +198,36 @@ def _draw_group(
     if not options:
         return labels, {"organ": group.organ, "error": f"the sampled map has no {group.organ or 'tumour host'}"}
     host = options[int(rng.integers(len(options)))]
+    label = _label_of(labels, host)  # the class to draw into: differs from host on a side-swapped map
     count = group.count if group.count is not None else int(rng.integers(MULTIPLE_COUNT[0], MULTIPLE_COUNT[1] + 1))
     low, high = DIAMETER_RANGES_MM[host]
     largest = float(group.diameter_mm) if group.diameter_mm is not None else float(rng.uniform(low, high))
     record: dict[str, Any] = {"organ": host, "segment": group.segment, "diameters_mm": []}
+    if label != host:
+        record["drawn_in_label"] = label
     if host not in keep_size:
         # Secondary lesions are 50-90 % of the largest diameter: count them at about half its volume.
         needed = HOST_TUMOUR_RATIO * _sphere_ml(largest) * (1 + 0.5 * (count - 1))
         ref = REFERENCE_RANGES.get(host)
         if ref is not None and ref.low_ml is not None:
             needed = max(needed, ref.low_ml)
-        labels, grown = grow_host(labels, host, needed)
+        labels, grown = grow_host(labels, label, needed)
         if grown is not None:
             record["host_grown_ml"] = grown
-    insertion = TumourInsertion(shapes=shapes, hosts=(host,), site_of=_site_of(host))
+    insertion = TumourInsertion(shapes=shapes, hosts=(label,), site_of=_site_of(host))
     for k in range(count):
         diameter = largest if k == 0 else largest * float(rng.uniform(*SECONDARY_FRACTION))
         try:
-            params = insertion.make_params(rng, labels, host=host, segment=group.segment, diameter_mm=diameter, count=1)
+            params = insertion.make_params(
+                rng, labels, host=label, segment=group.segment, diameter_mm=diameter, count=1
+            )
         except ValueError as exc:  # host used up by earlier lesions, no voxel in the segment
             record["error"] = str(exc)
             break
         before = labels.array == _TUMOUR
         labels, _ = insertion.apply(labels, params)
         if host != "colon":  # colon tumours sit in the bowel wall, beside fat and lumen
-            labels = _wrap_in_host(labels, (labels.array == _TUMOUR) & ~before, host)
+            labels = _wrap_in_host(labels, (labels.array == _TUMOUR) & ~before, label)
         record["diameters_mm"].append(round(diameter, 1))
     return labels, record
 
@@ -392,8 +427,9 @@ def apply_stated_organs(
         record[organ] = entry
         if all(organ_agreement(organ, finding, measured.get(organ)).values()):
             continue
+        label = _label_of(labels, organ)
         if finding.state == "absent":
-            labels = labels.with_array(_fill_soft(labels.array, labels.array == ID[organ]))
+            labels = labels.with_array(_fill_soft(labels.array, labels.array == ID[label]))
             entry["changed"] = True
         else:
             band = stated_volume_band(organ, finding)
@@ -408,7 +444,7 @@ def apply_stated_organs(
             def whole(v: Volume, organ: str = organ) -> float:  # the graded volume counts hosted tumour
                 return finding_volume(measure_labels(v).attributes.organs.get(organ)) or 0.0
 
-            labels = _scale_to(labels, organ, target, whole)
+            labels = _scale_to(labels, label, target, whole)
             entry["changed"] = True
         measured = measure_labels(labels).attributes.organs
     for organ, entry in record.items():

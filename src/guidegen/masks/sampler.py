@@ -24,7 +24,13 @@ from guidegen.labels.vocabulary import ID, ORGANS, UNKNOWN
 from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.config import FINAL_DECODES, MaskSamplerConfig
 from guidegen.masks.model import MaskDenoiser
-from guidegen.masks.placement import apply_stated_organs, draw_aorta_tube, fill_from_nearest, place_stated_tumours
+from guidegen.masks.placement import (
+    apply_stated_organs,
+    draw_aorta_tube,
+    fill_from_nearest,
+    name_kidneys_by_side,
+    place_stated_tumours,
+)
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.settings import GenerationSettings, item_seeds
@@ -58,6 +64,9 @@ def apply_statements(
 ) -> Volume:
     """The placement stage on one sampled map, with its own streams (`placement_rng`):
 
+    * first, kidney labels drawn on the wrong sides of the patient are exchanged
+      (`guidegen.masks.placement.name_kidneys_by_side`; ``meta["kidney_labels_exchanged"]``), so
+      that "right kidney" in what follows and in the written map is the kidney on the patient's right;
     * ``aorta`` (``aorta_placement="tube"``): the network's aorta redrawn as one tube of normal
       calibre along it (`guidegen.masks.placement.draw_aorta_tube`), the record in
       ``meta["aorta_placement"]``; first, so that organs and tumours are placed around it;
@@ -68,6 +77,9 @@ def apply_statements(
       to hold them unless the prompt states the host's size (`place_stated_tumours`), the record in
       ``meta["tumour_placement"]``.
     """
+    volume, exchanged = name_kidneys_by_side(volume)
+    if exchanged:
+        volume.meta["kidney_labels_exchanged"] = True
     if aorta:
         volume, drawn = draw_aorta_tube(volume, placement_rng(seed, stream=_AORTA_STREAM))
         volume.meta["aorta_placement"] = drawn

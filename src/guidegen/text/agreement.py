@@ -4,6 +4,11 @@ One definition, used both by the mask sampler's placement stage (`guidegen.masks
 checks what it placed or resized) and by the adherence check
 (`guidegen.evaluation.masks.adherence_check`, which scores samples): the two must never disagree
 about what "a 4 cm sigmoid tumour" or "mild splenomegaly" means.
+
+Sides are the patient's, in world coordinates: the measured records come from
+`guidegen.text.measure.measure_labels`, which names a kidney (and the tumours it hosts) by the side
+it lies on, not by its label, so a tumour in a "left kidney" label drawn on the patient's right
+does not hold for "left kidney tumour".
 """
 
 from __future__ import annotations

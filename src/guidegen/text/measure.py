@@ -11,6 +11,13 @@ Unknown is never reported as absent: a class that was not annotated gives no org
 for the tumour class, ``tumours=None``); an annotated organ with no voxels is ``state="absent"``
 (removed, or outside the field of view); an organ that touches the edge of the volume (or voxels of
 unknown class) is *partially imaged*: its volume is a lower bound, so it is never called small.
+
+Kidney sides come from positions, not label names (`guidegen.text.sides`): when a map's
+``kidney_right`` label lies at the patient's left of its ``kidney_left`` label, the findings and
+tumour hosts of "right kidney" are those of the kidney lying on the patient's right, and
+`Measurements.kidneys_swapped` says so. A kidney tumour is on the side of the midline it lies on
+(where a midline can be found: the aorta, or the body outline), so a tumour in a "left kidney" drawn
+on the patient's right is a right-sided renal tumour.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from guidegen.grids.geometry import longest_diameter_mm
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, NAMES, ORGANS, UNKNOWN
 from guidegen.text.attributes import Attributes, FieldOfView, OrganFinding, Severity, Tumour
+from guidegen.text.sides import KIDNEYS, kidneys_swapped, midline_x, world_side
 
 
 @dataclass(frozen=True)
@@ -115,12 +123,16 @@ class Measurements:
             not annotated.
         annotated: the classes treated as annotated.
         partial_organs: organs that touch the volume's edge or voxels of unknown class.
+        kidneys_swapped: the kidney labels lie on the opposite sides of the patient to their names
+            (`guidegen.text.sides.kidneys_swapped`); the kidney findings and tumour hosts above
+            already follow the world sides. Only judged when both kidneys are annotated.
     """
 
     attributes: Attributes
     lesions: tuple[Lesion, ...] | None
     annotated: frozenset[str]
     partial_organs: frozenset[str]
+    kidneys_swapped: bool = False
 
 
 def measure_labels(
@@ -174,6 +186,9 @@ def measure_labels(
     voxel_ml = labels.voxel_volume_ml
     touching = _touching_edge(array, counts)
     bottom, top = _axial_faces(array, labels.affine)
+    # Which kidney label is the patient's right one: by position, not by name.
+    swapped = set(KIDNEYS) <= annotated_set and kidneys_swapped(labels, array)
+    label_of = {"kidney_right": "kidney_left", "kidney_left": "kidney_right"} if swapped else {}
 
     tumour_id = ID["tumour"]
     lesions: tuple[Lesion, ...] | None = None
@@ -181,22 +196,26 @@ def measure_labels(
     if "tumour" in annotated_set:
         box = _bounding_box(array == tumour_id) if counts[tumour_id] else None
         lesion_list = _lesions(array, labels, annotated_set, box, min_tumour_mm)
+        if swapped:
+            lesion_list = [replace(les, host=label_of.get(les.host or "", les.host)) for les in lesion_list]
         if tumour_host is not None:
             lesion_list = [les if les.host is not None else replace(les, host=tumour_host) for les in lesion_list]
+        hosted_ml: dict[str, float] = {}  # tumour volume counted into the organ label that holds it
+        for lesion in lesion_list:
+            if lesion.host is not None:
+                hosted_ml[lesion.host] = hosted_ml.get(lesion.host, 0.0) + lesion.volume_ml
+        lesion_list = _kidney_tumour_sides(lesion_list, labels, array)
         lesions = tuple(sorted(lesion_list, key=lambda les: -les.diameter_mm))
         tumours = _group(lesions)
-
-    hosted_ml: dict[str, float] = {}
-    for lesion in lesions or ():
-        if lesion.host is not None:
-            hosted_ml[lesion.host] = hosted_ml.get(lesion.host, 0.0) + lesion.volume_ml
+    else:
+        hosted_ml = {}
 
     organs: dict[str, OrganFinding] = {}
     partial: set[str] = set()
     for name in ORGANS:
         if name not in annotated_set:
             continue  # unknown, not absent
-        class_index = ID[name]
+        class_index = ID[label_of.get(name, name)]
         if counts[class_index] == 0:
             organs[name] = OrganFinding(state="absent", volume_ml=0.0, partial=False)
             continue
@@ -211,8 +230,25 @@ def measure_labels(
     fov = _field_of_view(annotated_set, counts, bottom, top)
     attributes = Attributes(tumours=tumours, organs=organs, field_of_view=fov)
     return Measurements(
-        attributes=attributes, lesions=lesions, annotated=frozenset(annotated_set), partial_organs=frozenset(partial)
+        attributes=attributes,
+        lesions=lesions,
+        annotated=frozenset(annotated_set),
+        partial_organs=frozenset(partial),
+        kidneys_swapped=swapped,
     )
+
+
+def _kidney_tumour_sides(lesions: list[Lesion], labels: Volume, array: np.ndarray) -> list[Lesion]:
+    """A kidney tumour's side is the side of the midline it lies on (`guidegen.text.sides`), when that
+    can be told: a "left kidney" drawn right of the midline hosts a right-sided renal tumour."""
+    if not any(les.host in KIDNEYS for les in lesions):
+        return lesions
+    midline = midline_x(labels, array)
+    out = []
+    for les in lesions:
+        side = world_side(les.centroid_mm[0], midline) if les.host in KIDNEYS else None
+        out.append(replace(les, host=f"kidney_{side}") if side is not None else les)
+    return out
 
 
 def grade_volume(organ: str, volume_ml: float, partial: bool = False) -> tuple[str | None, Severity | None]:

@@ -34,7 +34,9 @@ Decisions (documented because a prompt can be ambiguous):
   ``tumours=()`` only when no tumour is stated positively elsewhere; "to rule out malignancy" states
   nothing. "No splenomegaly" / "spleen not enlarged" → spleen ``"normal"``.
 * "renal mass" without a side → host ``"kidney"``; a kidney *state* without a side is dropped (it
-  cannot be put on either kidney); "kidneys" → both.
+  cannot be put on either kidney); "kidneys" → both. A side set off by commas after the tumour and
+  its size gives the side ("small renal tumour, 2.5 cm, right kidney", "…, left side"), unless a
+  state follows it ("…, right kidney, enlarged" describes the kidney).
 * Hepatic / splenic flexure → ascending / descending colon (the record has no flexure segments).
 * "small" is only an organ state when it describes the organ, not a tumour ("small liver lesion").
 * A later organ-less definite reference ("the mass measures 4 cm") refers to the previous tumour.
@@ -73,6 +75,7 @@ from guidegen.text.parse_lexicon import (
     PLACE_START,
     SENTENCE_RE,
     SEX_RE,
+    SIDE_ONLY,
     TUMOUR_FREE_AFTER,
     UNCERTAIN,
 )
@@ -335,6 +338,14 @@ class _Reader:
             elif following is not None and following.organ_only and PLACE_START.search(following.text):
                 best = following.organs[0]
             else:
+                apposition = self._apposition(spans, position)
+                if apposition is not None and apposition.organ_only and len(apposition.organs) == 1:
+                    # "tumour 3 cm, right kidney": the site set off after the size.
+                    candidate = apposition.organs[0]
+                    if implied is None or _compatible(str(candidate.value), str(implied)):
+                        return str(candidate.value), candidate.extra  # type: ignore[return-value]
+                if implied == "kidney":
+                    return self._apposition_side(spans, position) or str(implied), None
                 return (str(implied) if implied else None), None
         else:
             best = min(organs, key=lambda o: nearest(span.tumours, o)[0])  # type: ignore[index]
@@ -349,7 +360,46 @@ class _Reader:
             sides = set(re.findall(r"\b(right|left)\b", span.text))
             if len(sides) == 1:
                 organ = f"kidney_{sides.pop()}"
+        if organ == "kidney":
+            organ = self._apposition_side(spans, position) or organ
         return organ, segment  # type: ignore[return-value]
+
+    @staticmethod
+    def _apposition(spans: list[Span], position: int) -> Span | None:
+        """The comma-set-off phrase after a tumour mention and its size-only spans, when it says only
+        where the tumour is: "small renal tumour, 2.5 cm, right kidney" → "right kidney".
+
+        Not when a state follows without an organ of its own ("…, right kidney, enlarged"): then the
+        phrase is that state's subject, not the tumour's site.
+        """
+        index = position + 1
+        while (
+            index < len(spans)
+            and spans[index].sizes
+            and not (spans[index].organs or spans[index].tumours or spans[index].states or spans[index].volumes)
+        ):
+            index += 1  # "2.5 cm"
+        if index >= len(spans) or spans[index].connector != ",":
+            return None
+        candidate = spans[index]
+        after = spans[index + 1] if index + 1 < len(spans) else None
+        if after is not None and after.states and not after.organs and not after.tumours:
+            return None
+        return candidate
+
+    def _apposition_side(self, spans: list[Span], position: int) -> str | None:
+        """A side for an unsided renal tumour from its apposition ("…, right kidney", "…, left side")."""
+        following = self._apposition(spans, position)
+        if following is None:
+            return None
+        if following.organ_only:
+            sided = {str(o.value) for o in following.organs} & {"kidney_right", "kidney_left"}
+            names = {str(o.value) for o in following.organs}
+            if len(sided) == 1 and names <= sided | {"kidney"}:
+                return sided.pop()
+            return None
+        match = SIDE_ONLY.match(following.text)
+        return f"kidney_{match.group(1)}" if match else None
 
     @staticmethod
     def _count(span: Span, first: Hit) -> int | None:

@@ -146,6 +146,9 @@ SPAN_RE = re.compile(
 )
 #: Connectors that stay in the span they open (they negate it).
 KEEP_CONNECTORS = {"without"}
+#: A phrase that states only a side ("right side", "on the left", "right-sided"): the side of a
+#: renal tumour mentioned just before it.
+SIDE_ONLY = re.compile(r"^(?:on the |the )?(right|left)(?:[ -]sided| side)?$")
 #: A span that starts like this is a place phrase that may give a neighbouring tumour its host.
 PLACE_START = re.compile(r"^(?:in|within|of|involving|at|arising (?:in|from)|originating (?:in|from)|located in)\b")
 # A connector after these words is part of one phrase ("consistent with", "arising from").
