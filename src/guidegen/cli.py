@@ -543,6 +543,65 @@ def generate_command(
         typer.echo(line)
 
 
+@app.command("edit")
+def edit_command(
+    ct: Annotated[Path, typer.Option("--ct", help="The real CT: NIfTI file or DICOM series folder.")],
+    labels: Annotated[
+        Path, typer.Option("--labels", "-l", help="Its label map (NIfTI or DICOM-SEG), on the CT's grid.")
+    ],
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", help='The edit, e.g. "add a 3 cm tumour in the sigmoid colon".')
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (edit_000/, edit_001/, …).")] = Path(
+        "guidegen-edit"
+    ),
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of edits (edit i uses seed + i).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of edit 0 (placement and CT noise).")] = 0,
+    vocabulary: Annotated[
+        Optional[str], typer.Option(help="Label vocabulary of the label file (see list-vocabularies).")
+    ] = None,
+    labels_json: LabelsJsonOption = None,
+    margin: Annotated[
+        Optional[float], typer.Option(help="Margin (mm) regenerated around the changed voxels (default 6).")
+    ] = None,
+    phase: Annotated[
+        Optional[str], typer.Option(help="Contrast phase of the scan (default: estimated from the CT).")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Flow steps per slice.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Image generator folder (default: the shipped model).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
+) -> None:
+    """Edit a real scan by text: add tumours (or resize organs) in its labels and regenerate its CT only there."""
+    settings = GenerationSettings(image_steps=steps, phase=phase, precision=precision, backend=backend)
+    _input_file(ct, "CT")
+    _input_file(labels, "label map")
+    if labels_json is not None:
+        _input_file(labels_json, "label set")
+    _new_output(out, overwrite)
+    device = _device(device)
+    from guidegen.pipeline.edit import edit_to_folder
+
+    for line in edit_to_folder(
+        ct=ct,
+        labels=labels,
+        prompt=prompt,
+        out=out,
+        vocabulary=vocabulary,
+        label_set=labels_json,
+        n=n,
+        seed=seed,
+        margin_mm=margin,
+        settings=settings,
+        model=model,
+        device=device,
+        overwrite=overwrite,
+    ):
+        typer.echo(line)
+
+
 evaluate_app = typer.Typer(help="Evaluate generated cases against real ones.", no_args_is_help=False)
 app.add_typer(evaluate_app, name="evaluate")
 

@@ -297,7 +297,8 @@ def inpaint_ct(
         **options: any `GenerationSettings` field.
 
     Returns:
-        (CT `Volume` with the input's grid and dtype, identical to ``ct`` outside the region,
+        (CT `Volume` with the input's grid and dtype, identical to ``ct`` outside the region and
+        whole HU in [−1024, 3071] inside it,
         the `EditRegion`, a JSON-able record).
 
     Raises:
@@ -380,10 +381,8 @@ def inpaint_ct(
     if texture:
         generated, record["texture"] = add_texture(generated, box_labels, box_affine, cfg.spacing, seed, phase)
     blended = region.weight * generated + (1.0 - region.weight) * real[region.box]
+    blended = np.clip(np.rint(blended), HU_MIN, HU_MAX)  # whole HU, as the scan's own voxels
     out = np.array(ct.array, copy=True)
-    if np.issubdtype(out.dtype, np.integer):
-        info = np.iinfo(out.dtype)
-        blended = np.clip(np.rint(blended), max(info.min, HU_MIN), min(info.max, HU_MAX))
     box_out = out[region.box]
     box_out[region.region] = blended[region.region].astype(out.dtype)
     return ct.with_array(out), region, record

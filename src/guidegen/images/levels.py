@@ -102,8 +102,7 @@ def relative_tumour_hu(host: str, phase: str, host_hu: float | None = None) -> f
     if host not in TUMOUR_HOSTS or phase not in PHASES:
         return None
     if host == "liver" and host_hu is not None:
-        value = CARCINOMA_UNENHANCED_HU + LIVER_TUMOUR_FRACTION * (host_hu - TYPICAL_HU["non_contrast"]["liver"])
-        return float(max(value, CARCINOMA_UNENHANCED_HU))  # a tumour never below unenhanced carcinoma
+        return float(CARCINOMA_UNENHANCED_HU + LIVER_TUMOUR_FRACTION * (host_hu - TYPICAL_HU["non_contrast"]["liver"]))
     return tumour_hu(host, phase)
 
 

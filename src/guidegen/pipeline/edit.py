@@ -36,6 +36,10 @@ __all__ = ["EDIT_DIAMETER_TOLERANCE", "EditedCase", "edit_scan", "edit_to_folder
 _TUMOUR = ID["tumour"]
 #: Relative tolerance on a placed tumour's longest diameter (issue 25: ±25 %).
 EDIT_DIAMETER_TOLERANCE = 0.25
+#: A new lesion must lie at least this share inside its host organ as the scan had it; else it does
+#: not fit (the placement stage writes into fat and bowel too, so a 15 cm "pancreatic" tumour would
+#: otherwise be a mass 97 % outside the pancreas; every 3-12 cm lesion of the suite is 63-100 % inside).
+MIN_HOST_SHARE = 0.5
 
 
 @dataclass
@@ -53,6 +57,8 @@ class EditedCase:
             ``agreement`` (field → holds), ``organs`` (stated organ sizes before/after).
         record: placement and inpainting records (JSON-able).
         report: radiology-style report of the edited map.
+        region: the regenerated voxels (`guidegen.images.inpaint.EditRegion`), in the canonical
+            (RAS+) array order of ``canonical(ct)``.
     """
 
     index: int
@@ -64,6 +70,7 @@ class EditedCase:
     measured: dict[str, Any]
     record: dict[str, Any] = field(default_factory=dict)
     report: str = ""
+    region: Any = None
 
 
 def read_ct(path: str | Path) -> Volume:
@@ -74,11 +81,18 @@ def read_ct(path: str | Path) -> Volume:
         from guidegen.io.dicom import read_dicom_series
 
         return read_dicom_series(path)
-    from guidegen.io.nifti import read_nifti
+    import nibabel as nib
+
+    from guidegen.io.nifti import quiet_nibabel, read_nifti
 
     stored = read_nifti(path, kind="ct", reorient=False)
     ct = canonical(stored)
     ct.meta["affine_on_disk"] = stored.affine.copy()
+    with quiet_nibabel():
+        header = nib.load(str(path)).header
+    slope, inter = header.get_slope_inter()
+    if slope in (None, 1.0) and inter in (None, 0.0):  # stored values are the HU: write them back alike
+        ct.meta["dtype_on_disk"] = str(header.get_data_dtype())
     return ct
 
 
@@ -127,6 +141,27 @@ def _fit_problem(record: dict[str, Any]) -> str | None:
             return group["error"]
     failed = [name for name, holds in record.get("agreement", {}).items() if not holds]
     return ", ".join(failed) + " not as stated after " + str(record.get("attempts")) + " draws" if failed else None
+
+
+def _check_inside_hosts(edited: np.ndarray, before: np.ndarray) -> None:
+    """Each new lesion (a connected component) must lie `MIN_HOST_SHARE` inside one host organ."""
+    from scipy import ndimage
+
+    new = (edited == _TUMOUR) & (before != _TUMOUR)
+    components, count = ndimage.label(new, structure=np.ones((3, 3, 3), bool))
+    hosts = np.array([ID[h] for h in TUMOUR_HOSTS])
+    for index in range(1, count + 1):
+        was = before[components == index]
+        if was.size < 8:  # a few voxels of a wrapped border, not a lesion
+            continue
+        shares = (was[:, None] == hosts[None, :]).mean(axis=0)
+        if shares.max() < MIN_HOST_SHARE:
+            host = TUMOUR_HOSTS[int(np.argmax(shares))]
+            raise InputError(
+                "--prompt",
+                f"the stated tumours do not fit this scan: a lesion of {was.size} voxels would lie only "
+                f"{shares.max():.0%} inside the {host.replace('_', ' ')} (at least {MIN_HOST_SHARE:.0%} needed)",
+            )
 
 
 def edit_scan(
@@ -210,6 +245,7 @@ def edit_scan(
             problem = _fit_problem(placement)
             if problem is not None:
                 raise InputError("--prompt", f"the stated tumours do not fit this scan ({problem})")
+        _check_inside_hosts(edited.array, labels_c.array)
         changed = edited.array != labels_c.array
         if not changed.any():
             raise InputError("--prompt", "asks for nothing this scan does not already show: no voxel would change")
@@ -258,7 +294,9 @@ def edit_scan(
             out_ct, out_labels = reorient_like(out_ct, disk_affine), reorient_like(edited, disk_affine)
         else:
             out_labels = edited
-        cases.append(EditedCase(index, prompt, case_seed, out_ct, out_labels, requested, measured, record, text))
+        cases.append(
+            EditedCase(index, prompt, case_seed, out_ct, out_labels, requested, measured, record, text, region)
+        )
     return cases
 
 
@@ -324,7 +362,8 @@ def edit_to_folder(
         for case in cases:
             folder = tmp / f"edit_{case.index:03d}"
             folder.mkdir()
-            write_nifti(case.ct, folder / "ct.nii.gz")
+            # The input's own dtype, unclipped: outside the edit the file equals the input voxel for voxel.
+            write_nifti(case.ct, folder / "ct.nii.gz", ct_dtype=ct_volume.meta.get("dtype_on_disk"))
             write_nifti(case.labels, folder / "labels.nii.gz")
             (folder / "report.txt").write_text(case.report + "\n", encoding="utf-8")
             render_preview(
