@@ -655,10 +655,20 @@ def evaluate_downstream_command(
     ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run per seed and setting.")] = "0,1,2",
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 300,
+    classes: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated classes to score, e.g. tumour (default: every trained class)."),
+    ] = None,
+    settings: Annotated[
+        str, typer.Option(help="Training sets to compare: some of real, synthetic, real+synthetic.")
+    ] = "real,synthetic,real+synthetic",
     threads: ThreadsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result folder.")] = False,
 ) -> None:
-    """Train one small segmenter on real, synthetic and real + synthetic cases; Dice on held-out real cases."""
+    """Train one small segmenter on real, synthetic and real + synthetic cases; Dice on held-out real cases.
+
+    For tumours: --synthetic a `guidegen edit` output (real scans with tumours added), --classes tumour,
+    --settings real,real+synthetic, --test real tumour cases."""
     from guidegen.evaluation.downstream import run_downstream
     from guidegen.training import set_threads
 
@@ -668,8 +678,27 @@ def evaluate_downstream_command(
         raise InputError("--seeds", f"expected comma-separated whole numbers, got {seeds!r}") from None
     if not seed_list:
         raise InputError("--seeds", "name at least one seed")
+    from guidegen.evaluation.downstream import SETTINGS
+    from guidegen.labels.vocabulary import NAMES
+
+    class_list = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if class_list is not None and (not class_list or any(c not in NAMES for c in class_list)):
+        raise InputError("--classes", f"expected class names from list-classes, got {classes!r}")
+    setting_list = [v.strip() for v in settings.split(",") if v.strip()]
+    if not setting_list or any(v not in SETTINGS for v in setting_list):
+        raise InputError("--settings", f"expected some of {', '.join(SETTINGS)}, got {settings!r}")
     set_threads(threads)
-    run_downstream(real, synthetic, out, test_dir=test, seeds=seed_list, steps=steps, overwrite=overwrite)
+    run_downstream(
+        real,
+        synthetic,
+        out,
+        test_dir=test,
+        seeds=seed_list,
+        steps=steps,
+        overwrite=overwrite,
+        classes=class_list,
+        settings_run=setting_list,
+    )
     typer.echo((out / "downstream.md").read_text(encoding="utf-8"))
 
 

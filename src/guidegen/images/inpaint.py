@@ -318,9 +318,9 @@ def inpaint_ct(
     source = unknown_as_body(completion.labels)
     slab_affine, slab_shape, first, last = inpaint_slab(source, full_region, cfg, cfg.context_radius + 1)
     # The region must lie inside the generator's in-plane field of view.
-    corners = np.argwhere(full_region)[[0, -1]]
     pts = np.argwhere(full_region)
-    pts = pts[:: max(1, len(pts) // 20000)]
+    corners = pts[[0, -1]]
+    pts = pts[:: max(1, len(pts) // 20000)]  # a sample is enough to find a region beyond the edge
     slab_idx = (np.linalg.inv(slab_affine) @ labels.affine @ np.c_[pts, np.ones(len(pts))].T)[:3]
     if np.any(slab_idx[:2] < -0.5) or np.any(slab_idx[:2] > cfg.image_size - 0.5):
         raise InputError(
@@ -332,8 +332,7 @@ def inpaint_ct(
     slab_real = resample_ct(ct.with_array(real), slab_affine, slab_shape).array
     # Model voxels to regenerate: any whose neighbourhood touches the region (one model voxel of slack,
     # so every native region voxel interpolates between generated model voxels only).
-    region_volume = Volume(full_region.astype(np.uint8), labels.affine, "labels")
-    m = np.linalg.inv(region_volume.affine) @ slab_affine
+    m = np.linalg.inv(labels.affine) @ slab_affine
     slab_region = ndimage.affine_transform(
         full_region.astype(np.float32), m[:3, :3], m[:3, 3], output_shape=slab_shape, order=1, mode="constant"
     )
