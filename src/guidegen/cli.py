@@ -543,6 +543,65 @@ def generate_command(
         typer.echo(line)
 
 
+@app.command("edit")
+def edit_command(
+    ct: Annotated[Path, typer.Option("--ct", help="The real CT: NIfTI file or DICOM series folder.")],
+    labels: Annotated[
+        Path, typer.Option("--labels", "-l", help="Its label map (NIfTI or DICOM-SEG), on the CT's grid.")
+    ],
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", help='The edit, e.g. "add a 3 cm tumour in the sigmoid colon".')
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (edit_000/, edit_001/, …).")] = Path(
+        "guidegen-edit"
+    ),
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of edits (edit i uses seed + i).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of edit 0 (placement and CT noise).")] = 0,
+    vocabulary: Annotated[
+        Optional[str], typer.Option(help="Label vocabulary of the label file (see list-vocabularies).")
+    ] = None,
+    labels_json: LabelsJsonOption = None,
+    margin: Annotated[
+        Optional[float], typer.Option(help="Margin (mm) regenerated around the changed voxels (default 6).")
+    ] = None,
+    phase: Annotated[
+        Optional[str], typer.Option(help="Contrast phase of the scan (default: estimated from the CT).")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Flow steps per slice.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Image generator folder (default: the shipped model).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
+) -> None:
+    """Edit a real scan by text: add tumours (or resize organs) in its labels and regenerate its CT only there."""
+    settings = GenerationSettings(image_steps=steps, phase=phase, precision=precision, backend=backend)
+    _input_file(ct, "CT")
+    _input_file(labels, "label map")
+    if labels_json is not None:
+        _input_file(labels_json, "label set")
+    _new_output(out, overwrite)
+    device = _device(device)
+    from guidegen.pipeline.edit import edit_to_folder
+
+    for line in edit_to_folder(
+        ct=ct,
+        labels=labels,
+        prompt=prompt,
+        out=out,
+        vocabulary=vocabulary,
+        label_set=labels_json,
+        n=n,
+        seed=seed,
+        margin_mm=margin,
+        settings=settings,
+        model=model,
+        device=device,
+        overwrite=overwrite,
+    ):
+        typer.echo(line)
+
+
 evaluate_app = typer.Typer(help="Evaluate generated cases against real ones.", no_args_is_help=False)
 app.add_typer(evaluate_app, name="evaluate")
 
@@ -596,10 +655,20 @@ def evaluate_downstream_command(
     ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; one run per seed and setting.")] = "0,1,2",
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 300,
+    classes: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated classes to score, e.g. tumour (default: every trained class)."),
+    ] = None,
+    settings: Annotated[
+        str, typer.Option(help="Training sets to compare: some of real, synthetic, real+synthetic.")
+    ] = "real,synthetic,real+synthetic",
     threads: ThreadsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing result folder.")] = False,
 ) -> None:
-    """Train one small segmenter on real, synthetic and real + synthetic cases; Dice on held-out real cases."""
+    """Train one small segmenter on real, synthetic and real + synthetic cases; Dice on held-out real cases.
+
+    For tumours: --synthetic a `guidegen edit` output (real scans with tumours added), --classes tumour,
+    --settings real,real+synthetic, --test real tumour cases."""
     from guidegen.evaluation.downstream import run_downstream
     from guidegen.training import set_threads
 
@@ -609,8 +678,27 @@ def evaluate_downstream_command(
         raise InputError("--seeds", f"expected comma-separated whole numbers, got {seeds!r}") from None
     if not seed_list:
         raise InputError("--seeds", "name at least one seed")
+    from guidegen.evaluation.downstream import SETTINGS
+    from guidegen.labels.vocabulary import NAMES
+
+    class_list = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if class_list is not None and (not class_list or any(c not in NAMES for c in class_list)):
+        raise InputError("--classes", f"expected class names from list-classes, got {classes!r}")
+    setting_list = [v.strip() for v in settings.split(",") if v.strip()]
+    if not setting_list or any(v not in SETTINGS for v in setting_list):
+        raise InputError("--settings", f"expected some of {', '.join(SETTINGS)}, got {settings!r}")
     set_threads(threads)
-    run_downstream(real, synthetic, out, test_dir=test, seeds=seed_list, steps=steps, overwrite=overwrite)
+    run_downstream(
+        real,
+        synthetic,
+        out,
+        test_dir=test,
+        seeds=seed_list,
+        steps=steps,
+        overwrite=overwrite,
+        classes=class_list,
+        settings_run=setting_list,
+    )
     typer.echo((out / "downstream.md").read_text(encoding="utf-8"))
 
 

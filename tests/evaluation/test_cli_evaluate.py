@@ -112,3 +112,31 @@ def test_a_generate_output_folder_is_read_as_case_folders(tmp_path):
         json.dumps({"format_version": 1, "cases": [], "finished": 0, "requested": 3, "complete": True})
     )
     assert len(load_cases(generated)) == 3
+
+
+def test_downstream_scores_chosen_classes_and_training_sets(tmp_path, capsys):
+    generated, real = _folders(tmp_path)
+    base = ["evaluate", "downstream", "--real", str(real), "--synthetic", str(generated), "--seeds", "0"]
+    code, out, err = run(
+        [
+            *base,
+            "--steps",
+            "5",
+            "--classes",
+            "liver",
+            "--settings",
+            "real,real+synthetic",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "d" / "downstream.json").read_text())
+    assert set(result["settings"]) == {"real", "real+synthetic"}
+    for setting in result["settings"].values():
+        assert set(setting["per_class"]) <= {"liver"}
+    code, _, err = run([*base, "--classes", "lungs", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "--classes" in err and not (tmp_path / "e").exists()
+    code, _, err = run([*base, "--settings", "synthetic,both", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "--settings" in err and not (tmp_path / "e").exists()

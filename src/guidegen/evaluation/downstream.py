@@ -31,6 +31,7 @@ def downstream_experiment(
     config: JudgeConfig | None = None,
     classes: Sequence[str] | None = None,
     progress: bool = False,
+    settings_run: Sequence[str] = SETTINGS,
 ) -> dict:
     """Train on real / synthetic / both, test on held-out real cases.
 
@@ -40,7 +41,10 @@ def downstream_experiment(
         steps: training steps per run (the same for every setting).
         config: segmenter architecture and recipe (default `JudgeConfig`).
         classes: class names scored (default: those the segmenter of each run was trained on,
-            without background and body; see `alignment_dice`).
+            without background and body; see `alignment_dice`). ``("tumour",)`` scores tumours only:
+            e.g. real scans + edited copies with tumours added (`guidegen edit`) against real only,
+            tested on real tumour cases.
+        settings_run: the training sets to run (a subset of `SETTINGS`).
 
     Returns:
         ``{"seeds", "steps", "settings": {setting: {"per_class": {name: {"mean", "std", "values"}},
@@ -54,9 +58,11 @@ def downstream_experiment(
         raise ValueError("real_train, synthetic and real_test must each hold at least one case")
     if not seeds:
         raise ValueError("seeds must name at least one seed")
+    if not settings_run or any(name not in SETTINGS for name in settings_run):
+        raise ValueError(f"settings_run must name some of {', '.join(SETTINGS)}, got {list(settings_run)}")
     training = {"real": list(real_train), "synthetic": list(synthetic), "real+synthetic": [*real_train, *synthetic]}
     settings: dict[str, dict] = {}
-    for name in SETTINGS:
+    for name in settings_run:
         per_class: dict[str, list[float]] = {}
         means: list[float] = []
         for seed in seeds:
@@ -89,12 +95,15 @@ def run_downstream(
     holdout_fraction: float = 0.3,
     overwrite: bool = False,
     progress: bool = False,
+    classes: Sequence[str] | None = None,
+    settings_run: Sequence[str] = SETTINGS,
 ) -> dict:
     """`guidegen evaluate downstream`: load the folders, run `downstream_experiment`, write the results.
 
     Without ``test_dir`` the real cases are split (``holdout_fraction`` held out, seeded by the
-    first seed) and the split is recorded. Writes ``out_dir/downstream.json`` and
-    ``out_dir/downstream.md`` (a Dice table: mean ± std over seeds).
+    first seed) and the split is recorded. ``classes``, ``settings_run``: see
+    `downstream_experiment`. Writes ``out_dir/downstream.json`` and ``out_dir/downstream.md`` (a
+    Dice table: mean ± std over seeds).
     """
     import json
     from pathlib import Path
@@ -113,7 +122,9 @@ def run_downstream(
         train, test = split_holdout(real, holdout_fraction, int(seeds[0]) if seeds else 0)
         if not test:
             raise InputError(real_dir, "needs at least two real cases to hold one out (or pass --test)")
-    result = downstream_experiment(train, synthetic, test, seeds=seeds, steps=steps, progress=progress)
+    result = downstream_experiment(
+        train, synthetic, test, seeds=seeds, steps=steps, progress=progress, classes=classes, settings_run=settings_run
+    )
     result["real_train"] = [c.case_id for c in train]
     result["real_test"] = [c.case_id for c in test]
     result["synthetic"] = len(synthetic)
@@ -124,8 +135,8 @@ def run_downstream(
         f"{len(train)} real training case(s), {len(synthetic)} synthetic, {len(test)} real test case(s) "
         f"({', '.join(result['real_test'])}); {steps} steps per run; seeds {list(seeds)}.",
         "",
-        "| class | " + " | ".join(SETTINGS) + " |",
-        "|---|" + "---|" * len(SETTINGS),
+        "| class | " + " | ".join(settings_run) + " |",
+        "|---|" + "---|" * len(settings_run),
     ]
 
     def cell(entry) -> str:
@@ -133,9 +144,9 @@ def run_downstream(
 
     for cls in classes:
         lines.append(
-            f"| {cls} | " + " | ".join(cell(result["settings"][s]["per_class"].get(cls)) for s in SETTINGS) + " |"
+            f"| {cls} | " + " | ".join(cell(result["settings"][s]["per_class"].get(cls)) for s in settings_run) + " |"
         )
-    lines.append("| **mean** | " + " | ".join(cell(result["settings"][s]["mean"]) for s in SETTINGS) + " |")
+    lines.append("| **mean** | " + " | ".join(cell(result["settings"][s]["mean"]) for s in settings_run) + " |")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "downstream.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         (tmp / "downstream.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

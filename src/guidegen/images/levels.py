@@ -48,7 +48,14 @@ from guidegen.images.grain import FINE_TREND_MM, detrend, interior, slice_axis, 
 from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
-__all__ = ["UNENHANCED_AORTA_HU", "calibrate_levels", "tumour_host", "tumour_hu"]
+__all__ = [
+    "UNENHANCED_AORTA_HU",
+    "calibrate_levels",
+    "relative_tumour_hu",
+    "scan_phase",
+    "tumour_host",
+    "tumour_hu",
+]
 
 #: Unenhanced colorectal carcinoma (HU) and its enhancement after contrast (Oto et al. 2003).
 CARCINOMA_UNENHANCED_HU = 42.6
@@ -80,6 +87,29 @@ def tumour_hu(host: str, phase: str) -> float:
         share = _liver_enhancement(phase) / _liver_enhancement("portal_venous")
         return CARCINOMA_UNENHANCED_HU + COLON_CARCINOMA_ENHANCEMENT_HU * share
     raise ValueError(f"no tumour level for host {host!r}; hosts: {', '.join(TUMOUR_HOSTS)}")
+
+
+def relative_tumour_hu(host: str, phase: str, host_hu: float | None = None) -> float | None:
+    """Target interior mean (HU) of a new tumour in a *real* scan's ``host`` organ, or ``None`` without data.
+
+    Used when editing a real CT (`guidegen.images.inpaint`). A liver tumour follows the scan's own
+    liver: ``U + f·(host_hu − unenhanced liver)``, the enhancement model of `tumour_hu` with the
+    measured liver level in place of the phase's typical one (so a scan whose liver enhances less
+    than typical gets a tumour that enhances less too; the real LiTS tumour gives back its own
+    61.7 HU from its liver's 121.9 HU). A colon tumour uses `tumour_hu` (no colon wall level can be
+    measured on the labels). Other hosts: ``None`` (no real tumour CT of theirs bundled).
+    """
+    if host not in TUMOUR_HOSTS or phase not in PHASES:
+        return None
+    if host == "liver" and host_hu is not None:
+        return float(CARCINOMA_UNENHANCED_HU + LIVER_TUMOUR_FRACTION * (host_hu - TYPICAL_HU["non_contrast"]["liver"]))
+    return tumour_hu(host, phase)
+
+
+def scan_phase(hu: np.ndarray, labels: np.ndarray) -> str | None:
+    """The contrast phase of a real CT estimated from its labelled structures' mean HU
+    (`guidegen.data.phase.estimate_phase`), or ``None`` when that cannot tell."""
+    return _phase_of(hu, labels)
 
 
 def tumour_host(labels: np.ndarray, component: np.ndarray) -> str | None:

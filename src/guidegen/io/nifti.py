@@ -111,10 +111,16 @@ def _check_data_size(path: Path, header: nib.Nifti1Header, shape: tuple[int, int
         )
 
 
-def to_nifti_image(volume: Volume) -> nib.Nifti1Image:
-    """CT as int16 HU (clipped to the 12-bit CT range), labels as uint8; qform and sform set."""
+def to_nifti_image(volume: Volume, ct_dtype: np.dtype | str | None = None) -> nib.Nifti1Image:
+    """CT as int16 HU (clipped to the 12-bit CT range), labels as uint8; qform and sform set.
+
+    ``ct_dtype``: store a CT's values as they are in this dtype instead (no rounding or clipping
+    beyond the cast), for outputs that must equal an input file voxel for voxel (`guidegen edit`).
+    """
     if volume.kind == "labels":
         data = volume.array.astype(np.uint8)
+    elif ct_dtype is not None:
+        data = np.asarray(volume.array).astype(ct_dtype)
     else:
         data = np.clip(np.rint(volume.array), HU_MIN, HU_MAX).astype(np.int16)
     image = nib.Nifti1Image(data, volume.affine)
@@ -128,11 +134,14 @@ def to_nifti_image(volume: Volume) -> nib.Nifti1Image:
     return image
 
 
-def write_nifti(volume: Volume, path: str | Path, overwrite: bool = False) -> Path:
-    """Write atomically (temporary name, then rename). Refuses to overwrite unless asked."""
+def write_nifti(
+    volume: Volume, path: str | Path, overwrite: bool = False, ct_dtype: np.dtype | str | None = None
+) -> Path:
+    """Write atomically (temporary name, then rename). Refuses to overwrite unless asked.
+    ``ct_dtype``: see `to_nifti_image`."""
     path = Path(path)
     if not is_nifti(path):
         raise InputError(path, "output name must end in .nii or .nii.gz")
     with atomic_file(path, overwrite) as tmp:
-        nib.save(to_nifti_image(volume), str(tmp))
+        nib.save(to_nifti_image(volume, ct_dtype), str(tmp))
     return path

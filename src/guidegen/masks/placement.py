@@ -240,6 +240,7 @@ def place_stated_tumours(
     shapes: Sequence[TumourShape] | None = None,
     tolerance: float = DIAMETER_TOLERANCE,
     keep_size: Sequence[str] = (),
+    keep_existing: bool = False,
 ) -> tuple[Volume, dict[str, Any]]:
     """Give ``labels`` exactly the tumours ``stated`` (``parse_prompt(...).tumours``).
 
@@ -252,6 +253,8 @@ def place_stated_tumours(
         shapes: tumour shape bank; ``None``: the bundled real tumours (`default_tumour_shapes`).
         tolerance: relative diameter tolerance of the check (as the adherence check's).
         keep_size: organs never grown to hold a tumour (those whose size the prompt states).
+        keep_existing: add the stated tumours to those already in ``labels`` (editing a real scan,
+            `guidegen edit`) instead of replacing them; the agreement then measures the new ones only.
 
     Returns:
         (labels, record): the new map and a JSON-ready record: ``mode``, ``attempts`` used,
@@ -260,7 +263,7 @@ def place_stated_tumours(
     """
     if stated is None:
         return labels, {"mode": "insert", "stated": False}
-    base = remove_tumours(labels)
+    base = labels if keep_existing and stated else remove_tumours(labels)
     if not stated:
         return base, {
             "mode": "insert",
@@ -274,7 +277,8 @@ def place_stated_tumours(
         for group in stated:
             out, record = _draw_group(out, group, rng, shapes, frozenset(keep_size))
             groups.append(record)
-        agreement = tumour_agreement(stated, measure_labels(out).attributes.tumours, tolerance)
+        measured = _new_tumours_only(out, base) if keep_existing else out
+        agreement = tumour_agreement(stated, measure_labels(measured).attributes.tumours, tolerance)
         score = sum(agreement.values())
         record = {"mode": "insert", "stated": True, "attempts": attempt, "agreement": agreement, "groups": groups}
         if best is None or score > best[0]:
@@ -285,6 +289,14 @@ def place_stated_tumours(
     best[2]["attempts"] = attempt
     meta = {k: v for k, v in best[1].meta.items() if k != "augmentations"}  # the record says it all
     return best[1].with_array(best[1].array, meta=meta), best[2]
+
+
+def _new_tumours_only(labels: Volume, before: Volume) -> Volume:
+    """``labels`` with the tumour voxels it already had in ``before`` given to their surroundings."""
+    old = (before.array == _TUMOUR) & (labels.array == _TUMOUR)
+    if not old.any():
+        return labels
+    return labels.with_array(fill_from_nearest(labels.array, old))
 
 
 def _wrap_in_host(labels: Volume, lesion: np.ndarray, host: str) -> Volume:

@@ -54,7 +54,10 @@ def _sidecar(path: Path) -> tuple[str | dict | None, frozenset[str] | None]:
 
 
 def load_labels(
-    path: str | Path, vocabulary: str | None = None, label_set: str | Path | None = None
+    path: str | Path,
+    vocabulary: str | None = None,
+    label_set: str | Path | None = None,
+    reference: Volume | None = None,
 ) -> tuple[Volume, frozenset[str]]:
     """Read a label file in any supported vocabulary → (GuideGen label Volume, annotated classes).
 
@@ -66,6 +69,7 @@ def load_labels(
 
     The volume is canonical (RAS+); for a NIfTI file ``meta["affine_on_disk"]`` keeps the file's
     own affine (`guidegen.io.volume.reorient_like` gives back the file's array order).
+    ``reference``: the CT a DICOM-SEG was drawn on; the map is then read onto its grid.
     """
     path = Path(path)
     if vocabulary is not None and label_set is not None:
@@ -75,7 +79,7 @@ def load_labels(
     if path.suffix.lower() == ".dcm":
         from guidegen.io.dicom_seg import read_dicom_seg
 
-        raw, names = read_dicom_seg(path)
+        raw, names = read_dicom_seg(path, reference=reference)
         vocab = user_set or names_from_ids(names)
     else:
         stored = read_nifti(path, kind="labels", reorient=False)

@@ -286,6 +286,59 @@ class GuideGen:
             )
         return cases
 
+    def edit(
+        self,
+        ct: Volume | str | Path,
+        labels: Volume | str | Path,
+        prompt: str,
+        n: int = 1,
+        seed: int = 0,
+        *,
+        vocabulary: str | None = None,
+        annotated: Sequence[str] | None = None,
+        margin_mm: float | None = None,
+        settings: GenerationSettings | None = None,
+        texture: bool = True,
+        levels: bool = True,
+    ) -> list:
+        """Edit a real scan as a prompt says ("add a 3 cm tumour in the sigmoid colon"): the label map
+        changed by the placement stage, the CT regenerated only inside the change plus a margin
+        (`guidegen.pipeline.edit`).
+
+        Args:
+            ct: the real CT (`Volume` in HU, a NIfTI file or a DICOM series folder).
+            labels: its label map (`Volume` in GuideGen ids, or a file read with ``vocabulary``
+                like `guidegen.pipeline.load_labels`), on the CT's grid.
+            prompt: the edit.
+            n, seed: ``n`` edits, edit i with seed ``seed + i``.
+            annotated: classes a `Volume` map annotates (default every class; a file says its own).
+            margin_mm, settings, texture, levels: see `guidegen.pipeline.edit.edit_scan`.
+
+        Returns:
+            `guidegen.pipeline.edit.EditedCase` objects, CT and labels on the input CT's grid.
+        """
+        from guidegen.pipeline.edit import edit_scan, read_ct
+        from guidegen.pipeline.folders import load_labels
+
+        ct_volume = ct if isinstance(ct, Volume) else read_ct(ct)
+        if isinstance(labels, Volume):
+            label_volume, flags = labels, None if annotated is None else frozenset(annotated)
+        else:
+            label_volume, flags = load_labels(labels, vocabulary, reference=ct_volume)
+        return edit_scan(
+            self.image_generator,
+            ct_volume,
+            label_volume,
+            prompt,
+            n=n,
+            seed=seed,
+            annotated=flags,
+            margin_mm=margin_mm,
+            settings=settings,
+            texture=texture,
+            levels=levels,
+        )
+
     def warm_up(self, settings: GenerationSettings | None = None) -> dict[str, dict[str, str]]:
         """Do the start-up work now rather than inside the first case: compile both networks (a
         first use exports, checks and times them; later uses read the cache) and load the bank of

@@ -1,0 +1,152 @@
+"""Inpainting a real CT (issue 25): the known voxels follow the real CT along the flow, the slice
+autoregression is fed real slices, and nothing outside the edit region changes.
+
+`sample_inpainted` is tested with a spy network (it records what it is shown); `inpaint_ct` with the
+`ClassOracle` (each class drawn at a fixed HU) on a real bundled scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from guidegen.diffusion.flow import FlowConfig
+from guidegen.images.inpaint import edit_region, inpaint_ct, sample_inpainted
+from guidegen.io.nifti import read_nifti
+from guidegen.labels.vocabulary import ID
+from tests.images.conftest import tiny_config
+
+
+class Spy(torch.nn.Module):
+    """A velocity network that records its inputs and returns a fixed random field per call."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = tiny_config()
+        self.calls: list[tuple[torch.Tensor, float]] = []
+        self.generator = torch.Generator().manual_seed(5)
+
+    def forward(self, inputs, t, phase, annotated, text, uncond):
+        self.calls.append((inputs.clone(), float(t[0])))
+        return torch.randn(inputs.shape[0], 1, *inputs.shape[2:], generator=self.generator)
+
+
+def _problem(z: int = 6, free_slices=(2, 3)):
+    n, x, y = 1, 32, 32
+    labels = torch.zeros(n, x, y, z, dtype=torch.int64)
+    labels[:, 8:24, 8:24] = ID["liver"]
+    known = torch.linspace(-0.5, 0.5, x * y * z).reshape(n, x, y, z)
+    keep = torch.ones(n, x, y, z, dtype=torch.bool)
+    for k in free_slices:
+        keep[:, 12:20, 12:20, k] = False
+    return labels, known, keep
+
+
+def _sample(spy, labels, known, keep, steps=3):
+    cfg = spy.config
+    return sample_inpainted(
+        spy,
+        labels,
+        known,
+        keep,
+        flow=FlowConfig(),
+        steps=steps,
+        guidance=1.0,
+        phase=torch.zeros(1, dtype=torch.long),
+        annotated=torch.ones(1, cfg.num_classes),
+        text=None,
+        generators=[torch.Generator().manual_seed(0)],
+        network=spy,
+        noise_correlation=0.5,
+    )
+
+
+def test_known_voxels_follow_the_real_ct_along_the_flow_and_end_exactly_on_it():
+    spy = Spy()
+    labels, known, keep = _problem()
+    out = _sample(spy, labels, known, keep)
+    assert torch.equal(out[keep], known[keep])  # bit for bit
+    assert not torch.allclose(out[~keep], known[~keep])  # the free voxels were drawn
+    # Only the two edited slices call the network, 3 steps each.
+    assert len(spy.calls) == 6
+    # Within a slice the first call sees x_1 = ε; later calls see (1 − t)·known + t·ε on the known voxels.
+    for first in (0, 3):
+        noise = spy.calls[first][0][:, :1]
+        k = 2 if first == 0 else 3
+        for inputs, t in spy.calls[first + 1 : first + 3]:
+            expected = (1 - t) * known[..., k].unsqueeze(1) + t * noise
+            keep_k = keep[..., k].unsqueeze(1)
+            assert torch.allclose(inputs[:, :1][keep_k], expected[keep_k], atol=1e-6)
+            assert not torch.allclose(inputs[:, :1][~keep_k], expected[~keep_k], atol=1e-3)
+
+
+def test_the_slice_autoregression_is_fed_the_real_neighbouring_slice():
+    spy = Spy()
+    labels, known, keep = _problem(free_slices=(3,))
+    _sample(spy, labels, known, keep)
+    cfg = spy.config
+    prev_channel = 1 + (2 * cfg.context_radius + 1) * (cfg.num_classes + 1)
+    inputs, _ = spy.calls[0]
+    assert torch.equal(inputs[:, prev_channel], known[..., 2])  # slice 2 is real: it is the previous slice
+    assert bool((inputs[:, prev_channel + 1] == 1).all())  # and flagged as present
+
+
+def test_the_edit_region_is_the_change_plus_the_margin_in_mm():
+    changed = np.zeros((30, 30, 10), bool)
+    changed[14:16, 14:16, 5] = True
+    region = edit_region(changed, (1.0, 1.0, 4.0), margin_mm=6.0)
+    full = region.full(changed.shape)
+    assert full[15, 15 + 6, 5] and not full[15, 15 + 7, 5]  # 6 mm in-plane (6 voxels of 1 mm)
+    assert full[15, 15, 5 + 1] and not full[15, 15, 5 + 2]  # 4 mm slices: one slice above, not two
+    weight = np.zeros(changed.shape, np.float32)
+    weight[region.box] = region.weight
+    assert weight[15, 15, 5] == 1.0 and weight[15, 15 + 3, 5] == 1.0  # full up to half the margin
+    assert 0.0 < weight[15, 15 + 5, 5] < 1.0 and weight[15, 15 + 7, 5] == 0.0
+    with pytest.raises(ValueError, match="margin_mm"):
+        edit_region(changed, (1.0, 1.0, 4.0), margin_mm=0.0)
+
+
+@pytest.fixture(scope="module")
+def real_scan(real):
+    ct = read_nifti(real / "totalseg-example-a" / "ct.nii.gz", kind="ct")
+    from guidegen.pipeline.folders import load_labels
+
+    labels, _ = load_labels(real / "totalseg-example-a" / "labels.nii.gz")
+    return ct, labels
+
+
+def test_a_real_scan_is_untouched_outside_the_region_and_drawn_as_labelled_inside(oracle_model, real_scan):
+    ct, labels = real_scan
+    edited = labels.array.copy()
+    liver = np.argwhere(labels.array == ID["liver"])
+    centre = liver[len(liver) // 2]
+    ball = np.zeros(labels.shape, bool)
+    ii = np.indices(labels.shape).reshape(3, -1).T
+    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= 10.0] = True
+    ball &= labels.array == ID["liver"]
+    edited[ball] = ID["tumour"]
+    out, region, record = inpaint_ct(
+        oracle_model,
+        ct,
+        labels.with_array(edited),
+        ball,
+        new_tumour=ball,
+        seed=0,
+        texture=False,
+        levels=False,
+    )
+    full = region.full(ct.shape)
+    assert out.same_grid(ct) and out.array.dtype == ct.array.dtype
+    assert np.array_equal(out.array[~full], ct.array[~full])  # bit for bit outside region + margin
+    assert not np.array_equal(out.array[full], ct.array[full])
+    # The oracle draws tumour at 40 HU: the tumour's centre (weight 1, away from the 12 mm model
+    # grid's blurred edges) is drawn at about that level, the real liver around it was ~44 HU.
+    assert abs(float(out.array[tuple(centre)]) - 40.0) <= 15.0
+    assert record["phase"] is not None and record["phase_estimated"]
+    # The tumour level is set by host and phase when asked.
+    out2, _, record2 = inpaint_ct(
+        oracle_model, ct, labels.with_array(edited), ball, new_tumour=ball, seed=0, texture=False
+    )
+    (entry,) = record2["tumour_levels"]
+    assert entry["host"] == "liver" and entry["target_hu"] == pytest.approx(float(out2.array[ball].mean()), abs=12.0)
