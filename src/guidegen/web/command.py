@@ -21,15 +21,17 @@ def check_host(host: str) -> bool:
         raise InputError("--host", f"must be an IP address or localhost, got {host!r}") from None
 
 
+HostOption = Annotated[str, typer.Option(help="Address to listen on; the default is reachable from here only.")]
+PortOption = Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)]
+ModelOption = Annotated[Optional[Path], typer.Option(help="Model folder (default: the shipped model).")]
+OutOption = Annotated[Path, typer.Option(help="Folder that keeps the jobs and their files (kept across restarts).")]
+
+
 def serve(
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; the default is reachable from here only.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
-    model: Annotated[Optional[Path], typer.Option(help="Model folder (default: the shipped model).")] = None,
-    out: Annotated[
-        Path, typer.Option(help="Folder that keeps the jobs and their files (kept across restarts).")
-    ] = Path("guidegen-web"),
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    model: ModelOption = None,
+    out: OutOption = Path("guidegen-web"),
 ) -> None:
     """Start the web app: type a prompt, watch the job, look at the CT and its labels in 3-D."""
     loopback = check_host(host)
