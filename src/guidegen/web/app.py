@@ -270,6 +270,7 @@ def create_app(
         case: int = 0,
         axis: str = "axial",
         index: Optional[int] = None,
+        fraction: Optional[float] = Query(None, ge=0.0, le=1.0),
         window: str = "abdomen",
         hidden: str = Query("", max_length=2000),
         opacity: float = 0.5,
@@ -286,7 +287,7 @@ def create_app(
         except ValueError:
             raise InputError("hidden", "must be class ids separated by commas") from None
         ct, labels_array = case_volumes(store.case_file(job_id, case, "ct.nii.gz").parent)
-        png = render_slice(ct, labels_array, axis, index, window, hidden_ids, opacity)
+        png = render_slice(ct, labels_array, axis, index, fraction, window, hidden_ids, opacity)
         return Response(png, media_type="image/png")
 
     app.add_middleware(BodyLimit, upload_limit=max_upload_bytes)

@@ -150,15 +150,19 @@ def render_slice(
     labels: np.ndarray,
     axis: str,
     index: int | None,
+    fraction: float | None,
     window: str,
     hidden: set[int],
     opacity: float,
 ) -> bytes:
-    """One slice as PNG: the CT in ``window`` with the visible classes blended over it."""
+    """One slice as PNG: the CT in ``window`` with the visible classes blended over it; the slice is
+    ``index`` (clipped to the volume) or at ``fraction`` (0–1) of the axis, default the middle."""
     from matplotlib.image import imsave
 
     size = {"axial": ct.shape[2], "coronal": ct.shape[1], "sagittal": ct.shape[0]}[axis]
-    index = size // 2 if index is None else min(max(int(index), 0), size - 1)
+    if index is None:
+        index = round((0.5 if fraction is None else fraction) * (size - 1))
+    index = min(max(int(index), 0), size - 1)
     if axis == "axial":
         image, label = ct[:, :, index], labels[:, :, index]
     elif axis == "coronal":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import traceback
 import zipfile
@@ -145,8 +146,16 @@ def _bring_your_own_mask(task: dict, model_cache: dict, events: Any) -> None:
     events.put(("case", task["id"], 0))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A server killed outright cannot end its worker: the worker notices and ends itself."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def worker_main(model_folder: str | None, tasks: Any, events: Any) -> None:
     """The worker process's loop: one task at a time until the server ends it."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     model_cache: dict[str, Any] = {"folder": model_folder}
     while True:
         task = tasks.get()
