@@ -279,6 +279,7 @@ class JobStore:
                         job.state, job.note = "queued", "interrupted by a server shutdown"
                         self._save(job)  # resumed by the next server
                     else:
+                        self._remove_temporaries(job)
                         self._finish(job, "cancelled", None)
                 return
             try:
@@ -308,6 +309,15 @@ class JobStore:
                 elif kind == "failed":
                     self._finish(job, "failed", event[2])
                     return
+
+    def _remove_temporaries(self, job: Job) -> None:
+        """What the ended worker was writing (hidden ``.*.tmp`` names, never a listed case)."""
+        folder = self.folder(job.id)
+        for stale in [*folder.glob(".*.tmp"), *(folder / "result").glob(".*.tmp")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop dispatching; a running job is interrupted and stays queued for the next server."""

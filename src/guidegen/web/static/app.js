@@ -214,7 +214,7 @@ async function showNiivue(key, view, job, index) {
 
 function showSlices(key, view) {
   // No WebGL2: three server-rendered planes and a slider through the axial one.
-  view.querySelector("canvas").hidden = true;
+  view.querySelector(".stage").hidden = true;
   const box = view.querySelector(".fallback");
   box.hidden = false;
   box.replaceChildren();
