@@ -64,7 +64,7 @@ def web_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("web-model") / "tiny")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live(tmp_path_factory, web_model):
     server = LiveServer(tmp_path_factory.mktemp("web") / "out", web_model)
     yield server

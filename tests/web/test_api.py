@@ -176,9 +176,8 @@ def test_fuzz_bad_requests_get_one_line_4xx_and_write_nothing_outside_out(client
         "input",
         "..%5c..%5cjob.json",
     ]
-    requests = [
-        ("POST", "/api/jobs", {"content": b, "headers": {"content-type": "application/json"}}) for b in bad_json
-    ]
+    as_json = {"content-type": "application/json"}
+    requests = [("POST", "/api/jobs", {"content": b, "headers": as_json}) for b in bad_json]
     requests += [("POST", "/api/jobs", {"json": b}) for b in bad_jobs]
     requests += [("POST", "/api/parse", {"json": b}) for b in ({}, {"prompt": ""}, {"prompt": "x" * 5000}, {"p": 1})]
     requests += [("GET", f"/api/jobs/{i}", {}) for i in ids]
@@ -190,11 +189,7 @@ def test_fuzz_bad_requests_get_one_line_4xx_and_write_nothing_outside_out(client
     requests += [("GET", f"/api/jobs/{job}/slice?{q}", {}) for q in slice_queries]
     requests += [("GET", f"/api/jobs/{job}/compare?case={c}", {}) for c in ("0", "3", "z")]
     requests += [
-        (
-            "POST",
-            "/api/jobs",
-            {"content": b"{" + b" " * 70_000 + b"}", "headers": {"content-type": "application/json"}},
-        ),
+        ("POST", "/api/jobs", {"content": b"{" + b" " * 70_000 + b"}", "headers": as_json}),
         ("POST", "/api/uploads", {"data": {"seed": "1"}}),
         ("POST", "/api/uploads", {"files": {"labels": ("../../evil.nii.gz", b"\x1f\x8b")}}),
         ("POST", "/api/uploads", {"files": {"labels": ("a.nii.gz", b"x")}, "data": {"vocabulary": "../etc"}}),
@@ -207,7 +202,7 @@ def test_fuzz_bad_requests_get_one_line_4xx_and_write_nothing_outside_out(client
         ("GET", "/api/nothing", {}),
         ("GET", "/static/../../pyproject.toml", {}),
         ("GET", "/static/%2e%2e/app.py", {}),
-        ("POST", "/api/parse", {"content": b"\xff\xfe", "headers": {"content-type": "application/json"}}),
+        ("POST", "/api/parse", {"content": b"\xff\xfe", "headers": as_json}),
     ]
     assert len(requests) >= 100
     for method, path, options in requests:

@@ -67,7 +67,7 @@ def test_prompt_to_viewer_legend_toggle_download_and_the_slice_fallback(browser,
     problems: list[str] = []
     page = _watched_page(browser, problems)
     page.goto(live.url + "/")
-    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    page.wait_for_selector("body[data-ready=yes]", state="attached", timeout=30_000)
     assert page.evaluate("document.body.dataset.mode") == "webgl2", "Chromium's software WebGL2 is missing"
     classes = [c for c in json.loads(page.evaluate("JSON.stringify(window.guidegen.labels)"))]
     legend = page.eval_on_selector_all("#legend input", "boxes => boxes.map(b => b.dataset.label)")
@@ -80,7 +80,8 @@ def test_prompt_to_viewer_legend_toggle_download_and_the_slice_fallback(browser,
     page.fill("#steps", "1")  # the fewest network steps: the page is under test, not the model
     page.fill("#image_steps", "1")
     page.click("#generate")
-    page.wait_for_selector("body[data-viewer=loaded]", timeout=180_000)
+    # Generous: a busy CI machine may take minutes to start the worker process (it imports torch).
+    page.wait_for_selector("body[data-viewer=loaded]", state="attached", timeout=900_000)
     assert page.evaluate("window.guidegen.views.A.nv.volumes.length") == 2  # CT and labels loaded
     job = page.evaluate("window.guidegen.views.A.job")
     assert job["state"] == "done" and job["params"]["prompt"] == PROMPT
@@ -112,7 +113,7 @@ def test_prompt_to_viewer_legend_toggle_download_and_the_slice_fallback(browser,
     # Without WebGL2: the same case as three server-rendered planes, label colours in them.
     fallback = _watched_page(browser, problems)
     fallback.goto(live.url + "/?nowebgl=1")
-    fallback.wait_for_selector("body[data-mode=slices]", timeout=30_000)
+    fallback.wait_for_selector("body[data-mode=slices]", state="attached", timeout=30_000)
     fallback.click(f"#gallery li[data-job='{job['id']}'] button")
     fallback.wait_for_function(
         "[...document.querySelectorAll('#viewA .fallback img')].every(i => i.complete && i.naturalWidth > 0)",

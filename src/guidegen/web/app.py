@@ -184,8 +184,9 @@ def create_app(
     def parse(request: ParseRequest) -> dict:
         return understood(request.prompt)
 
+    # Routes that write job.json are plain functions (run in a thread pool), the rest never wait on disk.
     @app.post("/api/jobs")
-    async def submit(request: JobRequest) -> dict:
+    def submit(request: JobRequest) -> dict:
         params = request.model_dump()
         params["prompt"] = check_prompt(params["prompt"], "prompt")
         check_seed(params["seed"], params["n"], "seed")
@@ -245,7 +246,7 @@ def create_app(
         return store.status(job_id)
 
     @app.post("/api/jobs/{job_id}/cancel")
-    async def cancel(job_id: str) -> dict:
+    def cancel(job_id: str) -> dict:
         return store.cancel(job_id)
 
     @app.get("/api/jobs/{job_id}/files/{name}")
