@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: an unpinned torch (or one pulled in by monai) would be a CUDA build.
 	$(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test,fast]"
+	$(PIP) install -q -e ".[test,fast,web]"
 	touch $(STAMP)
 
 # nnU-Net v2 only for its dataset integrity check in the tests (see requirements/).
