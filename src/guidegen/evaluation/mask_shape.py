@@ -256,10 +256,11 @@ def colon_path(mask: np.ndarray, labels: Volume) -> ColonPath | None:
     farthest from that one): in a whole colon they are the caecum and the rectum, and the caecum is
     the end on the patient's right. Walking the geodesic path from the rectum end to the caecum end,
     the colon is ordered when: both ends lie in the lower half of the colon's height; the caecum
-    end lies right of the colon's x centre; the path reaches the left side (x ≤ centre −
-    ``SIDE_FRACTION`` × half width: descending colon) before it last visits the right side (x ≥
-    centre + ``SIDE_FRACTION`` × half width: ascending colon); and its highest point (the flexures /
-    transverse colon) lies between those two visits, in the upper half. A colon drawn as scattered
+    end lies on the right side (as below; a mirrored colon's right end is its rectum); the path
+    reaches the left side (x ≤ centre − ``SIDE_FRACTION`` × half width: descending colon) before it
+    last visits the right side (x ≥ centre + ``SIDE_FRACTION`` × half width: ascending colon); and
+    its highest point (the flexures / transverse colon) lies between those two visits, in the upper
+    half. A colon drawn as scattered
     pieces, a lump, a ring without ends or a tube that turns back fails one of these.
 
     Args:
@@ -300,8 +301,8 @@ def colon_path(mask: np.ndarray, labels: Volume) -> ColonPath | None:
     failed = None
     if max(track[0, 2], track[-1, 2]) >= z_mid:
         failed = "an end of the tube is not in the lower half"
-    elif track[-1, 0] <= centre:
-        failed = "no end on the patient's right (caecum)"
+    elif track[-1, 0] < centre + SIDE_FRACTION * half:
+        failed = "no end on the patient's right side (caecum)"
     elif not len(left) or not len(right) or left[0] >= right[-1]:
         failed = "does not run from the left side to the right side"
     elif not left[0] <= top <= right[-1] or track[top, 2] < z_mid:

@@ -12,7 +12,8 @@ kidney and pancreas, each whole: `unstated_organ_check` scores that (issue 24).
   change it: it is scored.
 * **complete**: each organ of `COMPLETE_ORGANS` the prompt does not remove has voxels and touches
   neither the grid's faces nor voxels of unknown class (`measure_labels`' ``partial``). Not scored
-  when the prompt states a field of view (a scan of the pelvis is meant to cut the liver).
+  when the prompt states a field of view that cuts them (`CUTTING_FIELDS`: a scan of the pelvis
+  is meant to miss the liver).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from guidegen.text.measure import REFERENCE_RANGES
 SOLID_ORGANS: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas")
 #: Organs that must lie whole inside the grid.
 COMPLETE_ORGANS: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left")
+#: Stated fields of view that need not hold those organs whole.
+CUTTING_FIELDS: tuple[str, ...] = ("pelvis", "partial")
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,12 @@ def unstated_organ_check(measured: Attributes, prompt: Attributes) -> dict[str, 
         if volume is not None and name in SOLID_ORGANS and name not in changed:
             ref = REFERENCE_RANGES[name]
             normal = bool(volume > 0 and (ref.low_ml or 0.0) <= volume <= ref.high_ml)
-        if volume is not None and name in COMPLETE_ORGANS and name not in removed and prompt.field_of_view is None:
+        if (
+            volume is not None
+            and name in COMPLETE_ORGANS
+            and name not in removed
+            and prompt.field_of_view not in CUTTING_FIELDS
+        ):
             complete = bool(volume > 0 and finding is not None and finding.partial is False)
         results[name] = UnstatedFinding(volume, normal, complete)
     return results
