@@ -152,3 +152,21 @@ def test_map_shapes_checks_its_arguments():
         map_shapes(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="organs"):
         map_shapes(_grid(4.0, (4, 4, 4)), organs=("lung",))
+
+
+def test_real_maps_can_leave_out_organs_their_field_of_view_cuts():
+    from guidegen.evaluation.mask_shape import CUT_SENSITIVE, is_cut
+    from guidegen.labels.vocabulary import UNKNOWN
+
+    grid = _grid(4.0, (30, 20, 30))
+    array = grid.array
+    array[4:8, 4:8, 10:15] = ID["kidney_left"]
+    array[20:24, 4:8, 10:15] = ID["kidney_right"]
+    array[14:26, 6:14, 20:30] = ID["liver"]  # reaches the top face: a dome cut by the scan
+    array[2:6, 10:14, 18:22] = ID["spleen"]
+    array[2:6, 10:14, 22:24] = UNKNOWN  # beyond the scan's field of view
+    assert is_cut(array == ID["liver"], array) and is_cut(array == ID["spleen"], array)
+    assert not is_cut(array == ID["kidney_left"], array)
+    kept = map_shapes(grid, skip_cut=CUT_SENSITIVE)
+    assert kept.cut == ("liver", "spleen") and "liver" not in kept.organs and "kidney_left" in kept.organs
+    assert "liver" in map_shapes(grid).organs  # sampled maps: a cut organ is measured (and is a fault)

@@ -19,6 +19,11 @@ measured at one voxel spacing, and reports:
   such small sets; with three real maps the smallest possible p-value is 1 / C(n, 3).
 * **the colon**: the share of maps whose colon is in one piece (largest component ≥ 95 % of it)
   and whose tube runs in order from caecum to rectum (`mask_shape.colon_path`).
+
+`mask_realism_report` runs it all on label maps (`guidegen evaluate masks`): the real maps are
+resampled (`on_spacing`) to the sampled maps' voxel spacing over their own extent, their organs cut
+by the field of view are left out (`mask_shape.CUT_SENSITIVE`), and with a prompt
+the sampled maps' unstated organs are scored as well (`guidegen.evaluation.mask_unstated`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from guidegen.evaluation.mask_shape import SHAPE_FEATURES, SHAPE_ORGANS, MapShape
+from guidegen.evaluation.mask_shape import CUT_SENSITIVE, SHAPE_FEATURES, SHAPE_ORGANS, MapShape, map_shapes
+from guidegen.evaluation.masks import check_masks
+from guidegen.grids.resample import grid_affine, resample_labels
+from guidegen.io.volume import Volume
 
 #: Random relabellings for the energy distance's p-value.
 PERMUTATIONS = 999
@@ -238,6 +246,56 @@ def compare_shapes(
         colon_real=colon_rates(real),
         colon_sampled=colon_rates(sampled),
     )
+
+
+def on_spacing(labels: Volume, spacing: Sequence[float]) -> Volume:
+    """A label map resampled (shape-based, `resample_labels`) to ``spacing`` mm over its own extent
+    (RAS axes); ``meta`` is kept."""
+    if np.allclose(labels.spacing, spacing, atol=1e-3) and np.allclose(
+        np.abs(labels.affine[:3, :3]), np.diag(labels.spacing), atol=1e-3
+    ):
+        return labels
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * (np.array(labels.shape) - 1)
+    world = labels.world_coordinates(corners)
+    low, high = world.min(axis=0), world.max(axis=0)
+    shape = tuple(int(np.floor((h - lo) / s + 1e-6)) + 1 for lo, h, s in zip(low, high, spacing))
+    return resample_labels(labels, grid_affine(tuple(float(s) for s in spacing), low), shape)  # type: ignore[arg-type]
+
+
+def mask_realism_report(
+    sampled: Sequence[Volume],
+    real: Sequence[Volume],
+    prompt: str | None = None,
+    permutations: int = PERMUTATIONS,
+) -> tuple[list[str], dict[str, Any]]:
+    """Shape realism of sampled label maps against real ones, plus their unstated organs.
+
+    Args:
+        sampled: sampled label maps (GuideGen ids), all at one spacing.
+        real: real label maps (GuideGen ids, ``meta["annotated"]`` honoured), any spacing: each is
+            resampled to the sampled maps' spacing; organs its field of view cuts are left out
+            (`mask_shape.CUT_SENSITIVE`).
+        prompt: the prompt the maps were sampled from (scores the organs it leaves unchanged).
+        permutations: relabellings for the energy distance's p-value.
+
+    Returns:
+        (text lines, JSON-ready results).
+    """
+    if not sampled or not real:
+        raise ValueError("need at least one sampled and one real label map")
+    spacing = sampled[0].spacing
+    comparison = compare_shapes(
+        [map_shapes(on_spacing(v, spacing), skip_cut=CUT_SENSITIVE) for v in real],
+        [map_shapes(v) for v in sampled],
+        permutations=permutations,
+    )
+    lines = [f"{len(sampled)} sampled vs {len(real)} real label map(s) at {spacing} mm", *comparison.table_lines()]
+    results: dict[str, Any] = {"comparison": comparison.to_dict()}
+    if prompt is not None:
+        report = check_masks(list(sampled), [prompt] * len(sampled))
+        lines += [line for line in report.summary_lines() if "unstated" in line]
+        results["unstated"] = report.unstated
+    return lines, results
 
 
 def colon_rates(maps: Sequence[MapShape]) -> dict[str, float | None]:

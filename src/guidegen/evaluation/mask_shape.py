@@ -24,7 +24,9 @@ measure depends on it):
 * ``components``: number of 26-connected components (every speck counts).
 
 `colon_path` checks that the colon is one tube from caecum to rectum (see there). `map_shapes`
-measures every organ of `SHAPE_ORGANS` and the colon path of one map.
+measures every organ of `SHAPE_ORGANS` and the colon path of one map; for real maps it can leave out
+the organs that the scan's field of view cuts (`CUT_SENSITIVE`, `is_cut`): a liver cut at the
+dome has the volume and shape of the cut, not of a liver.
 
 Only the organ's own voxels count: a tumour inside an organ is a cavity here (compare tumour-free
 maps).
@@ -39,14 +41,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics.utils import get_mask_edges, get_surface_distance
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from scipy.spatial import ConvexHull, QhullError
 
 from guidegen.evaluation.mask_arguments import check_class_names, check_label_volume
 from guidegen.io.volume import Volume
-from guidegen.labels.vocabulary import ID, NAMES
+from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
 #: The organs whose shape is compared (issue 24): solid organs, stomach, colon, aorta, small bowel.
 SHAPE_ORGANS: tuple[str, ...] = (
@@ -72,6 +73,10 @@ SHAPE_FEATURES: tuple[str, ...] = (
     "roughness_mm",
     "components",
 )
+#: Organs whose statistics a real map's field of view falsifies when it cuts them (`map_shapes`'
+#: ``skip_cut``). The tubes (colon, small bowel, aorta) are not here: an abdomen–pelvis scan cuts
+#: the aorta always and the rectum often, and sampled maps are cut the same way.
+CUT_SENSITIVE: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas", "stomach")
 #: σ of the Gaussian that smooths an organ for ``roughness_mm``, mm (one voxel of the mask sampler).
 SMOOTHING_MM = 8.0
 #: A colon whose largest component holds at least this share of its voxels is "in one piece"
@@ -94,6 +99,8 @@ def surface_area_mm2(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """Surface area of a binary mask, mm² (2×2×2 surface elements, see the module docstring)."""
     if not mask.any():
         return 0.0
+    from monai.metrics.utils import get_mask_edges  # monai's import takes seconds: only when measuring
+
     crop = _crop(mask, 1)  # the elements at the grid edge need the background beyond it
     tensor = torch.from_numpy(crop)
     spacing = tuple(float(s) for s in spacing)
@@ -106,12 +113,16 @@ def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     if not mask.any():
         return None
     crop = _crop(mask, 1)
-    border = np.argwhere(crop & ~ndimage.binary_erosion(crop))
-    corners = (border[:, None, :] + np.indices((2, 2, 2)).reshape(3, -1).T[None] - 0.5).reshape(-1, 3)
+    scale = np.asarray(spacing, dtype=np.float64)
+    border = np.argwhere(crop & ~ndimage.binary_erosion(crop)) * scale
+    corners = (np.indices((2, 2, 2)).reshape(3, -1).T - 0.5) * scale
     try:
-        hull = ConvexHull(np.unique(corners, axis=0) * np.asarray(spacing, dtype=np.float64))
+        # The hull of every border voxel's corners is the hull of the centres' hull vertices plus
+        # the corner offsets (a Minkowski sum): far fewer points.
+        vertices = border[ConvexHull(border).vertices]
     except QhullError:
-        return None  # flat (one voxel thick in some direction): no hull volume
+        vertices = border  # centres in a plane or on a line (a sheet one voxel thick): all of them
+    hull = ConvexHull((vertices[:, None, :] + corners[None]).reshape(-1, 3))
     return float(crop.sum() * float(np.prod(spacing)) / hull.volume)
 
 
@@ -119,6 +130,8 @@ def roughness_mm(mask: np.ndarray, spacing: Sequence[float], smoothing_mm: float
     """Mean symmetric surface distance between a mask and its smoothed copy of equal volume, mm."""
     if not mask.any():
         return None
+    from monai.metrics.utils import get_mask_edges, get_surface_distance
+
     spacing = tuple(float(s) for s in spacing)
     margin = int(math.ceil(3 * smoothing_mm / min(spacing))) + 1
     crop = _crop(mask, margin)
@@ -128,10 +141,22 @@ def roughness_mm(mask: np.ndarray, spacing: Sequence[float], smoothing_mm: float
     voxels = int(crop.sum())
     level = np.partition(field, field.size - voxels)[field.size - voxels]
     smooth = (field >= level).reshape(crop.shape)
-    edges_raw, edges_smooth = get_mask_edges(crop, smooth, crop=True)
+    edges_raw, edges_smooth = get_mask_edges(crop, smooth, crop=False)
     there = get_surface_distance(edges_raw, edges_smooth, spacing=spacing)
     back = get_surface_distance(edges_smooth, edges_raw, spacing=spacing)
     return float(np.concatenate([np.asarray(there).ravel(), np.asarray(back).ravel()]).mean())
+
+
+def is_cut(mask: np.ndarray, array: np.ndarray) -> bool:
+    """Whether an organ touches a face of the grid or a voxel of unknown class (outside the scan)."""
+    if not mask.any():
+        return False
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    if any(b.start == 0 or b.stop == n for b, n in zip(box, mask.shape)):
+        return True
+    grown = tuple(slice(b.start - 1, b.stop + 1) for b in box)
+    near = ndimage.binary_dilation(mask[grown], structure=_FULL)
+    return bool((array[grown][near] == UNKNOWN).any())
 
 
 def component_count(mask: np.ndarray) -> int:
@@ -325,10 +350,12 @@ class MapShape:
     organs: dict[str, dict[str, float | None]]
     colon: ColonPath | None
     spacing: tuple[float, float, float]
+    cut: tuple[str, ...] = ()  # organs left out because the field of view cuts them
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "spacing_mm": list(self.spacing),
+            "left_out_cut": list(self.cut),
             "organs": {
                 o: {k: (None if v is None else round(v, 4)) for k, v in f.items()} for o, f in self.organs.items()
             },
@@ -336,11 +363,18 @@ class MapShape:
         }
 
 
-def map_shapes(labels: Volume, organs: Sequence[str] = SHAPE_ORGANS, smoothing_mm: float = SMOOTHING_MM) -> MapShape:
+def map_shapes(
+    labels: Volume,
+    organs: Sequence[str] = SHAPE_ORGANS,
+    smoothing_mm: float = SMOOTHING_MM,
+    skip_cut: Sequence[str] = (),
+) -> MapShape:
     """`organ_shape` of every organ in ``organs`` and `colon_path` of one label map (GuideGen ids).
 
     Organs without voxels get ``volume_ml = 0`` and no other feature; classes not annotated in the
-    map (``labels.meta["annotated"]``, when given) are left out.
+    map (``labels.meta["annotated"]``, when given) are left out, and so are the organs of
+    ``skip_cut`` that `is_cut` finds cut (real maps: `CUT_SENSITIVE`; sampled maps: none, a cut
+    organ is a fault of the sample).
 
     Raises:
         ValueError: ``labels`` not a label `Volume`, or unknown class names.
@@ -350,11 +384,16 @@ def map_shapes(labels: Volume, organs: Sequence[str] = SHAPE_ORGANS, smoothing_m
     annotated = labels.meta.get("annotated")
     landmark = landmark_mm(labels)
     shapes = {}
+    cut = []
     for name in organs:
         if annotated is not None and name not in annotated:
             continue
-        shapes[name] = organ_shape(array == ID[name], labels, landmark, smoothing_mm)
+        mask = array == ID[name]
+        if name in skip_cut and is_cut(mask, array):
+            cut.append(name)
+            continue
+        shapes[name] = organ_shape(mask, labels, landmark, smoothing_mm)
     colon = None
     if "colon" in organs and (annotated is None or "colon" in annotated):
         colon = colon_path(array == ID["colon"], labels)
-    return MapShape(organs=shapes, colon=colon, spacing=labels.spacing)
+    return MapShape(organs=shapes, colon=colon, spacing=labels.spacing, cut=tuple(cut))
