@@ -6,7 +6,8 @@
 Samples one label map per prompt of `guidegen.evaluation.prompt_suite.PROMPT_SUITE` (seed = prompt
 index), plus ``--diversity`` maps of three prompts for the mean pairwise Dice, and prints
 `guidegen.evaluation.masks.check_masks`: organs in one main component, anatomical relations, text
-adherence, diversity; per-class volumes against the training maps' distribution when
+adherence, the organs each prompt leaves unchanged (normal volume, whole inside the grid:
+`guidegen.evaluation.mask_unstated`), diversity; per-class volumes against the training maps' distribution when
 ``--reference`` names a `guidegen prepare` folder at the sampler's grid (the recipe's
 ``prepared_cache``). The network's maps are scored as drawn ("network") and after the sampler's
 placement stage ("insert": stated tumours placed, their hosts grown to hold them, stated organ sizes

@@ -702,6 +702,68 @@ def evaluate_downstream_command(
     typer.echo((out / "downstream.md").read_text(encoding="utf-8"))
 
 
+@evaluate_app.command("masks")
+def evaluate_masks_command(
+    sampled: Annotated[
+        Path, typer.Option("--sampled", "-s", help="A `sample-masks` output folder (or one sampled label map).")
+    ],
+    real: Annotated[
+        list[Path], typer.Option("--real", "-r", help="A real label map never trained on (repeat the option).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Result folder (realism.txt, realism.json).")] = Path(
+        "mask-realism"
+    ),
+    vocabulary: Annotated[
+        Optional[str], typer.Option(help="The real maps' label vocabulary (see list-vocabularies).")
+    ] = None,
+    labels_json: LabelsJsonOption = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(help="The maps' prompt (default: the folder's prompt.json); scores unstated organs."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing result folder.")] = False,
+) -> None:
+    """Label-map realism: organ shape statistics of sampled vs real maps, colon continuity, unstated organs."""
+    _new_output(out, overwrite)
+    _input_file(sampled, "sampled label maps")
+    files = sorted(sampled.glob("sample_*/labels.nii.gz")) if sampled.is_dir() else [sampled]
+    if not files:
+        raise InputError(sampled, "holds no sample_*/labels.nii.gz (a `guidegen sample-masks` output folder)")
+    if prompt is None and sampled.is_dir() and (sampled / "prompt.json").is_file():
+        from guidegen.io.layouts import read_json_object
+
+        prompt = read_json_object(sampled / "prompt.json").get("prompt")
+    for path in real:
+        _input_file(path, "real label map")
+    import numpy as np
+
+    from guidegen.evaluation.mask_realism import mask_realism_report
+    from guidegen.io.atomic import atomic_dir
+    from guidegen.pipeline.folders import load_labels
+
+    maps = []
+    for path in files:
+        volume, _ = load_labels(path, "guidegen")
+        spacing = maps[0].spacing if maps else volume.spacing
+        if not np.allclose(volume.spacing, spacing, atol=1e-3):
+            raise InputError(path, f"voxel spacing {volume.spacing} differs from the other sampled maps' {spacing}")
+        maps.append(volume)
+    references = []
+    for path in real:
+        volume, annotated = load_labels(path, vocabulary, labels_json)
+        volume.meta["annotated"] = sorted(annotated)
+        references.append(volume)
+    lines, results = mask_realism_report(maps, references, prompt)
+    results["sampled"] = [str(f) for f in files]
+    results["real"] = [str(p) for p in real]
+    results["prompt"] = prompt
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "realism.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (tmp / "realism.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    for line in lines:
+        typer.echo(line)
+
+
 @app.command("list-vocabularies")
 def list_vocabularies() -> None:
     """Label vocabularies that `prepare --vocabulary` and `report --vocabulary` accept."""

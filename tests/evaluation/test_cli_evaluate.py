@@ -140,3 +140,72 @@ def test_downstream_scores_chosen_classes_and_training_sets(tmp_path, capsys):
     assert code == 2 and "--classes" in err and not (tmp_path / "e").exists()
     code, _, err = run([*base, "--settings", "synthetic,both", "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and "--settings" in err and not (tmp_path / "e").exists()
+
+
+def _abdomen(spacing: float, shift: int = 0):
+    """A small label map in GuideGen ids: kidneys, liver, spleen, pancreas and a box of colon, RAS."""
+    import numpy as np
+
+    from guidegen.io.volume import Volume
+    from guidegen.labels.vocabulary import ID
+
+    scale = 8.0 / spacing
+    shape = tuple(int(round(n * scale)) for n in (40, 28, 40))
+    array = np.zeros(shape, np.uint8)
+
+    def box(name, lo, hi):
+        array[tuple(slice(int(round(a * scale)), int(round(b * scale))) for a, b in zip(lo, hi))] = ID[name]
+
+    box("colon", (6, 8, 4), (34, 20, 34))
+    box("small_bowel", (10, 10, 6), (30, 18, 30))
+    box("kidney_left", (8, 6, 16), (12, 10, 21))
+    box("kidney_right", (28, 6, 16), (32, 10, 21))
+    box("liver", (20 + shift, 8, 24), (34, 20, 32))
+    box("spleen", (6, 6, 24), (11, 11, 29))
+    box("pancreas", (14, 12, 20), (22, 14, 22))
+    return Volume(array, np.diag([spacing, spacing, spacing, 1.0]), "labels")
+
+
+def test_evaluate_masks_compares_sampled_with_real_maps(tmp_path, capsys):
+    import numpy as np
+
+    from guidegen.evaluation.mask_realism import on_spacing
+    from guidegen.io.nifti import write_nifti
+
+    fine = _abdomen(4.0)
+    coarse = on_spacing(fine, (8.0, 8.0, 8.0))  # shape-based resampling of boxes: the same boxes
+    assert coarse.spacing == (8.0, 8.0, 8.0) and np.array_equal(coarse.array, _abdomen(8.0).array)
+    real = tmp_path / "real.nii.gz"
+    write_nifti(fine, real)
+    sampled = tmp_path / "sampled"
+    for i, shift in enumerate((0, -2)):
+        (sampled / f"sample_{i:03d}").mkdir(parents=True)
+        write_nifti(_abdomen(8.0, shift), sampled / f"sample_{i:03d}" / "labels.nii.gz")
+    (sampled / "prompt.json").write_text(json.dumps({"prompt": "normal CT of the abdomen and pelvis"}))
+    code, out, err = run(
+        [
+            "evaluate",
+            "masks",
+            "-s",
+            str(sampled),
+            "-r",
+            str(real),
+            "--vocabulary",
+            "guidegen",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    results = json.loads((tmp_path / "o" / "realism.json").read_text())
+    rows = {(r["organ"], r["feature"]): r for r in results["comparison"]["rows"]}
+    # Sample 0 is the real map; sample 1 has a bigger liver reaching 16 mm further to the left.
+    assert rows["liver", "volume_ml"]["in_range"] == 1 and rows["kidney_left", "volume_ml"]["in_range"] == 2
+    assert rows["liver", "x_mm"]["real"] == [rows["liver", "x_mm"]["sampled_range"][1]]
+    assert results["comparison"]["n_real"] == 1 and results["comparison"]["n_sampled"] == 2
+    assert results["prompt"] == "normal CT of the abdomen and pelvis" and "unstated" in results
+    assert "liver" in out and "unstated organs" in out and (tmp_path / "o" / "realism.txt").is_file()
+    code, _, err = run(["evaluate", "masks", "-s", str(tmp_path), "-r", str(real), "-o", str(tmp_path / "p")], capsys)
+    assert code == 2
+    _one_line_error(err, "sample_")

@@ -403,3 +403,17 @@ def test_check_masks_report(maps, real_a):
         check_masks([], [], stats)
     with pytest.raises(ValueError, match="min_fraction"):
         check_masks(samples[:1], prompts[:1], min_fraction=0.0)
+
+
+def test_check_masks_scores_the_organs_a_prompt_leaves_unchanged(real_a):
+    prompt = "normal CT of the abdomen and pelvis"
+    array = real_a.array.copy()
+    kidney = np.argwhere(array == ID["kidney_left"])
+    array[tuple(kidney[len(kidney) // 10 :].T)] = 0  # a left kidney of a tenth of its size
+    report = check_masks([real_a, _edit(real_a, array)], [prompt, prompt])
+    first, second = (s.unstated for s in report.samples)
+    assert first["kidney_left"].normal is True and second["kidney_left"].normal is False
+    assert second["kidney_right"].normal == first["kidney_right"].normal
+    assert report.unstated["by_organ"]["kidney_left"]["normal"] == [1, 2]
+    assert report.to_dict()["unstated"]["normal_maps"][1] == 2
+    assert any(line.startswith("  unstated organs:") and "kidney_left 1/2" in line for line in report.summary_lines())

@@ -21,6 +21,9 @@ compares a sample with anatomy, with the reference (training) set, or with its o
   `guidegen.text.measure.measure_labels` measures it.
 * **Diversity** (`diversity`): mean pairwise Dice over organ classes between samples of one prompt;
   ``1 - Dice`` is the diversity (identical samples: Dice 1.0, diversity 0).
+* **Unstated organs** (`guidegen.evaluation.mask_unstated.unstated_organ_check`): the solid organs
+  the prompt does not change have a normal volume, and liver, spleen and kidneys lie whole inside
+  the grid.
 
 This module holds adherence, diversity and `check_masks`, which runs them all on a batch of samples
 and returns a JSON-ready `MaskCheckReport`.
@@ -51,6 +54,7 @@ from guidegen.evaluation.mask_anatomy import (
     wrong_sides,
 )
 from guidegen.evaluation.mask_arguments import check_class_names, check_label_array, check_label_volume
+from guidegen.evaluation.mask_unstated import UnstatedFinding, unstated_organ_check, unstated_summary
 from guidegen.evaluation.mask_volumes import (
     VOLUME_TOLERANCE,
     VolumeFinding,
@@ -209,6 +213,7 @@ class SampleCheck:
     volumes: dict[str, VolumeFinding]
     measured: Attributes
     sides: dict[str, bool | None] = field(default_factory=dict)
+    unstated: dict[str, UnstatedFinding] = field(default_factory=dict)
 
     @property
     def components_ok(self) -> bool | None:
@@ -236,6 +241,7 @@ class SampleCheck:
             "adherence": dict(self.adherence),
             "volumes": {name: f.to_dict() for name, f in self.volumes.items()},
             "measured": self.measured.to_dict(),
+            "unstated": {name: f.to_dict() for name, f in self.unstated.items()},
         }
 
 
@@ -261,6 +267,8 @@ class MaskCheckReport:
         samples: per-sample details.
         wrong_side_fraction: share of the samples with an organ on the wrong side (`side_check`),
             among those where a side could be tested; ``None`` when none could.
+        unstated: `mask_unstated.unstated_summary` of the samples (organs the prompts leave
+            unchanged: normal volume, whole inside the grid).
     """
 
     n_samples: int
@@ -274,6 +282,7 @@ class MaskCheckReport:
     settings: dict[str, Any]
     samples: list[SampleCheck] = field(default_factory=list)
     wrong_side_fraction: float | None = None
+    unstated: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (str, int, float, bool, None, list, dict only)."""
@@ -289,6 +298,7 @@ class MaskCheckReport:
             "diversity": {p: dict(d) for p, d in self.diversity.items()},
             "settings": dict(self.settings),
             "samples": [s.to_dict() for s in self.samples],
+            "unstated": dict(self.unstated),
         }
 
     def summary_lines(self) -> list[str]:
@@ -330,6 +340,8 @@ class MaskCheckReport:
         else:
             checked = self.settings.get("reference")
             lines.append("  volume outliers: none" if checked else "  volumes: not checked (no reference statistics)")
+        if self.unstated:
+            lines += _unstated_lines(self.unstated)
         for prompt, entry in self.diversity.items():
             dice = entry["mean_dice"]
             text = "n/a" if dice is None else f"mean Dice {dice:.3f} (diversity {entry['diversity']:.3f})"
@@ -386,6 +398,7 @@ def check_masks(
         attributes = parsed[prompt]
         measured = measure_labels(sample).attributes
         volumes = {name: finding_volume(measured.organs.get(name)) for name in ORGANS}
+        unstated = unstated_organ_check(measured, attributes)
         checks.append(
             SampleCheck(
                 index=index,
@@ -396,6 +409,7 @@ def check_masks(
                 volumes=volume_findings(volumes, stats, tolerance, attributes),
                 measured=measured,
                 sides=side_check(sample),
+                unstated=unstated,
             )
         )
 
@@ -458,6 +472,7 @@ def check_masks(
         },
         samples=checks,
         wrong_side_fraction=_fraction(sum(sided), len(sided)),
+        unstated=unstated_summary([c.unstated for c in checks]),
     )
 
 
@@ -477,6 +492,26 @@ def _count_line(passed: int, total: int) -> str:
 
 def _tally(counter: Counter[str]) -> str:
     return ", ".join(f"{name} ×{n}" for name, n in counter.most_common(6))
+
+
+def _unstated_lines(summary: dict[str, Any]) -> list[str]:
+    """Summary lines of `mask_unstated.unstated_summary`: maps, checks and failing organs."""
+    lines = []
+    for kind, words in (
+        ("normal", "every unstated solid organ of normal volume"),
+        ("complete", "liver, spleen and kidneys whole inside the grid"),
+    ):
+        maps, checks = summary[f"{kind}_maps"], summary[f"{kind}_checks"]
+        failing = ", ".join(
+            f"{name} {entry[kind][1] - entry[kind][0]}/{entry[kind][1]}"
+            for name, entry in summary["by_organ"].items()
+            if entry[kind][0] < entry[kind][1]
+        )
+        lines.append(
+            f"  unstated organs: {_count_line(*maps)} maps have {words} ({checks[0]}/{checks[1]} checks)"
+            + (f"; failing: {failing}" if failing else "")
+        )
+    return lines
 
 
 def _field_kind(key: str) -> str:
