@@ -173,7 +173,7 @@ def warm_start(model: nn.Module, config, folder: str | Path, grow) -> dict:
 
     The folder's network must be the recipe's, except that it may know fewer classes (an older
     vocabulary): ``grow(weights, old_config, config)`` then maps its class channels (each network's
-    ``grown_weights``). Returns a record for the run's log (folder, its classes).
+    ``grown_weights``). Returns the folder and how many classes it knew.
     """
     folder = Path(folder)
     old, weights, _ = load_checkpoint(folder, type(config))

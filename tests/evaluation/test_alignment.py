@@ -153,7 +153,7 @@ def test_dice_per_class_and_stub_judge():
     }
     assert result["mean"] == pytest.approx((1 + 2 / 3) / 2)
     with pytest.raises(ValueError):
-        alignment_dice(StubJudge(prediction), [case], classes=["lung"])
+        alignment_dice(StubJudge(prediction), [case], classes=["trachea"])
 
 
 def test_downstream_experiment_structure():

@@ -151,7 +151,7 @@ def test_map_shapes_checks_its_arguments():
     with pytest.raises(ValueError, match="labels"):
         map_shapes(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="organs"):
-        map_shapes(_grid(4.0, (4, 4, 4)), organs=("lung",))
+        map_shapes(_grid(4.0, (4, 4, 4)), organs=("trachea",))
 
 
 def test_real_maps_can_leave_out_organs_their_field_of_view_cuts():

@@ -110,8 +110,8 @@ def test_foreign_ids_and_bad_names_are_input_errors() -> None:
     array[2:4, 2:4, 2:4] = 52  # a TotalSegmentator id that was not remapped
     with pytest.raises(InputError, match="remap"):
         measure_labels(volume(array))
-    with pytest.raises(InputError, match="lung"):
-        measure_labels(volume(np.zeros((5, 5, 5), np.uint8)), annotated={"lung"})
+    with pytest.raises(InputError, match="trachea"):
+        measure_labels(volume(np.zeros((5, 5, 5), np.uint8)), annotated={"trachea"})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_queue_progress_polls_cancel_files_and_byom(live, tmp_path):
     for job_id in queued[2:]:
         assert client.post(f"/api/jobs/{job_id}/cancel").json()["state"] == "cancelled"
     done = wait_for(client, first, timeout=600)
-    assert done["state"] == "done" and done["cases"] == [0, 1], done
+    assert done["state"] == "done" and done["cases"] == [0, 1], (done.get("error"), done.get("note"))
     assert done["progress"]["fraction"] == 1.0
 
     # The second job starts; cancelling it ends the worker, and the third runs on a fresh one.

@@ -367,10 +367,8 @@ class _Reader:
     @staticmethod
     def _apposition(spans: list[Span], position: int) -> Span | None:
         """The comma-set-off phrase after a tumour mention and its size-only spans, when it says only
-        where the tumour is: "small renal tumour, 2.5 cm, right kidney" → "right kidney".
-
-        Not when a state follows without an organ of its own ("…, right kidney, enlarged"): then the
-        phrase is that state's subject, not the tumour's site.
+        where the tumour is: "small renal tumour, 2.5 cm, right kidney" → "right kidney". Not when a
+        state follows without an organ ("…, right kidney, enlarged": the phrase is the state's subject).
         """
         index = position + 1
         while (
