@@ -301,6 +301,7 @@ def _hostile_inputs() -> dict[str, str]:
 @pytest.mark.parametrize("name,text", list(_hostile_inputs().items()))
 def test_long_and_odd_input_is_fast_and_safe(name: str, text: str) -> None:
     assert len(text) >= 9_000
+    parse_prompt("liver mass")  # one-off costs (lazy imports, compiled patterns) are not the input's
     start = time.perf_counter()
     result = parse_prompt(text)
     elapsed = time.perf_counter() - start
