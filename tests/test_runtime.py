@@ -270,3 +270,35 @@ def test_auto_keeps_the_mask_network_on_torch(auto_env, trained_looking_model):
     assert sampler.network("auto", "fp32").backend == "torch"
     if FAST:
         assert sampler.network(FAST[0], "fp32").backend == FAST[0]
+
+
+class _Conv3d(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(), torch.nn.Conv3d(8, 4, 1)
+        )
+
+    def forward(self, x, scale):
+        return self.body(x) * scale.reshape(-1, 1, 1, 1, 1)
+
+
+def test_channels_last_torch_call_gives_the_plain_output_and_keeps_the_weights(tmp_path):
+    module = _Conv3d().eval()
+    x = torch.randn(2, 3, 6, 7, 5, generator=torch.Generator().manual_seed(0))
+    scale = torch.tensor([1.0, -2.0])
+    with torch.no_grad():
+        ref = module(x, scale)
+    digest = weights_digest(module)
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    spec = NetworkSpec("conv3d", module, (x, scale), ("x", "scale"), digest, (tmp_path / "cache",), channels_last=True)
+    net = compile_network(spec, "torch", "fp32")
+    # The weights really run in channels_last_3d order (else the flag does nothing) ...
+    assert module.body[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not module.body[0].weight.is_contiguous()
+    out = net(x, scale)
+    # ... the output comes back in the default order, with the plain module's values ...
+    assert out.is_contiguous() and torch.allclose(out, ref, atol=1e-5)
+    # ... and the weights' values and digest (which keys the export cache) are unchanged.
+    assert weights_digest(module) == digest
+    assert all(torch.equal(weights[k], v) for k, v in module.state_dict().items())

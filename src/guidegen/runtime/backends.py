@@ -98,7 +98,8 @@ def weights_digest(module: nn.Module, extra: str = "") -> str:
     """sha256 (hex) of a module's state dict (names, shapes, dtypes, bytes) and ``extra`` (its config)."""
     h = hashlib.sha256(extra.encode())
     for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+        # reshape(-1): a channels-last weight with unit dims counts as contiguous yet has odd strides.
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -115,6 +116,11 @@ class NetworkSpec:
         input_names: one name per input.
         digest: `weights_digest` of the module (keys the cache).
         cache_dirs: where to keep the export and the verdict, first writable wins.
+        channels_last: on the CPU, PyTorch runs the network with its weights and 5-D inputs in
+            ``channels_last_3d`` order (oneDNN's 3-D convolutions are faster in it: the mask UNet's
+            guided pair took 0.37 instead of 0.45 s in fp32 with the ISA capped at AVX2, and 0.13
+            instead of 0.17 s in native bf16; converting the input alone gained little, since
+            MONAI's blocks hand back the default order). The module is converted in place.
     """
 
     name: str
@@ -123,6 +129,7 @@ class NetworkSpec:
     input_names: tuple[str, ...]
     digest: str
     cache_dirs: tuple[Path, ...] = ()
+    channels_last: bool = False
 
 
 class CompiledNetwork:
@@ -178,7 +185,18 @@ def torch_threads_for(network: object) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _torch_call(module: nn.Module, precision: str) -> Callable[..., Tensor]:
+def _torch_call(module: nn.Module, precision: str, channels_last: bool = False) -> Callable[..., Tensor]:
+    if channels_last:
+        module.to(memory_format=torch.channels_last_3d)
+
+        def call(*inputs: Tensor) -> Tensor:
+            inputs = tuple(t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for t in inputs)
+            with torch.inference_mode(), autocast(inputs[0].device, precision):
+                # Back to the default order: what follows (softmax, sampling) reduces over it.
+                return module(*inputs).float().contiguous()
+
+        return call
+
     def call(*inputs: Tensor) -> Tensor:
         with torch.inference_mode(), autocast(inputs[0].device, precision):
             return module(*inputs).float()
@@ -356,7 +374,7 @@ def compile_network(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     module = spec.module
-    torch_call = _torch_call(module, precision)
+    torch_call = _torch_call(module, precision, channels_last=spec.channels_last and device.type == "cpu")
     if backend == "torch" or (backend == "auto" and device.type != "cpu"):
         return CompiledNetwork(torch_call, "torch", precision)
     if device.type != "cpu":
