@@ -113,6 +113,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument(
+        "--real-start", type=float, default=None, help="start from a deformed real map of the bank (SDEdit strength)"
+    )
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--real", nargs="+", default=DEFAULT_REAL, help="held-out real label maps")
     parser.add_argument("--vocabulary", default="totalsegmentator", help="the real maps' vocabulary ('' = sidecar)")
     parser.add_argument("--labels-json", default=None, help="the real maps' own label set instead")
@@ -157,6 +161,8 @@ def main() -> None:
                     seed=chunk,
                     steps=args.steps,
                     guidance=args.guidance,
+                    real_start=args.real_start,
+                    precision=args.precision,
                     clean=False,
                     tumour_placement="network",
                     organ_sizes="network",
@@ -191,7 +197,8 @@ def main() -> None:
     names = [Path(p).parent.name if Path(p).name.startswith("labels") else Path(p).name for p in args.real]
     real_shapes = [map_shapes(v, skip_cut=CUT_SENSITIVE) for v in real]
     print(
-        f"mask realism: {folder} ({cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, guidance "
+        f"mask realism: {folder} ({cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
+        f"start {'noise' if args.real_start is None else f'real map at strength {args.real_start}'}, guidance "
         f"{cfg.guidance_scale if args.guidance is None else args.guidance}); prompt {args.prompt!r}, {args.n} maps "
         f"(seeds {seeds[0]}-{seeds[-1]}, {how}); real maps {', '.join(names)} resampled to {cfg.spacing} mm "
         f"({time.perf_counter() - start:.0f} s); CPU {cpu_name()}, torch threads {args.threads}, machine shared"

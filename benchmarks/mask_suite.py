@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument(
+        "--real-start", type=float, default=None, help="start from a deformed real map of the bank (SDEdit strength)"
+    )
     parser.add_argument("--diversity", type=int, default=4, help="samples per diversity prompt (0 = skip)")
     parser.add_argument("--reference", default=None, help="prepared folder with the training maps (volume check)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
@@ -107,6 +110,7 @@ def main() -> None:
                 seed=[s for _, s in chunk],
                 steps=args.steps,
                 guidance=args.guidance,
+                real_start=args.real_start,
                 tumour_placement="network",
                 organ_sizes="network",
                 aorta_placement="network",
@@ -135,7 +139,9 @@ def main() -> None:
     cfg = sampler.config
     print(
         f"mask sampler {args.model}: {cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
-        f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}; {len(jobs)} samples in "
+        f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}, "
+        f"start {'noise' if args.real_start is None else f'real map at strength {args.real_start}'}; "
+        f"{len(jobs)} samples in "
         f"{seconds:.0f} s "
         f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
         f"last step {args.final_decode or cfg.final_decode}; "

@@ -54,6 +54,13 @@ TumourPlacementOption = Annotated[
         "network's own tumours (default: the model's setting)."
     ),
 ]
+RealStartOption = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Start the mask sampler from a deformed real map of its bank, carried to this fraction (0-1] of the "
+        "diffusion (SDEdit), instead of from noise (default).",
+    ),
+]
 OrganSizesOption = Annotated[
     Optional[str],
     typer.Option(
@@ -284,6 +291,7 @@ def sample_masks(
     tumour_placement: TumourPlacementOption = None,
     organ_sizes: OrganSizesOption = None,
     aorta_placement: AortaPlacementOption = None,
+    real_start: RealStartOption = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     precision: PrecisionOption = "auto",
@@ -296,6 +304,7 @@ def sample_masks(
         tumour_placement=tumour_placement,
         organ_sizes=organ_sizes,
         aorta_placement=aorta_placement,
+        real_start=real_start,
         precision=precision,
         backend=backend,
     )
@@ -477,6 +486,7 @@ def generate_command(
     tumour_placement: TumourPlacementOption = None,
     organ_sizes: OrganSizesOption = None,
     aorta_placement: AortaPlacementOption = None,
+    real_start: RealStartOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,
     model: Annotated[
         Optional[Path],
@@ -505,6 +515,7 @@ def generate_command(
         tumour_placement=tumour_placement,
         organ_sizes=organ_sizes,
         aorta_placement=aorta_placement,
+        real_start=real_start,
         precision=precision,
         backend=backend,
     )

@@ -115,6 +115,9 @@ class GenerationSettings:
             anatomy) or "network".
         organ_sizes: "scale" (organs the prompt sizes are given that size) or "network".
         aorta_placement: "tube" (the aorta redrawn as one tube of normal calibre) or "network".
+        real_start: ``None`` samples the masks from noise; a strength in (0, 1] starts the mask
+            sampler from a deformed real map of its bank carried forward to that fraction of the
+            diffusion (SDEdit; `guidegen.masks.start_maps`).
         precision: "auto" (bf16 only where the hardware runs it natively), "fp32", "bf16", "fp16".
         backend: "auto", "torch", "onnxruntime" or "openvino" (`guidegen.runtime`).
 
@@ -129,6 +132,7 @@ class GenerationSettings:
     tumour_placement: str | None = None
     organ_sizes: str | None = None
     aorta_placement: str | None = None
+    real_start: float | None = None
     precision: str = "auto"
     backend: str = "auto"
 
@@ -141,6 +145,13 @@ class GenerationSettings:
         _choice(self.tumour_placement, "--tumour-placement", TUMOUR_PLACEMENTS)
         _choice(self.organ_sizes, "--organ-sizes", ORGAN_SIZES)
         _choice(self.aorta_placement, "--aorta-placement", AORTA_PLACEMENTS)
+        if self.real_start is not None and (
+            isinstance(self.real_start, bool)
+            or not isinstance(self.real_start, numbers.Real)
+            or not math.isfinite(self.real_start)
+            or not 0.0 < self.real_start <= 1.0
+        ):
+            raise InputError("--real-start", f"must be a strength above 0 and at most 1, got {self.real_start!r}")
         _choice(self.precision, "--precision", PRECISIONS, optional=False)
         _choice(self.backend, "--backend", BACKENDS, optional=False)
 

@@ -213,24 +213,29 @@ class CategoricalDiffusion:
         t = torch.randint(1, self.num_timesteps + 1, (n,), generator=generator, device=gen_device)
         return t.to(device) if device is not None else t
 
-    def timestep_sequence(self, steps: int | None = None) -> list[int]:
-        """The visited timesteps ``T = τ_0 > τ_1 > … > τ_steps = 0`` of a sampler.
+    def timestep_sequence(self, steps: int | None = None, start: int | None = None) -> list[int]:
+        """The visited timesteps ``start = τ_0 > τ_1 > … > τ_steps = 0`` of a sampler.
 
         Args:
-            steps: number of network evaluations; ``None`` or ``T`` visits every timestep, fewer
-                spaces them evenly (rounded to integers).
+            steps: number of network evaluations; ``None`` or ``start`` visits every timestep,
+                fewer spaces them evenly (rounded to integers).
+            start: the first timestep, in ``[1, T]``; default ``T`` (sampling from noise). A
+                sampler that starts from a noised volume (`q_sample` at ``start``) visits fewer.
 
         Returns:
-            ``steps + 1`` strictly decreasing integers from ``T`` to ``0``.
+            ``steps + 1`` strictly decreasing integers from ``start`` to ``0``.
         """
         T = self.num_timesteps
+        start = T if start is None else start
+        if not isinstance(start, int) or not 1 <= start <= T:
+            raise ValueError(f"start must be an integer in [1, {T}], got {start!r}")
         if steps is None:
-            steps = T
-        if not isinstance(steps, int) or not 1 <= steps <= T:
-            raise ValueError(f"steps must be an integer in [1, {T}], got {steps!r}")
-        # Integer rounding of T·(steps − i)/steps; consecutive values differ by at least 1 because
-        # the spacing T/steps is at least 1.
-        return [(2 * T * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
+            steps = start
+        if not isinstance(steps, int) or not 1 <= steps <= start:
+            raise ValueError(f"steps must be an integer in [1, {start}], got {steps!r}")
+        # Integer rounding of start·(steps − i)/steps; consecutive values differ by at least 1
+        # because the spacing start/steps is at least 1.
+        return [(2 * start * (steps - i) + steps) // (2 * steps) for i in range(steps + 1)]
 
     # ------------------------------------------------------------------ distributions
 

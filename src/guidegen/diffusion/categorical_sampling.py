@@ -89,8 +89,11 @@ def ancestral_sample(
     device: torch.device | str | None = None,
     final: Literal["sample", "argmax", "matched"] = "sample",
     matched_classes: Sequence[int] | None = None,
+    start: Tensor | None = None,
+    start_t: int | None = None,
 ) -> Tensor:
-    """Ancestral sampling from ``x_T ~ Cat(1/K)`` down to ``x_0``.
+    """Ancestral sampling from ``x_T ~ Cat(1/K)`` — or from a given volume carried forward to
+    ``start_t`` — down to ``x_0``.
 
     With ``steps = None`` (or ``T``) every step ``t → t − 1`` draws from
     ``p_θ(x_{t-1} | x_t)`` ([H21] §4, [A21] §3). With fewer steps the sampler visits
@@ -116,6 +119,12 @@ def ancestral_sample(
             per-class offset that gives each of ``matched_classes`` as many voxels as its
             expected count (`count_matched_argmax`).
         matched_classes: classes whose counts ``"matched"`` matches (default: all).
+        start, start_t: (N, *S) labels (`CategoricalDiffusion.ignore_index` marks unknown voxels)
+            and a timestep in ``[1, T]``: the reverse process starts from ``x_{start_t} ~ q(· |
+            start)`` instead of noise and visits ``steps`` timesteps from ``start_t`` to 0 (SDEdit,
+            Meng et al., ICLR 2022, in the categorical forward process: a fraction ``1 − ᾱ_t`` of
+            the voxels is redrawn uniformly, the rest keep their class). ``steps`` must then be at
+            most ``start_t``.
 
     Returns:
         (N, *S) int64 labels on ``device``.
@@ -130,11 +139,18 @@ def ancestral_sample(
         first = generator if generator is None or isinstance(generator, torch.Generator) else next(iter(generator))
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
-    sequence = diffusion.timestep_sequence(steps)
+    if (start is None) != (start_t is None):
+        raise ValueError("start and start_t go together")
+    sequence = diffusion.timestep_sequence(steps, start_t)
     N = shape[0]
 
-    uniform = torch.full((N, K, *shape[1:]), -math.log(K), device=device)
-    x = sample_categorical(uniform, generator)
+    if start is None:
+        uniform = torch.full((N, K, *shape[1:]), -math.log(K), device=device)
+        x = sample_categorical(uniform, generator)
+    else:
+        if tuple(start.shape) != shape or start.is_floating_point():
+            raise ValueError(f"start must be integer labels of shape {shape}, got {tuple(start.shape)} {start.dtype}")
+        x = sample_categorical(torch.log(diffusion.q_probs(start.to(device), start_t)), generator)
     for i, (t, s) in enumerate(zip(sequence[:-1], sequence[1:])):
         x_onehot = F.one_hot(x, K).movedim(-1, 1).float()
         t_batch = torch.full((N,), t, dtype=torch.long, device=device)

@@ -31,6 +31,7 @@ from guidegen.masks.placement import (
     name_kidneys_by_side,
     place_stated_tumours,
 )
+from guidegen.masks.start_maps import load_start_maps, start_map
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.settings import GenerationSettings, item_seeds
@@ -162,6 +163,15 @@ class VolumetricMaskSampler:
         self.diffusion = diffusion_from_config(config)
         self.source: Path | None = None  # the checkpoint folder it was loaded from (caches the exports)
         self._networks: dict[tuple[str, str], CompiledNetwork] = {}
+        self._start_maps: np.ndarray | None = None
+
+    def start_maps(self) -> np.ndarray:
+        """The bank of real maps beside the checkpoint that ``real_start`` draws from (loaded once)."""
+        if self._start_maps is None:
+            if self.source is None:
+                raise InputError("--real-start", "this sampler was not loaded from a folder, so it has no start maps")
+            self._start_maps = load_start_maps(self.source, self.config)
+        return self._start_maps
 
     # -- persistence -------------------------------------------------------------------------
     @classmethod
@@ -220,6 +230,7 @@ class VolumetricMaskSampler:
                 ("x_t", "t", "context"),
                 weights_digest(self.model, repr(cfg)),
                 cache_dirs(self.source),
+                channels_last=True,
             )
             self._networks[key] = compile_network(spec, backend, precision or "auto", self.device)
         return self._networks[key]
@@ -329,6 +340,15 @@ class VolumetricMaskSampler:
             return guided_logits(both[:batch], both[batch:], scale)
 
         generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        start = start_t = None
+        starts: list[int | None] = [None] * batch
+        if settings.real_start is not None:
+            bank = self.start_maps()
+            drawn = [start_map(bank, sampler_grid(self.config), s) for s in seeds]
+            start = torch.from_numpy(np.stack([m for m, _ in drawn]).astype(np.int64)).to(self.device)
+            starts = [i for _, i in drawn]
+            start_t = max(1, round(settings.real_start * self.config.num_timesteps))
+            steps = max(1, min(steps, round(steps * settings.real_start)))
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, steps))
         with torch_threads_for(network):
             labels = ancestral_sample(
@@ -341,6 +361,8 @@ class VolumetricMaskSampler:
                 device=self.device,
                 final=decode,  # type: ignore[arg-type]
                 matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]],
+                start=start,
+                start_t=start_t,
             )
         affine = sampler_grid(self.config)
         out = []
@@ -357,6 +379,9 @@ class VolumetricMaskSampler:
                     "seed": seeds[i],
                     "index": i,
                     "runtime": {"backend": network.backend, "precision": network.precision},
+                    "start": "noise"
+                    if starts[i] is None
+                    else {"real_map": starts[i], "strength": settings.real_start, "steps": steps},
                 },
             )
             if placement == "insert" or sizes == "scale" or aorta == "tube":
