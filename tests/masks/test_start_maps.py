@@ -197,3 +197,25 @@ def test_build_keeps_only_maps_that_annotate_everything(tmp_path):
     assert ids == ["totalseg-example-a"] and maps.shape == (1, 32, 32, 24)
     with pytest.raises(InputError, match="no source map"):
         build_start_maps(config, [REPO / "data/real/masks-only"], tmp_path / "cache2")
+
+
+def test_case_json_and_prompt_json_say_where_the_sampler_started(tmp_path):
+    import json
+
+    from guidegen.cli import main
+    from tests.pipeline.conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny")
+    cfg = VolumetricMaskSampler.from_pretrained(model / "mask_sampler").config
+    bank = np.stack([_box_map((32, 32, 20), 200.0, (8.0, 8.0, 8.0))[8:24, 8:24, 6:14]])
+    assert bank.shape[1:] == tuple(cfg.shape)
+    save_start_maps(model / "mask_sampler", bank, ["box"])
+    args = ["--prompt", "enlarged spleen", "--model", str(model), "--real-start", "0.7", "--precision", "fp32"]
+    main(["generate", *args, "--out", str(tmp_path / "gen"), "-q"])
+    case = json.loads((tmp_path / "gen" / "case_000000" / "case.json").read_text())
+    steps = round(cfg.sample_steps * 0.7)
+    assert case["mask_start"] == {"real_map": 0, "strength": 0.7, "steps": steps}
+    assert case["sampling"]["mask_steps"] == steps and case["settings"]["real_start"] == 0.7
+    main(["sample-masks", *args, "--out", str(tmp_path / "masks")])
+    record = json.loads((tmp_path / "masks" / "prompt.json").read_text())
+    assert record["start"] == [{"real_map": 0, "strength": 0.7, "steps": steps}] and record["steps"] == steps

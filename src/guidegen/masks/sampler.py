@@ -31,7 +31,7 @@ from guidegen.masks.placement import (
     name_kidneys_by_side,
     place_stated_tumours,
 )
-from guidegen.masks.start_maps import load_start_maps, start_map
+from guidegen.masks.start_maps import load_start_maps, start_map, start_steps
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.settings import GenerationSettings, item_seeds
@@ -348,7 +348,7 @@ class VolumetricMaskSampler:
             start = torch.from_numpy(np.stack([m for m, _ in drawn]).astype(np.int64)).to(self.device)
             starts = [i for _, i in drawn]
             start_t = max(1, round(settings.real_start * self.config.num_timesteps))
-            steps = max(1, min(steps, round(steps * settings.real_start)))
+            steps = start_steps(steps, settings.real_start)
         step_cb = None if callback is None else (lambda i, s, x, p: callback(i + 1, steps))
         with torch_threads_for(network):
             labels = ancestral_sample(

@@ -45,6 +45,11 @@ START_MAPS_INFO = "start_maps.json"
 _START_STREAM = 0x73747274
 
 
+def start_steps(steps: int, strength: float) -> int:
+    """Network evaluations from a real start: the strided sampler's spacing kept, so ``strength`` of ``steps``."""
+    return max(1, min(steps, round(steps * strength)))
+
+
 def build_start_maps(
     config: MaskSamplerConfig,
     sources: Sequence[str | Path],

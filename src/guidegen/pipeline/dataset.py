@@ -34,6 +34,7 @@ from guidegen.errors import InputError, OutputExistsError
 from guidegen.io.atomic import atomic_dir, write_text
 from guidegen.io.nifti import write_nifti
 from guidegen.labels.vocabulary import CLASSES, ID, NAMES, UNKNOWN, preview_colour
+from guidegen.masks.start_maps import start_steps
 from guidegen.pipeline.generate import GeneratedCase, GuideGen
 from guidegen.settings import FORMATS, DatasetRequest, GenerationSettings, read_prompts_file
 
@@ -147,6 +148,8 @@ def _case_json(
         "organ_sizes": case.labels.meta.get("organ_sizes"),
         # The aorta redrawn as one tube of normal calibre (aorta_placement="tube"): diameter, length, widths.
         "aorta_placement": case.labels.meta.get("aorta_placement"),
+        # The mask sampler's start: "noise", or the real bank map, strength and steps (--real-start).
+        "mask_start": case.labels.meta.get("start", "noise"),
         "model": {"model_id": model_info.get("model_id"), "version": model_info.get("version")},
         "guidegen_version": __version__,
         "labels": {str(i): NAMES[i] for i in present},
@@ -313,8 +316,9 @@ def generate_dataset(
             if c not in todo:
                 on_case(c, None)
     sampler_cfg, image_cfg, settings = model.mask_sampler.config, model.image_generator.config, request.settings
+    mask_steps = settings.steps or sampler_cfg.sample_steps
     sampling = {
-        "mask_steps": settings.steps or sampler_cfg.sample_steps,
+        "mask_steps": mask_steps if settings.real_start is None else start_steps(mask_steps, settings.real_start),
         "mask_guidance": sampler_cfg.guidance_scale if settings.guidance is None else settings.guidance,
         "image_steps": settings.image_steps or image_cfg.flow_steps,
         "image_guidance": image_cfg.guidance_scale if settings.image_guidance is None else settings.image_guidance,

@@ -239,7 +239,9 @@ def sample_masks_to_folder(
                     "attributes": attributes.to_dict(),
                     "n": n,
                     "seed": seed,
-                    "steps": settings.steps or sampler.config.sample_steps,
+                    "steps": volumes[0].meta["start"]["steps"]
+                    if isinstance(volumes[0].meta.get("start"), dict)
+                    else settings.steps or sampler.config.sample_steps,
                     "guidance": sampler.config.guidance_scale if settings.guidance is None else settings.guidance,
                     "tumour_placement": placement,
                     "placed": [v.meta.get("tumour_placement") for v in volumes],
@@ -247,6 +249,8 @@ def sample_masks_to_folder(
                     "sized": [v.meta.get("organ_sizes") for v in volumes],
                     "aorta_placement": aorta,
                     "aorta": [v.meta.get("aorta_placement") for v in volumes],
+                    # "noise", or the bank map, strength and steps of a real start (--real-start)
+                    "start": [v.meta.get("start") for v in volumes],
                     "runtime": volumes[0].meta.get("runtime"),
                     "settings": settings.to_dict(),
                     "seconds": round(seconds, 2),

@@ -262,7 +262,8 @@ class GuideGen:
             t_report = time.perf_counter() - started
             labels = fine[k]
             labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
-            for stage in ("tumour_placement", "organ_sizes", "aorta_placement"):  # what the placement stage did
+            # What the placement stage did, and where the sampler started.
+            for stage in ("tumour_placement", "organ_sizes", "aorta_placement", "start"):
                 if stage in coarse[k].meta:
                     labels.meta[stage] = coarse[k].meta[stage]
             cases.append(
