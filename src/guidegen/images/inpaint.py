@@ -19,6 +19,9 @@ How (the rectified-flow form of RePaint, Lugmayr et al., CVPR 2022, without resa
   edit region's bounding box; inside the region it is blended with the real CT by a weight that is 1
   on the changed voxels and up to half the margin and falls linearly to 0 at the margin's edge, so
   there is no step at the seam. Outside the region + margin nothing is written.
+* **Levels joined to the real scan** (`guidegen.images.seam`): before the blend, the generated box is
+  shifted by a per-tissue harmonic offset field that takes the real scan's level on the region's
+  border (Poisson image editing), and the margin's real gas is kept real.
 * **Levels from data.** New tumours are shifted to the level real tumours of that host show in that
   phase (`guidegen.images.levels.relative_tumour_hu`: relative to the real host organ of this scan
   for the liver), and native-resolution grain is added where the scan's grid is finer than the
