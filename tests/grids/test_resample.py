@@ -31,3 +31,31 @@ def test_outside_the_scan_is_unknown():
     src = Volume(np.ones((10, 10, 10), np.uint8), np.eye(4), "labels")
     out = resample_labels(src, grid_affine((1.0, 1.0, 1.0), np.array([-5.0, 0, 0])), (20, 10, 10))
     assert np.all(out.array[:4] == UNKNOWN) and np.all(out.array[6:14] == 1)
+
+
+def test_a_point_between_two_touching_classes_takes_one_of_them_not_background():
+    # Liver (4) and tumour (11) meet with no background between them. Target points half-way
+    # between their voxels lie on both borders (signed distance 0 for each) and used to come out
+    # background, which the CT generator draws as air in the middle of the liver.
+    array = np.full((12, 12, 12), 4, np.uint8)
+    array[6:, :, :] = 11
+    array[:, :, :2] = 0  # some real background, away from the interface
+    src = Volume(array, np.eye(4), "labels")
+    # A 2 mm grid whose x centres fall half-way between source voxels (x = 1.5, 3.5, 5.5, ...);
+    # its third column (x = 5.5) lies exactly on the interface.
+    out = resample_labels(src, grid_affine((2.0, 2.0, 2.0), np.array([1.5, 0.0, 0.0])), (5, 6, 6)).array
+    assert set(np.unique(out[:, :, 2:]).tolist()) <= {4, 11}, np.unique(out)
+    assert (out[:2, :, 2:] == 4).all() and (out[3:, :, 2:] == 11).all()
+    # Beside real background the shape-based boundary is unchanged: the background slab stays.
+    assert (out[:, :, 0] == 0).all()
+
+
+def test_between_thick_slices_two_thin_classes_leave_no_background_gap():
+    # 5 mm slices: class 6 in slice 2, class 9 in slice 3, each only 2 voxels wide in-plane, inside a
+    # "body" class (12). Half-way between the slices both thin classes have positive distance.
+    array = np.full((20, 20, 6), 12, np.uint8)
+    array[9:11, 5:15, :3] = 6
+    array[9:11, 5:15, 3:] = 9
+    src = Volume(array, np.diag([0.8, 0.8, 5.0, 1.0]), "labels")
+    out = resample_labels(src, grid_affine((0.8, 0.8, 1.0), np.zeros(3)), (20, 20, 26)).array
+    assert not (out[:, :, :25] == 0).any(), np.argwhere(out[:, :, :25] == 0)[:5]

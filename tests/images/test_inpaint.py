@@ -150,3 +150,32 @@ def test_a_real_scan_is_untouched_outside_the_region_and_drawn_as_labelled_insid
     )
     (entry,) = record2["tumour_levels"]
     assert entry["host"] == "liver" and entry["target_hu"] == pytest.approx(float(out2.array[ball].mean()), abs=12.0)
+
+
+def test_an_older_model_sees_the_scan_s_unlabelled_tissue_as_body_not_air(monkeypatch, real_scan):
+    # A model of 18 classes (the shipped generator) reads vocabulary-2 lungs and muscles as "body".
+    # The body outline must be derived before that folding: a folded map has "body" voxels, and a
+    # map with body voxels got no derived outline, so its fat (background in a TotalSegmentator
+    # map) was shown to the generator as background, drawn as air.
+    import guidegen.images.inpaint as inpaint
+    from guidegen.images.hu import unit_to_hu
+    from tests.images.conftest import ClassOracle, tiny_config
+
+    ct, labels = real_scan
+    seen = {}
+    sample = inpaint.sample_inpainted
+
+    def spy(model, labels_t, known, keep, **kw):
+        seen["labels"], seen["known"] = labels_t[0].numpy(), known[0].numpy()
+        return sample(model, labels_t, known, keep, **kw)
+
+    monkeypatch.setattr(inpaint, "sample_inpainted", spy)
+    liver = np.argwhere(labels.array == ID["liver"])
+    c = liver[len(liver) // 2]
+    changed = np.zeros(labels.shape, bool)
+    changed[c[0] - 2 : c[0] + 3, c[1] - 2 : c[1] + 3, c[2] - 2 : c[2] + 3] = True
+    model = ClassOracle(tiny_config(num_classes=18)).eval()
+    inpaint_ct(model, ct, labels, changed, seed=0, texture=False, levels=False)
+    tissue = unit_to_hu(seen["known"]) > -500  # the real scan's tissue on the model's slab
+    assert tissue.sum() > 1000
+    assert (seen["labels"][tissue] == ID["background"]).mean() < 0.01

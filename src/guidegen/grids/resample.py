@@ -6,6 +6,12 @@ interpolated linearly and every target voxel takes the class it lies deepest ins
 neighbour this gives smooth surfaces between thick slices instead of staircases, and unlike
 one-hot + argmax it does not depend on the other classes' smoothing. Signed distances are computed
 only in a box around each class, so cost scales with organ size, not scan size.
+
+Where two classes touch, a target point can lie inside neither class's interpolated shape (half-way
+between their voxels each signed distance is 0; between thick slices of anisotropic voxels it can be
+above 0 for both). Such a point would become background, drawn as air by the CT generator, though
+no background voxel lies near it. A point with no background voxel among the source voxels it
+interpolates between takes the class it lies nearest to instead.
 """
 
 from __future__ import annotations
@@ -80,8 +86,11 @@ def resample_labels(
     spacing = labels.spacing
     best = np.full(shape, _FAR, dtype=np.float32)
     out = np.zeros(shape, dtype=np.uint8)
+    nearest = np.full(shape, _FAR, dtype=np.float32)  # smallest signed distance of any class, inside or not
+    nearest_class = np.zeros(shape, dtype=np.uint8)
     margin = np.ceil(2.0 * np.linalg.norm(matrix, axis=1)).astype(int) + 2  # a few target voxels
-    for cls in np.unique(labels.array):
+    classes = np.unique(labels.array)
+    for cls in classes:
         if cls == 0:
             continue
         mask = labels.array == cls
@@ -97,6 +106,18 @@ def resample_labels(
         take = (sdf_t < 0) & (sdf_t < best)
         best[take] = sdf_t[take]
         out[take] = cls
+        closer = sdf_t < nearest
+        nearest[closer] = sdf_t[closer]
+        nearest_class[closer] = cls
+    if 0 in classes:
+        # Background is possible only where a background voxel is among the interpolation's corners.
+        background = ndimage.affine_transform(
+            (labels.array == 0).astype(np.float32), matrix, offset, output_shape=shape, order=1, mode="nearest"
+        )
+        gap = (out == 0) & (background == 0) & (nearest < _FAR)
+    else:
+        gap = (out == 0) & (nearest < _FAR)
+    out[gap] = nearest_class[gap]
     if mark_outside_unknown:
         out[~field_of_view(labels, target_affine, shape)] = UNKNOWN
     return Volume(out, target_affine, "labels", dict(labels.meta))

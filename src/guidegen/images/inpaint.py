@@ -19,6 +19,9 @@ How (the rectified-flow form of RePaint, Lugmayr et al., CVPR 2022, without resa
   edit region's bounding box; inside the region it is blended with the real CT by a weight that is 1
   on the changed voxels and up to half the margin and falls linearly to 0 at the margin's edge, so
   there is no step at the seam. Outside the region + margin nothing is written.
+* **Levels joined to the real scan** (`guidegen.images.seam`): before the blend, the generated box is
+  shifted by a per-tissue harmonic offset field that takes the real scan's level on the region's
+  border (Poisson image editing), and the margin's real gas is kept real.
 * **Levels from data.** New tumours are shifted to the level real tumours of that host show in that
   phase (`guidegen.images.levels.relative_tumour_hu`: relative to the real host organ of this scan
   for the liver), and native-resolution grain is added where the scan's grid is finer than the
@@ -48,9 +51,10 @@ from guidegen.images.grain import interior
 from guidegen.images.hu import hu_to_unit, unit_to_hu
 from guidegen.images.levels import TUMOUR_DEPTH_MM, relative_tumour_hu, scan_phase, tumour_host
 from guidegen.images.model import assemble_inputs, context_labels, mask_channels, phase_id
+from guidegen.images.seam import GAS_HU, level_offset
 from guidegen.images.texture import add_texture
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
-from guidegen.labels.vocabulary import ID
+from guidegen.labels.vocabulary import ID, fold_for_model
 from guidegen.runtime.backends import torch_threads_for
 from guidegen.settings import GenerationSettings
 
@@ -264,6 +268,46 @@ def _set_tumour_levels(
     return record
 
 
+def _join_to_real(
+    generated: np.ndarray,
+    real: np.ndarray,
+    labels: np.ndarray,
+    region: EditRegion,
+    spacing,
+    new_tumour: np.ndarray | None,
+    tumour_levels: list[dict] | None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The generated box shifted onto the real scan's levels (`guidegen.images.seam.level_offset`)
+    and the blend weight with the margin's real gas kept (weight 0: the generator draws bowel gas
+    and the wall beside it unlike this scan; the changed voxels themselves are always generated).
+
+    New tumours whose level was set from real tumours get no offset; the others (no level for their
+    host and phase) move with their host, keeping the contrast the network drew.
+    """
+    membrane = labels.copy()
+    fixed = np.zeros(labels.shape, bool)
+    if new_tumour is not None and new_tumour[region.box].any():
+        components, count = ndimage.label(new_tumour[region.box])  # as `_set_tumour_levels` numbers them
+        for index in range(1, count + 1):
+            comp = components == index
+            entry = tumour_levels[index - 1] if tumour_levels and index <= len(tumour_levels) else {}
+            if entry.get("target_hu") is not None:
+                fixed |= comp
+            else:
+                host = tumour_host(labels, comp)
+                if host:
+                    membrane[comp] = ID[host]
+    offset, record = level_offset(generated, real, membrane, region.region, spacing, fixed=fixed)
+    gas_kept = region.region & ~region.changed & (real < GAS_HU)
+    weight = np.where(gas_kept, 0.0, region.weight).astype(np.float32)
+    solved = region.region & ~fixed
+    record.update(
+        mean_offset_hu=round(float(offset[solved].mean()), 1) if solved.any() else 0.0,
+        gas_voxels_kept=int(gas_kept.sum()),
+    )
+    return generated + offset, weight, record
+
+
 @torch.no_grad()
 def inpaint_ct(
     model: ConditionalImageGenerator,
@@ -278,6 +322,7 @@ def inpaint_ct(
     settings: GenerationSettings | None = None,
     texture: bool = True,
     levels: bool = True,
+    seamless: bool = True,
     **options: object,
 ) -> tuple[Volume, EditRegion, dict]:
     """Regenerate a real CT inside an edited region of its label map (module docstring).
@@ -294,6 +339,8 @@ def inpaint_ct(
         settings: image settings (steps, guidance, phase, precision, backend); a ``phase`` of
             ``None`` is estimated from the real CT.
         texture, levels: native grain and tumour levels (module docstring).
+        seamless: join the generated CT to the real one by a per-tissue offset field and keep the
+            real gas of the margin (`_join_to_real`); ``False``: the linear blend alone.
         **options: any `GenerationSettings` field.
 
     Returns:
@@ -314,8 +361,12 @@ def inpaint_ct(
     full_region = region.full(ct.shape)
     phase = settings.phase or scan_phase(real, lab)
     # The generator sees the map as in training: body completed, unknown inside the body as body.
-    completion = complete_body(labels.with_array(lab), annotated)
+    # Completed before the newer classes are folded for an older model: folded lungs and muscles
+    # would be "body" voxels, and a map with body voxels gets no derived outline (its fat stays
+    # background, which the generator draws as air).
+    completion = complete_body(labels.with_array(np.asarray(labels.array).astype(np.uint8)), annotated)
     source = unknown_as_body(completion.labels)
+    source = source.with_array(fold_for_model(source.array, cfg.num_classes))
     slab_affine, slab_shape, first, last = inpaint_slab(source, full_region, cfg, cfg.context_radius + 1)
     # The region must lie inside the generator's in-plane field of view.
     pts = np.argwhere(full_region)
@@ -379,7 +430,13 @@ def inpaint_ct(
         )
     if texture:
         generated, record["texture"] = add_texture(generated, box_labels, box_affine, cfg.spacing, seed, phase)
-    blended = region.weight * generated + (1.0 - region.weight) * real[region.box]
+    real_box = real[region.box]
+    weight = region.weight
+    if seamless:
+        generated, weight, record["seam"] = _join_to_real(
+            generated, real_box, box_labels, region, ct.spacing, new_tumour, record["tumour_levels"]
+        )
+    blended = weight * generated + (1.0 - weight) * real_box
     blended = np.clip(np.rint(blended), HU_MIN, HU_MAX)  # whole HU, as the scan's own voxels
     out = np.array(ct.array, copy=True)
     box_out = out[region.box]
