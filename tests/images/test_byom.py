@@ -154,3 +154,28 @@ def test_newer_classes_reach_an_older_model_as_body():
     new = ClassOracle(tiny_config()).eval()
     ct = generate_ct(new, labels.with_array(array), seed=0, texture=False, levels=False)
     assert np.all(np.abs(ct.array[core] - ORACLE_HU["lung"]) <= 2)
+
+
+def test_an_older_model_gets_a_derived_body_when_the_map_has_muscles_but_no_body():
+    """A TotalSegmentator map labels muscles (vocabulary 2) and no body. An 18-class model reads the
+    muscles as "body"; the outline must be derived before that folding, else the folded muscles
+    count as an outline, none is derived, and the fat between the organs is drawn as air."""
+    from scipy import ndimage
+
+    from tests.images.conftest import ClassOracle, tiny_config
+
+    old = ClassOracle(tiny_config(num_classes=18)).eval()
+    labels = phantom(body=False)
+    array = labels.array.copy()
+    array[20:24, 6:9, 2:12] = ID["muscle"]  # a back muscle beside the spine
+    labels = labels.with_array(array)
+    ct = generate_ct(old, labels, seed=0, texture=False, levels=False)
+    assert ct.meta["body"] == "derived"
+    # Background between the structures, away from their edges (resampling blurs those).
+    between = (array == ID["background"]) & ~ndimage.binary_dilation(array != ID["background"], iterations=2)
+    hull = np.zeros_like(between)
+    for k in range(array.shape[2]):
+        hull[..., k] = ndimage.binary_fill_holes(ndimage.binary_closing(array[..., k] != 0, iterations=6))
+    inside = between & hull
+    assert inside.sum() > 20
+    assert np.mean(np.abs(ct.array[inside] - ORACLE_HU["body"]) <= 30) > 0.9

@@ -26,7 +26,7 @@ from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator, SliceCallback, checked_ids, image_settings
 from guidegen.images.native import finish_native
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
-from guidegen.labels.vocabulary import NAMES, UNKNOWN
+from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, fold_for_model
 from guidegen.settings import GenerationSettings
 
 __all__ = ["MIN_TISSUE_FRACTION", "generate_ct", "model_grid"]
@@ -156,7 +156,10 @@ def generate_ct(
         labels = labels.with_array(labels.array, affine=affine)
     if not isinstance(labels, Volume) or labels.kind != "labels":
         raise ValueError("labels must be a label Volume or an integer array")
-    ids = checked_ids(labels, model.config.num_classes)
+    # Ids checked against the whole vocabulary; the body outline is completed on them before the
+    # newer classes are folded for an older model: folded lungs and muscles would count as a body
+    # outline, none would be derived, and the map's fat (background) would be drawn as air.
+    ids = checked_ids(labels, NUM_CLASSES)
     source = labels.with_array(ids.astype(np.uint8))
     body = "as given"
     if add_body:
@@ -164,6 +167,7 @@ def generate_ct(
         source, annotated = completion.labels, completion.annotated
         body = "derived" if completion.derived else "from the map"
     source = unknown_as_body(source)
+    source = source.with_array(fold_for_model(np.asarray(source.array), model.config.num_classes).astype(np.uint8))
     affine, shape = model_grid(canonical(source), model.config, fov)
     on_grid = upsample_labels(source, affine=affine, shape=shape)
     # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
