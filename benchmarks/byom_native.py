@@ -37,6 +37,7 @@ import torch
 from real_scans import load_scans  # a script's folder is on sys.path
 from scipy import ndimage
 
+from guidegen.data.body import complete_body, unknown_as_body
 from guidegen.images.any_grid import generate_ct
 from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.grain import interior, measure_texture, slice_axis, to_slices_last
@@ -98,20 +99,30 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def table(
-    title: str, labels: Volume, real: Volume, network: Volume, final: Volume, no_real: tuple[str, ...] = ()
+    title: str,
+    labels: Volume,
+    real: Volume,
+    network: Volume,
+    before: Volume,
+    final: Volume,
+    no_real: tuple[str, ...] = (),
 ) -> None:
-    """Per structure: real, network and default mean / fine grain / coarse grain / slice change,
-    ratios default / real (``no_real``: structures the real CT does not have, e.g. an inserted tumour)."""
+    """Per structure: real, network, before (the default without the slice-level step) and default
+    mean / fine grain / coarse grain / slice change, ratios default / real (``no_real``: structures
+    the real CT does not have, e.g. an inserted tumour)."""
     names = [n for n in STRUCTURES if np.any(labels.array == ID[n])]
-    stats = {key: measure_texture(vol, labels, names) for key, vol in (("network", network), ("final", final))}
+    stats = {
+        key: measure_texture(vol, labels, names)
+        for key, vol in (("network", network), ("before", before), ("final", final))
+    }
     stats["real"] = measure_texture(real, labels, [n for n in names if n not in no_real])
     print(f"\n{title}")
     print(
         f"{'structure':20s} | {'real: mean  grain coarse  Δslice':33s} | {'network: mean grain Δslice':27s} | "
-        f"{'default: mean grain Δslice':27s} | grain Δslice ratio (default/real)"
+        f"{'before: mean grain Δslice':27s} | {'default: mean grain Δslice':27s} | grain Δslice ratio (default/real)"
     )
     for name in names:
-        r, n, f = (stats[k].get(name) for k in ("real", "network", "final"))
+        r, n, b, f = (stats[k].get(name) for k in ("real", "network", "before", "final"))
         if n is None and f is None:
             continue
         cells = [f"{name:20s}"]
@@ -122,6 +133,7 @@ def table(
             else f"{'(no real reference)':33s}"
         )
         cells.append(f"{fmt(n and n.mean)} {fmt(n and n.grain)} {fmt(n and n.adjacent_change, 7)}      ")
+        cells.append(f"{fmt(b and b.mean)} {fmt(b and b.grain)} {fmt(b and b.adjacent_change, 7)}      ")
         cells.append(f"{fmt(f and f.mean)} {fmt(f and f.grain)} {fmt(f and f.adjacent_change, 7)}      ")
         cells.append(f"{ratio(f and f.grain, r and r.grain)} {ratio(f and f.adjacent_change, r and r.adjacent_change)}")
         print(" | ".join(cells))
@@ -178,11 +190,27 @@ def tumour_sweep(model, labels: Volume, seed: int, annotated: list[str]) -> None
     )
 
 
-def run_pair(model, labels: Volume, seed: int, phase: str, annotated: list[str]) -> tuple[Volume, Volume, float, dict]:
+def run_pair(
+    model, labels: Volume, seed: int, phase: str, annotated: list[str]
+) -> tuple[Volume, Volume, Volume, float, dict]:
+    """The network's CT, the default without the slice-level step ("before"; from the network's int16
+    CT as in `tumour_sweep`, on the completed map `generate_ct` records), the default, seconds, record."""
     started = time.perf_counter()
     network = generate_ct(model, labels, seed=seed, phase=phase, annotated=annotated, texture=False, levels=False)
     final = generate_ct(model, labels, seed=seed, phase=phase, annotated=annotated)
-    return network, final, time.perf_counter() - started, final.meta["native"]
+    seconds = time.perf_counter() - started
+    completed = unknown_as_body(complete_body(labels.with_array(labels.array.astype(np.uint8)), annotated).labels)
+    hu, _ = finish_native(
+        network.array.astype(np.float32),
+        completed.array,
+        labels.affine,
+        model.config.spacing,
+        seed=seed,
+        phase=phase,
+        slice_levels=False,
+    )
+    before = network.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+    return network, before, final, seconds, final.meta["native"]
 
 
 def slab(labels: Volume, ct: Volume, around: str, slices: int) -> tuple[Volume, Volume]:
@@ -217,17 +245,19 @@ def main() -> None:
     scans = load_scans(args.data, args.shared)
     held = scans["amos-0001-slices"]
     annotated = list(held.labels.meta["annotated"])
-    network, final, seconds, native = run_pair(model, held.labels, args.seed, "non_contrast", annotated)
+    network, before, final, seconds, native = run_pair(model, held.labels, args.seed, "non_contrast", annotated)
     print(
         f"\namos-0001-slices: {held.labels.shape} at {[round(s, 2) for s in held.labels.spacing]} mm, non-contrast, "
-        f"{seconds:.0f} s for both CTs; level step: {native['levels']}; texture: {native['texture']}"
+        f"{seconds:.0f} s for both CTs; slice-level step: {native['slice_levels']}; level step: {native['levels']}; "
+        f"texture: {native['texture']}"
     )
-    table("held-out AMOS 0001, all 10 slices", held.labels, held.ct, network, final)
+    table("held-out AMOS 0001, all 10 slices", held.labels, held.ct, network, before, final)
     table(
         "held-out AMOS 0001, inner 8 slices (first and last left out: issue 28 part A)",
         inner_slices(held.labels),
         inner_slices(held.ct),
         inner_slices(network),
+        inner_slices(before),
         inner_slices(final),
     )
     with_tumour = ball(held.labels, "liver", 15.0)
@@ -242,20 +272,21 @@ def main() -> None:
     labels9, ct9 = slab(s9.labels, s9.ct, "spleen", 40)
     with_colon = ball(labels9, "colon", 10.0, keep_slices=3)
     labels9 = with_colon if with_colon is not None else labels9
-    network, final, seconds, native = run_pair(
+    network, before, final, seconds, native = run_pair(
         model, labels9, args.seed, "non_contrast", list(s9.labels.meta["annotated"]) + ["tumour"]
     )
     print(
         "\ns0009 (60 mm slab through the "
         f"spleen{', 20 mm tumour ball in the colon' if with_colon is not None else ''}): "
         f"{labels9.shape} at {[round(s, 2) for s in labels9.spacing]} mm, non-contrast, {seconds:.0f} s; "
-        f"level step: {native['levels']}; texture: {native['texture']}"
+        f"slice-level step: {native['slice_levels']}; level step: {native['levels']}; texture: {native['texture']}"
     )
     table(
         "s0009 slab (sharp-kernel real CT; the tumour ball has no real CT: its row shows the generated levels only)",
         labels9,
         ct9,
         network,
+        before,
         final,
         no_real=("tumour",),
     )

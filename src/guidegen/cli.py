@@ -420,7 +420,7 @@ def generate_ct_command(
         typer.Option(
             "--levels/--no-levels",
             help="Set tumour HU by host organ and phase, and the unenhanced aorta's level, from real data and "
-            "literature (off: the network's own levels).",
+            "literature, and give each homogeneous organ one level along z (off: the network's own levels).",
         ),
     ] = True,
 ) -> None:

@@ -130,7 +130,8 @@ def generate_ct(
         texture: add scanner-noise grain where the input grid is finer than the model's
             (`guidegen.images.texture`); ``False``: the resampled model CT as it is.
         levels: set tumour HU by host and phase and the unenhanced aorta's level
-            (`guidegen.images.levels`); ``False``: the network's own levels.
+            (`guidegen.images.levels`), and remove the level jumps of homogeneous organs between
+            slices (`guidegen.images.slice_levels`); ``False``: the network's own levels.
         **options: any `GenerationSettings` field (``phase="arterial"``, ``image_steps=4``).
 
     Returns:

@@ -1,10 +1,12 @@
 """The last step of `guidegen.images.any_grid.generate_ct`: from the model's CT, resampled onto the
 user's grid, to a CT that looks like CT at that grid's resolution.
 
-Two independent corrections, in this order (each can be turned off):
+Three independent corrections, in this order (each can be turned off):
 
-1. `guidegen.images.levels.calibrate_levels`: tumour HU by host and phase, the unenhanced aorta;
-2. `guidegen.images.texture.add_texture`: scanner-noise grain at the scales the model grid cannot
+1. `guidegen.images.slice_levels.even_slice_levels`: one level along z per homogeneous organ (the
+   slice-by-slice generator's level jumps between slices removed, a smooth z trend kept);
+2. `guidegen.images.levels.calibrate_levels`: tumour HU by host and phase, the unenhanced aorta;
+3. `guidegen.images.texture.add_texture`: scanner-noise grain at the scales the model grid cannot
    carry, where the grid is finer than the model's.
 
 Only `generate_ct` calls this; CT drawn on the model grid (`guidegen generate`) is unchanged.
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from guidegen.images.levels import calibrate_levels
+from guidegen.images.slice_levels import even_slice_levels
 from guidegen.images.texture import add_texture
 
 __all__ = ["finish_native"]
@@ -32,6 +35,7 @@ def finish_native(
     phase: str | None,
     texture: bool = True,
     levels: bool = True,
+    slice_levels: bool | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Apply the level corrections and the native-resolution texture.
 
@@ -42,13 +46,18 @@ def finish_native(
         model_spacing: the model grid's voxel size (mm).
         seed: the generation seed (the texture draws from its own stream of it).
         phase: the requested contrast phase, or ``None``.
-        texture: add the texture; levels: correct the levels.
+        texture: add the texture; levels: correct the levels (tumour, aorta and, unless
+            ``slice_levels`` says otherwise, the slice-to-slice levels).
+        slice_levels: even the slice-to-slice levels; ``None``: as ``levels``.
 
     Returns:
-        (float32 HU, JSON-able record ``{"levels": …, "texture": …}``; a step turned off is ``None``).
+        (float32 HU, JSON-able record ``{"slice_levels": …, "levels": …, "texture": …}``; a step
+        turned off is ``None``).
     """
-    record: dict = {"levels": None, "texture": None}
+    record: dict = {"slice_levels": None, "levels": None, "texture": None}
     out = np.asarray(hu, dtype=np.float32)
+    if levels if slice_levels is None else slice_levels:
+        out, record["slice_levels"] = even_slice_levels(out, labels, affine, phase)
     if levels:
         out, record["levels"] = calibrate_levels(out, labels, affine, phase)
     if texture:
