@@ -126,6 +126,7 @@ def test_a_job_whose_worker_cannot_start_fails_with_the_reason_and_the_queue_goe
         deadline = time.monotonic() + 30
         while any(j.state not in ("failed", "done", "cancelled") for j in jobs) and time.monotonic() < deadline:
             time.sleep(0.05)
+        store.close()  # the dispatcher has written what it knows
         for job in jobs:  # neither is left "running" or "queued"
             assert job.state == "failed" and job.error == "internal error: OSError: [Errno 24] Too many open files"
             assert json.loads((out / "jobs" / job.id / "job.json").read_text())["state"] == "failed"

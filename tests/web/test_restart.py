@@ -125,7 +125,7 @@ def test_a_killed_server_loses_no_finished_result_and_resumes_unfinished_jobs(tm
         raise
 
     # Its worker notices and ends too: left running it would write into a job the next server resumes.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     leftover = [pid for pid in children if _alive(pid)]
