@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import nibabel as nib
 import numpy as np
@@ -68,12 +69,12 @@ def test_jobs_queue_persist_and_survive_a_restart(client, out, web_model):
     assert made["state"] == "queued"
     status = client.get(f"/api/jobs/{made['id']}").json()
     assert status["queue_position"] == 1 and status["cases_requested"] == 2
-    for _ in range(4):
-        client.post("/api/jobs", json={"prompt": "enlarged spleen"})
+    waiting = [client.post("/api/jobs", json={"prompt": "enlarged spleen"}).json()["id"] for _ in range(4)]
     full = client.post("/api/jobs", json={"prompt": "enlarged spleen"})
     assert full.status_code == 429 and "waiting" in full.json()["error"]
     cancelled = client.post(f"/api/jobs/{made['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"
+    queued = waiting[0]
 
     # A job a killed server left running, a finished one, and a folder that is not a job.
     running = out / "jobs" / "00000000000000aa"
@@ -89,14 +90,64 @@ def test_jobs_queue_persist_and_survive_a_restart(client, out, web_model):
     )
     (out / "jobs" / "00000000000000cc").mkdir()
     (out / "jobs" / "00000000000000cc" / "job.json").write_text("{not json")
+    # What the killed server was writing: a case under its temporary name, a zip in a finished case
+    # folder, an upload still arriving, and an upload moved into place before its job was recorded.
+    (running / "result" / ".case_000000.x1y2.tmp").mkdir(parents=True)
+    (running / "result" / ".case_000000.x1y2.tmp" / "ct.nii.gz").write_bytes(b"\x1f\x8b half")
+    (running / "result" / "case_000001").mkdir()
+    (running / "result" / "case_000001" / ".dicom.a1b2.tmp.zip").write_bytes(b"PK half")
+    (out / "jobs" / ".upload-0123456789abcdef.tmp").mkdir()
+    (out / "jobs" / ".upload-0123456789abcdef.tmp" / "labels.nii.gz").write_bytes(b"\x1f\x8b")
+    (out / "jobs" / "00000000000000dd" / "input").mkdir(parents=True)
     with TestClient(create_app(out, web_model, start_worker=False)) as again:
         jobs = {j["id"]: j for j in again.get("/api/jobs").json()["jobs"]}
         assert jobs[made["id"]]["state"] == "cancelled"
         assert jobs[running.name]["state"] == "queued" and "resumed" in jobs[running.name]["note"]
+        assert jobs[queued]["state"] == "queued" and "queued again" in jobs[queued]["note"]
+        assert not list(out.rglob(".*")), list(out.rglob(".*"))
+        assert not (out / "jobs" / "00000000000000dd").exists() and "00000000000000dd" not in jobs
         assert jobs[done.name]["state"] == "done"
         assert "00000000000000cc" not in jobs
         assert again.get(f"/api/jobs/{done.name}/files/report.txt").text == "a report\n"
         assert json.loads((running / "job.json").read_text())["state"] == "queued"  # on disk too
+
+
+def test_a_job_whose_worker_cannot_start_fails_with_the_reason_and_the_queue_goes_on(out, monkeypatch):
+    from guidegen.web.jobs import JobStore
+
+    def no_worker(self):
+        raise OSError("[Errno 24] Too many open files")
+
+    monkeypatch.setattr(JobStore, "_start_worker", no_worker)
+    store = JobStore(out, None)
+    try:
+        jobs = [store.submit("generate", {"prompt": "enlarged spleen", "n": 1, "seed": 0}) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while any(j.state not in ("failed", "done", "cancelled") for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store.close()  # the dispatcher has written what it knows
+        for job in jobs:  # neither is left "running" or "queued"
+            assert job.state == "failed" and job.error == "internal error: OSError: [Errno 24] Too many open files"
+            assert json.loads((out / "jobs" / job.id / "job.json").read_text())["state"] == "failed"
+    finally:
+        store.close()
+
+
+def test_eta_is_the_elapsed_time_scaled_by_the_fraction_left(out):
+    from guidegen.web.jobs import JobStore
+
+    store = JobStore(out, None, start_worker=False)
+    job = store.submit("generate", {"prompt": "enlarged spleen", "n": 2, "seed": 0})
+    assert store.status(job.id)["queue_position"] == 1 and "eta_s" not in store.status(job.id)["progress"]
+    store.queue.clear()
+    job.state, job.started_clock = "running", time.monotonic() - 30.0
+    job.progress = {"stage": "images", "fraction": 0.25}
+    progress = store.status(job.id)["progress"]
+    assert progress["elapsed_s"] == pytest.approx(30.0, abs=1.0)
+    assert progress["eta_s"] == pytest.approx(90.0, abs=3.0)  # a quarter took 30 s: three quarters left
+    job.progress = {"stage": "masks", "fraction": 0.01}
+    assert store.status(job.id)["progress"]["eta_s"] is None  # too early to say
+    store.close()
 
 
 def test_uploads_are_checked_before_they_become_jobs(client, out, tmp_path):

@@ -1,6 +1,6 @@
 """Jobs through a live server and its one worker process: progress, 50 concurrent status polls while
 a job runs, ten queued jobs, cancelling queued and running jobs, the files of a finished case, and
-bring-your-own-mask through the same queue."""
+bring-your-own-mask (a NIfTI label map, a DICOM-SEG) through the same queue."""
 
 from __future__ import annotations
 
@@ -97,5 +97,14 @@ def test_queue_progress_polls_cancel_files_and_byom(live, tmp_path):
     (tmp_path / "ct.nii.gz").write_bytes(ct.content)
     assert nib.load(str(tmp_path / "ct.nii.gz")).shape == nib.load(str(labels)).shape
     assert client.get(f"/api/jobs/{byom['id']}/files/report.txt").text.strip()
+
+    # ... and its DICOM-SEG alone (read on its own grid): the same label map, so a CT of the same shape.
+    seg = zipfile.ZipFile(io.BytesIO(files["dicom.zip"])).read("dicom/seg.dcm")
+    upload = client.post("/api/uploads", files={"labels": ("seg.dcm", seg)}, data={"seed": "2", "image_steps": "1"})
+    assert upload.status_code == 200, upload.text
+    from_seg = wait_for(client, upload.json()["id"], timeout=600)
+    assert from_seg["state"] == "done", from_seg
+    (tmp_path / "ct_seg.nii.gz").write_bytes(client.get(f"/api/jobs/{from_seg['id']}/files/ct.nii.gz").content)
+    assert nib.load(str(tmp_path / "ct_seg.nii.gz")).shape == nib.load(str(labels)).shape
     gallery = [j["id"] for j in client.get("/api/jobs").json()["jobs"]]
     assert {first, byom["id"], *queued} <= set(gallery)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import multiprocessing
 import queue
 import re
@@ -45,6 +46,8 @@ CASE_FILES: tuple[str, ...] = ("ct.nii.gz", "labels.nii.gz", "report.txt", "case
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 JOB_FILE = "job.json"
+
+log = logging.getLogger("guidegen.web")
 
 
 def _now() -> str:
@@ -128,6 +131,12 @@ class JobStore:
         write_text(self.folder(job.id) / JOB_FILE, json.dumps(job.to_dict(), indent=1), overwrite=True)
 
     def _load(self) -> None:
+        # What a killed server left of uploads that never became jobs (no other server uses ``out``).
+        for stale in self.root.glob(".upload-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for folder in self.root.iterdir():
+            if JOB_ID.fullmatch(folder.name) and folder.is_dir():
+                remove_job_input(folder)
         for path in sorted(self.root.glob(f"*/{JOB_FILE}")):
             try:
                 job = Job.from_dict(json.loads(path.read_text(encoding="utf-8")))
@@ -136,10 +145,15 @@ class JobStore:
             except (OSError, ValueError, TypeError, KeyError) as exc:
                 self.skipped.append(f"{path}: {exc}")
                 continue
-            if job.state in ("queued", "running"):
-                # A killed server: the job goes back in the queue and resumes from its finished cases.
-                job.note = f"resumed after a server restart (was {job.state})"
+            if job.state == "running":
+                # A killed server: the job goes back in the queue and resumes from its finished cases;
+                # what its worker was writing has temporary names and is removed.
+                self._remove_temporaries(job)
+                job.note = "resumed after a server restart"
                 job.state, job.progress, job.started = "queued", {}, None
+                self._save(job)
+            elif job.state == "queued" and job.note is None:
+                job.note = "queued again after a server restart"
                 self._save(job)
             self.jobs[job.id] = job
         waiting = sorted((j for j in self.jobs.values() if j.state == "queued"), key=lambda j: j.created)
@@ -264,10 +278,22 @@ class JobStore:
                 job.progress = {"stage": "starting", "fraction": 0.0}
                 self.cancel_running.clear()
                 self._save(job)
-            if self._process is None or not self._process.is_alive():
-                self._start_worker()
-            self._tasks.put({"id": job.id, "kind": job.kind, "params": job.params, "folder": str(self.folder(job.id))})
-            self._follow(job)
+            try:
+                if self._process is None or not self._process.is_alive():
+                    self._start_worker()
+                task = {"id": job.id, "kind": job.kind, "params": job.params, "folder": str(self.folder(job.id))}
+                self._tasks.put(task)
+                self._follow(job)
+            except Exception as exc:  # the job fails with the reason, never stays "running"; the queue goes on
+                log.exception("job %s: the dispatcher failed", job.id)
+                self._stop_worker()
+                reason = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                with self.lock:
+                    if job.state == "running":
+                        try:
+                            self._finish(job, "failed", reason)
+                        except OSError:  # failed in memory all the same; a restart resumes it
+                            log.exception("job %s: could not record its failure", job.id)
 
     def _follow(self, job: Job) -> None:
         """Apply the worker's reports on ``job`` until it ends, is cancelled or the worker dies."""
@@ -313,7 +339,8 @@ class JobStore:
     def _remove_temporaries(self, job: Job) -> None:
         """What the ended worker was writing (hidden ``.*.tmp`` names, never a listed case)."""
         folder = self.folder(job.id)
-        for stale in [*folder.glob(".*.tmp"), *(folder / "result").glob(".*.tmp")]:
+        places = [folder, folder / "result", *(folder / "result").glob("case_*")]
+        for stale in [path for place in places for path in place.glob(".*.tmp*")]:
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from guidegen.errors import GuideGenError
+from guidegen.io.atomic import atomic_file
 from guidegen.settings import DatasetRequest, GenerationSettings
 
 #: Share of a case's time spent in each stage, for the progress bar (the images dominate on a CPU).
@@ -41,12 +42,11 @@ def zip_dicom(case_folder: Path) -> None:
     source = case_folder / "dicom"
     if not source.is_dir():
         return
-    temporary = case_folder / ".dicom.zip.tmp"
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(source.rglob("*")):
-            if path.is_file():
-                archive.write(path, Path("dicom") / path.relative_to(source))
-    temporary.replace(case_folder / "dicom.zip")
+    with atomic_file(case_folder / "dicom.zip", overwrite=True) as temporary:  # never a half-written zip
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(source.rglob("*")):
+                if path.is_file():
+                    archive.write(path, Path("dicom") / path.relative_to(source))
 
 
 class _Progress:

@@ -196,7 +196,11 @@ async function showNiivue(key, view, job, index) {
       const hu = values[0] ? Math.round(values[0].value) : "";
       const id = values[1] ? Math.round(values[1].value) : 0;
       const label = state.labels.find((c) => c.id === id);
-      $("cursor").textContent = `${hu} HU, ${label ? label.display : id === 255 ? "unknown" : "background"}`;
+      const name = label ? label.display : id === 255 ? "unknown" : "background";
+      $("cursor").textContent = `${hu} HU, ${name}`;
+      // The point (scanner mm) and the CT voxel read, for the browser test to check against the files.
+      const vox = values[0] ? Array.from(values[0].vox).slice(0, 3) : null;
+      state.cursor = { view: key, mm: Array.from(data.mm).slice(0, 3), vox, hu, label: id, name };
     };
     state.nv[key] = nv;
   }
@@ -310,6 +314,13 @@ function buildLegend() {
   }
 }
 
+$("compare").addEventListener("change", () => {
+  // Checked: the next result opened goes to the right-hand view. Unchecked: back to one view.
+  $("viewB").hidden = !$("compare").checked || !state.views.A;
+  if ($("compare").checked) return;
+  delete state.views.B;
+  $("viewB").querySelector(".title").textContent = "Pick a second result in the list.";
+});
 $("window").addEventListener("change", refreshViews);
 $("opacity").addEventListener("input", refreshViews);
 
