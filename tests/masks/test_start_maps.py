@@ -111,18 +111,10 @@ def test_beyond_the_field_of_view_a_start_map_extends_no_organ():
 
 @pytest.fixture(scope="module")
 def sampler_with_bank(tmp_path_factory):
+    from tests.pipeline.conftest import tiny_mask_config
+
     torch.manual_seed(0)
-    config = MaskSamplerConfig(
-        shape=(16, 16, 8),
-        spacing=(24.0, 24.0, 40.0),
-        channels=(8, 16),
-        attention_levels=(False, True),
-        num_head_channels=8,
-        norm_num_groups=8,
-        max_text_tokens=16,
-        sample_steps=4,
-        num_classes=18,
-    )
+    config = tiny_mask_config(sample_steps=4)
     folder = tmp_path_factory.mktemp("sampler") / "mask_sampler"
     VolumetricMaskSampler(config).save_pretrained(folder)
     bank = np.stack([_box_map((32, 32, 20), s, (8.0, 8.0, 8.0))[8:24, 8:24, 6:14] for s in (150.0, 250.0)])

@@ -11,10 +11,9 @@ from guidegen.masks.sampler import VolumetricMaskSampler
 from tests.images.conftest import tiny_config
 
 
-def make_tiny_model(root):
-    """Write a model folder: an untrained 16×16×8 mask sampler (24/40 mm) and a 32² image generator."""
-    torch.manual_seed(0)
-    config = MaskSamplerConfig(
+def tiny_mask_config(**changes) -> MaskSamplerConfig:
+    """An untrained-size 16×16×8 mask sampler config (24/40 mm), 18 classes."""
+    options = dict(
         shape=(16, 16, 8),
         spacing=(24.0, 24.0, 40.0),
         channels=(8, 16),
@@ -27,7 +26,13 @@ def make_tiny_model(root):
         # generator, as the shipped model is; untrained at 23 classes, its maps come out empty.
         num_classes=18,
     )
-    VolumetricMaskSampler(config).save_pretrained(root / "mask_sampler")
+    return MaskSamplerConfig(**{**options, **changes})
+
+
+def make_tiny_model(root):
+    """Write a model folder: an untrained 16×16×8 mask sampler (24/40 mm) and a 32² image generator."""
+    torch.manual_seed(0)
+    VolumetricMaskSampler(tiny_mask_config()).save_pretrained(root / "mask_sampler")
     image = ConditionalImageGenerator(tiny_config())
     with torch.no_grad():  # MONAI zero-initialises the output conv: perturb everything
         for p in image.parameters():
