@@ -337,6 +337,57 @@ def checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
     return fold_for_model(arr, num_classes).astype(np.int64)
 
 
+class SliceVelocity:
+    """The flow's velocity for one slice of a batch of ``n``, with classifier-free guidance: at scale
+    1 the conditional call alone, at 0 the unconditional one, otherwise both as one batch of 2n.
+    Built once per volume (the paired conditioning is concatenated once); `at` binds a slice's
+    conditioning. Shared by `sample_volume` and the inpainting sampler (`guidegen.images.inpaint`).
+    """
+
+    def __init__(
+        self,
+        network: Callable[..., Tensor],
+        guidance: float,
+        phase: Tensor,
+        annotated: Tensor,
+        text: Tensor | None,
+        n: int,
+        device: torch.device,
+    ):
+        self.network, self.guidance, self.n, self.device = network, guidance, n, device
+        self.phase, self.annotated, self.text = phase, annotated, text
+        self.uncond = torch.ones(n, dtype=torch.bool, device=device)
+        self.pair = torch.cat([torch.zeros(n, dtype=torch.bool, device=device), self.uncond])
+        self.phase2, self.annotated2 = torch.cat([phase, phase]), torch.cat([annotated, annotated])
+        self.text2 = None if text is None else torch.cat([text, text])
+
+    def at(self, masks: Tensor, prev: Tensor, has_prev: Tensor, zpos: Tensor) -> Callable[[Tensor, float], Tensor]:
+        """``velocity(x_t, t)`` of the slice whose conditioning is given."""
+        n = self.n
+
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
+            tt = torch.full((n,), t, device=self.device)
+            if self.guidance == 1.0:
+                return self.network(inputs, tt, self.phase, self.annotated, self.text, None)
+            if self.guidance == 0.0:
+                return self.network(inputs, tt, self.phase, self.annotated, self.text, self.uncond)
+            both = self.network(
+                torch.cat([inputs, inputs]), torch.cat([tt, tt]), self.phase2, self.annotated2, self.text2, self.pair
+            )
+            return guided_velocity(both[:n], both[n:], self.guidance)
+
+        return velocity
+
+
+def correlated_noise(previous: Tensor | None, fresh: Tensor, correlation: float) -> Tensor:
+    """A slice's starting noise ``ε_k = ρ·ε_{k−1} + √(1 − ρ²)·fresh``, or ``fresh`` where there is no
+    previous slice's noise; ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1."""
+    if previous is None or correlation == 0.0:
+        return fresh
+    return correlation * previous + math.sqrt(1.0 - correlation**2) * fresh
+
+
 @torch.no_grad()
 def sample_volume(
     model: nn.Module,
@@ -399,10 +450,7 @@ def sample_volume(
 
     shift = getattr(cfg, "sample_shift", None)
     schedule = sampling_schedule(steps, flow.shift if shift is None else shift)
-    uncond_flags = torch.ones(n, dtype=torch.bool, device=device)
-    pair_flags = torch.cat([torch.zeros(n, dtype=torch.bool, device=device), uncond_flags])
-    phase2, annotated2 = torch.cat([phase, phase]), torch.cat([annotated, annotated])
-    text2 = None if text is None else torch.cat([text, text])
+    slice_velocity = SliceVelocity(network, guidance, phase, annotated, text, n, device)
     out = torch.empty(n, x, y, z, dtype=torch.float32, device=device)
     prev = torch.zeros(n, 1, x, y, device=device)
     has_prev = torch.zeros(n, device=device)
@@ -412,23 +460,8 @@ def sample_volume(
             masks = mask_channels(context_labels(labels, k, cfg.context_radius), cfg.num_classes)
             zpos = torch.full((n,), k / max(z - 1, 1) if cfg.slice_position else 0.0, device=device)
             fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
-            # ε_k stays standard normal: ρ²·1 + (1 − ρ²)·1 = 1.
-            noise = (
-                fresh
-                if k == 0 or noise_correlation == 0.0
-                else (noise_correlation * noise + math.sqrt(1.0 - noise_correlation**2) * fresh)
-            )
-
-            def velocity(x_t: Tensor, t: float) -> Tensor:
-                inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
-                tt = torch.full((n,), t, device=device)
-                if guidance == 1.0:
-                    return network(inputs, tt, phase, annotated, text, None)
-                if guidance == 0.0:
-                    return network(inputs, tt, phase, annotated, text, uncond_flags)
-                both = network(torch.cat([inputs, inputs]), torch.cat([tt, tt]), phase2, annotated2, text2, pair_flags)
-                return guided_velocity(both[:n], both[n:], guidance)
-
+            noise = correlated_noise(None if k == 0 else noise, fresh, noise_correlation)
+            velocity = slice_velocity.at(masks, prev, has_prev, zpos)
             slice_k = euler_sample(velocity, noise, schedule).clamp(-1.0, 1.0)
             out[..., k] = slice_k[:, 0]
             prev, has_prev = slice_k, torch.ones(n, device=device)

@@ -40,17 +40,24 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from guidegen.data.body import complete_body, unknown_as_body
-from guidegen.diffusion.flow import FlowConfig, euler_step, guided_velocity, sampling_schedule
+from guidegen.diffusion.flow import FlowConfig, euler_step, sampling_schedule
 from guidegen.errors import InputError
 from guidegen.grids.resample import resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.any_grid import model_grid
 from guidegen.images.config import ImageGeneratorConfig
-from guidegen.images.generator import ConditionalImageGenerator, annotated_vector, checked_ids, image_settings
+from guidegen.images.generator import (
+    ConditionalImageGenerator,
+    SliceVelocity,
+    annotated_vector,
+    checked_ids,
+    correlated_noise,
+    image_settings,
+)
 from guidegen.images.grain import interior
 from guidegen.images.hu import hu_to_unit, unit_to_hu
 from guidegen.images.levels import TUMOUR_DEPTH_MM, relative_tumour_hu, scan_phase, tumour_host
-from guidegen.images.model import assemble_inputs, context_labels, mask_channels, phase_id
+from guidegen.images.model import context_labels, mask_channels, phase_id
 from guidegen.images.seam import GAS_HU, level_offset
 from guidegen.images.texture import add_texture
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
@@ -194,10 +201,7 @@ def sample_inpainted(
     device = labels.device
     shift = getattr(cfg, "sample_shift", None)
     times = [float(v) for v in sampling_schedule(steps, flow.shift if shift is None else shift)]
-    uncond_flags = torch.ones(n, dtype=torch.bool, device=device)
-    pair_flags = torch.cat([torch.zeros(n, dtype=torch.bool, device=device), uncond_flags])
-    phase2, annotated2 = torch.cat([phase, phase]), torch.cat([annotated, annotated])
-    text2 = None if text is None else torch.cat([text, text])
+    slice_velocity = SliceVelocity(network, guidance, phase, annotated, text, n, device)
     out = known.clone()
     noise = None
     with torch_threads_for(network):
@@ -212,22 +216,8 @@ def sample_inpainted(
             prev = out[..., k - 1].unsqueeze(1) if k > 0 else torch.zeros_like(known_k)
             has_prev = torch.full((n,), 1.0 if k > 0 else 0.0, device=device)
             fresh = torch.stack([torch.randn(1, x, y, generator=g, device=device) for g in generators])
-            noise = (
-                fresh
-                if noise is None or noise_correlation == 0.0
-                else noise_correlation * noise + math.sqrt(1.0 - noise_correlation**2) * fresh
-            )
-
-            def velocity(x_t: Tensor, t: float) -> Tensor:
-                inputs = assemble_inputs(x_t, masks, prev, has_prev, zpos)
-                tt = torch.full((n,), t, device=device)
-                if guidance == 1.0:
-                    return network(inputs, tt, phase, annotated, text, None)
-                if guidance == 0.0:
-                    return network(inputs, tt, phase, annotated, text, uncond_flags)
-                both = network(torch.cat([inputs, inputs]), torch.cat([tt, tt]), phase2, annotated2, text2, pair_flags)
-                return guided_velocity(both[:n], both[n:], guidance)
-
+            noise = correlated_noise(noise, fresh, noise_correlation)
+            velocity = slice_velocity.at(masks, prev, has_prev, zpos)
             state = noise
             for t, t_next in zip(times, times[1:]):
                 state = euler_step(state, velocity(state, t).to(state.dtype), t, t_next)

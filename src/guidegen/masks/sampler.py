@@ -344,7 +344,8 @@ class VolumetricMaskSampler:
         starts: list[int | None] = [None] * batch
         if settings.real_start is not None:
             bank = self.start_maps()
-            drawn = [start_map(bank, sampler_grid(self.config), s) for s in seeds]
+            grid = sampler_grid(self.config)
+            drawn = [start_map(bank, grid, s) for s in seeds]
             start = torch.from_numpy(np.stack([m for m, _ in drawn]).astype(np.int64)).to(self.device)
             starts = [i for _, i in drawn]
             start_t = max(1, round(settings.real_start * self.config.num_timesteps))
