@@ -6,15 +6,17 @@
 Maps the shipped image generator never trained on, at their own resolution, with `generate_ct`:
 
 1. **amos-0001-slices** (held out of training; 0.57 mm pixels, 5 mm slices; non-contrast): per
-   structure the real CT's interior mean, fine grain, coarse grain and adjacent-slice change
-   (`guidegen.images.grain`), the network's CT (``texture=False, levels=False``) and the shipped
-   default (texture and levels on), and the ratios default / real; over all slices and over the
+   structure the real CT's mean over all the structure's voxels, interior mean, fine grain, coarse
+   grain and adjacent-slice change (`guidegen.images.grain`), the network's CT (``texture=False,
+   levels=False``), the default without its border step (``borders=False``: "before") and the
+   shipped default (texture, borders and levels on), and the ratios default / real; over all slices and over the
    inner slices (without the first and last input slice, which issue 28 part A treats).
 2. **A tumour** (a 30 mm ball in the same map's liver) in every contrast phase: the network's
    tumour and liver levels, the level step's target and result, next to the real references
    (LiTS 117 portal venous; unenhanced colorectal carcinoma, Oto et al. 2003). The default here is
    `guidegen.images.native.finish_native` applied to the network's int16 CT, as `generate_ct` does
-   (from its float CT: at most 0.5 HU apart), to save one generation per phase.
+   (from its float CT: at most 0.5 HU apart; without its border step, which moves interior means by
+   under 2 HU), to save one generation per phase.
 3. **s0009** (TotalSegmentator dataset; never trained on by image generators before vocabulary 2,
    a training scan of those after it; 1.5 mm voxels, a sharp bone kernel; non-contrast): a 60 mm
    slab through the spleen, with a 20 mm ball of tumour in the colon where the
@@ -37,7 +39,6 @@ import torch
 from real_scans import load_scans  # a script's folder is on sys.path
 from scipy import ndimage
 
-from guidegen.data.body import complete_body, unknown_as_body
 from guidegen.images.any_grid import generate_ct
 from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.images.grain import interior, measure_texture, slice_axis, to_slices_last
@@ -107,34 +108,48 @@ def table(
     final: Volume,
     no_real: tuple[str, ...] = (),
 ) -> None:
-    """Per structure: real, network, before (the default without the slice-level step) and default
-    mean / fine grain / coarse grain / slice change, ratios default / real (``no_real``: structures
-    the real CT does not have, e.g. an inserted tumour)."""
+    """Per structure: real, network, before (the default without the border step) and default
+    mean over all the structure's voxels ("all") / interior mean / fine grain / coarse grain / slice
+    change, ratios default / real (``no_real``: structures the real CT does not have, e.g. an
+    inserted tumour)."""
     names = [n for n in STRUCTURES if np.any(labels.array == ID[n])]
     stats = {
         key: measure_texture(vol, labels, names)
         for key, vol in (("network", network), ("before", before), ("final", final))
     }
     stats["real"] = measure_texture(real, labels, [n for n in names if n not in no_real])
+    whole = {
+        key: {n: float(vol.array[labels.array == ID[n]].mean()) for n in names if key != "real" or n not in no_real}
+        for key, vol in (("real", real), ("network", network), ("before", before), ("final", final))
+    }
     print(f"\n{title}")
     print(
-        f"{'structure':20s} | {'real: mean  grain coarse  Δslice':33s} | {'network: mean grain Δslice':27s} | "
-        f"{'before: mean grain Δslice':27s} | {'default: mean grain Δslice':27s} | grain Δslice ratio (default/real)"
+        f"{'structure':20s} | {'real: all   mean  grain coarse  Δslice':40s} | "
+        f"{'network: all  mean grain Δslice':34s} | {'before: all  mean grain Δslice':34s} | "
+        f"{'default: all  mean grain Δslice':34s} | grain Δslice ratio (default/real)"
     )
     for name in names:
         r, n, b, f = (stats[k].get(name) for k in ("real", "network", "before", "final"))
         if n is None and f is None:
             continue
         cells = [f"{name:20s}"]
+        w = {k: whole[k].get(name) for k in whole}
         cells.append(
-            f"{fmt(r and r.mean)} {fmt(r and r.grain)} {fmt(r and r.coarse_grain)} {fmt(r and r.adjacent_change, 7)} "
+            f"{fmt(w['real'])} {fmt(r and r.mean)} {fmt(r and r.grain)} {fmt(r and r.coarse_grain)} "
+            f"{fmt(r and r.adjacent_change, 7)} "
             "   "
             if r
-            else f"{'(no real reference)':33s}"
+            else f"{'(no real reference)':40s}"
         )
-        cells.append(f"{fmt(n and n.mean)} {fmt(n and n.grain)} {fmt(n and n.adjacent_change, 7)}      ")
-        cells.append(f"{fmt(b and b.mean)} {fmt(b and b.grain)} {fmt(b and b.adjacent_change, 7)}      ")
-        cells.append(f"{fmt(f and f.mean)} {fmt(f and f.grain)} {fmt(f and f.adjacent_change, 7)}      ")
+        cells.append(
+            f"{fmt(w['network'])} {fmt(n and n.mean)} {fmt(n and n.grain)} {fmt(n and n.adjacent_change, 7)}      "
+        )
+        cells.append(
+            f"{fmt(w['before'])} {fmt(b and b.mean)} {fmt(b and b.grain)} {fmt(b and b.adjacent_change, 7)}      "
+        )
+        cells.append(
+            f"{fmt(w['final'])} {fmt(f and f.mean)} {fmt(f and f.grain)} {fmt(f and f.adjacent_change, 7)}      "
+        )
         cells.append(f"{ratio(f and f.grain, r and r.grain)} {ratio(f and f.adjacent_change, r and r.adjacent_change)}")
         print(" | ".join(cells))
 
@@ -193,23 +208,13 @@ def tumour_sweep(model, labels: Volume, seed: int, annotated: list[str]) -> None
 def run_pair(
     model, labels: Volume, seed: int, phase: str, annotated: list[str]
 ) -> tuple[Volume, Volume, Volume, float, dict]:
-    """The network's CT, the default without the slice-level step ("before"; from the network's int16
-    CT as in `tumour_sweep`, on the completed map `generate_ct` records), the default, seconds, record."""
+    """The network's CT, the default without the border step ("before": ``borders=False``), the
+    default, seconds for all three, the default's record."""
     started = time.perf_counter()
     network = generate_ct(model, labels, seed=seed, phase=phase, annotated=annotated, texture=False, levels=False)
+    before = generate_ct(model, labels, seed=seed, phase=phase, annotated=annotated, borders=False)
     final = generate_ct(model, labels, seed=seed, phase=phase, annotated=annotated)
     seconds = time.perf_counter() - started
-    completed = unknown_as_body(complete_body(labels.with_array(labels.array.astype(np.uint8)), annotated).labels)
-    hu, _ = finish_native(
-        network.array.astype(np.float32),
-        completed.array,
-        labels.affine,
-        model.config.spacing,
-        seed=seed,
-        phase=phase,
-        slice_levels=False,
-    )
-    before = network.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
     return network, before, final, seconds, final.meta["native"]
 
 
@@ -248,7 +253,8 @@ def main() -> None:
     network, before, final, seconds, native = run_pair(model, held.labels, args.seed, "non_contrast", annotated)
     print(
         f"\namos-0001-slices: {held.labels.shape} at {[round(s, 2) for s in held.labels.spacing]} mm, non-contrast, "
-        f"{seconds:.0f} s for both CTs; slice-level step: {native['slice_levels']}; level step: {native['levels']}; "
+        f"{seconds:.0f} s for the three CTs; border step: {native['borders']}; "
+        f"slice-level step: {native['slice_levels']}; level step: {native['levels']}; "
         f"texture: {native['texture']}"
     )
     table("held-out AMOS 0001, all 10 slices", held.labels, held.ct, network, before, final)
@@ -279,6 +285,7 @@ def main() -> None:
         "\ns0009 (60 mm slab through the "
         f"spleen{', 20 mm tumour ball in the colon' if with_colon is not None else ''}): "
         f"{labels9.shape} at {[round(s, 2) for s in labels9.spacing]} mm, non-contrast, {seconds:.0f} s; "
+        f"border step: {native['borders']}; "
         f"slice-level step: {native['slice_levels']}; level step: {native['levels']}; texture: {native['texture']}"
     )
     table(

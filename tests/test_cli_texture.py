@@ -38,5 +38,6 @@ def test_texture_and_levels_can_be_turned_off(tiny_models, tmp_path, real, capsy
         records[name] = json.loads((tmp_path / name / "case.json").read_text())["native"]
     assert records["on"]["texture"]["applied"] and records["on"]["levels"]["phase"] == "portal_venous"
     assert isinstance(records["on"]["slice_levels"], dict)  # --levels also evens the levels along z
-    assert records["off"] == {"slice_levels": None, "levels": None, "texture": None}
+    assert records["on"]["borders"]["applied"]  # --texture also keeps borders sharp
+    assert records["off"] == {"borders": None, "slice_levels": None, "levels": None, "texture": None}
     assert arrays["on"].shape == arrays["off"].shape and not np.array_equal(arrays["on"], arrays["off"])

@@ -411,8 +411,9 @@ def generate_ct_command(
         bool,
         typer.Option(
             "--texture/--no-texture",
-            help="Add scanner-noise grain where the label map's grid is finer than the model's (3 mm for the shipped "
-            "model), from a noise model fitted to real CT.",
+            help="Where the label map's grid is finer than the model's (3 mm for the shipped model): resample each "
+            "structure from its own voxels (no blending across borders) and add scanner-noise grain from a noise "
+            "model fitted to real CT.",
         ),
     ] = True,
     levels: Annotated[

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from guidegen.data.body import complete_body, unknown_as_body
 from guidegen.diffusion.flow import FlowConfig, euler_step, sampling_schedule
 from guidegen.errors import InputError
+from guidegen.grids.class_resample import point_spread, resample_ct_within_classes
 from guidegen.grids.resample import resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.any_grid import model_grid
@@ -58,8 +59,9 @@ from guidegen.images.grain import interior
 from guidegen.images.hu import hu_to_unit, unit_to_hu
 from guidegen.images.levels import TUMOUR_DEPTH_MM, relative_tumour_hu, scan_phase, tumour_host
 from guidegen.images.model import context_labels, mask_channels, phase_id
+from guidegen.images.native import border_fill_classes
 from guidegen.images.seam import GAS_HU, level_offset
-from guidegen.images.texture import add_texture
+from guidegen.images.texture import add_texture, texture_applies
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
 from guidegen.labels.vocabulary import ID, fold_for_model
 from guidegen.runtime.backends import torch_threads_for
@@ -402,6 +404,19 @@ def inpaint_ct(
     box_shape = region.region.shape
     generated = _resample_back(slab_hu, slab_affine, box_affine, box_shape)
     box_labels = lab[region.box]
+    borders = None
+    if texture and texture_applies(box_affine, cfg.spacing):
+        # As `generate_ct` does: structures keep their own HU up to their border on the finer grid.
+        generated = resample_ct_within_classes(
+            Volume(slab_hu, slab_affine, "ct"),
+            slab_labels.array,
+            np.asarray(source.array)[region.box],
+            box_affine,
+            plain=generated,
+            fill=[ID[n] for n in border_fill_classes(phase)],
+        )
+        generated = point_spread(generated, ct.spacing)
+        borders = {"applied": True}
     record: dict = {
         "phase": phase,
         "phase_estimated": settings.phase is None,
@@ -411,6 +426,7 @@ def inpaint_ct(
         "region_voxels": int(region.region.sum()),
         "model_slices": [int(first), int(last)],
         "runtime": {"backend": network.backend, "precision": network.precision},
+        "borders": borders,
         "tumour_levels": None,
         "texture": None,
     }

@@ -1,7 +1,10 @@
 """The last step of `guidegen.images.any_grid.generate_ct`: from the model's CT, resampled onto the
 user's grid, to a CT that looks like CT at that grid's resolution.
 
-Three independent corrections, in this order (each can be turned off):
+Before them, where the grid is finer than the model's, the CT is resampled within each structure
+(`guidegen.grids.class_resample`; `border_fill_classes` says which structures keep their inside's
+HU up to their border); `generate_ct` and the edit's inpainting do that, since it needs the model
+grid's CT and labels. Then three independent corrections, in this order (each can be turned off):
 
 1. `guidegen.images.slice_levels.even_slice_levels`: one level along z per homogeneous organ (the
    slice-by-slice generator's level jumps between slices removed, a smooth z trend kept);
@@ -19,10 +22,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from guidegen.images.levels import calibrate_levels
-from guidegen.images.slice_levels import even_slice_levels
+from guidegen.images.slice_levels import CONSISTENT_CLASSES, UNENHANCED_ONLY, even_slice_levels
 from guidegen.images.texture import add_texture
 
-__all__ = ["finish_native"]
+__all__ = ["border_fill_classes", "finish_native"]
+
+
+def border_fill_classes(phase: str | None) -> tuple[str, ...]:
+    """Structures that keep their inside's HU up to their border on a finer grid
+    (`guidegen.grids.class_resample`): parenchyma, fluid and blood (kidneys only unenhanced: their
+    cortex enhances), lung, muscle, the body's fat and the air outside it. Bone (cortex), hollow
+    organs (wall around gas), the heart, tumours (rims) and kidneys after contrast are left out."""
+    solid = tuple(n for n in CONSISTENT_CLASSES if phase == "non_contrast" or n not in UNENHANCED_ONLY)
+    return (*solid, "lung", "muscle", "body", "background")
 
 
 def finish_native(
