@@ -179,3 +179,26 @@ def test_an_older_model_sees_the_scan_s_unlabelled_tissue_as_body_not_air(monkey
     tissue = unit_to_hu(seen["known"]) > -500  # the real scan's tissue on the model's slab
     assert tissue.sum() > 1000
     assert (seen["labels"][tissue] == ID["background"]).mean() < 0.01
+
+
+def test_an_edit_keeps_the_unchanged_voxels_of_a_hollow_organ_real(oracle_model, real_scan):
+    # A tumour in the colon: the colon's own gas, contents and wall around it stay the real scan's
+    # (no level offset joins a generated lumen to a real one); the tumour is drawn.
+    ct, labels = real_scan
+    colon = labels.array == ID["colon"]
+    centre = np.argwhere(colon)[int(colon.sum()) // 2]
+    ii = np.indices(labels.shape).reshape(3, -1).T
+    ball = np.zeros(labels.shape, bool)
+    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= 8.0] = True
+    ball &= colon
+    edited = labels.array.copy()
+    edited[ball] = ID["tumour"]
+    out, region, record = inpaint_ct(
+        oracle_model, ct, labels.with_array(edited), ball, new_tumour=ball, seed=0, texture=False, levels=False
+    )
+    full = region.full(ct.shape)
+    kept = full & colon & ~ball
+    assert kept.sum() > 20
+    assert np.array_equal(out.array[kept], ct.array[kept])
+    assert record["seam"]["real_voxels_kept"] >= int(kept.sum())
+    assert not np.array_equal(out.array[ball], ct.array[ball])

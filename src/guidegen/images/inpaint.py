@@ -21,7 +21,8 @@ How (the rectified-flow form of RePaint, Lugmayr et al., CVPR 2022, without resa
   there is no step at the seam. Outside the region + margin nothing is written.
 * **Levels joined to the real scan** (`guidegen.images.seam`): before the blend, the generated box is
   shifted by a per-tissue harmonic offset field that takes the real scan's level on the region's
-  border (Poisson image editing), and the margin's real gas is kept real.
+  border (Poisson image editing), and the margin's real gas and the unchanged voxels of hollow
+  organs (stomach, bowel: gas, contents, wall) are kept real.
 * **Levels from data.** New tumours are shifted to the level real tumours of that host show in that
   phase (`guidegen.images.levels.relative_tumour_hu`: relative to the real host organ of this scan
   for the liver), and native-resolution grain is added where the scan's grid is finer than the
@@ -60,7 +61,7 @@ from guidegen.images.hu import hu_to_unit, unit_to_hu
 from guidegen.images.levels import TUMOUR_DEPTH_MM, relative_tumour_hu, scan_phase, tumour_host
 from guidegen.images.model import context_labels, mask_channels, phase_id
 from guidegen.images.native import border_fill_classes
-from guidegen.images.seam import GAS_HU, level_offset
+from guidegen.images.seam import GAS_HU, HOLLOW_CLASSES, level_offset
 from guidegen.images.texture import add_texture, texture_applies
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
 from guidegen.labels.vocabulary import ID, fold_for_model
@@ -270,8 +271,9 @@ def _join_to_real(
     tumour_levels: list[dict] | None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The generated box shifted onto the real scan's levels (`guidegen.images.seam.level_offset`)
-    and the blend weight with the margin's real gas kept (weight 0: the generator draws bowel gas
-    and the wall beside it unlike this scan; the changed voxels themselves are always generated).
+    and the blend weight with the margin's real gas and unchanged hollow-organ voxels kept (weight
+    0: the generator draws bowel gas, contents and wall unlike this scan, and a level offset cannot
+    join them; the changed voxels themselves are always generated).
 
     New tumours whose level was set from real tumours get no offset; the others (no level for their
     host and phase) move with their host, keeping the contrast the network drew.
@@ -290,12 +292,14 @@ def _join_to_real(
                 if host:
                     membrane[comp] = ID[host]
     offset, record = level_offset(generated, real, membrane, region.region, spacing, fixed=fixed)
-    gas_kept = region.region & ~region.changed & (real < GAS_HU)
+    # Unchanged voxels of hollow organs (gas, contents and wall) and any real gas stay real.
+    hollow = np.isin(labels, [ID[n] for n in HOLLOW_CLASSES if n in ID])
+    gas_kept = region.region & ~region.changed & ((real < GAS_HU) | hollow)
     weight = np.where(gas_kept, 0.0, region.weight).astype(np.float32)
     solved = region.region & ~fixed
     record.update(
         mean_offset_hu=round(float(offset[solved].mean()), 1) if solved.any() else 0.0,
-        gas_voxels_kept=int(gas_kept.sum()),
+        real_voxels_kept=int(gas_kept.sum()),
     )
     return generated + offset, weight, record
 

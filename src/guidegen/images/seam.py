@@ -36,10 +36,14 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import cg
 
-__all__ = ["GAS_HU", "level_offset"]
+__all__ = ["GAS_HU", "HOLLOW_CLASSES", "level_offset"]
 
 #: Below this HU a voxel is gas (bowel, lung, stomach): it has no tissue level to match.
 GAS_HU = -300.0
+#: Hollow organs: gas, contents and wall in patterns of their own scan; an edit keeps their
+#: unchanged voxels real (`guidegen.images.inpaint`), since no level offset joins a generated
+#: lumen to a real one.
+HOLLOW_CLASSES: tuple[str, ...] = ("stomach", "small_bowel", "duodenum", "colon")
 #: Weight of the screening term (per mm⁻²) that pins unreachable voxels to no offset.
 _SCREEN = 1e-4
 
