@@ -202,3 +202,25 @@ def test_an_edit_keeps_the_unchanged_voxels_of_a_hollow_organ_real(oracle_model,
     assert np.array_equal(out.array[kept], ct.array[kept])
     assert record["seam"]["real_voxels_kept"] >= int(kept.sum())
     assert not np.array_equal(out.array[ball], ct.array[ball])
+
+
+def test_a_tumour_in_a_host_without_a_level_is_not_drawn_below_soft_tissue(oracle_model, real_scan):
+    from guidegen.images.levels import SOLID_TUMOUR_FLOOR_HU
+
+    ct, labels = real_scan
+    kidney = labels.array == ID["kidney_left"]
+    centre = np.argwhere(kidney)[int(kidney.sum()) // 2]
+    ii = np.indices(labels.shape).reshape(3, -1).T
+    ball = np.zeros(labels.shape, bool)
+    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= 10.0] = True
+    ball &= kidney
+    edited = labels.array.copy()
+    edited[ball] = ID["tumour"]
+    # The oracle draws tumour at 40 HU, below the floor: raised to it as a whole.
+    out, _, record = inpaint_ct(
+        oracle_model, ct, labels.with_array(edited), ball, new_tumour=ball, seed=0, texture=False
+    )
+    (entry,) = record["tumour_levels"]
+    assert entry["host"] == "kidney_left" and entry["rule"] == "soft-tissue floor"
+    assert entry["target_hu"] == pytest.approx(SOLID_TUMOUR_FLOOR_HU, abs=0.1)
+    assert float(out.array[tuple(centre)]) >= SOLID_TUMOUR_FLOOR_HU - 12.0

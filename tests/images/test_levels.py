@@ -5,7 +5,13 @@ import pytest
 
 from guidegen.data.phase import PHASES
 from guidegen.images.grain import interior
-from guidegen.images.levels import UNENHANCED_AORTA_HU, calibrate_levels, tumour_host, tumour_hu
+from guidegen.images.levels import (
+    SOLID_TUMOUR_FLOOR_HU,
+    UNENHANCED_AORTA_HU,
+    calibrate_levels,
+    tumour_host,
+    tumour_hu,
+)
 from guidegen.labels.vocabulary import ID
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -62,12 +68,22 @@ def test_unenhanced_aorta_is_flattened_to_real_blood():
     assert record["aorta"]["target_hu"] == pytest.approx(40.6)
 
 
-def test_unknown_phase_is_estimated_and_unknown_hosts_are_left():
+def test_unknown_phase_is_estimated_and_hosts_without_a_level_keep_a_soft_tissue_tumour():
     hu, labels = _case(host="spleen")
+    tumour = labels == ID["tumour"]
+    hu[tumour] += 40.0  # 70 HU: soft tissue, left as the network drew it
     out, record = calibrate_levels(hu, labels, AFFINE, None)
     assert record["phase_estimated"]
     assert record["tumours"][0]["host"] == "spleen" and "left" in record["tumours"][0]
-    assert np.array_equal(out[labels == ID["tumour"]], hu[labels == ID["tumour"]])
+    assert np.array_equal(out[tumour], hu[tumour])
+    # Drawn at −20 HU (fat or water, as the network drew kidney and pancreas tumours): raised, as a
+    # whole, to the soft-tissue floor.
+    hu[tumour] -= 90.0
+    out, record = calibrate_levels(hu, labels, AFFINE, None)
+    inner = interior(tumour, (0.8, 0.8, 2.5), 2.0)
+    assert out[inner].mean() == pytest.approx(SOLID_TUMOUR_FLOOR_HU, abs=0.1)
+    assert np.allclose(out[tumour] - hu[tumour], out[tumour][0] - hu[tumour][0])
+    assert record["tumours"][0]["rule"] == "soft-tissue floor"
     floating = np.zeros((20, 20, 5), np.uint8)
     floating[8:12, 8:12, 1:4] = ID["tumour"]
     assert tumour_host(floating, floating == ID["tumour"]) is None

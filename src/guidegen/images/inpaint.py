@@ -58,7 +58,13 @@ from guidegen.images.generator import (
 )
 from guidegen.images.grain import interior
 from guidegen.images.hu import hu_to_unit, unit_to_hu
-from guidegen.images.levels import TUMOUR_DEPTH_MM, relative_tumour_hu, scan_phase, tumour_host
+from guidegen.images.levels import (
+    SOLID_TUMOUR_FLOOR_HU,
+    TUMOUR_DEPTH_MM,
+    relative_tumour_hu,
+    scan_phase,
+    tumour_host,
+)
 from guidegen.images.model import context_labels, mask_channels, phase_id
 from guidegen.images.native import border_fill_classes
 from guidegen.images.seam import GAS_HU, HOLLOW_CLASSES, level_offset
@@ -239,7 +245,8 @@ def _resample_back(slab_hu: np.ndarray, slab_affine: np.ndarray, affine: np.ndar
 def _set_tumour_levels(
     hu: np.ndarray, labels: np.ndarray, new_tumour: np.ndarray, real: np.ndarray, spacing, phase: str | None
 ) -> list[dict]:
-    """Shift each new tumour (a connected component) to `relative_tumour_hu` of its host, in place."""
+    """Shift each new tumour (a connected component) to `relative_tumour_hu` of its host, in place;
+    in a host without a level, up to `SOLID_TUMOUR_FLOOR_HU` when the network drew it below."""
     record: list[dict] = []
     components, count = ndimage.label(new_tumour)
     for index in range(1, count + 1):
@@ -249,12 +256,15 @@ def _set_tumour_levels(
         host_mask = interior(labels == ID[host], spacing, TUMOUR_DEPTH_MM) if host else None
         host_hu = float(real[host_mask].mean()) if host_mask is not None and host_mask.any() else None
         target = relative_tumour_hu(host, phase, host_hu) if host and phase else None
+        inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
+        where = inner if inner.sum() >= 20 else comp
+        before = float(hu[where].mean())
+        if target is None and before < SOLID_TUMOUR_FLOOR_HU:
+            target = SOLID_TUMOUR_FLOOR_HU
+            entry["rule"] = "soft-tissue floor"
         if target is None:
-            entry["left"] = "no tumour level for this host and phase (the network's own)"
+            entry["left"] = "no tumour level for this host and phase (the network's own, above the soft-tissue floor)"
         else:
-            inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
-            where = inner if inner.sum() >= 20 else comp
-            before = float(hu[where].mean())
             hu[comp] += target - before
             entry.update(before_hu=round(before, 1), target_hu=round(target, 1), host_hu=host_hu and round(host_hu, 1))
         record.append(entry)

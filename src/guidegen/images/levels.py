@@ -26,7 +26,8 @@ the CT that `generate_ct` returns on the user's grid is corrected, and only ther
   for liver tumours E is the liver's enhancement over its unenhanced level (`TYPICAL_HU`) and f
   the fraction of it the real LiTS tumour shows: (61.7 − 42.6) / (121.9 − 55) = 0.29; for colon
   tumours f·E(portal venous) is Oto's 48 HU, other phases in proportion to the liver's curve (an
-  assumption: no bundled colon CT). Other hosts have no data here and are left as drawn.
+  assumption: no bundled colon CT). Other hosts have no data here: their tumours keep the
+  network's level unless it is below `SOLID_TUMOUR_FLOOR_HU` (soft tissue), where they are raised to it.
 * the aorta of an unenhanced CT is flattened to `UNENHANCED_AORTA_HU` (the mean of the bundled
   real unenhanced aortas not used for evaluation, TotalSegmentator ``totalseg-example-a`` 43.4 HU
   and dataset subject s0009 37.8 HU): its voxels take that level plus their own fine detail
@@ -49,6 +50,7 @@ from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
 __all__ = [
+    "SOLID_TUMOUR_FLOOR_HU",
     "UNENHANCED_AORTA_HU",
     "calibrate_levels",
     "relative_tumour_hu",
@@ -69,6 +71,10 @@ LIVER_TUMOUR_FRACTION = (LITS_TUMOUR_HU - CARCINOMA_UNENHANCED_HU) / (
 UNENHANCED_AORTA_HU = (43.4 + 37.8) / 2
 #: Hosts with a tumour level.
 TUMOUR_HOSTS = ("liver", "colon")
+#: Lowest interior mean (HU) of a tumour in a host without a level: a solid tumour is soft tissue,
+#: and contrast only raises its attenuation, so it is not drawn below the unenhanced carcinoma level
+#: (the network drew kidney, pancreas and stomach tumours at −70 to +4 HU, fat or water).
+SOLID_TUMOUR_FLOOR_HU = CARCINOMA_UNENHANCED_HU
 #: Interior depth (mm) of a tumour whose mean is set; smaller lesions use all their voxels.
 TUMOUR_DEPTH_MM = 2.0
 
@@ -172,15 +178,20 @@ def calibrate_levels(
         comp = components == index
         host = tumour_host(lab, comp)
         entry: dict = {"voxels": int(comp.sum()), "host": host}
+        inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
+        where = inner if inner.sum() >= 20 else comp
+        before = float(out[where].mean())
         if host in TUMOUR_HOSTS:
-            inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
-            where = inner if inner.sum() >= 20 else comp
-            before = float(out[where].mean())
             target = tumour_hu(host, used)
             out[comp] += target - before
             entry.update(before_hu=round(before, 1), target_hu=round(target, 1))
+        elif before < SOLID_TUMOUR_FLOOR_HU:
+            out[comp] += SOLID_TUMOUR_FLOOR_HU - before
+            entry.update(
+                before_hu=round(before, 1), target_hu=round(SOLID_TUMOUR_FLOOR_HU, 1), rule="soft-tissue floor"
+            )
         else:
-            entry["left"] = "no tumour level for this host"
+            entry.update(before_hu=round(before, 1), left="no tumour level for this host; above the soft-tissue floor")
         record["tumours"].append(entry)
     aorta = lab == ID["aorta"]
     if used == "non_contrast" and aorta.any():
