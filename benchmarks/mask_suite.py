@@ -18,6 +18,7 @@ leaves the organs as drawn in the "insert" maps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument(
+        "--guidance-min-t",
+        type=float,
+        default=None,
+        help="guidance only while t >= this fraction of the diffusion time (default: the model's config)",
+    )
     parser.add_argument(
         "--real-start", type=float, default=None, help="start from a deformed real map of the bank (SDEdit strength)"
     )
@@ -83,6 +90,8 @@ def main() -> None:
     from guidegen.text.parse import parse_prompt
 
     sampler = VolumetricMaskSampler.from_pretrained(args.model)
+    if args.guidance_min_t is not None:
+        sampler.config = dataclasses.replace(sampler.config, guidance_min_t=args.guidance_min_t)
     prompts = list(PROMPT_SUITE[: args.limit])
     diversity_prompts = ["healthy abdomen, no tumour", "4 cm tumour in the sigmoid colon", "enlarged spleen"]
     jobs = [(p, i) for i, p in enumerate(prompts)]
@@ -139,7 +148,8 @@ def main() -> None:
     cfg = sampler.config
     print(
         f"mask sampler {args.model}: {cfg.shape} at {cfg.spacing} mm, {args.steps or cfg.sample_steps} steps, "
-        f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance}, "
+        f"guidance {cfg.guidance_scale if args.guidance is None else args.guidance} "
+        f"(while t >= {cfg.guidance_min_t:g} T), "
         f"start {'noise' if args.real_start is None else f'real map at strength {args.real_start}'}; "
         f"{len(jobs)} samples in "
         f"{seconds:.0f} s "

@@ -56,6 +56,11 @@ class MaskSamplerConfig:
     tumour_weight: float = 1.0
     sample_steps: int = 25
     guidance_scale: float = 2.0
+    # Guidance only while t ≥ this fraction of num_timesteps; below it the conditional model alone
+    # (one network call per step instead of two). Guidance matters where the layout is decided, at
+    # high noise; late steps only refine borders (Kynkäänniemi et al., NeurIPS 2024, apply guidance
+    # in a limited interval). 0: every step.
+    guidance_min_t: float = 0.0
     # Where stated tumours come from when sampling: "insert" puts real tumour shapes of the stated
     # size into the stated host of the sampled anatomy (`guidegen.masks.placement`: the demo
     # network does not learn tumours); "network" keeps only what the network draws.
@@ -136,5 +141,7 @@ class MaskSamplerConfig:
             raise ValueError(
                 f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {self.tumour_placement!r}"
             )
+        if not 0.0 <= self.guidance_min_t <= 1.0:
+            raise ValueError(f"guidance_min_t must be in [0, 1], got {self.guidance_min_t}")
         if not 1 <= self.sample_steps <= self.num_timesteps:
             raise ValueError(f"sample_steps must be in [1, {self.num_timesteps}], got {self.sample_steps}")

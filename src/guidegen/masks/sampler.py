@@ -331,8 +331,10 @@ class VolumetricMaskSampler:
         )
         network = self.network(settings.backend, settings.precision)
 
+        unguided_below = self.config.guidance_min_t * self.config.num_timesteps
+
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if scale == 1.0:
+            if scale == 1.0 or float(t.max()) < unguided_below:
                 return network(x_t, t, cond_ctx)
             if scale == 0.0:
                 return network(x_t, t, uncond_ctx)
