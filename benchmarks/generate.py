@@ -14,7 +14,8 @@ resident memory is its own:
 * ``torch fp32`` at the previous and at the current steps;
 * every installed faster backend (``onnxruntime``, ``openvino``) at the current steps, in the
   precision ``auto`` resolves to on this machine;
-* ``auto``: what ``guidegen generate`` does by default.
+* ``auto``: what ``guidegen generate`` does by default, and the same with the 4 flow steps per
+  slice shipped before the 3-step schedule (same run, so the two compare).
 
 Per row: start-up (import, model load, network compile: a first use exports and checks, later
 uses read the cache), the stages of one case (masks, upsample, CT slices, report, writing the case
@@ -197,6 +198,9 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         rows.append(("torch bf16", ["--precision", "bf16", "--backend", "torch"]))
     for backend in available_backends()[1:]:
         rows.append((f"{backend} (precision auto)", ["--precision", "auto", "--backend", backend]))
+    rows.append(
+        ("auto, 25/4 steps (the previous schedule)", ["--precision", "auto", "--backend", "auto", "--image-steps", "4"])
+    )
     rows.append(("auto (the default)", ["--precision", "auto", "--backend", "auto"]))
     if args.paper_estimate:
         rows.append(
