@@ -106,6 +106,18 @@ def test_the_seam_is_no_rougher_than_the_real_scan_even_where_the_model_s_level_
     assert jumps["seam_hu"] <= jumps["real_hu"], str(jumps)
     assert jumps["blend_hu"] <= jumps["real_hu"], jumps
     assert case.record["inpaint"]["seam"]["mean_offset_hu"] < -5.0  # the oracle's too-bright liver pulled down
+    # The real scan across the same border: what an invisible seam would measure.
+    untouched = seam_jumps(
+        canonical(ct).array,
+        canonical(ct).array,
+        canonical(case.labels).array,
+        r.distance_mm,
+        case.record["region"]["margin_mm"],
+        r.box,
+        exclude_labels=(0,),
+    )
+    assert untouched["seam_hu"] == pytest.approx(jumps["real_at_seam_hu"])
+    assert jumps["per_label"][ID["liver"]][2] == pytest.approx(untouched["per_label"][ID["liver"]][0])
 
 
 def test_guidegen_edit_reads_files_and_resizes_organs(oracle, real, tmp_path):
