@@ -8,14 +8,14 @@ AMX, oneDNN bf16), then one row per configuration, each run in a fresh process s
 resident memory is its own:
 
 * ``previous default``: PyTorch under bf16 autocast with the previous sampling steps (25 mask
-  steps, 6 flow steps per slice): what the release before issue 23 ran on every CPU. Where bf16
+  steps guided at every step, 6 flow steps per slice): what the release before issue 23 ran on every CPU. Where bf16
   is not native this is 10-100x slower than fp32, so it is extrapolated from its first mask steps
   and slices (marked), not run to the end;
 * ``torch fp32`` at the previous and at the current steps;
 * every installed faster backend (``onnxruntime``, ``openvino``) at the current steps, in the
   precision ``auto`` resolves to on this machine;
-* ``auto``: what ``guidegen generate`` does by default, and the same with the 4 flow steps per
-  slice shipped before the 3-step schedule (same run, so the two compare).
+* ``auto``: what ``guidegen generate`` does by default, and the same with the sampling shipped
+  before (4 flow steps per slice, mask guidance at every step; same run, so the two compare).
 
 Per row: start-up (import, model load, network compile: a first use exports and checks, later
 uses read the cache), the stages of one case (masks, upsample, CT slices, report, writing the case
@@ -26,6 +26,7 @@ share the CPU mean nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -90,6 +91,8 @@ def run_one(args: argparse.Namespace) -> dict:
     imported = time.perf_counter() - started
     started = time.perf_counter()
     gg = GuideGen.from_pretrained(args.model)
+    if args.guidance_min_t is not None:
+        gg.mask_sampler.config = dataclasses.replace(gg.mask_sampler.config, guidance_min_t=args.guidance_min_t)
     gg.mask_sampler.text_encoder.encode([PROMPT])
     loaded = time.perf_counter() - started
     started = time.perf_counter()
@@ -185,7 +188,7 @@ def extrapolate(gg, args: argparse.Namespace, steps: int, image_steps: int, resu
 def configurations(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     from guidegen.runtime import available_backends, native_bf16
 
-    old = ["--mask-steps", str(PREVIOUS_STEPS[0]), "--image-steps", str(PREVIOUS_STEPS[1])]
+    old = ["--mask-steps", str(PREVIOUS_STEPS[0]), "--image-steps", str(PREVIOUS_STEPS[1]), "--guidance-min-t", "0"]
     rows = [
         (
             "previous default (torch bf16, 25/6 steps)",
@@ -199,7 +202,10 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     for backend in available_backends()[1:]:
         rows.append((f"{backend} (precision auto)", ["--precision", "auto", "--backend", backend]))
     rows.append(
-        ("auto, 25/4 steps (the previous schedule)", ["--precision", "auto", "--backend", "auto", "--image-steps", "4"])
+        (
+            "auto, previous sampling (25/4, guided every step)",
+            ["--precision", "auto", "--backend", "auto", "--image-steps", "4", "--guidance-min-t", "0"],
+        )
     )
     rows.append(("auto (the default)", ["--precision", "auto", "--backend", "auto"]))
     if args.paper_estimate:
@@ -240,6 +246,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--mask-steps", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--image-steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--guidance-min-t", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--extrapolate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
