@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -173,3 +174,35 @@ def test_downstream_experiment_structure():
         assert 0.0 <= setting["mean"]["mean"] <= 1.0
     with pytest.raises(ValueError):
         downstream_experiment([], [synthetic_case()], [synthetic_case()])
+
+
+def test_focus_classes_are_drawn_at_their_share_and_off_changes_nothing(monkeypatch):
+    import guidegen.evaluation.alignment as alignment
+
+    case = synthetic_case("a", seed=0)
+    labels = case.labels.array.copy()
+    z_tumour = labels.shape[2] // 2
+    labels[10:14, 10:14, z_tumour] = ID["tumour"]  # a tumour in one slice of many
+    case = EvalCase("a", case.ct, case.labels.with_array(labels))
+    drawn: list[bool] = []
+    original = alignment._crop_or_pad
+
+    def spy(image, lab, patch, rng):
+        drawn.append(bool((lab == ID["tumour"]).any()))
+        return original(image, lab, patch, rng)
+
+    monkeypatch.setattr(alignment, "_crop_or_pad", spy)
+    focused = replace(TINY, focus_classes=(ID["tumour"],), focus_fraction=0.5)
+    train_judge([case], steps=25, seed=0, config=focused)
+    share = np.mean(drawn)
+    assert 0.3 < share < 0.7, share  # half the slices hold the tumour (one slice of the case)
+    drawn.clear()
+    train_judge([case], steps=25, seed=0, config=TINY)
+    assert np.mean(drawn) < 0.2
+    # Off (fraction 0), the judge is bit for bit the one without the option.
+    a = train_judge([case], steps=3, seed=1, config=TINY)
+    b = train_judge([case], steps=3, seed=1, config=replace(TINY, focus_classes=(ID["tumour"],)))
+    for x, y in zip(a.network.state_dict().values(), b.network.state_dict().values()):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(ValueError, match="focus_fraction"):
+        JudgeConfig(focus_fraction=1.5)

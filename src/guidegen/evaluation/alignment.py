@@ -76,6 +76,10 @@ class JudgeConfig:
         batch_size: slices per step. lr: AdamW peak learning rate (cosine decay to 10 %); 5e-3
             learnt the large organs of the bundled real cases faster than 2e-3 in 300-step runs.
         foreground_fraction: share of training slices drawn among those holding an organ.
+        focus_classes, focus_fraction: share of training slices drawn among those holding one of
+            these class ids (before the organ draw; none: off). A tumour fills a few slices of a
+            case, so a segmenter judged on tumours must see them more often than the organs'
+            share gives (nnU-Net's foreground oversampling, Isensee et al. 2021).
         steps, seed: the training run that produced the weights.
         trained_classes: ids with annotated voxels in the training cases (set by `train_judge`).
     """
@@ -89,6 +93,8 @@ class JudgeConfig:
     lr: float = 5e-3
     weight_decay: float = 1e-4
     foreground_fraction: float = 0.7
+    focus_classes: tuple[int, ...] = ()
+    focus_fraction: float = 0.0
     steps: int = 300
     seed: int = 0
     trained_classes: tuple[int, ...] = ()
@@ -106,6 +112,8 @@ class JudgeConfig:
             raise ValueError(
                 f"batch_size must be >= 1, steps >= 0, lr > 0; got {self.batch_size}, {self.steps}, {self.lr}"
             )
+        if not 0.0 <= self.focus_fraction <= 1.0:
+            raise ValueError(f"focus_fraction must be in [0, 1], got {self.focus_fraction}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must lie in [0, 1], got {self.foreground_fraction}")
         if not self.hu_range[1] > self.hu_range[0]:
@@ -275,11 +283,12 @@ class _Slices:
     unannotated: list[np.ndarray] = field(default_factory=list)  # (C,) bool per case
     all: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (case, z) with known voxels
     organ: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (case, z) with an organ
+    focus: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (case, z) with a focus class
 
 
 def _gather(cases: Sequence[EvalCase], config: JudgeConfig) -> tuple[_Slices, tuple[int, ...]]:
     data = _Slices()
-    all_idx, organ_idx, trained = [], [], set()
+    all_idx, organ_idx, focus_idx, trained = [], [], [], set()
     for i, case in enumerate(cases):
         labels = case.labels.array
         data.units.append(normalise_hu(case.ct.array, config.hu_range))
@@ -290,12 +299,15 @@ def _gather(cases: Sequence[EvalCase], config: JudgeConfig) -> tuple[_Slices, tu
         organ = ((labels != UNKNOWN) & ~np.isin(labels, _CATCH_ALL)).any(axis=(0, 1))
         all_idx += [(i, z) for z in np.flatnonzero(known)]
         organ_idx += [(i, z) for z in np.flatnonzero(organ)]
+        if config.focus_classes:
+            focus_idx += [(i, z) for z in np.flatnonzero(np.isin(labels, config.focus_classes).any(axis=(0, 1)))]
     # A class no training case shows is a plain negative everywhere: the judge must not invent it
     # (otherwise the marginal loss leaves it free wherever a case does not annotate it).
     learnable = np.isin(np.arange(NUM_CLASSES), sorted(trained))
     data.unannotated = [learnable & ~np.isin(np.arange(NUM_CLASSES), sorted(c.annotated)) for c in cases]
     data.all = np.asarray(all_idx, dtype=np.int64).reshape(-1, 2)
     data.organ = np.asarray(organ_idx, dtype=np.int64).reshape(-1, 2)
+    data.focus = np.asarray(focus_idx, dtype=np.int64).reshape(-1, 2)
     return data, tuple(sorted(trained))
 
 
@@ -325,10 +337,11 @@ def train_judge(
 ) -> Judge:
     """Train the judge on (real) cases.
 
-    Each step draws ``batch_size`` axial slices (``foreground_fraction`` of them among slices
-    holding an organ), crops or pads them to ``patch`` and takes one AdamW step on the
-    `marginal_cross_entropy`. Every random draw of step s comes from generators seeded with
-    ``(seed, s)`` and the initial weights from ``seed``: the same call gives the same judge.
+    Each step draws ``batch_size`` axial slices (``focus_fraction`` of them among slices holding a
+    ``focus_classes`` voxel, ``foreground_fraction`` of the rest among slices holding an organ),
+    crops or pads them to ``patch`` and takes one AdamW step on the `marginal_cross_entropy`. Every
+    random draw of step s comes from generators seeded with ``(seed, s)`` and the initial weights
+    from ``seed``: the same call gives the same judge.
 
     Args:
         cases: training cases (partial annotation allowed).
@@ -368,7 +381,11 @@ def train_judge(
             rng, _ = step_generators(seed, step)
             images, targets, masks = [], [], []
             for _ in range(config.batch_size):
-                pool = data.organ if len(data.organ) and rng.random() < config.foreground_fraction else data.all
+                # No draw for the focus when it is off: the organ draws stay those of earlier judges.
+                if config.focus_fraction > 0 and len(data.focus) and rng.random() < config.focus_fraction:
+                    pool = data.focus
+                else:
+                    pool = data.organ if len(data.organ) and rng.random() < config.foreground_fraction else data.all
                 case, z = pool[int(rng.integers(0, len(pool)))]
                 image, labels = _crop_or_pad(data.units[case][:, :, z], data.labels[case][:, :, z], config.patch, rng)
                 images.append(image)

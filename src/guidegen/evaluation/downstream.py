@@ -15,11 +15,14 @@ import numpy as np
 
 from guidegen.evaluation.alignment import JudgeConfig, alignment_dice, train_judge
 from guidegen.evaluation.cases import EvalCase
+from guidegen.labels.vocabulary import ID
 
 __all__ = ["SETTINGS", "downstream_experiment", "run_downstream"]
 
 #: The three training sets compared.
 SETTINGS = ("real", "synthetic", "real+synthetic")
+#: Share of training slices drawn among those holding a scored class when ``classes`` is given.
+FOCUS_FRACTION = 0.5
 
 
 def downstream_experiment(
@@ -43,7 +46,8 @@ def downstream_experiment(
         classes: class names scored (default: those the segmenter of each run was trained on,
             without background and body; see `alignment_dice`). ``("tumour",)`` scores tumours only:
             e.g. real scans + edited copies with tumours added (`guidegen edit`) against real only,
-            tested on real tumour cases.
+            tested on real tumour cases. Without ``config``, the segmenter then draws
+            `FOCUS_FRACTION` of its training slices among those holding these classes.
         settings_run: the training sets to run (a subset of `SETTINGS`).
 
     Returns:
@@ -61,6 +65,9 @@ def downstream_experiment(
     if not settings_run or any(name not in SETTINGS for name in settings_run):
         raise ValueError(f"settings_run must name some of {', '.join(SETTINGS)}, got {list(settings_run)}")
     training = {"real": list(real_train), "synthetic": list(synthetic), "real+synthetic": [*real_train, *synthetic]}
+    if classes and config is None:
+        # Scored on a few classes (a tumour): every setting's segmenter sees their slices half the time.
+        config = JudgeConfig(focus_classes=tuple(ID[c] for c in classes if c in ID), focus_fraction=FOCUS_FRACTION)
     settings: dict[str, dict] = {}
     for name in settings_run:
         per_class: dict[str, list[float]] = {}
