@@ -176,10 +176,12 @@ def _summary(out: Path) -> None:
         if s["seam_hu"] is None or s["real_hu"] is None:
             continue
         ok.append(s["seam_hu"] <= s["real_hu"] and (s["blend_hu"] or 0) <= s["real_hu"])
-        at_seam = s.get("real_at_seam_hu")
+        at_seam, in_blend = s.get("real_at_seam_hu"), s.get("real_in_blend_hu")
         if at_seam is not None:
-            bar = max(s["real_hu"], at_seam)
-            ok_in_place.append(s["seam_hu"] <= bar and (s["blend_hu"] or 0) <= bar)
+            in_blend = at_seam if in_blend is None else in_blend
+            ok_in_place.append(
+                s["seam_hu"] <= max(s["real_hu"], at_seam) and (s["blend_hu"] or 0) <= max(s["real_hu"], in_blend)
+            )
         print(
             f"  {r['scan']:20s} {r['prompt'][:48]:48s} {s['seam_hu']:6.1f} {s['blend_hu'] or float('nan'):6.1f} "
             f"{s['real_hu']:6.1f} {at_seam if at_seam is not None else float('nan'):9.1f}  {s['seam_pairs']}"
@@ -187,8 +189,8 @@ def _summary(out: Path) -> None:
     print(f"  seam and blend zone no rougher than the real scan away from the edit: {sum(ok)}/{len(ok)}")
     if ok_in_place:
         print(
-            "  ... or than the real scan across the same border (where that is rougher, e.g. bowel gas beside "
-            f"wall): {sum(ok_in_place)}/{len(ok_in_place)}"
+            "  ... or than the real scan across the same border and in the same blend zone (where that is "
+            f"rougher, e.g. bowel gas beside wall): {sum(ok_in_place)}/{len(ok_in_place)}"
         )
     print("\ntumour HU (interior mean, grain = std of HU minus its 3 mm in-plane average):")
     by: dict[tuple[str, str], list[dict]] = {}

@@ -224,3 +224,25 @@ def test_a_tumour_in_a_host_without_a_level_is_not_drawn_below_soft_tissue(oracl
     assert entry["host"] == "kidney_left" and entry["rule"] == "soft-tissue floor"
     assert entry["target_hu"] == pytest.approx(SOLID_TUMOUR_FLOOR_HU, abs=0.1)
     assert float(out.array[tuple(centre)]) >= SOLID_TUMOUR_FLOOR_HU - 12.0
+
+
+def test_a_tumour_moved_with_its_host_keeps_the_soft_tissue_floor():
+    from guidegen.images.inpaint import _join_to_real
+    from guidegen.images.levels import SOLID_TUMOUR_FLOOR_HU
+
+    shape, spacing = (40, 40, 12), (1.0, 1.0, 3.0)
+    labels = np.full(shape, ID["spleen"], np.uint8)
+    tumour = np.zeros(shape, bool)
+    tumour[15:25, 15:25, 4:8] = True
+    labels[tumour] = ID["tumour"]
+    region = edit_region(tumour, spacing, margin_mm=6.0)
+    box = region.box
+    generated = np.where(labels == ID["spleen"], 100.0, 60.0).astype(np.float32)[box]
+    real = np.full(shape, 40.0, np.float32)[box]  # the real spleen is 60 HU darker than drawn
+    entry = {"voxels": int(tumour.sum()), "host": "spleen", "left": "no level"}  # drawn above the floor
+    out, _, record = _join_to_real(generated, real, labels[box], region, spacing, tumour, [entry])
+    inner = tumour[box] & (np.indices(generated.shape)[2] > 0)
+    assert float(out[inner].mean()) == pytest.approx(SOLID_TUMOUR_FLOOR_HU, abs=1.0)  # not 0 HU
+    assert record["tumours_raised_to_floor"] == 1
+    spleen_near = region.region & (labels[box] == ID["spleen"])
+    assert abs(float(out[spleen_near].mean()) - 40.0) < 5.0  # the host itself joined to the real level

@@ -80,12 +80,12 @@ def seam_jumps(
         exclude_labels: labels left out (e.g. background air, where neighbours differ by nothing).
 
     Returns:
-        ``{"seam_hu", "blend_hu", "real_hu", "real_at_seam_hu", "seam_pairs", "per_label": {id:
+        ``{"seam_hu", "blend_hu", "real_hu", "real_at_seam_hu", "real_in_blend_hu", "seam_pairs", "per_label": {id:
         [seam, real, real at the seam]}}``: mean |ΔHU| across the region's border, between voxels of the blend zone
         (margin/2 < d ≤ margin), between neighbours of the same labels in the real scan outside the
-        box, and across the same border in the real scan (the real CT's own roughness there: gas
-        beside bowel wall makes it far above the scan's average), weighted by the seam's pair count
-        per label.
+        box, and across the same border and inside the same blend zone in the real scan (the real
+        CT's own roughness there: gas beside bowel wall makes it far above the scan's average),
+        weighted by the seam's pair count per label.
     """
     box = tuple(box)
     region = np.zeros(edited.shape, bool)
@@ -99,12 +99,14 @@ def seam_jumps(
     inner = neighbour_differences(edited, labels, blend & keep, blend & keep)
     reference = neighbour_differences(real, labels, outside_box & keep, outside_box & keep)
     in_place = neighbour_differences(real, labels, region & keep, ~region & keep)
+    blend_in_place = neighbour_differences(real, labels, blend & keep, blend & keep)
     weights = {k: n for k, (_, n) in seam.items()}
     return {
         "seam_hu": _weighted(seam, weights),
         "blend_hu": _weighted(inner, weights),
         "real_hu": _weighted(reference, weights),
         "real_at_seam_hu": _weighted(in_place, weights),
+        "real_in_blend_hu": _weighted(blend_in_place, weights),
         "seam_pairs": int(sum(weights.values())),
         "per_label": {
             int(k): [

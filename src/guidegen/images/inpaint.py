@@ -290,6 +290,7 @@ def _join_to_real(
     """
     membrane = labels.copy()
     fixed = np.zeros(labels.shape, bool)
+    moving: list[np.ndarray] = []
     if new_tumour is not None and new_tumour[region.box].any():
         components, count = ndimage.label(new_tumour[region.box])  # as `_set_tumour_levels` numbers them
         for index in range(1, count + 1):
@@ -301,7 +302,18 @@ def _join_to_real(
                 host = tumour_host(labels, comp)
                 if host:
                     membrane[comp] = ID[host]
+                moving.append(comp)
     offset, record = level_offset(generated, real, membrane, region.region, spacing, fixed=fixed)
+    # A tumour that moved with its host keeps the soft-tissue floor (the host's offset can take it
+    # below: a spleen drawn 35 HU brighter than the real one took its tumour from 43 to 7 HU).
+    raised = 0
+    for comp in moving:
+        inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
+        where = inner if inner.sum() >= 20 else comp
+        level = float((generated + offset)[where].mean())
+        if level < SOLID_TUMOUR_FLOOR_HU:
+            offset[comp] += SOLID_TUMOUR_FLOOR_HU - level
+            raised += 1
     # Unchanged voxels of hollow organs (gas, contents and wall) and any real gas stay real.
     hollow = np.isin(labels, [ID[n] for n in HOLLOW_CLASSES if n in ID])
     gas_kept = region.region & ~region.changed & ((real < GAS_HU) | hollow)
@@ -310,6 +322,7 @@ def _join_to_real(
     record.update(
         mean_offset_hu=round(float(offset[solved].mean()), 1) if solved.any() else 0.0,
         real_voxels_kept=int(gas_kept.sum()),
+        tumours_raised_to_floor=raised,
     )
     return generated + offset, weight, record
 
