@@ -116,16 +116,23 @@ def real_scan(real):
     return ct, labels
 
 
+def _tumour_ball(labels, host: str, radius_mm: float):
+    """A ball of tumour (``radius_mm``, 3 mm voxels) around the middle voxel of ``host``, inside it:
+    (the ball's mask, its centre voxel, the edited label array)."""
+    inside = labels.array == ID[host]
+    centre = np.argwhere(inside)[int(inside.sum()) // 2]
+    ii = np.indices(labels.shape).reshape(3, -1).T
+    ball = np.zeros(labels.shape, bool)
+    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= radius_mm] = True
+    ball &= inside
+    edited = labels.array.copy()
+    edited[ball] = ID["tumour"]
+    return ball, centre, edited
+
+
 def test_a_real_scan_is_untouched_outside_the_region_and_drawn_as_labelled_inside(oracle_model, real_scan):
     ct, labels = real_scan
-    edited = labels.array.copy()
-    liver = np.argwhere(labels.array == ID["liver"])
-    centre = liver[len(liver) // 2]
-    ball = np.zeros(labels.shape, bool)
-    ii = np.indices(labels.shape).reshape(3, -1).T
-    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= 10.0] = True
-    ball &= labels.array == ID["liver"]
-    edited[ball] = ID["tumour"]
+    ball, centre, edited = _tumour_ball(labels, "liver", 10.0)
     out, region, record = inpaint_ct(
         oracle_model,
         ct,
@@ -186,13 +193,7 @@ def test_an_edit_keeps_the_unchanged_voxels_of_a_hollow_organ_real(oracle_model,
     # (no level offset joins a generated lumen to a real one); the tumour is drawn.
     ct, labels = real_scan
     colon = labels.array == ID["colon"]
-    centre = np.argwhere(colon)[int(colon.sum()) // 2]
-    ii = np.indices(labels.shape).reshape(3, -1).T
-    ball = np.zeros(labels.shape, bool)
-    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= 8.0] = True
-    ball &= colon
-    edited = labels.array.copy()
-    edited[ball] = ID["tumour"]
+    ball, _, edited = _tumour_ball(labels, "colon", 8.0)
     out, region, record = inpaint_ct(
         oracle_model, ct, labels.with_array(edited), ball, new_tumour=ball, seed=0, texture=False, levels=False
     )
@@ -208,14 +209,7 @@ def test_a_tumour_in_a_host_without_a_level_is_not_drawn_below_soft_tissue(oracl
     from guidegen.images.levels import SOLID_TUMOUR_FLOOR_HU
 
     ct, labels = real_scan
-    kidney = labels.array == ID["kidney_left"]
-    centre = np.argwhere(kidney)[int(kidney.sum()) // 2]
-    ii = np.indices(labels.shape).reshape(3, -1).T
-    ball = np.zeros(labels.shape, bool)
-    ball.reshape(-1)[np.linalg.norm((ii - centre) * 3.0, axis=1) <= 10.0] = True
-    ball &= kidney
-    edited = labels.array.copy()
-    edited[ball] = ID["tumour"]
+    ball, centre, edited = _tumour_ball(labels, "kidney_left", 10.0)
     # The oracle draws tumour at 40 HU, below the floor: raised to it as a whole.
     out, _, record = inpaint_ct(
         oracle_model, ct, labels.with_array(edited), ball, new_tumour=ball, seed=0, texture=False

@@ -93,29 +93,25 @@ def test_the_seam_is_no_rougher_than_the_real_scan_even_where_the_model_s_level_
     labels, annotated = load_labels(real / SCAN / "labels.nii.gz")
     (case,) = edit_scan(oracle, ct, labels, "add a 4 cm tumour in the liver", annotated=annotated, seed=0)
     r = case.region
-    jumps = seam_jumps(
-        canonical(case.ct).array,
-        canonical(ct).array,
-        canonical(case.labels).array,
-        r.distance_mm,
-        case.record["region"]["margin_mm"],
-        r.box,
-        exclude_labels=(0,),
-    )
+
+    def seam_of(hu):
+        return seam_jumps(
+            hu,
+            canonical(ct).array,
+            canonical(case.labels).array,
+            r.distance_mm,
+            case.record["region"]["margin_mm"],
+            r.box,
+            exclude_labels=(0,),
+        )
+
+    jumps = seam_of(canonical(case.ct).array)
     assert jumps["seam_pairs"] > 100
     assert jumps["seam_hu"] <= jumps["real_hu"], str(jumps)
     assert jumps["blend_hu"] <= jumps["real_hu"], jumps
     assert case.record["inpaint"]["seam"]["mean_offset_hu"] < -5.0  # the oracle's too-bright liver pulled down
     # The real scan across the same border: what an invisible seam would measure.
-    untouched = seam_jumps(
-        canonical(ct).array,
-        canonical(ct).array,
-        canonical(case.labels).array,
-        r.distance_mm,
-        case.record["region"]["margin_mm"],
-        r.box,
-        exclude_labels=(0,),
-    )
+    untouched = seam_of(canonical(ct).array)
     assert untouched["seam_hu"] == pytest.approx(jumps["real_at_seam_hu"])
     assert jumps["per_label"][ID["liver"]][2] == pytest.approx(untouched["per_label"][ID["liver"]][0])
 
