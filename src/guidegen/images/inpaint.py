@@ -64,6 +64,7 @@ from guidegen.images.levels import (
     relative_tumour_hu,
     scan_phase,
     tumour_host,
+    tumour_level,
 )
 from guidegen.images.model import context_labels, mask_channels, phase_id
 from guidegen.images.native import border_fill_classes
@@ -256,9 +257,7 @@ def _set_tumour_levels(
         host_mask = interior(labels == ID[host], spacing, TUMOUR_DEPTH_MM) if host else None
         host_hu = float(real[host_mask].mean()) if host_mask is not None and host_mask.any() else None
         target = relative_tumour_hu(host, phase, host_hu) if host and phase else None
-        inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
-        where = inner if inner.sum() >= 20 else comp
-        before = float(hu[where].mean())
+        before = tumour_level(hu, comp, spacing)
         if target is None and before < SOLID_TUMOUR_FLOOR_HU:
             target = SOLID_TUMOUR_FLOOR_HU
             entry["rule"] = "soft-tissue floor"
@@ -308,9 +307,7 @@ def _join_to_real(
     # below: a spleen drawn 35 HU brighter than the real one took its tumour from 43 to 7 HU).
     raised = 0
     for comp in moving:
-        inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
-        where = inner if inner.sum() >= 20 else comp
-        level = float((generated + offset)[where].mean())
+        level = tumour_level(generated + offset, comp, spacing)
         if level < SOLID_TUMOUR_FLOOR_HU:
             offset[comp] += SOLID_TUMOUR_FLOOR_HU - level
             raised += 1

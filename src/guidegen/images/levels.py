@@ -57,6 +57,7 @@ __all__ = [
     "scan_phase",
     "tumour_host",
     "tumour_hu",
+    "tumour_level",
 ]
 
 #: Unenhanced colorectal carcinoma (HU) and its enhancement after contrast (Oto et al. 2003).
@@ -77,6 +78,13 @@ TUMOUR_HOSTS = ("liver", "colon")
 SOLID_TUMOUR_FLOOR_HU = CARCINOMA_UNENHANCED_HU
 #: Interior depth (mm) of a tumour whose mean is set; smaller lesions use all their voxels.
 TUMOUR_DEPTH_MM = 2.0
+
+
+def tumour_level(hu: np.ndarray, component: np.ndarray, spacing) -> float:
+    """A tumour's level: its mean HU `TUMOUR_DEPTH_MM` inside its border (all its voxels when fewer
+    than 20 lie that deep: a small lesion)."""
+    inner = interior(component, spacing, TUMOUR_DEPTH_MM)
+    return float(hu[inner if inner.sum() >= 20 else component].mean())
 
 
 def _liver_enhancement(phase: str) -> float:
@@ -178,9 +186,7 @@ def calibrate_levels(
         comp = components == index
         host = tumour_host(lab, comp)
         entry: dict = {"voxels": int(comp.sum()), "host": host}
-        inner = interior(comp, spacing, TUMOUR_DEPTH_MM)
-        where = inner if inner.sum() >= 20 else comp
-        before = float(out[where].mean())
+        before = tumour_level(out, comp, spacing)
         if host in TUMOUR_HOSTS:
             target = tumour_hu(host, used)
             out[comp] += target - before
