@@ -167,15 +167,19 @@ def _summary(out: Path) -> None:
             )
     print("\nseam (mean |ΔHU| between face neighbours of the same label; background air left out):")
     print(
-        f"  {'scan':20s} {'prompt':48s} {'seam':>6s} {'blend':>6s} {'real':>6s} {'real@seam':>9s}  pairs"
-        "   (real: same labels away from the edit; real@seam: the real CT across the same border)"
+        f"  {'scan':20s} {'prompt':48s} {'seam':>6s} {'blend':>6s} {'real':>6s} {'matched':>7s} {'real@seam':>9s}"
+        "  pairs   (real: same labels away from the edit; matched: also the same pair directions; "
+        "real@seam: the real CT across the same border)"
     )
-    ok, ok_in_place = [], []
+    ok, ok_matched, ok_in_place = [], [], []
     for r in edits:
         s = r["seam"]
         if s["seam_hu"] is None or s["real_hu"] is None:
             continue
         ok.append(s["seam_hu"] <= s["real_hu"] and (s["blend_hu"] or 0) <= s["real_hu"])
+        matched = s.get("real_matched_hu")
+        if matched is not None:
+            ok_matched.append(s["seam_hu"] <= matched and (s["blend_hu"] or 0) <= max(matched, s["real_hu"]))
         at_seam, in_blend = s.get("real_at_seam_hu"), s.get("real_in_blend_hu")
         if at_seam is not None:
             in_blend = at_seam if in_blend is None else in_blend
@@ -184,9 +188,15 @@ def _summary(out: Path) -> None:
             )
         print(
             f"  {r['scan']:20s} {r['prompt'][:48]:48s} {s['seam_hu']:6.1f} {s['blend_hu'] or float('nan'):6.1f} "
-            f"{s['real_hu']:6.1f} {at_seam if at_seam is not None else float('nan'):9.1f}  {s['seam_pairs']}"
+            f"{s['real_hu']:6.1f} {s.get('real_matched_hu') or float('nan'):7.1f} "
+            f"{at_seam if at_seam is not None else float('nan'):9.1f}  {s['seam_pairs']}"
         )
     print(f"  seam and blend zone no rougher than the real scan away from the edit: {sum(ok)}/{len(ok)}")
+    if ok_matched:
+        print(
+            "  ... the seam against pairs of the same labels and directions away from the edit (across 5 mm "
+            f"slices neighbours differ more than in-plane): {sum(ok_matched)}/{len(ok_matched)}"
+        )
     if ok_in_place:
         print(
             "  ... or than the real scan across the same border and in the same blend zone (where that is "

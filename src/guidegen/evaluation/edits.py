@@ -20,21 +20,23 @@ __all__ = ["neighbour_differences", "seam_jumps", "tumour_texture"]
 
 
 def neighbour_differences(
-    hu: np.ndarray, labels: np.ndarray, first: np.ndarray, second: np.ndarray
-) -> dict[int, tuple[float, int]]:
+    hu: np.ndarray, labels: np.ndarray, first: np.ndarray, second: np.ndarray, by_axis: bool = False
+) -> dict:
     """Mean |ΔHU| of face-neighbour pairs (a in ``first``, b in ``second``) of the same label, per label.
 
     Args:
         hu: (X, Y, Z) HU.
         labels: (X, Y, Z) label ids.
         first, second: (X, Y, Z) bool masks.
+        by_axis: keep pairs along each array axis apart (neighbours 0.6 mm apart in-plane and 5 mm
+            apart across slices differ by different amounts in any real scan).
 
     Returns:
-        label id → (mean |ΔHU|, number of pairs).
+        label id (or ``(label id, axis)`` with ``by_axis``) → (mean |ΔHU|, number of pairs).
     """
     hu = hu.astype(np.float64)
-    sums: dict[int, float] = {}
-    counts: dict[int, int] = {}
+    sums: dict = {}
+    counts: dict = {}
     for axis in range(3):
         for a, b in ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))):
             sa = [slice(None)] * 3
@@ -48,8 +50,9 @@ def neighbour_differences(
             lab = labels[sa][pair]
             for value in np.unique(lab):
                 sel = lab == value
-                sums[int(value)] = sums.get(int(value), 0.0) + float(diff[sel].sum())
-                counts[int(value)] = counts.get(int(value), 0) + int(sel.sum())
+                key = (int(value), axis) if by_axis else int(value)
+                sums[key] = sums.get(key, 0.0) + float(diff[sel].sum())
+                counts[key] = counts.get(key, 0) + int(sel.sum())
     return {k: (sums[k] / counts[k], counts[k]) for k in sums}
 
 
@@ -80,11 +83,13 @@ def seam_jumps(
         exclude_labels: labels left out (e.g. background air, where neighbours differ by nothing).
 
     Returns:
-        ``{"seam_hu", "blend_hu", "real_hu", "real_at_seam_hu", "real_in_blend_hu", "seam_pairs", "per_label": {id:
-        [seam, real, real at the seam]}}``: mean |ΔHU| across the region's border, between voxels of the blend zone
-        (margin/2 < d ≤ margin), between neighbours of the same labels in the real scan outside the
-        box, and across the same border and inside the same blend zone in the real scan (the real
-        CT's own roughness there: gas beside bowel wall makes it far above the scan's average),
+        ``{"seam_hu", "blend_hu", "real_hu", "real_matched_hu", "real_at_seam_hu",
+        "real_in_blend_hu", "seam_pairs", "per_label": {id: [seam, real, real at the seam]}}``:
+        mean |ΔHU| across the region's border; between voxels of the blend zone (margin/2 < d ≤
+        margin); between neighbours of the same labels in the real scan outside the box
+        (``real_matched_hu``: the same with the seam's share of pairs along each axis); and across
+        the same border and inside the same blend zone in the real scan (the real CT's own
+        roughness there: gas beside bowel wall makes it far above the scan's average); each
         weighted by the seam's pair count per label.
     """
     box = tuple(box)
@@ -101,10 +106,14 @@ def seam_jumps(
     in_place = neighbour_differences(real, labels, region & keep, ~region & keep)
     blend_in_place = neighbour_differences(real, labels, blend & keep, blend & keep)
     weights = {k: n for k, (_, n) in seam.items()}
+    # The reference elsewhere with the seam's own mix of labels and pair directions.
+    seam_axes = neighbour_differences(edited, labels, region & keep, ~region & keep, by_axis=True)
+    reference_axes = neighbour_differences(real, labels, outside_box & keep, outside_box & keep, by_axis=True)
     return {
         "seam_hu": _weighted(seam, weights),
         "blend_hu": _weighted(inner, weights),
         "real_hu": _weighted(reference, weights),
+        "real_matched_hu": _weighted(reference_axes, {k: n for k, (_, n) in seam_axes.items()}),
         "real_at_seam_hu": _weighted(in_place, weights),
         "real_in_blend_hu": _weighted(blend_in_place, weights),
         "seam_pairs": int(sum(weights.values())),
