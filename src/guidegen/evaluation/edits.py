@@ -56,6 +56,16 @@ def neighbour_differences(
     return {k: (sums[k] / counts[k], counts[k]) for k in sums}
 
 
+def _per_label(by_axis: dict) -> dict[int, tuple[float, int]]:
+    """`neighbour_differences` ``by_axis`` output summed over the directions: label → (mean, pairs)."""
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for (label, _), (mean, n) in by_axis.items():
+        sums[label] = sums.get(label, 0.0) + mean * n
+        counts[label] = counts.get(label, 0) + n
+    return {k: (sums[k] / counts[k], counts[k]) for k in sums}
+
+
 def _weighted(per_label: dict[int, tuple[float, int]], weights: dict[int, int]) -> float | None:
     total = sum(weights[k] for k in weights if k in per_label)
     if total == 0:
@@ -100,15 +110,14 @@ def seam_jumps(
     outside_box = np.ones(edited.shape, bool)
     outside_box[box] = False
     keep = ~np.isin(labels, list(exclude_labels))
-    seam = neighbour_differences(edited, labels, region & keep, ~region & keep)
+    # Pairs by label and direction; the per-label figures are their sums (each pair set counted once).
+    seam_axes = neighbour_differences(edited, labels, region & keep, ~region & keep, by_axis=True)
+    reference_axes = neighbour_differences(real, labels, outside_box & keep, outside_box & keep, by_axis=True)
+    seam, reference = _per_label(seam_axes), _per_label(reference_axes)
     inner = neighbour_differences(edited, labels, blend & keep, blend & keep)
-    reference = neighbour_differences(real, labels, outside_box & keep, outside_box & keep)
     in_place = neighbour_differences(real, labels, region & keep, ~region & keep)
     blend_in_place = neighbour_differences(real, labels, blend & keep, blend & keep)
     weights = {k: n for k, (_, n) in seam.items()}
-    # The reference elsewhere with the seam's own mix of labels and pair directions.
-    seam_axes = neighbour_differences(edited, labels, region & keep, ~region & keep, by_axis=True)
-    reference_axes = neighbour_differences(real, labels, outside_box & keep, outside_box & keep, by_axis=True)
     return {
         "seam_hu": _weighted(seam, weights),
         "blend_hu": _weighted(inner, weights),

@@ -32,6 +32,7 @@ from collections.abc import Collection
 import numpy as np
 from scipy import ndimage
 
+from guidegen.grids.resample import resample_ct
 from guidegen.io.volume import HU_MIN, Volume
 from guidegen.labels.vocabulary import UNKNOWN
 
@@ -115,8 +116,6 @@ def resample_ct_within_classes(
         raise ValueError(f"ct_labels {ct_labels.shape} must have the CT's shape {ct.shape}")
     shape = tuple(int(s) for s in target_labels.shape)
     if plain is None:
-        from guidegen.grids.resample import resample_ct
-
         plain = resample_ct(ct, target_affine, shape).array
     out = np.array(plain, dtype=np.float32, copy=True)
     m = np.linalg.inv(ct.affine) @ target_affine

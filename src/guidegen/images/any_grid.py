@@ -19,16 +19,15 @@ from torch import Tensor
 
 from guidegen.data.body import BODY_THRESHOLD_HU, complete_body, unknown_as_body
 from guidegen.errors import InputError
-from guidegen.grids.class_resample import point_spread, resample_ct_within_classes
 from guidegen.grids.geometry import world_extent
 from guidegen.grids.resample import grid_affine, resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator, SliceCallback, checked_ids, image_settings
-from guidegen.images.native import border_fill_classes, finish_native
+from guidegen.images.native import finish_native, sharp_borders
 from guidegen.images.texture import texture_applies
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
-from guidegen.labels.vocabulary import ID, NAMES, NUM_CLASSES, UNKNOWN, fold_for_model
+from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, fold_for_model
 from guidegen.settings import GenerationSettings
 
 __all__ = ["MIN_TISSUE_FRACTION", "generate_ct", "model_grid"]
@@ -194,15 +193,9 @@ def generate_ct(
     _check_not_air(np.rint(back.array), source, labels.meta.get("source"), model.config.spacing)
     hu_back, border_record = back.array, None
     if (texture if borders is None else borders) and texture_applies(labels.affine, model.config.spacing):
-        hu_back = resample_ct_within_classes(
-            model_ct,
-            np.pad(on_grid.array, 1, mode="edge"),
-            source.array,
-            labels.affine,
-            plain=back.array,
-            fill=[ID[n] for n in border_fill_classes(settings.phase)],
+        hu_back = sharp_borders(
+            model_ct, np.pad(on_grid.array, 1, mode="edge"), source.array, labels.affine, back.array, settings.phase
         )
-        hu_back = point_spread(hu_back, labels.spacing)
         border_record = {
             "applied": True,
             "changed_fraction": round(float(np.mean(np.abs(hu_back - back.array) > 1.0)), 4),

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 from guidegen.data.body import complete_body, unknown_as_body
 from guidegen.diffusion.flow import FlowConfig, euler_step, sampling_schedule
 from guidegen.errors import InputError
-from guidegen.grids.class_resample import point_spread, resample_ct_within_classes
 from guidegen.grids.resample import resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.any_grid import model_grid
@@ -67,7 +66,7 @@ from guidegen.images.levels import (
     tumour_level,
 )
 from guidegen.images.model import context_labels, mask_channels, phase_id
-from guidegen.images.native import border_fill_classes
+from guidegen.images.native import sharp_borders
 from guidegen.images.seam import GAS_HU, HOLLOW_CLASSES, level_offset
 from guidegen.images.texture import add_texture, texture_applies
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
@@ -303,13 +302,15 @@ def _join_to_real(
                     membrane[comp] = ID[host]
                 moving.append(comp)
     offset, record = level_offset(generated, real, membrane, region.region, spacing, fixed=fixed)
+    joined = generated + offset
     # A tumour that moved with its host keeps the soft-tissue floor (the host's offset can take it
     # below: a spleen drawn 35 HU brighter than the real one took its tumour from 43 to 7 HU).
     raised = 0
     for comp in moving:
-        level = tumour_level(generated + offset, comp, spacing)
+        level = tumour_level(joined, comp, spacing)
         if level < SOLID_TUMOUR_FLOOR_HU:
-            offset[comp] += SOLID_TUMOUR_FLOOR_HU - level
+            offset[comp] += SOLID_TUMOUR_FLOOR_HU - level  # so that the recorded mean offset includes it
+            joined[comp] += SOLID_TUMOUR_FLOOR_HU - level
             raised += 1
     # Unchanged voxels of hollow organs (gas, contents and wall) and any real gas stay real.
     hollow = np.isin(labels, [ID[n] for n in HOLLOW_CLASSES if n in ID])
@@ -321,7 +322,7 @@ def _join_to_real(
         real_voxels_kept=int(gas_kept.sum()),
         tumours_raised_to_floor=raised,
     )
-    return generated + offset, weight, record
+    return joined, weight, record
 
 
 @torch.no_grad()
@@ -431,15 +432,14 @@ def inpaint_ct(
     borders = None
     if texture and texture_applies(box_affine, cfg.spacing):
         # As `generate_ct` does: structures keep their own HU up to their border on the finer grid.
-        generated = resample_ct_within_classes(
+        generated = sharp_borders(
             Volume(slab_hu, slab_affine, "ct"),
             slab_labels.array,
             np.asarray(source.array)[region.box],
             box_affine,
-            plain=generated,
-            fill=[ID[n] for n in border_fill_classes(phase)],
+            generated,
+            phase,
         )
-        generated = point_spread(generated, ct.spacing)
         borders = {"applied": True}
     record: dict = {
         "phase": phase,

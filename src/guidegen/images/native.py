@@ -21,11 +21,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from guidegen.grids.class_resample import point_spread, resample_ct_within_classes
 from guidegen.images.levels import calibrate_levels
 from guidegen.images.slice_levels import CONSISTENT_CLASSES, UNENHANCED_ONLY, even_slice_levels
 from guidegen.images.texture import add_texture
+from guidegen.io.volume import Volume
+from guidegen.labels.vocabulary import ID
 
-__all__ = ["border_fill_classes", "finish_native"]
+__all__ = ["border_fill_classes", "finish_native", "sharp_borders"]
 
 
 def border_fill_classes(phase: str | None) -> tuple[str, ...]:
@@ -35,6 +38,23 @@ def border_fill_classes(phase: str | None) -> tuple[str, ...]:
     organs (wall around gas), the heart, tumours (rims) and kidneys after contrast are left out."""
     solid = tuple(n for n in CONSISTENT_CLASSES if phase == "non_contrast" or n not in UNENHANCED_ONLY)
     return (*solid, "lung", "muscle", "body", "background")
+
+
+def sharp_borders(
+    model_ct: Volume,
+    model_labels: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    plain: np.ndarray,
+    phase: str | None,
+) -> np.ndarray:
+    """The model's CT on a finer grid, resampled within each structure (`border_fill_classes` for
+    ``phase``) and softened by the scanner point-spread: what `generate_ct` and the edit put in place
+    of the plain resampling ``plain`` (the model CT resampled linearly onto ``labels``' grid)."""
+    out = resample_ct_within_classes(
+        model_ct, model_labels, labels, affine, plain=plain, fill=[ID[n] for n in border_fill_classes(phase)]
+    )
+    return point_spread(out, np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
 
 
 def finish_native(
