@@ -1,6 +1,6 @@
 """Do edited real scans help a tumour segmenter? (issue 25, `guidegen evaluate downstream` for tumours)
 
-    .venv/bin/python benchmarks/edit_downstream.py --work edit-downstream [--steps 300] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/edit_downstream.py --work edit-downstream [--steps 1000] [--seeds 0,1,2]
 
 1. The bundled real scans with labels and no tumours (`TRAIN`) are prepared at the generator's 3 mm
    (`guidegen prepare`), and the LiTS 117 crop (liver + real tumours) as the held-out test case.
@@ -8,7 +8,9 @@
    shipped model), written as case folders (``ct.nii.gz``, ``labels.nii.gz``, ``case.json`` with the
    annotated classes: tumour is annotated in an edited copy).
 3. `guidegen.evaluation.downstream.run_downstream` trains the small segmenter on real only and on
-   real + edited copies, once per seed, and scores tumour Dice on the LiTS crop.
+   real + edited copies, once per seed, and scores tumour Dice on the LiTS crop. Scored on tumours,
+   the segmenter follows `guidegen.evaluation.downstream.focus_config` (tumour slices oversampled,
+   Dice + cross-entropy, a soft-tissue window).
 
 Without edits the real training scans hold no tumour at all, so "real only" cannot segment tumours:
 the comparison says whether the edited tumours teach a segmenter anything that transfers to real ones.
@@ -37,9 +39,9 @@ EDITS = ("add two 2 cm tumours in the liver", "add a 3 cm tumour in the liver")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("edit-downstream"))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--copies", type=int, default=2, help="edited copies per scan and prompt")
+    parser.add_argument("--copies", type=int, default=8, help="edited copies per scan and prompt")
     args = parser.parse_args()
     work = args.work
     config = PrepareConfig()
@@ -56,7 +58,7 @@ def main() -> None:
         annotated = frozenset(entry["annotated"])
         for p, prompt in enumerate(EDITS):
             folder = edited_dir / f"{Path(entry['ct_path']).parent.name}_{p}"
-            if (folder / "edit_000" / "case.json").exists():
+            if (folder / f"edit_{args.copies - 1:03d}" / "case.json").exists():
                 continue
             cases = edit_scan(generator, ct, labels, prompt, n=args.copies, seed=100 * p, annotated=annotated)
             for case in cases:

@@ -54,6 +54,7 @@ __all__ = [
     "Segmenter",
     "build_judge_network",
     "marginal_cross_entropy",
+    "focus_dice_loss",
     "train_judge",
     "default_alignment_classes",
     "dice_per_class",
@@ -95,6 +96,7 @@ class JudgeConfig:
     foreground_fraction: float = 0.7
     focus_classes: tuple[int, ...] = ()
     focus_fraction: float = 0.0
+    dice_weight: float = 0.0
     steps: int = 300
     seed: int = 0
     trained_classes: tuple[int, ...] = ()
@@ -112,6 +114,8 @@ class JudgeConfig:
             raise ValueError(
                 f"batch_size must be >= 1, steps >= 0, lr > 0; got {self.batch_size}, {self.steps}, {self.lr}"
             )
+        if not self.dice_weight >= 0.0:
+            raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
         if not 0.0 <= self.focus_fraction <= 1.0:
             raise ValueError(f"focus_fraction must be in [0, 1], got {self.focus_fraction}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
@@ -276,6 +280,41 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, unannotat
     return -torch.logsumexp(logp, dim=1)[known].mean()
 
 
+def focus_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, unannotated: torch.Tensor, classes: Sequence[int]
+) -> torch.Tensor:
+    """1 − soft Dice of each of ``classes`` over the whole batch, averaged over the classes.
+
+    The batch is pooled into one Dice per class (nnU-Net's batch Dice) so that a slice without the
+    class still counts: its predicted voxels of that class are false positives. Voxels of unknown
+    truth are left out, and so are a case's background/body voxels for a class that case does not
+    annotate (they may be that class; the marginal cross-entropy treats them alike).
+
+    Args:
+        logits: (N, C, H, W). target: (N, H, W) class ids, 255 = unknown.
+        unannotated: (N, C) bool, as in `marginal_cross_entropy`. classes: class ids.
+
+    Returns:
+        Scalar loss in [0, 1] (0 with a gradient when ``classes`` is empty).
+    """
+    if not classes:
+        return logits.sum() * 0.0
+    probability = F.softmax(logits.float(), dim=1)
+    known = target != UNKNOWN
+    t = torch.where(known, target, torch.zeros_like(target))
+    catch = torch.zeros_like(known)
+    for c in _CATCH_ALL:
+        catch |= t == c
+    smooth = 1e-5
+    losses = []
+    for c in classes:
+        valid = (known & ~(catch & unannotated[:, c, None, None])).float()
+        p = probability[:, c] * valid
+        g = (t == c).float() * valid
+        losses.append(1.0 - (2.0 * (p * g).sum() + smooth) / (p.sum() + g.sum() + smooth))
+    return torch.stack(losses).mean()
+
+
 @dataclass
 class _Slices:
     units: list[np.ndarray] = field(default_factory=list)  # (X, Y, Z) in [-1, 1] per case
@@ -339,7 +378,8 @@ def train_judge(
 
     Each step draws ``batch_size`` axial slices (``focus_fraction`` of them among slices holding a
     ``focus_classes`` voxel, ``foreground_fraction`` of the rest among slices holding an organ),
-    crops or pads them to ``patch`` and takes one AdamW step on the `marginal_cross_entropy`. Every
+    crops or pads them to ``patch`` and takes one AdamW step on the `marginal_cross_entropy` (plus
+    ``dice_weight`` × `focus_dice_loss`). Every
     random draw of step s comes from generators seeded with ``(seed, s)`` and the initial weights
     from ``seed``: the same call gives the same judge.
 
@@ -395,7 +435,10 @@ def train_judge(
             y = torch.from_numpy(np.stack(targets).astype(np.int64))
             for group in optimiser.param_groups:
                 group["lr"] = cosine_lr(step, steps, config.lr, warmup)
-            loss = marginal_cross_entropy(network(x), y, torch.from_numpy(np.stack(masks)))
+            logits, unannotated = network(x), torch.from_numpy(np.stack(masks))
+            loss = marginal_cross_entropy(logits, y, unannotated)
+            if config.dice_weight > 0:
+                loss = loss + config.dice_weight * focus_dice_loss(logits, y, unannotated, config.focus_classes)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -17,12 +17,30 @@ from guidegen.evaluation.alignment import JudgeConfig, alignment_dice, train_jud
 from guidegen.evaluation.cases import EvalCase
 from guidegen.labels.vocabulary import ID
 
-__all__ = ["SETTINGS", "downstream_experiment", "run_downstream"]
+__all__ = ["SETTINGS", "downstream_experiment", "focus_config", "run_downstream"]
 
 #: The three training sets compared.
 SETTINGS = ("real", "synthetic", "real+synthetic")
 #: Share of training slices drawn among those holding a scored class when ``classes`` is given.
 FOCUS_FRACTION = 0.5
+#: Weight of the soft Dice of the scored classes beside the cross-entropy when ``classes`` is given.
+FOCUS_DICE_WEIGHT = 1.0
+#: The segmenter's HU window when ``classes`` is given: soft tissue. A liver lesion differs from its
+#: liver by 10-40 HU, a sliver of the whole-scan window (-1024...2000 HU) the organ judge uses.
+FOCUS_HU_RANGE = (-200.0, 300.0)
+
+
+def focus_config(classes: Sequence[str]) -> JudgeConfig:
+    """The segmenter recipe for a few scored classes (a tumour): `FOCUS_FRACTION` of the training
+    slices among those holding them, `FOCUS_DICE_WEIGHT` × soft Dice + cross-entropy (nnU-Net's
+    loss; cross-entropy alone learnt no tumour voxel, even of a training case, in 2000 steps), and
+    the soft-tissue window `FOCUS_HU_RANGE`."""
+    return JudgeConfig(
+        focus_classes=tuple(ID[c] for c in classes if c in ID),
+        focus_fraction=FOCUS_FRACTION,
+        dice_weight=FOCUS_DICE_WEIGHT,
+        hu_range=FOCUS_HU_RANGE,
+    )
 
 
 def downstream_experiment(
@@ -46,8 +64,8 @@ def downstream_experiment(
         classes: class names scored (default: those the segmenter of each run was trained on,
             without background and body; see `alignment_dice`). ``("tumour",)`` scores tumours only:
             e.g. real scans + edited copies with tumours added (`guidegen edit`) against real only,
-            tested on real tumour cases. Without ``config``, the segmenter then draws
-            `FOCUS_FRACTION` of its training slices among those holding these classes.
+            tested on real tumour cases. Without ``config``, the segmenter then follows
+            `focus_config`.
         settings_run: the training sets to run (a subset of `SETTINGS`).
 
     Returns:
@@ -66,8 +84,7 @@ def downstream_experiment(
         raise ValueError(f"settings_run must name some of {', '.join(SETTINGS)}, got {list(settings_run)}")
     training = {"real": list(real_train), "synthetic": list(synthetic), "real+synthetic": [*real_train, *synthetic]}
     if classes and config is None:
-        # Scored on a few classes (a tumour): every setting's segmenter sees their slices half the time.
-        config = JudgeConfig(focus_classes=tuple(ID[c] for c in classes if c in ID), focus_fraction=FOCUS_FRACTION)
+        config = focus_config(classes)
     settings: dict[str, dict] = {}
     for name in settings_run:
         per_class: dict[str, list[float]] = {}
