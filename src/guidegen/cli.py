@@ -669,7 +669,10 @@ def evaluate_downstream_command(
     steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 300,
     classes: Annotated[
         Optional[str],
-        typer.Option(help="Comma-separated classes to score, e.g. tumour (default: every trained class)."),
+        typer.Option(
+            help="Comma-separated classes to score, e.g. tumour or liver,spleen (default: every trained class); "
+            "the segmenter then oversamples their slices and adds a Dice loss, in a soft-tissue window."
+        ),
     ] = None,
     settings: Annotated[
         str, typer.Option(help="Training sets to compare: some of real, synthetic, real+synthetic.")
