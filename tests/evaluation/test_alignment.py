@@ -276,12 +276,12 @@ def test_focus_config_is_the_tumour_recipe_of_the_downstream_experiment(monkeypa
     assert config.focus_classes == (ID["tumour"],) and config.dice_weight > 0 and config.focus_fraction > 0
     assert config.hu_range[1] - config.hu_range[0] < 1000  # a soft-tissue window
     seen: list[JudgeConfig | None] = []
+    untrained = Judge(TINY)
 
     def spy(cases, steps, seed, config, progress):
         seen.append(config)
-        return TINY_JUDGE
+        return untrained
 
-    TINY_JUDGE = Judge(TINY)
     monkeypatch.setattr(downstream, "train_judge", spy)
     cases = [synthetic_case("r", seed=0)], [synthetic_case("s", seed=1)], [synthetic_case("t", seed=2)]
     downstream_experiment(*cases, seeds=(0,), steps=1, classes=("tumour",), settings_run=("real",))
