@@ -488,6 +488,14 @@ def generate_command(
     organ_sizes: OrganSizesOption = None,
     aorta_placement: AortaPlacementOption = None,
     real_start: RealStartOption = None,
+    levels: Annotated[
+        bool,
+        typer.Option(
+            "--levels/--no-levels",
+            help="Set liver and colon tumours to the level of real tumours for the phase and an unenhanced "
+            "aorta to real unenhanced blood (off: the image generator's own levels).",
+        ),
+    ] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,
     model: Annotated[
         Optional[Path],
@@ -517,6 +525,7 @@ def generate_command(
         organ_sizes=organ_sizes,
         aorta_placement=aorta_placement,
         real_start=real_start,
+        levels=levels,
         precision=precision,
         backend=backend,
     )

@@ -118,6 +118,9 @@ class GenerationSettings:
         real_start: ``None`` samples the masks from noise; a strength in (0, 1] starts the mask
             sampler from a deformed real map of its bank carried forward to that fraction of the
             diffusion (SDEdit; `guidegen.masks.start_maps`).
+        levels: set tumour levels by host and phase and flatten an unenhanced aorta to real
+            unenhanced blood (`guidegen.images.levels.calibrate_levels`, as ``generate-ct`` does);
+            ``False`` keeps the image generator's own levels.
         precision: "auto" (bf16 only where the hardware runs it natively), "fp32", "bf16", "fp16".
         backend: "auto", "torch", "onnxruntime" or "openvino" (`guidegen.runtime`).
 
@@ -133,6 +136,7 @@ class GenerationSettings:
     organ_sizes: str | None = None
     aorta_placement: str | None = None
     real_start: float | None = None
+    levels: bool = True
     precision: str = "auto"
     backend: str = "auto"
 
@@ -152,6 +156,8 @@ class GenerationSettings:
             or not 0.0 < self.real_start <= 1.0
         ):
             raise InputError("--real-start", f"must be a strength above 0 and at most 1, got {self.real_start!r}")
+        if not isinstance(self.levels, bool):
+            raise InputError("--levels", f"must be true or false, got {self.levels!r}")
         _choice(self.precision, "--precision", PRECISIONS, optional=False)
         _choice(self.backend, "--backend", BACKENDS, optional=False)
 

@@ -225,3 +225,47 @@ def test_dicom_export_reads_back_on_the_same_grid(gg, tmp_path):
     for k, v in enumerate(present, start=1):
         remapped[labels.array == v] = k
     assert np.array_equal(seg.array, remapped)
+
+
+def test_levels_are_applied_and_recorded_and_off_keeps_the_network_s(gg):
+    """`generate` applies `calibrate_levels` (as `generate-ct` does): only tumours and the aorta move."""
+    from guidegen.labels.vocabulary import ID
+
+    for prompt in (PROMPT, "healthy abdomen, non-contrast"):
+        (on,) = gg.generate(prompt, seed=5)
+        (off,) = gg.generate(prompt, seed=5, levels=False)
+        assert np.array_equal(on.labels.array, off.labels.array)
+        assert "levels" not in off.ct.meta and on.ct.array.dtype == off.ct.array.dtype == np.int16
+        assert on.ct.meta["levels"]["phase"] == on.requested.phase
+        touched = np.isin(on.labels.array, [ID["tumour"], ID["aorta"]])
+        assert np.array_equal(on.ct.array[~touched], off.ct.array[~touched])
+    with pytest.raises(InputError, match="--levels"):
+        GenerationSettings(levels="yes")
+
+
+def test_calibrated_sets_an_unenhanced_aorta_and_a_liver_tumour():
+    from guidegen.images.levels import UNENHANCED_AORTA_HU, tumour_level
+    from guidegen.io.volume import Volume
+    from guidegen.labels.vocabulary import ID
+    from guidegen.pipeline.generate import _calibrated
+
+    rng = np.random.default_rng(0)
+    labels = np.full((40, 40, 12), ID["body"], np.uint8)
+    labels[4:30, 4:30] = ID["liver"]
+    labels[12:20, 12:20, 3:9] = ID["tumour"]
+    labels[32:37, 32:37] = ID["aorta"]
+    hu = np.where(labels == ID["liver"], 55.0, 0.0) + np.where(labels == ID["tumour"], 20.0, 0.0)
+    hu += np.where(labels == ID["aorta"], 70.0, 0.0) + rng.normal(0.0, 8.0, labels.shape)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    ct = Volume(np.rint(hu).astype(np.int16), affine, "ct", {"phase": "non_contrast", "seed": 1})
+    out = _calibrated(ct, Volume(labels, affine, "labels"))
+    assert out.array.dtype == np.int16 and out.meta["seed"] == 1
+    record = out.meta["levels"]
+    assert record["aorta"]["target_hu"] == pytest.approx(UNENHANCED_AORTA_HU, abs=0.1)
+    assert abs(float(out.array[labels == ID["aorta"]].mean()) - UNENHANCED_AORTA_HU) < 3.0
+    (tumour,) = record["tumours"]
+    assert tumour["host"] == "liver"
+    level = tumour_level(out.array.astype(np.float32), labels == ID["tumour"], (3.0, 3.0, 3.0))
+    assert abs(level - tumour["target_hu"]) < 1.0 and abs(level - 20.0) > 5.0
+    untouched = ~np.isin(labels, [ID["tumour"], ID["aorta"]])
+    assert np.array_equal(out.array[untouched], ct.array[untouched])

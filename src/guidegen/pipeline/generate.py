@@ -31,8 +31,9 @@ from guidegen.errors import InputError
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.any_grid import model_grid
 from guidegen.images.generator import ConditionalImageGenerator
+from guidegen.images.levels import calibrate_levels
 from guidegen.io.layouts import read_json_object
-from guidegen.io.volume import Volume
+from guidegen.io.volume import HU_MAX, HU_MIN, Volume
 from guidegen.masks.sampler import VolumetricMaskSampler
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt
@@ -82,6 +83,15 @@ class GeneratedCase:
     @property
     def affine(self) -> np.ndarray:
         return self.labels.affine
+
+
+def _calibrated(ct: Volume, labels: Volume) -> Volume:
+    """The generated CT with `calibrate_levels` applied in the phase it was drawn in (tumours of
+    liver and colon at the level of real tumours for that phase, an unenhanced aorta at the level of
+    real unenhanced blood: levels the network does not learn); what was done in ``meta["levels"]``."""
+    hu, record = calibrate_levels(ct.array.astype(np.float32), labels.array, ct.affine, ct.meta.get("phase"))
+    array = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(ct.array.dtype)
+    return Volume(array, ct.affine.copy(), "ct", {**ct.meta, "levels": record})
 
 
 def _identity(info: dict | None) -> dict:
@@ -250,6 +260,8 @@ class GuideGen:
             settings=settings,
             callback=image_cb,
         )
+        if settings.levels:
+            cts = [_calibrated(ct, labels) for ct, labels in zip(cts, fine)]
         t_images = time.perf_counter() - started
 
         cases = []
