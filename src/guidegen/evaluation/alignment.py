@@ -255,6 +255,16 @@ class Judge:
         return cls(config, network)
 
 
+def _known_targets(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(known voxels, target with unknown set to 0, voxels labelled background or body) of (N, H, W) ids."""
+    known = target != UNKNOWN
+    t = torch.where(known, target, torch.zeros_like(target))
+    catch = torch.zeros_like(known)
+    for c in _CATCH_ALL:
+        catch |= t == c
+    return known, t, catch
+
+
 def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, unannotated: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for partial labels (marginal loss), averaged over known voxels.
 
@@ -267,14 +277,10 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, unannotat
     Returns:
         Scalar loss (0 with a gradient when no voxel is known).
     """
-    known = target != UNKNOWN
+    known, t, catch = _known_targets(target)
     if not bool(known.any()):
         return logits.sum() * 0.0
-    t = torch.where(known, target, torch.zeros_like(target))
     allowed = F.one_hot(t, logits.shape[1]).permute(0, 3, 1, 2).bool()
-    catch = torch.zeros_like(known)
-    for c in _CATCH_ALL:
-        catch |= t == c
     allowed |= catch[:, None] & unannotated[:, :, None, None]
     logp = F.log_softmax(logits.float(), dim=1).masked_fill(~allowed, float("-inf"))
     return -torch.logsumexp(logp, dim=1)[known].mean()
@@ -300,11 +306,7 @@ def focus_dice_loss(
     if not classes:
         return logits.sum() * 0.0
     probability = F.softmax(logits.float(), dim=1)
-    known = target != UNKNOWN
-    t = torch.where(known, target, torch.zeros_like(target))
-    catch = torch.zeros_like(known)
-    for c in _CATCH_ALL:
-        catch |= t == c
+    known, t, catch = _known_targets(target)
     smooth = 1e-5
     losses = []
     for c in classes:

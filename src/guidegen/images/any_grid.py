@@ -24,9 +24,10 @@ from guidegen.grids.resample import grid_affine, resample_ct
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.config import ImageGeneratorConfig
 from guidegen.images.generator import ConditionalImageGenerator, SliceCallback, checked_ids, image_settings
+from guidegen.images.hu import int16_hu
 from guidegen.images.native import finish_native, sharp_borders
 from guidegen.images.texture import texture_applies
-from guidegen.io.volume import HU_MAX, HU_MIN, Volume, canonical
+from guidegen.io.volume import Volume, canonical
 from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, fold_for_model
 from guidegen.settings import GenerationSettings
 
@@ -212,7 +213,7 @@ def generate_ct(
         texture=texture,
         levels=levels,
     )
-    hu = np.clip(np.rint(finished), HU_MIN, HU_MAX).astype(np.int16)
+    hu = int16_hu(finished)
     meta = dict(
         ct.meta,
         model_grid={

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from guidegen.io.volume import HU_MAX, HU_MIN
 
-__all__ = ["HU_KNOTS", "UNIT_KNOTS", "AIR_UNIT", "hu_to_unit", "unit_to_hu", "units_to_int16_hu"]
+__all__ = ["HU_KNOTS", "UNIT_KNOTS", "AIR_UNIT", "hu_to_unit", "int16_hu", "unit_to_hu", "units_to_int16_hu"]
 
 #: Knots of the piecewise-linear map (strictly increasing in both columns).
 HU_KNOTS: tuple[float, ...] = (float(HU_MIN), -200.0, 300.0, 1500.0, float(HU_MAX))
@@ -80,12 +80,16 @@ def unit_to_hu(unit):
     return np.interp(np.asarray(unit, dtype=np.float64), UNIT_KNOTS, HU_KNOTS).astype(np.float32)
 
 
+def int16_hu(hu: np.ndarray) -> np.ndarray:
+    """HU → int16, rounded to the nearest integer and clipped to [−1024, 3071] (the output CT)."""
+    return np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
+
+
 def units_to_int16_hu(unit: np.ndarray | Tensor) -> np.ndarray:
-    """Model units → int16 HU, rounded to the nearest integer and clipped to [−1024, 3071] (the output CT)."""
+    """Model units → int16 HU (`int16_hu`)."""
     if isinstance(unit, Tensor):
         unit = unit.detach().to("cpu", torch.float64).numpy()
-    hu = np.interp(np.asarray(unit, dtype=np.float64), UNIT_KNOTS, HU_KNOTS)
-    return np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
+    return int16_hu(np.interp(np.asarray(unit, dtype=np.float64), UNIT_KNOTS, HU_KNOTS))
 
 
 #: Air (−1024 HU) in model units: the padding value for CT slices moved by augmentation.

@@ -31,9 +31,10 @@ from guidegen.errors import InputError
 from guidegen.grids.upsample import upsample_labels
 from guidegen.images.any_grid import model_grid
 from guidegen.images.generator import ConditionalImageGenerator
+from guidegen.images.hu import int16_hu
 from guidegen.images.levels import calibrate_levels
 from guidegen.io.layouts import read_json_object
-from guidegen.io.volume import HU_MAX, HU_MIN, Volume
+from guidegen.io.volume import Volume
 from guidegen.masks.sampler import VolumetricMaskSampler
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt
@@ -90,8 +91,7 @@ def _calibrated(ct: Volume, labels: Volume) -> Volume:
     liver and colon at the level of real tumours for that phase, an unenhanced aorta at the level of
     real unenhanced blood: levels the network does not learn); what was done in ``meta["levels"]``."""
     hu, record = calibrate_levels(ct.array.astype(np.float32), labels.array, ct.affine, ct.meta.get("phase"))
-    array = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(ct.array.dtype)
-    return Volume(array, ct.affine.copy(), "ct", {**ct.meta, "levels": record})
+    return Volume(int16_hu(hu), ct.affine.copy(), "ct", {**ct.meta, "levels": record})
 
 
 def _identity(info: dict | None) -> dict:
