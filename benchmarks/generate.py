@@ -21,6 +21,10 @@ Per row: start-up (import, model load, network compile: a first use exports and 
 uses read the cache), the stages of one case (masks, upsample, CT slices, report, writing the case
 folder), the case's total, and the peak RSS. Run it alone on the machine: timings of runs that
 share the CPU mean nothing.
+
+On a CPU with AVX-512, ``benchmarks/avx2_only/run.sh .venv/bin/python benchmarks/generate.py …``
+runs it as an AVX2-only CPU would (CPUID masked: PyTorch, oneDNN, ONNX Runtime, OpenVINO and NumPy
+all pick their AVX2 kernels; see ``benchmarks/avx2_only/cpuid_avx2.c`` for what it cannot imitate).
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def cpu_line() -> str:
         f"{caps['aten_kernels']}, "
         f"AVX512-BF16 {caps['avx512_bf16']}, AMX {caps['amx']}, oneDNN bf16 {caps['onednn_bf16']}"
         + (f"; ISA capped by {capped}" if capped else "")
+        + (
+            "; CPUID masked to an AVX2-only CPU (benchmarks/avx2_only/run.sh: every library dispatches as there)"
+            if "cpuid_avx2" in os.environ.get("LD_PRELOAD", "")
+            else ""
+        )
     )
 
 
