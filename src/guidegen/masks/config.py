@@ -104,6 +104,10 @@ class MaskSamplerConfig:
     p_organ_scaling: float = 0.5
     p_elastic: float = 0.8
     p_field_drop: float = 0.35
+    # How often an abnormal organ finding or a tumour is left out of an example's text
+    # (`guidegen.masks.examples.drop_fields`); None: the rule of the earlier models (p_field_drop for
+    # organs, a third of it for tumours), which taught them that an unmentioned organ may be enlarged.
+    p_abnormal_drop: float | None = None
     # A trained model folder of the same network to start from instead of random weights (fine-tuning,
     # or growing a model to a newer vocabulary: `guidegen.training.warm_start`); a relative path is read
     # like the recipe's data paths. None: random initialisation.
@@ -141,6 +145,8 @@ class MaskSamplerConfig:
             raise ValueError(
                 f"tumour_placement must be one of {', '.join(TUMOUR_PLACEMENTS)}, got {self.tumour_placement!r}"
             )
+        if self.p_abnormal_drop is not None and not 0.0 <= self.p_abnormal_drop <= 1.0:
+            raise ValueError(f"p_abnormal_drop must be None or in [0, 1], got {self.p_abnormal_drop!r}")
         if not 0.0 <= self.guidance_min_t <= 1.0:
             raise ValueError(f"guidance_min_t must be in [0, 1], got {self.guidance_min_t}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

@@ -29,20 +29,28 @@ def _site_of(labels: Volume, points: np.ndarray) -> list[str]:
     return [s or "unknown" for s in colon_segment_of(labels, points)]
 
 
-def drop_fields(attrs: Attributes, rng: np.random.Generator, p: float) -> Attributes:
+def drop_fields(attrs: Attributes, rng: np.random.Generator, p: float, p_abnormal: float | None = None) -> Attributes:
     """Forget some stated fields at random, as a user's prompt would not state them.
 
     Normal organs are dropped more often than abnormal ones (prompts mention what is abnormal), and
     tumour details (segment, size, count) independently of the tumour itself. Sex and age, which the
     label maps do not determine, are added at random so the text encoder learns to ignore them.
+
+    Args:
+        p: the drop probability of a field (normal organs: ``min(0.9, 2p)``).
+        p_abnormal: of an abnormal organ finding, and of the tumour statement as a whole; ``None``
+            keeps the earlier rule (``p`` and ``p / 3``). A small value teaches the sampler that an
+            organ a prompt does not mention is normal, which is how users write prompts.
     """
+    organ_drop = p if p_abnormal is None else p_abnormal
+    tumour_drop = p / 3 if p_abnormal is None else p_abnormal
     organs = {}
     for name, finding in attrs.organs.items():
-        keep_p = 1 - (min(0.9, p * 2) if finding.state == "normal" else p)
+        keep_p = 1 - (min(0.9, p * 2) if finding.state == "normal" else organ_drop)
         if rng.random() < keep_p:
             organs[name] = finding
     tumours = attrs.tumours
-    if tumours is not None and rng.random() < p / 3:
+    if tumours is not None and rng.random() < tumour_drop:
         tumours = None
     elif tumours:
         tumours = tuple(
@@ -100,7 +108,7 @@ class MaskExamples:
         labels, record = augment_case(base, rng, self.augmenters[k])
         annotated = set(case["annotated"])
         measured = measure_labels(labels, annotated=annotated).attributes
-        stated = drop_fields(measured, rng, self.config.p_field_drop)
+        stated = drop_fields(measured, rng, self.config.p_field_drop, self.config.p_abnormal_drop)
         text_seed = int(rng.integers(2**31))
         text = write_report(stated, seed=text_seed) if rng.random() < 0.5 else write_prompt(stated, seed=text_seed)
         # A config with fewer classes than the vocabulary (an older model's) sees the newer classes
