@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from guidegen.checkpoint import verify_checkpoint
@@ -29,3 +30,20 @@ def test_default_model_loads():
     gg = GuideGen.from_pretrained()
     assert gg.info["model_id"] == "guidegen-demo"
     assert gg.mask_sampler.config.shape == (48, 48, 40) and gg.image_generator.config.image_size == 128
+
+
+def test_the_mask_sampler_never_trained_on_the_realism_maps():
+    # The realism reference (benchmarks/mask_realism.py: s0006, s0012, s0328) must stay out of the
+    # shipped sampler's recipe, and model.json must name the recipe file the weights came from.
+    info = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    entry = info["recipes"]["mask_sampler"]
+    recipe = DEFAULT_MODEL.parents[1] / "recipes" / entry["file"]
+    assert hashlib.sha256(recipe.read_bytes()).hexdigest()[:16] == entry["sha256_16"]
+    held_out = info["training_data"]["held_out_from_mask_sampler"]
+    sources = json.loads(recipe.read_text())["data_sources"]
+    shipped = json.loads((DEFAULT_MODEL / "mask_sampler" / "config.json").read_text())["data_sources"]
+    assert sources == shipped
+    assert "data/real/totalseg-dataset" not in sources  # the whole folder would take the held-out maps in
+    for subject in ("s0006", "s0012", "s0328"):
+        assert any(h.endswith(subject) for h in held_out)
+        assert not any(subject in s for s in sources)
