@@ -106,7 +106,8 @@ class MaskSamplerConfig:
     p_field_drop: float = 0.35
     # How often an abnormal organ finding or a tumour is left out of an example's text
     # (`guidegen.masks.examples.drop_fields`); None: the rule of the earlier models (p_field_drop for
-    # organs, a third of it for tumours), which taught them that an unmentioned organ may be enlarged.
+    # organs, a third of it for tumours), under which an enlarged organ goes unmentioned in a third of
+    # the examples that have one.
     p_abnormal_drop: float | None = None
     # A trained model folder of the same network to start from instead of random weights (fine-tuning,
     # or growing a model to a newer vocabulary: `guidegen.training.warm_start`); a relative path is read
