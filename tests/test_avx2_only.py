@@ -33,13 +33,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(tmp_path: Path, code: str, masked: bool = True) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` under the stand-in, its library built into the test's own cache folder."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("GUIDEGEN_PRECISION", None)  # the suite pins fp32; this asks what auto picks
-    command = [sys.executable, "-c", code]
-    return subprocess.run(
-        [str(RUN), *command] if masked else command, env=env, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([str(RUN), sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
 QUERY = """
