@@ -111,6 +111,7 @@ def _run(out: Path, backend: str, precision: str, limit: int | None) -> None:
                     tumour_texture(edited.array, components == i, edited.spacing) for i in range(1, count + 1)
                 ]
                 row["levels"] = case.record["inpaint"]["tumour_levels"]
+                row["grain"] = case.record["inpaint"].get("tumour_grain")
                 row["seam_record"] = case.record["inpaint"].get("seam")  # offset field and kept gas
                 row["phase"] = case.record["inpaint"]["phase"]
                 row["runtime"] = case.record["inpaint"]["runtime"]

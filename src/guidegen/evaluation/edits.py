@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from guidegen.images.grain import detrend, interior
+from guidegen.images.grain import lesion_texture
 
 __all__ = ["neighbour_differences", "seam_jumps", "tumour_texture"]
 
@@ -138,18 +138,11 @@ def seam_jumps(
 
 
 def tumour_texture(hu: np.ndarray, mask: np.ndarray, spacing: Sequence[float], depth_mm: float = 2.0) -> dict:
-    """Interior mean HU and grain (std of HU minus its 3 mm in-plane average) of a tumour mask.
+    """Interior mean HU and grain (std of HU minus its 3 mm in-plane average) of a tumour mask
+    (`guidegen.images.grain.lesion_texture`, the measure edits set new tumours' grain by).
 
     ``hu`` and ``mask`` have slices last (canonical RAS+ arrays). Interior: voxels more than
     ``depth_mm`` inside the mask in their slice (all voxels when fewer than 20).
     """
-    spacing = tuple(float(s) for s in spacing)
-    where = interior(mask, spacing, depth_mm)
-    if where.sum() < 20:
-        where = mask
-    residual = detrend(hu.astype(np.float32), mask, spacing, 3.0)
-    return {
-        "voxels": int(mask.sum()),
-        "mean_hu": round(float(hu[where].mean()), 1),
-        "grain_hu": round(float(residual[where].std()), 1),
-    }
+    mean, grain = lesion_texture(hu, mask, spacing, depth_mm)
+    return {"voxels": int(mask.sum()), "mean_hu": round(mean, 1), "grain_hu": round(grain, 1)}

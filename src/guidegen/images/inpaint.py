@@ -26,7 +26,9 @@ How (the rectified-flow form of RePaint, Lugmayr et al., CVPR 2022, without resa
 * **Levels from data.** New tumours are shifted to the level real tumours of that host show in that
   phase (`guidegen.images.levels.relative_tumour_hu`: relative to the real host organ of this scan
   for the liver), and native-resolution grain is added where the scan's grid is finer than the
-  model's (`guidegen.images.texture`), as in bring-your-own-mask generation.
+  model's (`guidegen.images.texture`), as in bring-your-own-mask generation; a new tumour's grain
+  is then raised to the share of its real host's grain that real tumours show
+  (`guidegen.images.tumour_grain`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from guidegen.images.model import context_labels, mask_channels, phase_id
 from guidegen.images.native import sharp_borders
 from guidegen.images.seam import GAS_HU, HOLLOW_CLASSES, level_offset
 from guidegen.images.texture import add_texture, texture_applies
+from guidegen.images.tumour_grain import match_tumour_grain
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
 from guidegen.labels.vocabulary import ID, fold_for_model
 from guidegen.runtime.backends import torch_threads_for
@@ -453,6 +456,7 @@ def inpaint_ct(
         "borders": borders,
         "tumour_levels": None,
         "texture": None,
+        "tumour_grain": None,
     }
     if levels and new_tumour is not None and new_tumour.any():
         record["tumour_levels"] = _set_tumour_levels(
@@ -460,6 +464,12 @@ def inpaint_ct(
         )
     if texture:
         generated, record["texture"] = add_texture(generated, box_labels, box_affine, cfg.spacing, seed, phase)
+        if new_tumour is not None and new_tumour.any():
+            components, count = ndimage.label(new_tumour[region.box])  # as `_set_tumour_levels` numbers them
+            hosts = [tumour_host(box_labels, components == i) for i in range(1, count + 1)]
+            record["tumour_grain"] = match_tumour_grain(
+                generated, components, hosts, real, np.where(changed, 0, lab), ct.spacing, cfg.spacing[0], seed
+            )
     real_box = real[region.box]
     weight = region.weight
     if seamless:

@@ -48,7 +48,16 @@ from guidegen.images.grain import slice_axis
 from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import NAMES, UNKNOWN
 
-__all__ = ["TextureModel", "add_texture", "finer_than", "load_texture_model", "texture_applies"]
+__all__ = [
+    "AIR_HU",
+    "AMPLITUDE_SMOOTHING_MM",
+    "TextureModel",
+    "add_texture",
+    "finer_than",
+    "load_texture_model",
+    "texture_applies",
+    "texture_field",
+]
 
 #: Slice thickness (mm) the amplitude σ₅ refers to.
 REFERENCE_SLICE_MM = 5.0
@@ -209,6 +218,7 @@ def texture_field(
     seed: int,
     first: int = 0,
     previous: np.ndarray | None = None,
+    stream: int = _STREAM,
 ) -> np.ndarray:
     """Unit-variance (before the high-pass) noise field of slices ``first … first + Z − 1``.
 
@@ -220,6 +230,7 @@ def texture_field(
         seed: the seed; slice k's white noise comes from ``SeedSequence([seed, tag, k])``.
         first: index of the first slice (for chunks).
         previous: the AR(1) state, slice ``first − 1`` of the field (``None`` for the first).
+        stream: tag of the random stream (another tag: an independent field with the same seed).
 
     Returns:
         (X, Y, Z) float32.
@@ -231,7 +242,7 @@ def texture_field(
     out = np.empty(shape, dtype=np.float32)
     state = previous
     for j in range(shape[2]):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _STREAM, first + j]))
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream, first + j]))
         fresh = _filter_slice(rng.standard_normal(shape[:2]), kernel)
         state = fresh if state is None else (rho * state + math.sqrt(1.0 - rho * rho) * fresh).astype(np.float32)
         out[..., j] = state
