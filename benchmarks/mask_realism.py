@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--real", nargs="+", default=DEFAULT_REAL, help="held-out real label maps")
     parser.add_argument("--vocabulary", default="totalsegmentator", help="the real maps' vocabulary ('' = sidecar)")
     parser.add_argument("--labels-json", default=None, help="the real maps' own label set instead")
+    parser.add_argument("--organ-sizes", choices=["all", "scale", "network"], default=None, help="default: the model's")
     parser.add_argument("--maps", default=None, help="npz of the network's maps: read if present, else written")
     parser.add_argument("--picture", default=None, help="PNG of real beside sampled maps")
     parser.add_argument("--picture-samples", type=int, default=3)
@@ -177,13 +178,15 @@ def main() -> None:
     attributes = parse_prompt(args.prompt)
     network = [Volume(a, affine.copy(), "labels", {"prompt": args.prompt, "seed": s}) for a, s in zip(arrays, seeds)]
     # What `sample_masks` delivers with its defaults: main components kept, then the placement stage.
+    sizes = args.organ_sizes or cfg.organ_sizes
     delivered = [
         apply_statements(
             v.with_array(keep_main_components(v.array)),
             attributes,
             v.meta["seed"],
             tumours=cfg.tumour_placement == "insert",
-            organs=cfg.organ_sizes == "scale",
+            organs=sizes in ("scale", "all"),
+            unstated=sizes == "all",
             aorta=cfg.aorta_placement == "tube",
         )
         for v in network

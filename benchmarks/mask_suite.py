@@ -62,9 +62,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--organ-sizes",
-        choices=["scale", "network"],
+        choices=["all", "scale", "network"],
         default=None,
-        help="stated organ sizes in the placed maps (default: the model's organ_sizes)",
+        help="organ sizes in the placed maps (default: the model's organ_sizes)",
     )
     parser.add_argument(
         "--aorta-placement",
@@ -134,9 +134,13 @@ def main() -> None:
     # The placement stage as `sample_masks(tumour_placement="insert")` runs it (stated organ sizes as
     # the model's `organ_sizes` or --organ-sizes says): same per-map random stream.
     placed_start = time.perf_counter()
-    sizes = (args.organ_sizes or sampler.config.organ_sizes) == "scale"
+    sizes_mode = args.organ_sizes or sampler.config.organ_sizes
+    sizes = sizes_mode in ("scale", "all")
     tube = (args.aorta_placement or sampler.config.aorta_placement) == "tube"
-    inserted = [apply_statements(v, parse_prompt(p), s, organs=sizes, aorta=tube) for v, (p, s) in zip(samples, jobs)]
+    inserted = [
+        apply_statements(v, parse_prompt(p), s, organs=sizes, unstated=sizes_mode == "all", aorta=tube)
+        for v, (p, s) in zip(samples, jobs)
+    ]
     placed_seconds = time.perf_counter() - placed_start
     reference = None
     if args.reference:
@@ -155,7 +159,7 @@ def main() -> None:
         f"{seconds:.0f} s "
         f"({seconds / len(jobs):.1f} s per map, batches of {args.batch}{f', read from {cached}' if loaded else ''}); "
         f"last step {args.final_decode or cfg.final_decode}; "
-        f"placement stage (organ sizes {'scaled' if sizes else 'as drawn'}, aorta {'tube' if tube else 'as drawn'}) "
+        f"placement stage (organ sizes {sizes_mode if sizes else 'as drawn'}, aorta {'tube' if tube else 'as drawn'}) "
         f"{placed_seconds / len(jobs):.2f} s per map"
     )
     modes = ["insert", "network"] if args.tumour_placement == "both" else [args.tumour_placement]

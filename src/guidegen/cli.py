@@ -64,8 +64,9 @@ RealStartOption = Annotated[
 OrganSizesOption = Annotated[
     Optional[str],
     typer.Option(
-        help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; network: "
-        "organs as the network drew them (default: the model's setting)."
+        help="scale: organs the prompt calls enlarged / small / normal / absent are given that size; all: as "
+        "well, solid organs the prompt leaves unchanged are given a normal size; network: organs as the "
+        "network drew them (default: the model's setting)."
     ),
 ]
 AortaPlacementOption = Annotated[

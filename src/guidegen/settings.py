@@ -49,7 +49,7 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: The placement stage's switches (`guidegen.masks.placement`): the first value of each is the
 #: placement stage at work, ``"network"`` leaves the map as the network drew it.
 TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network")
-ORGAN_SIZES: tuple[str, ...] = ("scale", "network")
+ORGAN_SIZES: tuple[str, ...] = ("all", "scale", "network")
 AORTA_PLACEMENTS: tuple[str, ...] = ("tube", "network")
 
 #: Longest prompt accepted by a generating command: the text encoder reads 48–64 tokens, and the
@@ -113,7 +113,8 @@ class GenerationSettings:
         phase: contrast phase of every case (`guidegen.terms.PHASES`), overriding the prompt's.
         tumour_placement: "insert" (stated tumours are real tumour shapes placed into the sampled
             anatomy) or "network".
-        organ_sizes: "scale" (organs the prompt sizes are given that size) or "network".
+        organ_sizes: "scale" (organs the prompt sizes are given that size), "all" (as well, the solid
+            organs the prompt leaves unchanged are given a normal size when they are not) or "network".
         aorta_placement: "tube" (the aorta redrawn as one tube of normal calibre) or "network".
         real_start: ``None`` samples the masks from noise; a strength in (0, 1] starts the mask
             sampler from a deformed real map of its bank carried forward to that fraction of the

@@ -22,16 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from guidegen.text.attributes import Attributes
+from guidegen.text.attributes import CUTTING_FIELDS, SOLID_ORGANS, Attributes, changed_organs
 from guidegen.text.measure import REFERENCE_RANGES
 
-#: Solid organs whose unstated volume must be normal (the report's graded organs, without the
-#: gallbladder, whose volume follows meals).
-SOLID_ORGANS: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas")
 #: Organs that must lie whole inside the grid.
 COMPLETE_ORGANS: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left")
-#: Stated fields of view that need not hold those organs whole.
-CUTTING_FIELDS: tuple[str, ...] = ("pelvis", "partial")
 
 
 @dataclass(frozen=True)
@@ -51,21 +46,6 @@ class UnstatedFinding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"volume_ml": self.volume_ml, "normal": self.normal, "complete": self.complete}
-
-
-def changed_organs(prompt: Attributes) -> set[str]:
-    """Organs whose size the prompt changes (see the module docstring)."""
-    changed = {
-        name
-        for name, finding in prompt.organs.items()
-        if finding.state not in (None, "normal") or finding.volume_ml is not None or finding.severity is not None
-    }
-    for tumour in prompt.tumours or ():
-        if tumour.organ == "kidney":
-            changed |= {"kidney_right", "kidney_left"}
-        elif tumour.organ is not None:
-            changed.add(tumour.organ)
-    return changed
 
 
 def unstated_organ_check(measured: Attributes, prompt: Attributes) -> dict[str, UnstatedFinding]:

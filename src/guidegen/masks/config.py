@@ -67,8 +67,10 @@ class MaskSamplerConfig:
     tumour_placement: str = "insert"
     # Stated organ sizes when sampling: "scale" gives an organ the prompt calls enlarged / small /
     # normal / absent that size when the sampled one does not show it (`guidegen.masks.placement`:
-    # the demo network follows size statements weakly); "network" keeps the network's organs.
-    organ_sizes: str = "scale"
+    # the demo network follows size statements weakly); "all" also brings every solid organ the
+    # prompt leaves unchanged into its normal range (the network draws unmentioned organs abnormal:
+    # docs/results/mask_unstated.txt); "network" keeps the network's organs.
+    organ_sizes: str = "all"
     # The aorta when sampling: "tube" redraws it as one tube of normal adult calibre (17-23 mm)
     # along the course the network's aorta takes (`guidegen.masks.placement.draw_aorta_tube`: the
     # demo network draws it as scattered specks ~13 mm wide once upsampled, whose CT misses every

@@ -35,8 +35,9 @@ from guidegen.masks.start_maps import load_start_maps, start_map, start_steps
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.settings import GenerationSettings, item_seeds
-from guidegen.text.attributes import Attributes
+from guidegen.text.attributes import CUTTING_FIELDS, SOLID_ORGANS, Attributes, OrganFinding, changed_organs
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
+from guidegen.text.measure import measure_labels
 from guidegen.text.parse import parse_prompt
 
 #: Seed-sequence prefix of the tumour placement's random stream ("tumr").
@@ -44,6 +45,8 @@ _PLACEMENT_STREAM = 0x74756D72
 #: Seed-sequence prefix of the aorta's stream ("aort"): its own, so that redrawing the aorta does
 #: not change the tumour and organ-size draws of the same seed.
 _AORTA_STREAM = 0x616F7274
+#: Seed-sequence prefix of the unstated organs' sizes ("unst").
+_UNSTATED_STREAM = 0x756E7374
 
 
 def placement_rng(seed: int, index: int | None = None, stream: int = _PLACEMENT_STREAM) -> np.random.Generator:
@@ -61,6 +64,7 @@ def apply_statements(
     *,
     tumours: bool = True,
     organs: bool = True,
+    unstated: bool = False,
     aorta: bool = True,
 ) -> Volume:
     """The placement stage on one sampled map, with its own streams (`placement_rng`):
@@ -74,6 +78,9 @@ def apply_statements(
     * ``organs`` (``organ_sizes="scale"``): organs the prompt calls enlarged, small, normal or
       absent are given that size (`guidegen.masks.placement.apply_stated_organs`), the record in
       ``meta["organ_sizes"]``;
+    * ``unstated`` (``organ_sizes="all"``): as well, every solid organ the prompt leaves unchanged
+      (`unstated_normal`) is brought into its normal range when it lies outside it, recorded as
+      stated "normal (not stated)";
     * ``tumours`` (``tumour_placement="insert"``): the stated tumours are placed, their hosts grown
       to hold them unless the prompt states the host's size (`place_stated_tumours`), the record in
       ``meta["tumour_placement"]``.
@@ -88,6 +95,12 @@ def apply_statements(
     sized: dict = {}
     if organs:
         volume, sized = apply_stated_organs(volume, attributes.organs, rng)
+        normal = unstated_normal(volume, attributes) if unstated else []
+        if normal:
+            # Their own stream: the tumours of a seed are drawn as without this step.
+            findings = {name: OrganFinding(state="normal") for name in normal}
+            volume, more = apply_stated_organs(volume, findings, placement_rng(seed, stream=_UNSTATED_STREAM))
+            sized.update({name: dict(entry, stated="normal (not stated)") for name, entry in more.items()})
     if tumours:
         stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
         volume, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
@@ -95,6 +108,25 @@ def apply_statements(
     if organs:
         volume.meta["organ_sizes"] = sized
     return volume
+
+
+def unstated_normal(volume: Volume, attributes: Attributes) -> list[str]:
+    """The solid organs (`SOLID_ORGANS`) a prompt leaves unchanged (`changed_organs`, and not
+    stated normal either: those are scaled as stated) that the map holds whole, so a normal size can
+    be given to them. None when the prompt's field of view cuts them (`CUTTING_FIELDS`)."""
+    if attributes.field_of_view in CUTTING_FIELDS:
+        return []
+    changed = changed_organs(attributes)
+    measured = measure_labels(volume).attributes.organs
+    out = []
+    for name in SOLID_ORGANS:
+        stated = attributes.organs.get(name)
+        found = measured.get(name)
+        if name in changed or (stated is not None and stated.state is not None):
+            continue
+        if found is not None and found.volume_ml and found.partial is False:
+            out.append(name)
+    return out
 
 
 def sampler_grid(config: MaskSamplerConfig) -> np.ndarray:
@@ -387,13 +419,14 @@ class VolumetricMaskSampler:
                     else {"real_map": starts[i], "strength": settings.real_start, "steps": steps},
                 },
             )
-            if placement == "insert" or sizes == "scale" or aorta == "tube":
+            if placement == "insert" or sizes in ("scale", "all") or aorta == "tube":
                 volume = apply_statements(
                     volume,
                     attributes[i // n],
                     seeds[i],
                     tumours=placement == "insert",
-                    organs=sizes == "scale",
+                    organs=sizes in ("scale", "all"),
+                    unstated=sizes == "all",
                     aorta=aorta == "tube",
                 )
             out.append(volume)

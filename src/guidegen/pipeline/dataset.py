@@ -144,7 +144,8 @@ def _case_json(
         # Where the tumours came from ("insert": placed into the sampled anatomy) and whether they
         # hold what the prompt states; absent with tumour_placement="network".
         "tumour_placement": case.labels.meta.get("tumour_placement"),
-        # Organs resized to the size the prompt states (organ_sizes="scale"), before and after.
+        # Organs resized to the size the prompt states, or to a normal one when it states none
+        # (organ_sizes "scale" / "all"), before and after.
         "organ_sizes": case.labels.meta.get("organ_sizes"),
         # The aorta redrawn as one tube of normal calibre (aorta_placement="tube"): diameter, length, widths.
         "aorta_placement": case.labels.meta.get("aorta_placement"),

@@ -250,6 +250,33 @@ class Attributes:
         )
 
 
+#: Solid organs whose volume a report grades against a normal range, without the gallbladder (its
+#: volume follows meals): an organ of these a prompt leaves unchanged should be of normal size.
+SOLID_ORGANS: tuple[str, ...] = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas")
+
+
+#: Stated fields of view that need not hold the upper-abdominal organs whole (a scan of the pelvis
+#: is meant to miss the liver).
+CUTTING_FIELDS: tuple[str, ...] = ("pelvis", "partial")
+
+
+def changed_organs(prompt: Attributes) -> set[str]:
+    """Organs whose size a prompt changes: stated enlarged, small or absent, given a volume or a
+    severity, or hosting a stated tumour ("renal" without a side: both kidneys). An organ called
+    normal is not changed."""
+    changed = {
+        name
+        for name, finding in prompt.organs.items()
+        if finding.state not in (None, "normal") or finding.volume_ml is not None or finding.severity is not None
+    }
+    for tumour in prompt.tumours or ():
+        if tumour.organ == "kidney":
+            changed |= {"kidney_right", "kidney_left"}
+        elif tumour.organ is not None:
+            changed.add(tumour.organ)
+    return changed
+
+
 def _check_keys(kind: str, data: Mapping[str, Any], allowed: set[str]) -> None:
     if not isinstance(data, Mapping):
         raise ValueError(f"{kind} must be a mapping, got {type(data).__name__}")

@@ -1,0 +1,78 @@
+"""``organ_sizes="all"``: solid organs a prompt leaves unchanged are given a normal size (issue 24)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from guidegen.labels.vocabulary import ID
+from guidegen.masks.config import MaskSamplerConfig
+from guidegen.masks.sampler import apply_statements, unstated_normal
+from guidegen.text.measure import REFERENCE_RANGES, measure_labels
+from guidegen.text.parse import parse_prompt
+from tests.sides_maps import abdomen
+
+
+def _volumes(volume) -> dict[str, float]:
+    return {n: f.volume_ml for n, f in measure_labels(volume).attributes.organs.items()}
+
+
+def _normal(name: str, ml: float) -> bool:
+    ref = REFERENCE_RANGES[name]
+    return (ref.low_ml or 0.0) <= ml <= ref.high_ml
+
+
+def test_unmentioned_organs_outside_their_normal_range_are_brought_into_it():
+    labels = abdomen(aorta=False)  # liver 779 mL and left kidney 76 mL: small; spleen, right kidney normal
+    before = _volumes(labels)
+    assert not _normal("liver", before["liver"]) and not _normal("kidney_left", before["kidney_left"])
+    out = apply_statements(labels, parse_prompt("normal CT of the abdomen"), seed=0, unstated=True, aorta=False)
+    after = _volumes(out)
+    for name in ("liver", "spleen", "kidney_right", "kidney_left"):
+        assert _normal(name, after[name]), (name, after[name])
+    record = out.meta["organ_sizes"]
+    assert record["liver"]["stated"] == "normal (not stated)" and record["liver"]["changed"]
+    # What was normal is left as drawn, voxel for voxel.
+    assert not record["spleen"]["changed"]
+    assert np.array_equal(out.array == ID["spleen"], labels.array == ID["spleen"])
+    # Without the option (organ_sizes="scale") nothing the prompt does not state changes.
+    kept = apply_statements(labels, parse_prompt("normal CT of the abdomen"), seed=0, aorta=False)
+    assert kept.meta["organ_sizes"] == {} and np.array_equal(kept.array, labels.array)
+
+
+@pytest.mark.parametrize(
+    "prompt, left_alone",
+    [
+        ("small liver, cirrhosis", {"liver"}),  # stated: sized as stated, not "normal"
+        ("3 cm tumour in the liver", {"liver"}),  # a tumour's host may be grown to hold it
+        ("renal mass, 3 cm", {"kidney_right", "kidney_left"}),
+        ("CT of the pelvis", {"liver", "spleen", "kidney_right", "kidney_left"}),  # not meant to hold them
+    ],
+)
+def test_organs_the_prompt_changes_or_its_field_of_view_cuts_are_not_normalised(prompt, left_alone):
+    chosen = set(unstated_normal(abdomen(aorta=False), parse_prompt(prompt)))
+    assert not chosen & left_alone
+    assert chosen or prompt == "CT of the pelvis"
+
+
+def test_an_organ_cut_by_the_grid_is_not_resized():
+    labels = abdomen(aorta=False)
+    cut = labels.with_array(labels.array[:, :, 12:])  # the lowest 6 cm gone: the kidneys run out of the grid
+    partial = {n for n, f in measure_labels(cut).attributes.organs.items() if f.partial}
+    assert partial, "the crop should cut an organ"
+    assert not set(unstated_normal(cut, parse_prompt("normal CT"))) & partial
+
+
+def test_tumours_are_drawn_as_without_the_step():
+    labels = abdomen(aorta=False)
+    prompt = parse_prompt("4 cm tumour in the liver")
+    with_step = apply_statements(labels, prompt, seed=3, unstated=True, aorta=False)
+    without = apply_statements(labels, prompt, seed=3, aorta=False)
+    assert with_step.meta["organ_sizes"]["kidney_left"]["changed"]  # something else was resized
+    assert np.array_equal(with_step.array == ID["tumour"], without.array == ID["tumour"])
+
+
+def test_all_is_the_default_and_a_choice_of_the_settings():
+    assert MaskSamplerConfig().organ_sizes == "all"
+    with pytest.raises(ValueError, match="organ_sizes"):
+        MaskSamplerConfig(organ_sizes="big")
