@@ -1,4 +1,5 @@
-"""``organ_sizes="all"``: solid organs a prompt leaves unchanged are given a normal size (issue 24)."""
+"""The placement stage on what a prompt does not say: organs given a normal size (``organ_sizes="all"``)
+and no tumour where none is stated (issue 24)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,39 @@ def test_all_is_the_default_and_a_choice_of_the_settings():
     assert MaskSamplerConfig().organ_sizes == "all"
     with pytest.raises(ValueError, match="organ_sizes"):
         MaskSamplerConfig(organ_sizes="big")
+
+
+def test_a_prompt_silent_on_tumours_gets_none():
+    labels = abdomen(aorta=False)
+    specks = labels.array.copy()
+    specks[20, 20, 20] = specks[40, 30, 10] = ID["tumour"]  # scattered voxels, as the network draws them
+    drawn = labels.with_array(specks)
+    out = apply_statements(drawn, parse_prompt("enlarged spleen, arterial phase"), seed=0, aorta=False)
+    assert not np.any(out.array == ID["tumour"])
+    assert out.meta["tumour_placement"] == {"mode": "insert", "stated": False, "removed_voxels": 2}
+    # The network's own tumours stay when the stage is off.
+    kept = apply_statements(drawn, parse_prompt("enlarged spleen"), seed=0, tumours=False, aorta=False)
+    assert np.count_nonzero(kept.array == ID["tumour"]) == 2
+
+
+def test_tumours_deferred_to_the_finer_grid_measure_as_stated_there():
+    from guidegen.grids.upsample import upsample_labels
+    from guidegen.masks.sampler import place_tumours_on
+
+    coarse = abdomen(aorta=False)  # 5 mm voxels
+    speck = coarse.array.copy()
+    speck[20, 20, 20] = ID["tumour"]
+    prompt = parse_prompt("2 cm tumour in the liver")
+    sampled = apply_statements(coarse.with_array(speck), prompt, seed=0, aorta=False, defer_tumours=True)
+    assert not np.any(sampled.array == ID["tumour"])  # the network's speck is gone, nothing placed yet
+    assert sampled.meta["tumour_placement"] == {"mode": "insert", "stated": True, "removed_voxels": 1, "deferred": True}
+    affine = coarse.affine.copy()
+    affine[:3, :3] /= 2.5  # 2 mm voxels over the same extent
+    affine[:3, 3] -= 0.75 * np.diag(affine)[:3]  # first centre 1.5 mm before the coarse one: same extent
+    fine = upsample_labels(sampled, affine=affine, shape=tuple(int(n * 2.5) for n in coarse.shape))
+    placed = place_tumours_on(fine, prompt, seed=0)
+    record = placed.meta["tumour_placement"]
+    assert record["grid_mm"] == [2.0, 2.0, 2.0] and all(record["agreement"].values())
+    (tumour,) = measure_labels(placed).attributes.tumours
+    assert tumour.organ == "liver" and abs(tumour.diameter_mm - 20.0) <= 2.5
+    assert place_tumours_on(fine, parse_prompt("enlarged spleen"), seed=0) is fine  # nothing stated

@@ -90,6 +90,7 @@ def test_case_folder_contents(gg, tmp_path):
     assert meta["sampling"]["mask_steps"] == 3 and meta["shape"] == list(ct.shape)
     placed = meta["tumour_placement"]  # what the sampler placed for the stated liver tumour, and whether it holds
     assert placed["mode"] == "insert" and placed["stated"] is True and "tumours" in placed["agreement"]
+    assert placed["grid_mm"] == pytest.approx(meta["spacing_mm"])  # placed on the case's own grid, after upsampling
     assert meta["organ_sizes"] == {}  # the prompt states no organ size: nothing resized
     aorta = meta["aorta_placement"]  # the tiny network's aorta: redrawn as a tube, kept, or none drawn
     assert set(aorta) in (

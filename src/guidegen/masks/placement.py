@@ -20,8 +20,11 @@ tumour can go. What it does not: whether there is a tumour, its size and its hos
 stage off (``tumour_placement="network"``) to see the network's own tumours.
 
 Policy: a prompt that states tumours (or states "no tumour") gets exactly the stated ones; any
-tumour voxels the network drew are first given back to the surrounding class. A prompt silent about
-tumours keeps whatever the network drew.
+tumour voxels the network drew are first given back to the surrounding class. `place_stated_tumours`
+leaves a map alone for a prompt silent about tumours; the sampler's placement stage
+(`guidegen.masks.sampler.apply_statements`) removes the network's tumour voxels then too: the
+sampler trained on the TotalSegmentator maps draws 1-23 scattered tumour voxels in most maps, which
+the report would read as lesions.
 
 **Hosts too small to hold the tumour.** The network draws some organs far too small (pancreas and
 stomach often 10-15 mL, the left kidney ~60 mL): a 4 cm tumour (34 mL) put into such a host

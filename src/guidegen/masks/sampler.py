@@ -30,6 +30,7 @@ from guidegen.masks.placement import (
     fill_from_nearest,
     name_kidneys_by_side,
     place_stated_tumours,
+    remove_tumours,
 )
 from guidegen.masks.start_maps import load_start_maps, start_map, start_steps
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
@@ -47,6 +48,8 @@ _PLACEMENT_STREAM = 0x74756D72
 _AORTA_STREAM = 0x616F7274
 #: Seed-sequence prefix of the unstated organs' sizes ("unst").
 _UNSTATED_STREAM = 0x756E7374
+#: Seed-sequence prefix of tumours placed on a finer grid (`place_tumours_on`, "fine").
+_FINE_TUMOUR_STREAM = 0x66696E65
 
 
 def placement_rng(seed: int, index: int | None = None, stream: int = _PLACEMENT_STREAM) -> np.random.Generator:
@@ -66,6 +69,7 @@ def apply_statements(
     organs: bool = True,
     unstated: bool = False,
     aorta: bool = True,
+    defer_tumours: bool = False,
 ) -> Volume:
     """The placement stage on one sampled map, with its own streams (`placement_rng`):
 
@@ -82,8 +86,10 @@ def apply_statements(
       (`unstated_normal`) is brought into its normal range when it lies outside it, recorded as
       stated "normal (not stated)";
     * ``tumours`` (``tumour_placement="insert"``): the stated tumours are placed, their hosts grown
-      to hold them unless the prompt states the host's size (`place_stated_tumours`), the record in
-      ``meta["tumour_placement"]``.
+      to hold them unless the prompt states the host's size (`place_stated_tumours`); a prompt silent
+      on tumours gets none (the network's tumour voxels are removed); the record in
+      ``meta["tumour_placement"]``. With ``defer_tumours`` the network's tumour voxels are only
+      removed: the caller places the stated ones on its own finer grid (`place_tumours_on`).
     """
     volume, exchanged = name_kidneys_by_side(volume)
     if exchanged:
@@ -103,11 +109,40 @@ def apply_statements(
             sized.update({name: dict(entry, stated="normal (not stated)") for name, entry in more.items()})
     if tumours:
         stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
-        volume, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
+        if attributes.tumours is None or defer_tumours:
+            # A prompt silent on tumours gets none: the network's tumour voxels are scattered specks
+            # (1-23 voxels in 66 of the suite's 74 maps), which the report would list as lesions.
+            removed = int(np.count_nonzero(volume.array == ID["tumour"]))
+            stated = attributes.tumours is not None
+            volume, record = remove_tumours(volume), {"mode": "insert", "stated": stated, "removed_voxels": removed}
+            if defer_tumours and attributes.tumours:
+                record["deferred"] = True  # placed on the caller's finer grid (`place_tumours_on`)
+        else:
+            volume, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
         volume.meta["tumour_placement"] = record
     if organs:
         volume.meta["organ_sizes"] = sized
     return volume
+
+
+def place_tumours_on(volume: Volume, attributes: Attributes, seed: int) -> Volume:
+    """The stated tumours placed into a finer copy of a map sampled with ``tumours_later`` (the image
+    grid the map was upsampled to): `place_stated_tumours` with the map's own random stream, the
+    record in ``meta["tumour_placement"]`` (with the grid's voxel size).
+
+    Why not on the sampler's grid: a tumour is fitted to its stated diameter as measured on the grid
+    it is drawn on, and on 8 mm voxels that measure (voxel centres) falls short of the tumour's extent
+    by about a voxel. Drawn there and upsampled, a stated 1.5 cm tumour measured 16-24 mm on the
+    3 mm map the report is written from, 2 cm 23-29 mm, 3 cm 33-35 mm (docs/results/tumour_grid.txt).
+    """
+    if not attributes.tumours:
+        return volume
+    stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
+    rng = placement_rng(seed, stream=_FINE_TUMOUR_STREAM)
+    out, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
+    record["grid_mm"] = [round(float(s), 3) for s in volume.spacing]
+    out.meta["tumour_placement"] = record
+    return out
 
 
 def unstated_normal(volume: Volume, attributes: Attributes) -> list[str]:
@@ -302,6 +337,7 @@ class VolumetricMaskSampler:
         clean: bool = True,
         final_decode: str | None = None,
         callback: Callable[[int, int], None] | None = None,
+        tumours_later: bool = False,
         **options: object,
     ) -> list[Volume]:
         """Sample ``n`` label maps per prompt, all in one batch.
@@ -325,6 +361,8 @@ class VolumetricMaskSampler:
             clean: keep each organ's main connected component (removes floating islands).
             final_decode: "argmax" or "matched" (`MaskSamplerConfig.final_decode`); default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
+            tumours_later: with "insert", only remove the network's tumour voxels: the caller
+                upsamples the map and places the stated tumours on its grid (`place_tumours_on`).
             **options: any `GenerationSettings` field, applied on top of ``settings``.
 
         Returns:
@@ -428,6 +466,7 @@ class VolumetricMaskSampler:
                     organs=sizes in ("scale", "all"),
                     unstated=sizes == "all",
                     aorta=aorta == "tube",
+                    defer_tumours=tumours_later,
                 )
             out.append(volume)
         return out

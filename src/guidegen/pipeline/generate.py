@@ -35,7 +35,7 @@ from guidegen.images.hu import int16_hu
 from guidegen.images.levels import calibrate_levels
 from guidegen.io.layouts import read_json_object
 from guidegen.io.volume import Volume
-from guidegen.masks.sampler import VolumetricMaskSampler
+from guidegen.masks.sampler import VolumetricMaskSampler, place_tumours_on
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt
 from guidegen.text.attributes import Attributes
@@ -233,6 +233,9 @@ class GuideGen:
         text = self.text_encoder.encode(case_prompts)
 
         started = time.perf_counter()
+        # Stated tumours are placed after upsampling, on the grid the report measures them on
+        # (`guidegen.masks.sampler.place_tumours_on`).
+        insert = (settings.tumour_placement or self.mask_sampler.config.tumour_placement) == "insert"
         coarse = self.mask_sampler.sample_masks(
             case_prompts,
             seed=seeds,
@@ -240,12 +243,17 @@ class GuideGen:
             attributes=case_attrs,
             text_tokens=text.tokens,
             callback=None if progress is None else (lambda i, total: progress("masks", i, total)),
+            tumours_later=insert,
         )
         t_masks = time.perf_counter() - started
 
         started = time.perf_counter()
         fine = [self._upsample(c) for c in coarse]
         t_upsample = time.perf_counter() - started
+        started = time.perf_counter()
+        if insert:
+            fine = [place_tumours_on(f, a, s) for f, a, s in zip(fine, case_attrs, seeds)]
+        t_masks += time.perf_counter() - started
 
         started = time.perf_counter()
         image_cb = None
@@ -276,7 +284,9 @@ class GuideGen:
             labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
             # What the placement stage did, and where the sampler started.
             for stage in ("tumour_placement", "organ_sizes", "aorta_placement", "start"):
-                if stage in coarse[k].meta:
+                if stage in coarse[k].meta and not (
+                    stage == "tumour_placement" and "grid_mm" in labels.meta.get(stage, {})
+                ):
                     labels.meta[stage] = coarse[k].meta[stage]
             cases.append(
                 GeneratedCase(
