@@ -113,3 +113,8 @@ def test_tumours_deferred_to_the_finer_grid_measure_as_stated_there():
     (tumour,) = measure_labels(placed).attributes.tumours
     assert tumour.organ == "liver" and abs(tumour.diameter_mm - 20.0) <= 2.5
     assert place_tumours_on(fine, parse_prompt("enlarged spleen"), seed=0) is fine  # nothing stated
+    # "No tumour" needs no finer grid: the network's voxels are removed and the agreement recorded at once.
+    none = apply_statements(
+        coarse.with_array(speck), parse_prompt("no tumour"), seed=0, aorta=False, defer_tumours=True
+    )
+    assert none.meta["tumour_placement"]["agreement"] == {"tumours": True} and not np.any(none.array == ID["tumour"])

@@ -109,13 +109,13 @@ def apply_statements(
             sized.update({name: dict(entry, stated="normal (not stated)") for name, entry in more.items()})
     if tumours:
         stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
-        if attributes.tumours is None or defer_tumours:
+        if attributes.tumours is None or (defer_tumours and attributes.tumours):
             # A prompt silent on tumours gets none: the network's tumour voxels are scattered specks
             # (1-23 voxels in 66 of the suite's 74 maps), which the report would list as lesions.
             removed = int(np.count_nonzero(volume.array == ID["tumour"]))
             stated = attributes.tumours is not None
             volume, record = remove_tumours(volume), {"mode": "insert", "stated": stated, "removed_voxels": removed}
-            if defer_tumours and attributes.tumours:
+            if stated:
                 record["deferred"] = True  # placed on the caller's finer grid (`place_tumours_on`)
         else:
             volume, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
