@@ -118,3 +118,24 @@ def test_tumours_deferred_to_the_finer_grid_measure_as_stated_there():
         coarse.with_array(speck), parse_prompt("no tumour"), seed=0, aorta=False, defer_tumours=True
     )
     assert none.meta["tumour_placement"]["agreement"] == {"tumours": True} and not np.any(none.array == ID["tumour"])
+
+
+def test_an_unmentioned_organ_at_the_edge_of_its_range_is_resized_too():
+    from guidegen.masks.sampler import UNSTATED_GUARD
+    from tests.sides_maps import ras_affine
+
+    labels = abdomen(aorta=False)
+    array = labels.array.copy()
+    array[array == ID["kidney_right"]] = ID["body"]
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in array.shape), indexing="ij"), axis=-1)
+    world = index @ ras_affine()[:3, :3].T + ras_affine()[:3, 3]
+    array[(((world - np.array([55.0, -45.0, -10.0])) / np.array([25.0, 22.0, 44.0])) ** 2).sum(-1) <= 1.0] = ID[
+        "kidney_right"
+    ]
+    edge = labels.with_array(array)
+    low = REFERENCE_RANGES["kidney_right"].low_ml
+    before = _volumes(edge)["kidney_right"]
+    assert low <= before < low * (1 + UNSTATED_GUARD)  # normal, but by less than the guard
+    out = apply_statements(edge, parse_prompt("normal CT of the abdomen"), seed=0, unstated=True, aorta=False)
+    assert out.meta["organ_sizes"]["kidney_right"]["changed"]
+    assert _volumes(out)["kidney_right"] >= low * (1 + UNSTATED_GUARD)

@@ -415,11 +415,12 @@ def _fill_soft(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def apply_stated_organs(
-    labels: Volume, stated: Mapping[str, OrganFinding], rng: np.random.Generator
+    labels: Volume, stated: Mapping[str, OrganFinding], rng: np.random.Generator, guard: float = 0.0
 ) -> tuple[Volume, dict[str, Any]]:
     """Give the organs a prompt states a size for (``parse_prompt(...).organs``) that size.
 
-    An organ whose sampled volume already shows the stated grade is left as drawn. Otherwise it is
+    An organ whose sampled volume already shows the stated grade (and, with ``guard`` > 0, lies that
+    fraction inside the grade's band: the upsampled map measures a few % smaller) is left as drawn. Otherwise it is
     scaled to a volume drawn in the middle half of `stated_volume_band` (an organ the network did
     not draw cannot be scaled: reported); an organ stated absent is removed (`_fill_soft`).
 
@@ -440,7 +441,9 @@ def apply_stated_organs(
             "changed": False,
         }
         record[organ] = entry
-        if all(organ_agreement(organ, finding, measured.get(organ)).values()):
+        band = stated_volume_band(organ, finding) if guard else None
+        inside = band is None or band[0] * (1 + guard) <= (entry["before_ml"] or 0.0) <= band[1] * (1 - guard)
+        if inside and all(organ_agreement(organ, finding, measured.get(organ)).values()):
             continue
         label = _label_of(labels, organ)
         if finding.state == "absent":
