@@ -39,13 +39,11 @@ TUMOUR_GRAIN_FRACTION: dict[str, float] = {"liver": round(LITS_TUMOUR_GRAIN_HU /
 _STREAM = 0x6A41
 
 
-def _amplitude_for(hu: np.ndarray, added: np.ndarray, comp: np.ndarray, spacing, target: float) -> float:
-    """The a ≥ 0 with grain(hu + a·added) = target: the lesion residual is linear, so its variance
-    over the interior is var_h + 2a·cov + a²·var_a, a quadratic in a."""
-    where, r_hu = lesion_residual(hu, comp, spacing)
-    r_added = lesion_residual(added, comp, spacing)[1]
-    h = r_hu[where].astype(np.float64) - r_hu[where].mean()
-    f = r_added[where].astype(np.float64) - r_added[where].mean()
+def _amplitude_for(h: np.ndarray, f: np.ndarray, target: float) -> float:
+    """The a ≥ 0 with std(h + a·f) = target, for a lesion's residual ``h`` and the added field's ``f``
+    over its interior (the residual is linear in HU): var_h + 2a·cov + a²·var_f is a quadratic in a."""
+    h = h.astype(np.float64) - h.mean()
+    f = f.astype(np.float64) - f.mean()
     var_h, var_f, cov = float((h * h).mean()), float((f * f).mean()), float((h * f).mean())
     if var_f <= 0.0:
         return 0.0
@@ -99,7 +97,9 @@ def match_tumour_grain(
             record.append({"host": host, "left": "too few real host voxels to measure"})
             continue
         target = fraction * reference
-        before = lesion_texture(hu, comp, spacing)[1]
+        where, residual = lesion_residual(hu, comp, spacing)
+        h = residual[where]
+        before = after = float(h.std())
         entry = {"host": host, "host_grain_hu": round(reference, 1), "target_hu": round(target, 1)}
         entry["before_hu"] = round(before, 1)
         if before < target:
@@ -108,8 +108,10 @@ def match_tumour_grain(
             smooth = tuple(AMPLITUDE_SMOOTHING_MM / s for s in spacing[:2]) + (0.0,)
             added = ndimage.gaussian_filter(comp.astype(np.float32), smooth, mode="constant") * field
             added[hu <= AIR_HU] = 0.0  # air stays air, as in the texture
-            amplitude = _amplitude_for(hu, added, comp, spacing, target)
+            f = lesion_residual(added, comp, spacing)[1][where]
+            amplitude = _amplitude_for(h, f, target)
             hu += amplitude * added
-        entry["after_hu"] = round(lesion_texture(hu, comp, spacing)[1], 1)
+            after = float((h + amplitude * f).std())  # the residual of the sum, by linearity
+        entry["after_hu"] = round(after, 1)
         record.append(entry)
     return record

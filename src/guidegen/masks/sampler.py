@@ -113,7 +113,7 @@ def apply_statements(
             volume, more = apply_stated_organs(volume, findings, rng_unstated, guard=UNSTATED_GUARD)
             sized.update({name: dict(entry, stated="normal (not stated)") for name, entry in more.items()})
     if tumours:
-        stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
+        stated_size = _stated_size(attributes)
         if attributes.tumours is None or (defer_tumours and attributes.tumours):
             # A prompt silent on tumours gets none: the network's tumour voxels are scattered specks
             # (1-23 voxels in 66 of the suite's 74 maps), which the report would list as lesions.
@@ -130,6 +130,11 @@ def apply_statements(
     return volume
 
 
+def _stated_size(attributes: Attributes) -> list[str]:
+    """Organs whose size the prompt states: never grown to hold a tumour."""
+    return [o for o, f in attributes.organs.items() if f.state is not None]
+
+
 def place_tumours_on(volume: Volume, attributes: Attributes, seed: int) -> Volume:
     """The stated tumours placed into a finer copy of a map sampled with ``tumours_later`` (the image
     grid the map was upsampled to): `place_stated_tumours` with the map's own random stream, the
@@ -142,7 +147,7 @@ def place_tumours_on(volume: Volume, attributes: Attributes, seed: int) -> Volum
     """
     if not attributes.tumours:
         return volume
-    stated_size = [o for o, f in attributes.organs.items() if f.state is not None]
+    stated_size = _stated_size(attributes)
     rng = placement_rng(seed, stream=_FINE_TUMOUR_STREAM)
     out, record = place_stated_tumours(volume, attributes.tumours, rng, keep_size=stated_size)
     record["grid_mm"] = [round(float(s), 3) for s in volume.spacing]

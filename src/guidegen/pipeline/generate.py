@@ -283,11 +283,10 @@ class GuideGen:
             labels = fine[k]
             labels.meta.update({"prompt": case_prompts[k], "seed": seeds[k]})
             # What the placement stage did, and where the sampler started.
+            # (Tumours placed on this grid have their own record already: it stays.)
             for stage in ("tumour_placement", "organ_sizes", "aorta_placement", "start"):
-                if stage in coarse[k].meta and not (
-                    stage == "tumour_placement" and "grid_mm" in labels.meta.get(stage, {})
-                ):
-                    labels.meta[stage] = coarse[k].meta[stage]
+                if stage in coarse[k].meta:
+                    labels.meta.setdefault(stage, coarse[k].meta[stage])
             cases.append(
                 GeneratedCase(
                     index=indices[k],
