@@ -346,3 +346,26 @@ def test_an_aorta_drawn_as_a_vessel_is_kept(anatomy):
     """The training map's aorta is already one tube of normal calibre: it is left as it is."""
     out, record = draw_aorta_tube(anatomy, np.random.default_rng(0))
     assert out is anatomy and record["kept"] is True and record["network_mm2"] >= 227
+
+
+@pytest.mark.parametrize("prompt, factor", [("enlarged spleen", 4.6), ("small left kidney", 0.3)])
+def test_unqualified_size_is_not_a_marked_one(anatomy, prompt, factor):
+    # "enlarged spleen" once kept a 1.5 L spleen as drawn: any enlargement agrees with the prompt,
+    # but nobody asking for an enlarged spleen without a grade means a marked one.
+    organ = next(iter(parse_prompt(prompt).organs))
+    drawn = shrunk(anatomy, organ, factor)
+    stated = parse_prompt(prompt).organs
+    before = measure_labels(drawn).attributes.organs[organ]
+    assert grade_volume(organ, before.volume_ml, before.partial)[1] == "marked"
+    assert all(organ_agreement(organ, stated[organ], before).values())  # the agreement alone accepts it
+    out, record = apply_stated_organs(drawn, stated, np.random.default_rng(0))
+    after = measure_labels(out).attributes.organs[organ]
+    assert record[organ]["changed"] and record[organ]["holds"]
+    low, high = stated_volume_band(organ, stated[organ])
+    assert low <= after.volume_ml <= high
+    assert grade_volume(organ, after.volume_ml, after.partial)[1] != "marked"
+    # A moderate enlargement stated without a grade is left as drawn.
+    moderate = shrunk(anatomy, "spleen", 2.2)
+    assert grade_volume("spleen", volume_ml(moderate, "spleen"))[1] == "moderate"
+    same, record = apply_stated_organs(moderate, parse_prompt("enlarged spleen").organs, np.random.default_rng(0))
+    assert same is moderate and not record["spleen"]["changed"]

@@ -74,6 +74,7 @@ from guidegen.text.measure import (
     SMALL_MODERATE_RATIO,
     ReferenceRange,
     colon_segment_of,
+    grade_volume,
     liver_lobe_of,
     measure_labels,
 )
@@ -419,8 +420,9 @@ def apply_stated_organs(
 ) -> tuple[Volume, dict[str, Any]]:
     """Give the organs a prompt states a size for (``parse_prompt(...).organs``) that size.
 
-    An organ whose sampled volume already shows the stated grade (and, with ``guard`` > 0, lies that
-    fraction inside the grade's band: the upsampled map measures a few % smaller) is left as drawn. Otherwise it is
+    An organ whose sampled volume already shows the stated grade (any but "marked" when the prompt
+    gives none; with ``guard`` > 0, that fraction inside the grade's band: the upsampled map measures
+    a few % smaller) is left as drawn. Otherwise it is
     scaled to a volume drawn in the middle half of `stated_volume_band` (an organ the network did
     not draw cannot be scaled: reported); an organ stated absent is removed (`_fill_soft`).
 
@@ -443,7 +445,11 @@ def apply_stated_organs(
         record[organ] = entry
         band = stated_volume_band(organ, finding) if guard else None
         inside = band is None or band[0] * (1 + guard) <= (entry["before_ml"] or 0.0) <= band[1] * (1 - guard)
-        if inside and all(organ_agreement(organ, finding, measured.get(organ)).values()):
+        # An unqualified "enlarged" / "small" is not a marked one: "enlarged spleen" drew a 1.5 L spleen.
+        drawn = measured.get(organ)
+        marked = finding.state in ("enlarged", "small") and finding.severity is None and drawn is not None
+        marked = marked and grade_volume(organ, entry["before_ml"] or 0.0, drawn.partial)[1] == "marked"
+        if inside and not marked and all(organ_agreement(organ, finding, drawn).values()):
             continue
         label = _label_of(labels, organ)
         if finding.state == "absent":
