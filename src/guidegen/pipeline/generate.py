@@ -234,8 +234,7 @@ class GuideGen:
 
         started = time.perf_counter()
         # Stated tumours are placed after upsampling, on the grid the report measures them on
-        # (`guidegen.masks.sampler.place_tumours_on`).
-        insert = (settings.tumour_placement or self.mask_sampler.config.tumour_placement) == "insert"
+        # (`guidegen.masks.sampler.place_tumours_on`): the maps whose placement record says deferred.
         coarse = self.mask_sampler.sample_masks(
             case_prompts,
             seed=seeds,
@@ -243,7 +242,7 @@ class GuideGen:
             attributes=case_attrs,
             text_tokens=text.tokens,
             callback=None if progress is None else (lambda i, total: progress("masks", i, total)),
-            tumours_later=insert,
+            tumours_later=True,
         )
         t_masks = time.perf_counter() - started
 
@@ -251,8 +250,10 @@ class GuideGen:
         fine = [self._upsample(c) for c in coarse]
         t_upsample = time.perf_counter() - started
         started = time.perf_counter()
-        if insert:
-            fine = [place_tumours_on(f, a, s) for f, a, s in zip(fine, case_attrs, seeds)]
+        fine = [
+            place_tumours_on(f, a, s) if c.meta.get("tumour_placement", {}).get("deferred") else f
+            for c, f, a, s in zip(coarse, fine, case_attrs, seeds)
+        ]
         t_masks += time.perf_counter() - started
 
         started = time.perf_counter()
