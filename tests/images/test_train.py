@@ -142,6 +142,62 @@ def test_phase_remap_moves_enhancing_organs_to_the_phase_and_labels_it(tiny_prep
     assert phase_shift_map(np.zeros((4, 4), np.int64), {}, "arterial") is None
 
 
+def test_vessel_remap_moves_the_other_vessels_with_the_aorta(tiny_prepared):
+    """enhancing_structures "core_and_vessels": a non-contrast slice re-rendered in another phase
+    moves its other veins (and portal vein, heart, other arteries) to that phase's level too; "core"
+    leaves them unenhanced."""
+    from guidegen.data.phase import VESSEL_TYPICAL_HU
+    from guidegen.images.dataset import REMAP_PHASES
+    from guidegen.images.hu import unit_to_hu
+    from guidegen.images.model import phase_id
+
+    base = dict(augment_prob=0.0, prev_dropout=0.0, prev_noise=0.0, cond_dropout=0.0, p_phase_remap=1.0)
+    core = SliceDataset(tiny_prepared, tiny_config(**base))
+    vessels = SliceDataset(tiny_prepared, tiny_config(**base, enhancing_structures="core_and_vessels"))
+    full = next(i for i, c in enumerate(vessels.cases) if c.case_id == "totalseg-example-a")
+    case = vessels.cases[full]
+    assert "other_vein" in case.mean_hu and "other_vein" not in core.cases[full].mean_hu
+    k = int(np.argmax((case.labels == ID["other_vein"]).sum(dim=(0, 1)).numpy()))
+    idx = [i for i, (c, kk) in enumerate(vessels.index) if c == full and kk == k] * 8
+    plain = SliceDataset(tiny_prepared, tiny_config(**{**base, "p_phase_remap": 0.0})).make_batch(
+        *step_generators(0, 3), 8, indices=idx
+    )
+    moved = vessels.make_batch(*step_generators(0, 3), 8, indices=idx)
+    kept = core.make_batch(*step_generators(0, 3), 8, indices=idx)
+    for b in range(8):
+        phase = REMAP_PHASES[[phase_id(p) for p in REMAP_PHASES].index(int(moved.phase[b]))]
+        vessel = torch.from_numpy((plain.ctx[b, 1] == ID["other_vein"]).numpy())
+        assert int(vessel.sum()) > 0
+        before = float(unit_to_hu(plain.target[b, 0])[vessel].mean())
+        after = float(unit_to_hu(moved.target[b, 0])[vessel].mean())
+        expected = VESSEL_TYPICAL_HU[phase]["other_vein"] - case.mean_hu["other_vein"]
+        # A vessel a pixel or two across takes the blurred shift (sigma 1 px) only partly (a fifth
+        # to a third here), but in its direction.
+        assert (after - before) * expected > 0 or abs(expected) < 10, phase
+        assert abs(after - before) >= 0.2 * abs(expected), phase
+        assert torch.allclose(kept.target[b, 0][vessel], plain.target[b, 0][vessel], atol=0.05), phase
+
+
+def test_vessel_prior_table_adds_heart_and_vessels_and_leaves_core_models_as_they_were():
+    from guidegen.data.phase import TYPICAL_HU, VESSEL_TYPICAL_HU, typical_hu
+    from guidegen.images.config import PHASES
+    from guidegen.images.hu import hu_to_unit
+    from guidegen.images.model import phase_prior_table
+
+    core, vessels = phase_prior_table(5, 23, "core"), phase_prior_table(5, 23, "core_and_vessels")
+    pv = PHASES.index("portal_venous")
+    assert float(core[pv, ID["heart"]]) == 0 and float(core[pv, ID["portal_vein"]]) == 0
+    assert float(vessels[pv, ID["heart"]]) == pytest.approx(float(hu_to_unit(np.array(140.0))))
+    for name in TYPICAL_HU["portal_venous"]:
+        assert float(vessels[pv, ID[name]]) == float(core[pv, ID[name]]) != 0
+    assert typical_hu("core") is TYPICAL_HU and set(typical_hu("core_and_vessels")["arterial"]) == set(
+        TYPICAL_HU["arterial"]
+    ) | set(VESSEL_TYPICAL_HU["arterial"])
+    assert tiny_config().enhancing_structures == "core"  # saved configs without the field load as before
+    with pytest.raises(ValueError, match="enhancing_structures"):
+        tiny_config(enhancing_structures="everything")
+
+
 def _render_aorta_slice(blood_hu: float) -> tuple[np.ndarray, np.ndarray]:
     """A 32² slice at 3 mm of fat with a 20 mm aorta of ``blood_hu`` (partial volume at its edge, from
     an 8× supersampled disc) and a block of bone one pixel to its right: (CT in HU, labels)."""

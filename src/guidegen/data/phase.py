@@ -85,6 +85,36 @@ TYPICAL_HU: dict[str, dict[str, float]] = {
     },
 }
 
+#: Typical mean HU of the other blood-filled structures (ImageGeneratorConfig.enhancing_structures
+#: "core_and_vessels"). Portal vein, after the table above: like the aorta unenhanced, ≈ the aorta in
+#: the portal-venous phase, still filling in the arterial phase. Other arteries (iliac, renal …)
+#: follow the aorta, other veins (iliac, renal, hepatic …) the IVC. "heart" is TotalSegmentator's
+#: whole heart, chambers and myocardium together: unenhanced blood and myocardium are both ~40 HU; with
+#: contrast the blood pool follows the aorta (the right heart leads, the left follows in the
+#: arterial phase) while myocardium enhances to ~100 HU, so the whole-heart mean sits below the
+#: aorta's (Bae 2010's enhancement curves; teaching values, approximate, like TYPICAL_HU's delayed
+#: phase).
+VESSEL_TYPICAL_HU: dict[str, dict[str, float]] = {
+    "non_contrast": {"portal_vein": 40.0, "heart": 40.0, "other_artery": 40.0, "other_vein": 40.0},
+    "arterial": {"portal_vein": 90.0, "heart": 200.0, "other_artery": 300.0, "other_vein": 70.0},
+    "portal_venous": {"portal_vein": 175.0, "heart": 140.0, "other_artery": 175.0, "other_vein": 130.0},
+    "delayed": {"portal_vein": 120.0, "heart": 110.0, "other_artery": 125.0, "other_vein": 115.0},
+}
+
+#: Structure sets a model's phase prior and phase remap may cover (`typical_hu`).
+ENHANCING_SETS: tuple[str, ...] = ("core", "core_and_vessels")
+
+
+def typical_hu(structures: str = "core") -> dict[str, dict[str, float]]:
+    """Phase → structure → typical mean HU for one of `ENHANCING_SETS`: "core" is `TYPICAL_HU`
+    (aorta, IVC, liver, spleen, kidneys; older models), "core_and_vessels" adds `VESSEL_TYPICAL_HU`."""
+    if structures not in ENHANCING_SETS:
+        raise ValueError(f"enhancing structures must be one of {', '.join(ENHANCING_SETS)}, got {structures!r}")
+    if structures == "core":
+        return TYPICAL_HU
+    return {phase: {**TYPICAL_HU[phase], **VESSEL_TYPICAL_HU[phase]} for phase in TYPICAL_HU}
+
+
 #: Minimum voxel count for a structure's mean HU to be used. Noise is not the issue (20 voxels of
 #: ~15 HU noise give a mean within ~±3 HU, far inside the 40+ HU margins below); fragments are: a
 #: vessel cut by the field of view or a speck of mislabelled voxels is mostly partial volume with

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from guidegen.data.phase import ENHANCING_SETS
 from guidegen.diffusion.flow import FlowConfig
 from guidegen.labels.vocabulary import NUM_CLASSES
 from guidegen.settings import PRECISIONS
@@ -213,6 +214,13 @@ class ImageGeneratorConfig:
     # and how bright, and the network learns the texture and the deviations. False (old models): no
     # such channel.
     phase_prior: bool = False
+    # Which structures the phase prior describes and the phase remap moves
+    # (`guidegen.data.phase.typical_hu`). "core" (old models): aorta, IVC, liver, spleen, kidneys.
+    # "core_and_vessels" adds the portal vein, the heart and the other arteries and veins. Why: a
+    # non-contrast training slice re-rendered in the portal-venous phase otherwise keeps an
+    # unenhanced portal vein and iliac vessels beside an enhanced aorta, which no real scan shows, and
+    # no training CT has a heart, so without a prior the network has no level to draw one at.
+    enhancing_structures: str = "core"
     # With ``phase_prior`` and ``prediction`` "sample": the UNet predicts the clean slice *minus* the
     # phase-prior channel, so each enhancing structure starts from its phase's typical HU and the
     # network learns the deviations (texture, edges, a scan's own level). Why tried: with five
@@ -347,6 +355,10 @@ class ImageGeneratorConfig:
             raise ValueError(f"prior_levels must be one of {', '.join(_PRIOR_LEVELS)}, got {self.prior_levels!r}")
         if self.prior_levels != "typical" and not self.phase_prior:
             raise ValueError('prior_levels "measured" needs phase_prior true (it sets the phase-prior channel)')
+        if self.enhancing_structures not in ENHANCING_SETS:
+            raise ValueError(
+                f"enhancing_structures must be one of {', '.join(ENHANCING_SETS)}, got {self.enhancing_structures!r}"
+            )
         if self.phase_remap_edge not in _REMAP_EDGES:
             raise ValueError(
                 f"phase_remap_edge must be one of {', '.join(_REMAP_EDGES)}, got {self.phase_remap_edge!r}"

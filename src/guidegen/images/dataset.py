@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from guidegen.data.phase import TYPICAL_HU
+from guidegen.data.phase import TYPICAL_HU, typical_hu
 from guidegen.data.prepare import load_prepared
 from guidegen.errors import InputError
 from guidegen.images.config import ImageGeneratorConfig
@@ -139,6 +139,7 @@ class SliceDataset:
     ):
         self.config = config
         self.cases: list[_Case] = []
+        enhancing = enhancing_names(config.enhancing_structures)
         for entry in load_prepared(prepared_dir):
             if not entry["has_ct"] or entry["case_id"] in config.holdout_cases:
                 continue
@@ -170,7 +171,7 @@ class SliceDataset:
             text = torch.zeros(config.text_dim)
             if text_embeddings and entry["case_id"] in text_embeddings:
                 text = torch.as_tensor(text_embeddings[entry["case_id"]], dtype=torch.float32).reshape(config.text_dim)
-            means = _interior_means(ct.array, labels.array, [n for n in entry.get("annotated", []) if n in _ENHANCING])
+            means = _interior_means(ct.array, labels.array, [n for n in entry.get("annotated", []) if n in enhancing])
             self.cases.append(
                 _Case(
                     entry["case_id"],
@@ -292,23 +293,33 @@ class SliceDataset:
                     REMAP_PHASES[int(remap_phase[b_i])],
                     cfg.context_radius,
                     cfg.phase_remap_edge,
+                    cfg.enhancing_structures,
                 )
         if cfg.prior_levels == "measured":
             batch.levels = measured_levels(
-                batch.phase, [c.mean_hu for c in item_cases], remapped, cfg.num_phases, cfg.num_classes
+                batch.phase,
+                [c.mean_hu for c in item_cases],
+                remapped,
+                cfg.num_phases,
+                cfg.num_classes,
+                cfg.enhancing_structures,
             )
         if cfg.prev_shift_hu > 0:
             shift_hu = rng.uniform(-cfg.prev_shift_hu, cfg.prev_shift_hu, size=full)
             if chosen is not None:
                 shift_hu = shift_hu[chosen]
-            _shift_previous(batch, shift_hu, cfg.context_radius)
+            _shift_previous(batch, shift_hu, cfg.context_radius, enhancing_names(cfg.enhancing_structures))
         if hide is not None:
             hide_classes(batch, hide)
         return batch
 
 
-#: Structures whose HU the phase remap moves.
-_ENHANCING: tuple[str, ...] = tuple(sorted({n for values in TYPICAL_HU.values() for n in values}))
+def enhancing_names(structures: str = "core") -> tuple[str, ...]:
+    """The structures whose HU the phase remap moves (`ImageGeneratorConfig.enhancing_structures`)."""
+    return tuple(sorted({n for values in typical_hu(structures).values() for n in values}))
+
+
+_ENHANCING: tuple[str, ...] = enhancing_names("core")
 
 
 def _interior_means(
@@ -330,15 +341,16 @@ REMAP_PHASES: tuple[str, ...] = tuple(TYPICAL_HU)
 
 
 def phase_shift_map(
-    labels: np.ndarray, mean_hu: dict[str, float], phase: str, sigma_px: float = 1.0
+    labels: np.ndarray, mean_hu: dict[str, float], phase: str, sigma_px: float = 1.0, structures: str = "core"
 ) -> np.ndarray | None:
     """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU.
 
-    Each structure of `TYPICAL_HU` measured in the scan (``mean_hu``) moves by typical − measured;
+    Each structure of `typical_hu` (``structures``) measured in the scan (``mean_hu``) moves by
+    typical − measured;
     the map is blurred by ``sigma_px`` so a label edge does not become an intensity step. ``None``
     when the scan has none of those structures measured (the slice cannot be re-rendered).
     """
-    targets = {k: v for k, v in TYPICAL_HU[phase].items() if k in mean_hu}
+    targets = {k: v for k, v in typical_hu(structures)[phase].items() if k in mean_hu}
     if not targets:
         return None
     shift = np.zeros(labels.shape, dtype=np.float32)
@@ -353,7 +365,12 @@ SOFT_TISSUE_MAX_HU = 100.0
 
 
 def partial_volume_shift_map(
-    ct_hu: np.ndarray, labels: np.ndarray, mean_hu: dict[str, float], phase: str, min_contrast_hu: float = 50.0
+    ct_hu: np.ndarray,
+    labels: np.ndarray,
+    mean_hu: dict[str, float],
+    phase: str,
+    min_contrast_hu: float = 50.0,
+    structures: str = "core",
 ) -> np.ndarray | None:
     """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU, edges by
     their partial volume (`ImageGeneratorConfig.phase_remap_edge` "partial_volume").
@@ -370,7 +387,7 @@ def partial_volume_shift_map(
     the edge takes the whole shift and nothing outside moves. Other labelled neighbours (bone,
     other organs) never move. ``None`` as `phase_shift_map`.
     """
-    targets = {k: v for k, v in TYPICAL_HU[phase].items() if k in mean_hu}
+    targets = {k: v for k, v in typical_hu(structures)[phase].items() if k in mean_hu}
     if not targets:
         return None
     shift = np.zeros(labels.shape, dtype=np.float32)
@@ -409,7 +426,12 @@ def _add_hu(slice_units: Tensor, shift_hu: np.ndarray) -> Tensor:
 
 
 def measured_levels(
-    phase: Tensor, mean_hu: Sequence[dict[str, float]], remapped: np.ndarray, num_phases: int, num_classes: int
+    phase: Tensor,
+    mean_hu: Sequence[dict[str, float]],
+    remapped: np.ndarray,
+    num_phases: int,
+    num_classes: int,
+    structures: str = "core",
 ) -> Tensor:
     """(B, K) the phase-prior channel's value of each class for B training items, model units
     (`ImageGeneratorConfig.prior_levels` "measured").
@@ -419,29 +441,38 @@ def measured_levels(
     level, unless the phase remap re-rendered the item (``remapped``): that puts every measured
     structure at the typical level, so the typical values are then what the target shows.
     """
-    levels = phase_prior_table(num_phases, num_classes)[phase.long()].clone()
+    levels = phase_prior_table(num_phases, num_classes, structures)[phase.long()].clone()
+    enhancing = enhancing_names(structures)
     for b, means in enumerate(mean_hu):
         if remapped[b] or int(phase[b]) == 0:
             continue
         for name, hu in means.items():
-            if name in _ENHANCING and ID[name] < num_classes:
+            if name in enhancing and ID[name] < num_classes:
                 levels[b, ID[name]] = float(hu_to_unit(np.array(hu)))
     return levels
 
 
 def _remap_phase(
-    batch: SliceBatch, b: int, mean_hu: dict[str, float], phase: str, radius: int, edge: str = "blur"
+    batch: SliceBatch,
+    b: int,
+    mean_hu: dict[str, float],
+    phase: str,
+    radius: int,
+    edge: str = "blur",
+    structures: str = "core",
 ) -> bool:
     """Re-render item ``b`` (target and previous slice) in ``phase`` and label it so (in place);
     False when the scan has measured none of the structures to move (nothing changed).
 
-    ``edge``: `ImageGeneratorConfig.phase_remap_edge`.
+    ``edge``: `ImageGeneratorConfig.phase_remap_edge`; ``structures``: its ``enhancing_structures``.
     """
 
     def shift_map(slice_units: Tensor, labels: Tensor) -> np.ndarray | None:
         if edge == "partial_volume":
-            return partial_volume_shift_map(unit_to_hu(slice_units).numpy(), labels.numpy(), mean_hu, phase)
-        return phase_shift_map(labels.numpy(), mean_hu, phase)
+            return partial_volume_shift_map(
+                unit_to_hu(slice_units).numpy(), labels.numpy(), mean_hu, phase, structures=structures
+            )
+        return phase_shift_map(labels.numpy(), mean_hu, phase, structures=structures)
 
     target_shift = shift_map(batch.target[b, 0], batch.ctx[b, radius])
     if target_shift is None:
@@ -455,11 +486,11 @@ def _remap_phase(
     return True
 
 
-def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int) -> None:
-    """Add ``shift_hu[b]`` HU to the enhancing structures of item b's previous slice (in place)."""
+def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int, names: Sequence[str] = _ENHANCING) -> None:
+    """Add ``shift_hu[b]`` HU to the enhancing structures (``names``) of item b's previous slice (in place)."""
     if radius < 1:
         return
-    enhancing = torch.tensor([ID[n] for n in _ENHANCING])
+    enhancing = torch.tensor([ID[n] for n in names])
     for b in range(batch.prev.shape[0]):
         if float(batch.has_prev[b]) == 0 or shift_hu[b] == 0:
             continue

@@ -22,7 +22,7 @@ Global conditions:
 * contrast phase → MONAI's class embedding (``num_class_embeds``), added to the time embedding;
   phase 0 ("unknown") is also the unconditional phase for classifier-free guidance; with
   ``phase_prior`` also a per-pixel channel, added inside `SliceDenoiser`: the phase's typical HU
-  (`guidegen.data.phase.TYPICAL_HU`, model units) on the pixels of each enhancing structure of
+  (`guidegen.data.phase.typical_hu`, model units) on the pixels of each enhancing structure of
   slice k, zero elsewhere and for phase 0;
 * the per-case *annotated classes* K-vector, the pooled prompt embedding (D = 384) and a has-text
   flag → one MLP-projected cross-attention token (N, 1, context_dim). A learned null token
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
-from guidegen.data.phase import TYPICAL_HU
+from guidegen.data.phase import typical_hu
 from guidegen.diffusion.flow import velocity_from_x0
 from guidegen.images.config import PHASES, SAMPLE_PREDICTION_MIN_T, ImageGeneratorConfig
 from guidegen.images.hu import hu_to_unit
@@ -136,12 +136,14 @@ def assemble_inputs(noisy: Tensor, masks: Tensor, prev: Tensor, has_prev: Tensor
     return torch.cat([noisy, masks.to(noisy.dtype), prev.to(noisy.dtype), flag, zpos], dim=1)
 
 
-def phase_prior_table(num_phases: int, num_classes: int) -> Tensor:
-    """(P, K) typical value of each class in each phase, model units: `TYPICAL_HU` for the enhancing
-    structures of the named phases, 0 for every other class and for phase 0 (unknown)."""
+def phase_prior_table(num_phases: int, num_classes: int, structures: str = "core") -> Tensor:
+    """(P, K) typical value of each class in each phase, model units: `typical_hu` (``structures``,
+    `ImageGeneratorConfig.enhancing_structures`) for the enhancing structures of the named phases,
+    0 for every other class and for phase 0 (unknown)."""
     table = torch.zeros(num_phases, num_classes)
+    typical = typical_hu(structures)
     for p, name in enumerate(PHASES[:num_phases]):
-        for structure, hu in TYPICAL_HU.get(name, {}).items():
+        for structure, hu in typical.get(name, {}).items():
             if ID[structure] < num_classes:
                 table[p, ID[structure]] = float(hu_to_unit(np.array(hu)))
     return table
@@ -161,7 +163,9 @@ class SliceDenoiser(nn.Module):
             # Built from the code's table, not stored with the weights (persistent=False): a
             # checkpoint stays loadable, and the table is documented in guidegen.data.phase.
             self.register_buffer(
-                "prior_table", phase_prior_table(config.num_phases, config.num_classes), persistent=False
+                "prior_table",
+                phase_prior_table(config.num_phases, config.num_classes, config.enhancing_structures),
+                persistent=False,
             )
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
