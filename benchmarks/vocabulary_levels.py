@@ -16,8 +16,8 @@ as "body", as it was trained (`guidegen.labels.vocabulary.fold_for_model`): its 
 
 Typical ranges (teaching values, approximate): aerated lung −900 to −700 HU; skeletal muscle 35–60
 non-contrast, 45–75 portal venous; bone (vertebrae, ribs, pelvis as labelled: cortex and marrow
-together) 200–600; heart blood pool 30–50 non-contrast, 120–200 portal venous; iliac arteries like the
-aorta, iliac veins like the IVC.
+together) 200–600; heart blood pool 30–50 non-contrast, 120–200 portal venous; the portal vein, iliac
+arteries like the aorta (`guidegen.data.phase`), iliac veins like the IVC.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ STRUCTURES = (
     "kidney_right",
     "aorta",
     "inferior_vena_cava",
+    "portal_vein",
     "other_artery",
     "other_vein",
     "body",
@@ -67,6 +68,7 @@ RANGES = {
         "kidney_right": (25, 45),
         "aorta": (30, 50),
         "inferior_vena_cava": (30, 50),
+        "portal_vein": (30, 50),
         "other_artery": (30, 50),
         "other_vein": (30, 50),
     },
@@ -80,6 +82,7 @@ RANGES = {
         "kidney_right": (140, 200),
         "aorta": (150, 200),
         "inferior_vena_cava": (100, 160),
+        "portal_vein": (150, 200),
         "other_artery": (150, 200),
         "other_vein": (100, 160),
     },

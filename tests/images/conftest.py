@@ -61,7 +61,7 @@ def tiny_model() -> ConditionalImageGenerator:
 
 
 #: HU the `ClassOracle` draws per class (every other class: 40 HU); unknown voxels: air.
-ORACLE_HU = {"background": -1024.0, "body": -100.0, "liver": 60.0, "bone": 700.0, "lung": -850.0}
+ORACLE_HU = {"background": -1024.0, "body": -100.0, "liver": 60.0, "bone": 700.0, "lung": -850.0, "aorta": 170.0}
 
 
 class ClassOracle(ConditionalImageGenerator):

@@ -134,26 +134,49 @@ def test_a_ct_that_is_nearly_all_air_is_refused(oracle_model):
         generate_ct(oracle_model, phantom(), seed=0, texture=False, levels=False)
 
 
-def test_newer_classes_reach_an_older_model_as_body():
+def test_newer_classes_reach_an_older_model_as_the_class_it_draws_them_as():
     """Vocabulary 2 (lungs, heart, muscles, other vessels; ids 18–22) was appended: a model trained on
-    the first 18 classes sees those structures as the tissue they were in its training maps (body)."""
+    the first 18 classes is shown each such structure as the class it knows that looks alike
+    (`DRAWN_AS`: lungs as air, the heart and other arteries as the aorta, other veins as the IVC),
+    muscle as the tissue it was in its training maps (body); the CT's record says so."""
     from tests.images.conftest import ClassOracle, tiny_config
 
     old = ClassOracle(tiny_config(num_classes=18)).eval()
     labels = phantom()
     array = labels.array.copy()
-    block = (slice(8, 16), slice(14, 22), slice(2, 12))
-    array[block] = ID["lung"]
-    ct = generate_ct(old, labels.with_array(array), seed=0, annotated=["body", "lung", "liver", "bone"], texture=False)
-    core = (slice(10, 14), slice(16, 20), slice(4, 10))
-    assert np.all(np.abs(ct.array[core] - ORACLE_HU["body"]) <= 2)
+    blocks = {
+        "lung": (slice(8, 16), slice(14, 22), slice(2, 12)),
+        "heart": (slice(28, 36), slice(14, 22), slice(2, 12)),
+        "muscle": (slice(18, 26), slice(24, 30), slice(2, 12)),
+    }
+    for name, block in blocks.items():
+        array[block] = ID[name]
+    ct = generate_ct(
+        old, labels.with_array(array), seed=0, annotated=["body", "lung", "heart", "liver", "bone"], texture=False
+    )
+    assert ct.meta["drawn_as"] == {"lung": "background", "heart": "aorta", "muscle": "body"}
+
+    def core(name):
+        block = blocks[name]
+        return tuple(slice(b.start + 2, b.stop - 2) for b in block)
+
+    assert np.all(np.abs(ct.array[core("lung")] - ORACLE_HU["background"]) <= 2)
+    assert np.all(np.abs(ct.array[core("heart")] - ORACLE_HU["aorta"]) <= 2)
+    assert np.all(np.abs(ct.array[core("muscle")] - ORACLE_HU["body"]) <= 2)
     flags = old.seen_annotated[-1][0]
     assert flags.shape == (18,)
-    assert {NAMES[i] for i in torch.nonzero(flags).flatten().tolist()} == {"background", "body", "liver", "bone"}
+    assert {NAMES[i] for i in torch.nonzero(flags).flatten().tolist()} == {
+        "background",
+        "body",
+        "aorta",
+        "liver",
+        "bone",
+    }
     # The current vocabulary's model is shown the lungs as lungs.
     new = ClassOracle(tiny_config()).eval()
     ct = generate_ct(new, labels.with_array(array), seed=0, texture=False, levels=False)
-    assert np.all(np.abs(ct.array[core] - ORACLE_HU["lung"]) <= 2)
+    assert ct.meta["drawn_as"] == {}
+    assert np.all(np.abs(ct.array[core("lung")] - ORACLE_HU["lung"]) <= 2)
 
 
 def test_an_older_model_gets_a_derived_body_when_the_map_has_muscles_but_no_body():

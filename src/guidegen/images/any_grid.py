@@ -28,7 +28,7 @@ from guidegen.images.hu import int16_hu
 from guidegen.images.native import finish_native, sharp_borders
 from guidegen.images.texture import texture_applies
 from guidegen.io.volume import Volume, canonical
-from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, fold_for_model
+from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, drawn_as, fold_for_drawing
 from guidegen.settings import GenerationSettings
 
 __all__ = ["MIN_TISSUE_FRACTION", "generate_ct", "model_grid"]
@@ -143,8 +143,10 @@ def generate_ct(
 
     Returns:
         int16 HU CT `Volume` with the input's shape and affine; ``meta["body"]`` says whether the
-        body outline was "derived", ``meta["annotated"]`` lists the flags used (``None`` = all) and
-        ``meta["native"]`` what the texture and level steps did.
+        body outline was "derived", ``meta["annotated"]`` lists the flags used (``None`` = all),
+        ``meta["drawn_as"]`` the map's classes the model lacks and what it drew them as
+        (`guidegen.labels.vocabulary.DRAWN_AS`) and ``meta["native"]`` what the texture and level
+        steps did.
 
     Raises:
         InputError: label ids outside the vocabulary, or a CT that came out nearly all air (fewer
@@ -175,7 +177,8 @@ def generate_ct(
         source, annotated = completion.labels, completion.annotated
         body = "derived" if completion.derived else "from the map"
     source = unknown_as_body(source)
-    source = source.with_array(fold_for_model(np.asarray(source.array), model.config.num_classes).astype(np.uint8))
+    substituted = drawn_as(source.array, model.config.num_classes)
+    source = source.with_array(fold_for_drawing(np.asarray(source.array), model.config.num_classes).astype(np.uint8))
     affine, shape = model_grid(canonical(source), model.config, fov)
     on_grid = upsample_labels(source, affine=affine, shape=shape)
     # No grid check: with fov="fit" the in-plane voxel size may differ from the trained one on purpose.
@@ -222,6 +225,7 @@ def generate_ct(
         },
         body=body,
         annotated=None if annotated is None else sorted(annotated, key=NAMES.index),
+        drawn_as=substituted,
         native={"borders": border_record, **native},
     )
     return Volume(hu, labels.affine.copy(), "ct", meta)

@@ -32,7 +32,7 @@ from guidegen.images.config import PHASES, ImageGeneratorConfig
 from guidegen.images.hu import units_to_int16_hu
 from guidegen.images.model import SliceDenoiser, assemble_inputs, context_labels, mask_channels, phase_id
 from guidegen.io.volume import Volume
-from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, fold_for_model, fold_names
+from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, fold_for_drawing, fold_names
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.runtime.precision import autocast, resolve_precision
@@ -288,7 +288,7 @@ def annotated_vector(annotated: Sequence[str] | None, num_classes: int) -> Tenso
         for name in annotated:
             if name not in NAMES:
                 raise ValueError(f"annotated: unknown class {name!r}; valid classes: {', '.join(NAMES)}")
-        for name in fold_names(annotated, num_classes):  # newer classes as an older model knows them
+        for name in fold_names(annotated, num_classes, drawing=True):  # as an older model draws newer classes
             vec[0, NAMES.index(name)] = 1.0
     return vec
 
@@ -325,7 +325,7 @@ def _check_model_grid(labels: Volume, config: ImageGeneratorConfig) -> None:
 
 def checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
     """The map's ids as int64 for a model of ``num_classes`` classes: GuideGen ids and 255 only; ids
-    of classes newer than the model are folded to what the model knew them as (`fold_for_model`)."""
+    of classes newer than the model are folded to the class the model draws them as (`fold_for_drawing`)."""
     arr = np.asarray(labels.array)
     bad = (arr != UNKNOWN) & ((arr < 0) | (arr >= NUM_CLASSES))
     if bad.any():
@@ -334,7 +334,7 @@ def checked_ids(labels: Volume, num_classes: int) -> np.ndarray:
             f"label ids must be 0..{NUM_CLASSES - 1} (GuideGen vocabulary) "
             f"or {UNKNOWN}; found {sorted(np.unique(arr[bad]).tolist())[:5]}",
         )
-    return fold_for_model(arr, num_classes).astype(np.int64)
+    return fold_for_drawing(arr, num_classes).astype(np.int64)
 
 
 class SliceVelocity:

@@ -73,7 +73,7 @@ from guidegen.images.seam import GAS_HU, HOLLOW_CLASSES, level_offset
 from guidegen.images.texture import add_texture, texture_applies
 from guidegen.images.tumour_grain import match_tumour_grain
 from guidegen.io.volume import HU_MAX, HU_MIN, Volume
-from guidegen.labels.vocabulary import ID, fold_for_model
+from guidegen.labels.vocabulary import ID, drawn_as, fold_for_drawing
 from guidegen.runtime.backends import torch_threads_for
 from guidegen.settings import GenerationSettings
 
@@ -386,7 +386,8 @@ def inpaint_ct(
     # background, which the generator draws as air).
     completion = complete_body(labels.with_array(np.asarray(labels.array).astype(np.uint8)), annotated)
     source = unknown_as_body(completion.labels)
-    source = source.with_array(fold_for_model(source.array, cfg.num_classes))
+    substituted = drawn_as(source.array, cfg.num_classes)
+    source = source.with_array(fold_for_drawing(source.array, cfg.num_classes))
     slab_affine, slab_shape, first, last = inpaint_slab(source, full_region, cfg, cfg.context_radius + 1)
     # The region must lie inside the generator's in-plane field of view.
     pts = np.argwhere(full_region)
@@ -454,6 +455,7 @@ def inpaint_ct(
         "model_slices": [int(first), int(last)],
         "runtime": {"backend": network.backend, "precision": network.precision},
         "borders": borders,
+        "drawn_as": substituted,
         "tumour_levels": None,
         "texture": None,
         "tumour_grain": None,

@@ -70,6 +70,21 @@ FALLBACK: dict[str, str] = {
     "other_vein": "body",
 }
 
+#: How a model without a newer class *draws* it in CT: as the class it knows whose tissue looks the
+#: same in every contrast phase. Aerated lung as air (background), the heart's blood pool and the
+#: other arteries as the aorta (blood, enhancing with it), the other veins as the IVC. Muscle has no
+#: such class and stays `FALLBACK`'s body. Why not simply FALLBACK: the older generator draws
+#: "body" as a fat/soft-tissue mix, so lung bases came out at about −50 HU instead of −850, and the
+#: heart and iliac vessels never enhanced (docs/results/drawn_as.txt). Only for drawing CT from a
+#: map (`fold_for_drawing`); training and weight growing keep FALLBACK, what these structures were
+#: labelled as in the older maps.
+DRAWN_AS: dict[str, str] = {
+    "lung": "background",
+    "heart": "aorta",
+    "other_artery": "aorta",
+    "other_vein": "inferior_vena_cava",
+}
+
 # Distinct preview colours where anatomy colours coincide (kidneys, hollow organs).
 _PREVIEW_OVERRIDES = {3: (230, 140, 60), 5: (255, 190, 0), 7: (120, 200, 120), 9: (60, 160, 255), 10: (255, 255, 0)}
 
@@ -89,22 +104,42 @@ def fold_for_model(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """A label map in the ids of a model that knows only the first ``num_classes`` classes: each
     newer class becomes its `FALLBACK` (unknown, 255, stays). Returns ``labels`` itself when nothing
     needs folding."""
+    return _fold(labels, num_classes, _folded_id)
+
+
+def fold_for_drawing(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """`fold_for_model` for drawing CT: a newer class the model lacks becomes the class it is drawn
+    as (`DRAWN_AS`) where the model has that one, else its `FALLBACK`."""
+    return _fold(labels, num_classes, _drawn_id)
+
+
+def drawn_as(labels: np.ndarray, num_classes: int) -> dict[str, str]:
+    """Class → the class a model of ``num_classes`` classes draws it as, for the newer classes
+    present in ``labels`` (empty when the model knows every class there): for the record."""
+    present = np.unique(np.asarray(labels))
+    return {
+        NAMES[c]: NAMES[_drawn_id(NAMES[c], num_classes)] for c in present.tolist() if num_classes <= c < NUM_CLASSES
+    }
+
+
+def _fold(labels: np.ndarray, num_classes: int, rule) -> np.ndarray:
     arr = np.asarray(labels)
     if num_classes >= NUM_CLASSES or not np.any((arr >= num_classes) & (arr != UNKNOWN)):
         return labels
     table = np.arange(256, dtype=np.int64)
     for cls in CLASSES[num_classes:]:
-        table[cls.id] = _folded_id(cls.name, num_classes)
+        table[cls.id] = rule(cls.name, num_classes)
     out = table[arr.astype(np.int64)]
     return out.astype(arr.dtype) if arr.dtype.kind in "ui" else out
 
 
-def fold_names(names, num_classes: int) -> list[str]:
+def fold_names(names, num_classes: int, drawing: bool = False) -> list[str]:
     """Class names as a model with ``num_classes`` classes knows them (newer ones folded, order kept,
-    no repeats)."""
+    no repeats); ``drawing``: as `fold_for_drawing` folds them."""
+    rule = _drawn_id if drawing else _folded_id
     out: list[str] = []
     for name in names:
-        folded = NAMES[_folded_id(name, num_classes)]
+        folded = NAMES[rule(name, num_classes)]
         if folded not in out:
             out.append(folded)
     return out
@@ -123,6 +158,13 @@ def _folded_id(name: str, num_classes: int) -> int:
     while ID[name] >= num_classes:
         name = FALLBACK[name]
     return ID[name]
+
+
+def _drawn_id(name: str, num_classes: int) -> int:
+    alike = DRAWN_AS.get(name)
+    if ID[name] >= num_classes and alike is not None and ID[alike] < num_classes:
+        return ID[alike]
+    return _folded_id(name, num_classes)
 
 
 def class_id(name: str) -> int:

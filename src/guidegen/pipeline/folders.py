@@ -358,6 +358,7 @@ def generate_ct_to_folder(
                     "seconds": round(seconds, 2),
                     "runtime": ct.meta.get("runtime"),
                     "native": ct.meta.get("native"),
+                    "drawn_as": ct.meta.get("drawn_as", {}),
                     "annotated": annotated_names,
                     "body": "derived" if completion.derived else "from the map",
                     "unknown_voxels": unknown,
@@ -386,6 +387,12 @@ def generate_ct_to_folder(
         lines.append(
             f"the map has no body outline: derived one from its structures (their outline per axial slice + "
             f"{DERIVED_BODY_MARGIN_MM:g} mm of soft tissue), written as class body in labels.nii.gz"
+        )
+    if ct.meta.get("drawn_as"):
+        lines.append(
+            "this model has no class for "
+            + ", ".join(f"{name} (drawn as {alike})" for name, alike in ct.meta["drawn_as"].items())
+            + "; labels.nii.gz keeps them"
         )
     if unknown:
         lines.append(
