@@ -189,3 +189,31 @@ def test_refusals_are_one_line_and_write_nothing(oracle, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "the generated CT is air" in lines[0] and "Traceback" not in err
     assert not out.exists() and "generated a" not in stdout
+
+
+def test_an_older_model_draws_lungs_as_air_and_says_so(monkeypatch, tmp_path, capsys):
+    """An 18-class generator (the shipped one) has no lung class: the CT shows the map's lungs as air,
+    labels.nii.gz keeps them as lungs, and case.json and the printed lines say what was drawn as what."""
+    from tests.images.conftest import ORACLE_HU, tiny_config
+
+    model = ClassOracle(tiny_config(num_classes=18)).eval()
+    monkeypatch.setattr(
+        ConditionalImageGenerator, "from_pretrained", classmethod(lambda cls, folder, device="cpu": model)
+    )
+    (tmp_path / "model" / "image_generator").mkdir(parents=True)
+    path, raw = foreign_map(tmp_path, "RAS")
+    raw[raw == 8] = 7  # the block is labelled lung this time
+    nib.save(nib.Nifti1Image(raw, nib.load(str(path)).affine), str(path))
+    table = tmp_path / "atlas.json"
+    table.write_text(json.dumps({**LABEL_SET, "7": "lung"}))
+    out = tmp_path / "out"
+    args = ["generate-ct", "-l", str(path), "--labels-json", str(table), "-o", str(out)]
+    code, stdout, err = run([*args, "--model", str(tmp_path / "model"), "--no-texture", "--no-levels"], capsys)
+    assert code == 0, err
+    assert "no class of its own for: lungs (drawn as air)" in stdout
+    assert json.loads((out / "case.json").read_text())["drawn_as"] == {"lung": "background"}
+    labels = np.asanyarray(nib.load(str(out / "labels.nii.gz")).dataobj)
+    assert np.array_equal(labels == ID["lung"], raw == 7)
+    ct = np.asanyarray(nib.load(str(out / "ct.nii.gz")).dataobj)
+    assert drawn_as_labelled(ct, np.where(labels == ID["lung"], 0, labels), [0]) == 1.0
+    assert abs(float(np.median(ct[labels == ID["lung"]])) - ORACLE_HU["background"]) <= 3

@@ -19,7 +19,7 @@ from guidegen.io.nifti import quiet_nibabel, read_nifti
 from guidegen.io.volume import Volume, canonical, reorient_like
 from guidegen.labels.label_set import read_label_set, vocabulary_for
 from guidegen.labels.remap import names_from_ids, remap_labels
-from guidegen.labels.vocabulary import CLASSES, ID, NAMES, UNKNOWN, preview_colour
+from guidegen.labels.vocabulary import BY_NAME, CLASSES, ID, NAMES, UNKNOWN, preview_colour
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt, check_seed
 
@@ -390,9 +390,12 @@ def generate_ct_to_folder(
         )
     if ct.meta.get("drawn_as"):
         lines.append(
-            "this model has no class for "
-            + ", ".join(f"{name} (drawn as {alike})" for name, alike in ct.meta["drawn_as"].items())
-            + "; labels.nii.gz keeps them"
+            "this model has no class of its own for: "
+            + "; ".join(
+                f"{BY_NAME[name].display} (drawn as {'air' if alike == 'background' else BY_NAME[alike].display})"
+                for name, alike in ct.meta["drawn_as"].items()
+            )
+            + " (labels.nii.gz keeps them as they are)"
         )
     if unknown:
         lines.append(
