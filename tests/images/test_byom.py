@@ -13,6 +13,7 @@ import torch
 
 from guidegen.errors import InputError
 from guidegen.images.any_grid import generate_ct
+from guidegen.images.levels import MUSCLE_HU
 from guidegen.io.volume import Volume, canonical
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 from tests.images.conftest import ORACLE_HU
@@ -162,7 +163,9 @@ def test_newer_classes_reach_an_older_model_as_the_class_it_draws_them_as():
 
     assert np.all(np.abs(ct.array[core("lung")] - ORACLE_HU["background"]) <= 2)
     assert np.all(np.abs(ct.array[core("heart")] - ORACLE_HU["aorta"]) <= 2)
-    assert np.all(np.abs(ct.array[core("muscle")] - ORACLE_HU["body"]) <= 2)
+    # Muscle, drawn as body, then takes the level of real TotalSegmentator muscle (levels on).
+    assert np.all(np.abs(ct.array[core("muscle")] - MUSCLE_HU) <= 2)
+    assert ct.meta["native"]["levels"]["muscle"]["before_hu"] < -50
     flags = old.seen_annotated[-1][0]
     assert flags.shape == (18,)
     assert {NAMES[i] for i in torch.nonzero(flags).flatten().tolist()} == {
@@ -172,10 +175,10 @@ def test_newer_classes_reach_an_older_model_as_the_class_it_draws_them_as():
         "liver",
         "bone",
     }
-    # The current vocabulary's model is shown the lungs as lungs.
+    # The current vocabulary's model is shown the lungs as lungs, and its muscle is left as drawn.
     new = ClassOracle(tiny_config()).eval()
-    ct = generate_ct(new, labels.with_array(array), seed=0, texture=False, levels=False)
-    assert ct.meta["drawn_as"] == {}
+    ct = generate_ct(new, labels.with_array(array), seed=0, texture=False)
+    assert ct.meta["drawn_as"] == {} and ct.meta["native"]["levels"]["muscle"] is None
     assert np.all(np.abs(ct.array[core("lung")] - ORACLE_HU["lung"]) <= 2)
 
 

@@ -28,7 +28,7 @@ from guidegen.images.hu import int16_hu
 from guidegen.images.native import finish_native, sharp_borders
 from guidegen.images.texture import texture_applies
 from guidegen.io.volume import Volume, canonical
-from guidegen.labels.vocabulary import NAMES, NUM_CLASSES, UNKNOWN, drawn_as, fold_for_drawing
+from guidegen.labels.vocabulary import ID, NAMES, NUM_CLASSES, UNKNOWN, drawn_as, fold_for_drawing
 from guidegen.settings import GenerationSettings
 
 __all__ = ["MIN_TISSUE_FRACTION", "generate_ct", "model_grid"]
@@ -178,6 +178,8 @@ def generate_ct(
         body = "derived" if completion.derived else "from the map"
     source = unknown_as_body(source)
     substituted = drawn_as(source.array, model.config.num_classes)
+    # Muscle has no look-alike class in an older model: drawn as body, then given its level.
+    muscle = np.asarray(source.array) == ID["muscle"] if substituted.get("muscle") == "body" else None
     source = source.with_array(fold_for_drawing(np.asarray(source.array), model.config.num_classes).astype(np.uint8))
     affine, shape = model_grid(canonical(source), model.config, fov)
     on_grid = upsample_labels(source, affine=affine, shape=shape)
@@ -215,6 +217,7 @@ def generate_ct(
         phase=settings.phase,
         texture=texture,
         levels=levels,
+        muscle=muscle,
     )
     hu = int16_hu(finished)
     meta = dict(

@@ -70,6 +70,14 @@ LIVER_TUMOUR_FRACTION = (LITS_TUMOUR_HU - CARCINOMA_UNENHANCED_HU) / (
 )
 #: Unenhanced blood (HU): bundled real unenhanced aortas (totalseg-example-a 43.4, s0009 37.8).
 UNENHANCED_AORTA_HU = (43.4 + 37.8) / 2
+#: Skeletal muscle as TotalSegmentator labels it (psoas, back and gluteal muscles, intramuscular fat
+#: included), HU 3 mm inside the mask: the bundled real scans s0009 23.0 and totalseg-example-a 23.8
+#: (non-contrast), totalseg-example-b 26.5 (portal venous). Muscle barely enhances (3 HU here, less
+#: than between patients), so one level for every phase. Set only where a model without a muscle
+#: class drew it as "body" (`guidegen.labels.vocabulary.DRAWN_AS` has no look-alike for it), which
+#: came out at −110 to −140 HU (docs/results/drawn_as.txt). Teaching values for pure muscle are
+#: higher (35–60 HU); these masks, in older patients, are what the bundled data measure.
+MUSCLE_HU = (23.0 + 23.8 + 26.5) / 3
 #: Hosts with a tumour level.
 TUMOUR_HOSTS = ("liver", "colon")
 #: Lowest interior mean (HU) of a tumour in a host without a level: a solid tumour is soft tissue,
@@ -158,9 +166,10 @@ def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
 
 
 def calibrate_levels(
-    hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None
+    hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None, muscle: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Set tumour and unenhanced-aorta levels (module docstring) in a CT on its label map's grid.
+    """Set tumour and unenhanced-aorta levels (module docstring) in a CT on its label map's grid, and
+    the level of muscle a model drew as body.
 
     Args:
         hu: (X, Y, Z) HU (float), any axis order.
@@ -168,16 +177,22 @@ def calibrate_levels(
         affine: the grid's affine (voxel sizes, slice axis).
         phase: the requested contrast phase; ``None``: estimated from the CT
             (`guidegen.data.phase.estimate_phase`), nothing done if that cannot tell.
+        muscle: (X, Y, Z) bool, muscle the model drew as body (its voxels take `MUSCLE_HU` plus
+            their own fine detail, in every phase); ``None``: none.
 
     Returns:
-        (float32 HU, a JSON-able record: phase used, each tumour's host and levels, the aorta's).
+        (float32 HU, a JSON-able record: phase used, each tumour's host and levels, the aorta's,
+        the muscle's).
     """
     axis = slice_axis(affine)
     spacing_all = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
     out, spacing = to_slices_last(np.array(hu, dtype=np.float32), spacing_all, axis)
     lab, _ = to_slices_last(np.asarray(labels), spacing_all, axis)
     used = phase if phase is not None else _phase_of(out, lab)
-    record: dict = {"phase": used, "phase_estimated": phase is None, "tumours": [], "aorta": None}
+    record: dict = {"phase": used, "phase_estimated": phase is None, "tumours": [], "aorta": None, "muscle": None}
+    if muscle is not None and muscle.any():
+        drawn, _ = to_slices_last(np.asarray(muscle, dtype=bool), spacing_all, axis)
+        record["muscle"] = _set_level(out, drawn, spacing, MUSCLE_HU)
     if used is None:
         record["skipped"] = "contrast phase unknown"
         return np.moveaxis(out, -1, axis), record
@@ -201,9 +216,16 @@ def calibrate_levels(
         record["tumours"].append(entry)
     aorta = lab == ID["aorta"]
     if used == "non_contrast" and aorta.any():
-        fine = detrend(out, aorta, spacing, FINE_TREND_MM)
-        before = float(out[aorta].mean())
-        out[aorta] = UNENHANCED_AORTA_HU + fine[aorta]
-        record["aorta"] = {"before_hu": round(before, 1), "target_hu": round(UNENHANCED_AORTA_HU, 1)}
+        record["aorta"] = _set_level(out, aorta, spacing, UNENHANCED_AORTA_HU)
     np.clip(out, HU_MIN, HU_MAX, out=out)
     return np.moveaxis(out, -1, axis), record
+
+
+def _set_level(out: np.ndarray, mask: np.ndarray, spacing, target: float) -> dict:
+    """The ``mask`` voxels of ``out`` (slices last) take ``target`` plus their own fine detail (the CT
+    minus its in-plane average over the mask, `FINE_TREND_MM`), in place: a homogeneous tissue's
+    coarser profile is the network's artefact, removed, not shifted."""
+    fine = detrend(out, mask, spacing, FINE_TREND_MM)
+    before = float(out[mask].mean())
+    out[mask] = target + fine[mask]
+    return {"before_hu": round(before, 1), "target_hu": round(target, 1)}

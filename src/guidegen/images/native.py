@@ -68,6 +68,7 @@ def finish_native(
     texture: bool = True,
     levels: bool = True,
     slice_levels: bool | None = None,
+    muscle: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Apply the level corrections and the native-resolution texture.
 
@@ -81,6 +82,7 @@ def finish_native(
         texture: add the texture; levels: correct the levels (tumour, aorta and, unless
             ``slice_levels`` says otherwise, the slice-to-slice levels).
         slice_levels: even the slice-to-slice levels; ``None``: as ``levels``.
+        muscle: muscle the model drew as body (`calibrate_levels`), or ``None``.
 
     Returns:
         (float32 HU, JSON-able record ``{"slice_levels": …, "levels": …, "texture": …}``; a step
@@ -91,7 +93,7 @@ def finish_native(
     if levels if slice_levels is None else slice_levels:
         out, record["slice_levels"] = even_slice_levels(out, labels, affine, phase)
     if levels:
-        out, record["levels"] = calibrate_levels(out, labels, affine, phase)
+        out, record["levels"] = calibrate_levels(out, labels, affine, phase, muscle=muscle)
     if texture:
         out, record["texture"] = add_texture(out, labels, affine, model_spacing, seed, phase)
     return out, record
