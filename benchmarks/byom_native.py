@@ -60,6 +60,8 @@ STRUCTURES = (
     "kidney_left",
     "aorta",
     "inferior_vena_cava",
+    "portal_vein",
+    "muscle",
     "pancreas",
     "gallbladder",
     "stomach",

@@ -87,3 +87,24 @@ def test_unknown_phase_is_estimated_and_hosts_without_a_level_keep_a_soft_tissue
     floating = np.zeros((20, 20, 5), np.uint8)
     floating[8:12, 8:12, 1:4] = ID["tumour"]
     assert tumour_host(floating, floating == ID["tumour"]) is None
+
+
+def test_portal_vein_takes_its_phase_level_and_muscle_drawn_as_body_the_real_muscle_level():
+    from guidegen.data.phase import VESSEL_TYPICAL_HU
+    from guidegen.images.levels import MUSCLE_HU
+
+    hu, labels = _case()
+    labels[75:80, 20:30, :] = ID["portal_vein"]
+    hu[labels == ID["portal_vein"]] = 75.0  # as the shipped generator draws it in every phase
+    muscle = np.zeros(labels.shape, bool)
+    muscle[90:98, 5:30, :] = True  # muscle drawn as body (-80 HU here)
+    for phase in ("non_contrast", "portal_venous"):
+        out, record = calibrate_levels(hu, labels, AFFINE, phase, muscle=muscle)
+        portal = labels == ID["portal_vein"]
+        assert out[portal].mean() == pytest.approx(VESSEL_TYPICAL_HU[phase]["portal_vein"], abs=1.0)
+        assert record["portal_vein"]["before_hu"] == pytest.approx(75.0)
+        assert out[muscle].mean() == pytest.approx(MUSCLE_HU, abs=1.0)
+        assert record["muscle"] == {"before_hu": -80.0, "target_hu": round(MUSCLE_HU, 1)}
+        untouched = ~portal & ~muscle & (labels != ID["aorta"]) & (labels != ID["tumour"])
+        assert np.array_equal(out[untouched], hu[untouched])
+    assert calibrate_levels(hu, labels, AFFINE, "arterial")[1]["muscle"] is None  # no mask given

@@ -35,6 +35,10 @@ the CT that `generate_ct` returns on the user's grid is corrected, and only ther
   rim-to-core profile spans the whole vessel (a dark rim, a core 50+ HU brighter), so anything
   coarser than the grain is the artefact, and it is removed, not shifted.
 
+* the portal vein takes its phase's typical level (`guidegen.data.phase.VESSEL_TYPICAL_HU`) the
+  same way: the shipped generator never saw it enhance and draws it at about 70-80 HU in every phase;
+* muscle that a model without a muscle class drew as body takes `MUSCLE_HU` the same way.
+
 These levels then come from data and literature, not from the network; the benchmark reports the
 network's own levels next to them.
 """
@@ -44,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from guidegen.data.phase import PHASES, TYPICAL_HU, estimate_phase
+from guidegen.data.phase import PHASES, TYPICAL_HU, VESSEL_TYPICAL_HU, estimate_phase
 from guidegen.images.grain import FINE_TREND_MM, detrend, interior, slice_axis, to_slices_last
 from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
@@ -168,8 +172,8 @@ def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
 def calibrate_levels(
     hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None, muscle: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Set tumour and unenhanced-aorta levels (module docstring) in a CT on its label map's grid, and
-    the level of muscle a model drew as body.
+    """Set tumour, unenhanced-aorta and portal-vein levels (module docstring) in a CT on its label
+    map's grid, and the level of muscle a model drew as body.
 
     Args:
         hu: (X, Y, Z) HU (float), any axis order.
@@ -182,14 +186,21 @@ def calibrate_levels(
 
     Returns:
         (float32 HU, a JSON-able record: phase used, each tumour's host and levels, the aorta's,
-        the muscle's).
+        the portal vein's, the muscle's).
     """
     axis = slice_axis(affine)
     spacing_all = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
     out, spacing = to_slices_last(np.array(hu, dtype=np.float32), spacing_all, axis)
     lab, _ = to_slices_last(np.asarray(labels), spacing_all, axis)
     used = phase if phase is not None else _phase_of(out, lab)
-    record: dict = {"phase": used, "phase_estimated": phase is None, "tumours": [], "aorta": None, "muscle": None}
+    record: dict = {
+        "phase": used,
+        "phase_estimated": phase is None,
+        "tumours": [],
+        "aorta": None,
+        "portal_vein": None,
+        "muscle": None,
+    }
     if muscle is not None and muscle.any():
         drawn, _ = to_slices_last(np.asarray(muscle, dtype=bool), spacing_all, axis)
         record["muscle"] = _set_level(out, drawn, spacing, MUSCLE_HU)
@@ -217,6 +228,12 @@ def calibrate_levels(
     aorta = lab == ID["aorta"]
     if used == "non_contrast" and aorta.any():
         record["aorta"] = _set_level(out, aorta, spacing, UNENHANCED_AORTA_HU)
+    portal = lab == ID["portal_vein"]
+    if portal.any():
+        # The shipped generator never saw a portal vein enhance (the phase remap of its training
+        # did not move it) and draws it at 68-83 HU in every phase (docs/results/drawn_as.txt):
+        # blood, so the phase's typical level, as the aorta's.
+        record["portal_vein"] = _set_level(out, portal, spacing, VESSEL_TYPICAL_HU[used]["portal_vein"])
     np.clip(out, HU_MIN, HU_MAX, out=out)
     return np.moveaxis(out, -1, axis), record
 
