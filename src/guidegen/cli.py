@@ -421,8 +421,9 @@ def generate_ct_command(
         bool,
         typer.Option(
             "--levels/--no-levels",
-            help="Set tumour HU by host organ and phase, and the unenhanced aorta's level, from real data and "
-            "literature, and give each homogeneous organ one level along z (off: the network's own levels).",
+            help="Set tumour HU by host organ and phase, the unenhanced aorta's and the portal vein's level "
+            "(and muscle's, where the model has no muscle class) from real data and literature, and give each "
+            "homogeneous organ one level along z (off: the network's own levels).",
         ),
     ] = True,
 ) -> None:
@@ -493,8 +494,9 @@ def generate_command(
         bool,
         typer.Option(
             "--levels/--no-levels",
-            help="Set liver and colon tumours to the level of real tumours for the phase and an unenhanced "
-            "aorta to real unenhanced blood (off: the image generator's own levels).",
+            help="Set liver and colon tumours to the level of real tumours for the phase, an unenhanced "
+            "aorta to real unenhanced blood and the portal vein to its phase's typical level (off: the "
+            "image generator's own levels).",
         ),
     ] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,

@@ -119,8 +119,9 @@ class GenerationSettings:
         real_start: ``None`` samples the masks from noise; a strength in (0, 1] starts the mask
             sampler from a deformed real map of its bank carried forward to that fraction of the
             diffusion (SDEdit; `guidegen.masks.start_maps`).
-        levels: set tumour levels by host and phase and flatten an unenhanced aorta to real
-            unenhanced blood (`guidegen.images.levels.calibrate_levels`, as ``generate-ct`` does);
+        levels: set tumour levels by host and phase, flatten an unenhanced aorta to real
+            unenhanced blood and the portal vein to its phase's typical level
+            (`guidegen.images.levels.calibrate_levels`, as ``generate-ct`` does);
             ``False`` keeps the image generator's own levels.
         precision: "auto" (bf16 only where the hardware runs it natively), "fp32", "bf16", "fp16".
         backend: "auto", "torch", "onnxruntime" or "openvino" (`guidegen.runtime`).
