@@ -108,3 +108,16 @@ def test_portal_vein_takes_its_phase_level_and_muscle_drawn_as_body_the_real_mus
         untouched = ~portal & ~muscle & (labels != ID["aorta"]) & (labels != ID["tumour"])
         assert np.array_equal(out[untouched], hu[untouched])
     assert calibrate_levels(hu, labels, AFFINE, "arterial")[1]["muscle"] is None  # no mask given
+
+
+def test_a_voxel_touching_the_tumour_at_an_edge_is_part_of_it():
+    # The demo case had a 402-voxel colon tumour plus one voxel meeting it at an edge: the report
+    # counted one tumour, the level step two.
+    from scipy import ndimage
+
+    hu, labels = _case()
+    tumour = labels == ID["tumour"]
+    edge_only = ndimage.binary_dilation(tumour, np.ones((3, 3, 3), bool)) & ~ndimage.binary_dilation(tumour)
+    labels[tuple(np.argwhere(edge_only)[0])] = ID["tumour"]  # touches the ball at an edge or corner only
+    _, record = calibrate_levels(hu, labels, AFFINE, "portal_venous")
+    assert len(record["tumours"]) == 1

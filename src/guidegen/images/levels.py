@@ -207,7 +207,9 @@ def calibrate_levels(
     if used is None:
         record["skipped"] = "contrast phase unknown"
         return np.moveaxis(out, -1, axis), record
-    components, n = ndimage.label(lab == ID["tumour"])
+    # Face-, edge- and corner-neighbours, as the report counts tumours (guidegen.text.measure): a
+    # voxel touching the tumour only at an edge is part of it, not a tumour of its own.
+    components, n = ndimage.label(lab == ID["tumour"], structure=np.ones((3, 3, 3), bool))
     for index in range(1, n + 1):
         comp = components == index
         host = tumour_host(lab, comp)
