@@ -111,6 +111,7 @@ def main() -> None:
     from guidegen.data.prepare import load_prepared
     from guidegen.io.nifti import read_nifti
     from guidegen.pipeline import GenerationSettings, GuideGen
+    from guidegen.pipeline.generate import sampled_classes
 
     gg = GuideGen.from_pretrained(args.model)
     maps = []
@@ -136,8 +137,10 @@ def main() -> None:
             precision=args.precision,
             backend=args.backend,
         )
+        # As `GuideGen.generate` shows them: every class the sampler draws annotated.
+        classes = sampled_classes(gg.mask_sampler.config.num_classes, gg.image_generator.config.num_classes)
         for i, c in enumerate(coarse):
-            maps.append((f"sampled map {i}", gg._upsample(c), None, None, None))
+            maps.append((f"sampled map {i}", gg._upsample(c), None, None, classes))
     phases = args.phases.split(",")
     guidance = gg.image_generator.config.guidance_scale if args.guidance is None else args.guidance
     print(
@@ -155,7 +158,7 @@ def main() -> None:
         for phase in phases:
             start = time.perf_counter()
             # A partial real map (AMOS: no bones) says which classes it annotates, as in training
-            # and in validate_image_generator.py; sampled maps are complete.
+            # and in validate_image_generator.py; sampled maps annotate every class of the sampler.
             ct = gg.image_generator.generate(
                 labels,
                 seed=args.seed,

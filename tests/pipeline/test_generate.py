@@ -270,3 +270,25 @@ def test_calibrated_sets_an_unenhanced_aorta_and_a_liver_tumour():
     assert abs(level - tumour["target_hu"]) < 1.0 and abs(level - 20.0) > 5.0
     untouched = ~np.isin(labels, [ID["tumour"], ID["aorta"]])
     assert np.array_equal(out.array[untouched], ct.array[untouched])
+
+
+def test_a_sampled_map_annotates_the_sampler_s_classes_only(tiny_model, monkeypatch):
+    """The tiny model pairs an 18-class sampler with a 23-class image generator (as a vocabulary-2
+    generator beside the shipped sampler would be): the generator is told that the sampler's classes
+    are annotated and the lungs, heart, muscles and other vessels are not (they lie inside "body")."""
+    from guidegen.labels.vocabulary import NAMES
+    from guidegen.pipeline.generate import sampled_classes
+
+    model = GuideGen.from_pretrained(tiny_model)
+    assert (model.mask_sampler.config.num_classes, model.image_generator.config.num_classes) == (18, 23)
+    seen = []
+    original = model.image_generator.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("annotated"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.image_generator, "generate", spy)
+    model.generate(PROMPT, n=1, seed=0)
+    assert seen == [list(NAMES[:18])]
+    assert sampled_classes(18, 18) is None and sampled_classes(23, 23) is None

@@ -35,6 +35,7 @@ from guidegen.images.hu import int16_hu
 from guidegen.images.levels import calibrate_levels
 from guidegen.io.layouts import read_json_object
 from guidegen.io.volume import Volume
+from guidegen.labels.vocabulary import NAMES
 from guidegen.masks.sampler import VolumetricMaskSampler, place_tumours_on
 from guidegen.paths import default_model_dir
 from guidegen.settings import GenerationSettings, check_prompt
@@ -43,7 +44,7 @@ from guidegen.text.encoder import TextEncoder
 from guidegen.text.parse import parse_prompt
 from guidegen.text.report import report_from_labels, write_report
 
-__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt", "model_info"]
+__all__ = ["MODEL_INFO", "GeneratedCase", "GuideGen", "check_prompt", "model_info", "sampled_classes"]
 
 #: File in a model folder naming the model (id, version, recipe, training data).
 MODEL_INFO = "model.json"
@@ -93,6 +94,17 @@ def _calibrated(ct: Volume, labels: Volume) -> Volume:
     learn); what was done in ``meta["levels"]``."""
     hu, record = calibrate_levels(ct.array.astype(np.float32), labels.array, ct.affine, ct.meta.get("phase"))
     return Volume(int16_hu(hu), ct.affine.copy(), "ct", {**ct.meta, "levels": record})
+
+
+def sampled_classes(sampler_classes: int, generator_classes: int) -> list[str] | None:
+    """The annotated classes of a sampled map for the image generator: every class the sampler
+    draws; ``None`` (all) when the generator knows no more. Why: a generator that knows more classes
+    (lungs, muscles …) than the sampler, told that all its classes were annotated, reads "no muscle
+    here": in training that meant the body class was fat alone (TotalSegmentator maps), while a map
+    without those classes had them inside "body" with their flags off (AMOS, MSD)."""
+    if generator_classes <= sampler_classes:
+        return None
+    return list(NAMES[:sampler_classes])
 
 
 def _identity(info: dict | None) -> dict:
@@ -267,6 +279,7 @@ class GuideGen:
             seeds,
             phase=[a.phase for a in case_attrs],
             text_embedding=text.pooled,
+            annotated=sampled_classes(self.mask_sampler.config.num_classes, self.image_generator.config.num_classes),
             settings=settings,
             callback=image_cb,
         )
