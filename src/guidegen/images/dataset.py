@@ -346,9 +346,9 @@ def phase_shift_map(
     """(H, W) HU to add to a slice so its enhancing structures take ``phase``'s typical HU.
 
     Each structure of `typical_hu` (``structures``) measured in the scan (``mean_hu``) moves by
-    typical − measured;
-    the map is blurred by ``sigma_px`` so a label edge does not become an intensity step. ``None``
-    when the scan has none of those structures measured (the slice cannot be re-rendered).
+    typical − measured; the map is blurred by ``sigma_px`` so a label edge does not become an
+    intensity step. ``None`` when the scan has none of those structures measured (the slice cannot
+    be re-rendered).
     """
     targets = {k: v for k, v in typical_hu(structures)[phase].items() if k in mean_hu}
     if not targets:
