@@ -139,7 +139,8 @@ class SliceDataset:
     ):
         self.config = config
         self.cases: list[_Case] = []
-        enhancing = enhancing_names(config.enhancing_structures)
+        #: The structures the phase remap moves, for this config.
+        self.enhancing = enhancing = enhancing_names(config.enhancing_structures)
         for entry in load_prepared(prepared_dir):
             if not entry["has_ct"] or entry["case_id"] in config.holdout_cases:
                 continue
@@ -308,7 +309,7 @@ class SliceDataset:
             shift_hu = rng.uniform(-cfg.prev_shift_hu, cfg.prev_shift_hu, size=full)
             if chosen is not None:
                 shift_hu = shift_hu[chosen]
-            _shift_previous(batch, shift_hu, cfg.context_radius, enhancing_names(cfg.enhancing_structures))
+            _shift_previous(batch, shift_hu, cfg.context_radius, self.enhancing)
         if hide is not None:
             hide_classes(batch, hide)
         return batch
@@ -317,9 +318,6 @@ class SliceDataset:
 def enhancing_names(structures: str = "core") -> tuple[str, ...]:
     """The structures whose HU the phase remap moves (`ImageGeneratorConfig.enhancing_structures`)."""
     return tuple(sorted({n for values in typical_hu(structures).values() for n in values}))
-
-
-_ENHANCING: tuple[str, ...] = enhancing_names("core")
 
 
 def _interior_means(
@@ -486,7 +484,7 @@ def _remap_phase(
     return True
 
 
-def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int, names: Sequence[str] = _ENHANCING) -> None:
+def _shift_previous(batch: SliceBatch, shift_hu: np.ndarray, radius: int, names: Sequence[str]) -> None:
     """Add ``shift_hu[b]`` HU to the enhancing structures (``names``) of item b's previous slice (in place)."""
     if radius < 1:
         return
