@@ -121,3 +121,58 @@ def test_a_voxel_touching_the_tumour_at_an_edge_is_part_of_it():
     labels[tuple(np.argwhere(edge_only)[0])] = ID["tumour"]  # touches the ball at an edge or corner only
     _, record = calibrate_levels(hu, labels, AFFINE, "portal_venous")
     assert len(record["tumours"]) == 1
+
+
+def test_bone_depth_counts_from_the_border_between_voxel_centres():
+    from guidegen.images.levels import bone_depth
+
+    mask = np.zeros((9, 9, 2), bool)
+    mask[2:7, 2:7, 0] = True  # a 5 × 5 block in slice 0 only: depth is in-plane
+    for spacing, border, centre in (((3.0, 3.0, 3.0), 1.5, 7.5), ((1.5, 1.5, 5.0), 0.75, 3.75)):
+        depth = bone_depth(mask, spacing)
+        assert depth[2, 4, 0] == pytest.approx(border) and depth[4, 4, 0] == pytest.approx(centre)
+        assert not depth[~mask].any()
+
+
+def test_bone_takes_real_bone_by_depth_keeping_its_fine_detail_in_any_phase():
+    # The network draws bone as one smooth ~160 HU level; real bone is a bright cortex around
+    # darker marrow (docs/results/bone_profile.txt).
+    from guidegen.images.levels import bone_depth, bone_profile_hu
+
+    hu, labels = _case()
+    labels[:, 92:, :] = ID["bone"]  # a 6.4 mm wide bar along x
+    labels[72:98, 60:90, :] = ID["bone"]  # a 20.8 × 24 mm block
+    bone = labels == ID["bone"]
+    checker = np.where(np.indices(hu.shape).sum(axis=0) % 2 == 0, 15.0, -15.0)
+    hu[bone] = (160.0 + checker)[bone]
+    hu[:3, 92:, :] = -1024.0  # outside the model's field of view: air, left as it is
+    depth = bone_depth(bone, (0.8, 0.8, 2.5))
+    profile = bone_profile_hu(depth, (0.8, 0.8, 2.5))
+    drawn = bone & (hu > -500)
+    for phase in ("non_contrast", "arterial", None):
+        out, record = calibrate_levels(hu, labels, AFFINE, phase)
+        border, deep = drawn & (depth < 1.0), drawn & (depth > 6.0)
+        assert out[border].mean() == pytest.approx(profile[border].mean(), abs=5.0) and out[border].mean() > 300
+        assert out[deep].mean() == pytest.approx(profile[deep].mean(), abs=5.0) and out[deep].mean() < 220
+        detail = out[drawn] - profile[drawn]
+        assert np.corrcoef(detail, checker[drawn])[0, 1] > 0.9  # the network's own fine detail stays
+        assert record["bone"]["before_hu"] == pytest.approx(160.0, abs=0.5)
+        assert record["bone"]["after_hu"] == pytest.approx(out[drawn].mean(), abs=0.1)
+        assert record["bone"]["left_as_air"] == np.count_nonzero(bone & ~drawn) > 0
+        others = (labels == ID["liver"]) | (labels == ID["body"]) | (bone & ~drawn)
+        assert np.array_equal(out[others], hu[others])
+
+
+def test_bone_profile_follows_the_grid_voxel_size():
+    # On a coarser grid a border voxel averages cortex with what lies around it: darker.
+    from guidegen.images.levels import BONE_PROFILES, bone_profile_hu
+
+    (fine, fine_mm, fine_hu), (coarse, coarse_mm, coarse_hu) = BONE_PROFILES
+    depth = np.array([1.5, 5.0])
+    assert np.allclose(bone_profile_hu(depth, (0.7, 0.7, 5.0)), np.interp(depth, fine_mm, fine_hu))
+    assert np.allclose(bone_profile_hu(depth, (fine, fine, 3.0)), np.interp(depth, fine_mm, fine_hu))
+    assert np.allclose(bone_profile_hu(depth, (4.0, 4.0, 4.0)), np.interp(depth, coarse_mm, coarse_hu))
+    halfway = bone_profile_hu(depth, ((fine + coarse) / 2, 3.0, 3.0))
+    expected = (np.interp(depth, fine_mm, fine_hu) + np.interp(depth, coarse_mm, coarse_hu)) / 2
+    assert np.allclose(halfway, expected)
+    assert bone_profile_hu(np.array([1.5]), (3.0, 3.0, 3.0))[0] < bone_profile_hu(np.array([1.5]), (1.5, 1.5, 1.5))[0]

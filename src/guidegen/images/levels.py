@@ -38,6 +38,11 @@ the CT that `generate_ct` returns on the user's grid is corrected, and only ther
 * the portal vein takes its phase's typical level (`guidegen.data.phase.VESSEL_TYPICAL_HU`) the
   same way: the shipped generator never saw it enhance and draws it at about 70-80 HU in every phase;
 * muscle that a model without a muscle class drew as body takes `MUSCLE_HU` the same way.
+* **bone** takes the HU of real bone at the same depth below its surface (`BONE_PROFILES`) plus
+  its own fine detail. Real bone is a bright cortex (280-480 HU in the outer 3 mm) around darker
+  marrow (100-330 HU deeper in); the network, trained on mean squared error in model units
+  (`guidegen.images.hu`: above 300 HU a unit spans four times the HU of soft tissue), blurs the two
+  into one smooth level of 150-190 HU (docs/results/bone_profile.txt).
 
 These levels then come from data and literature, not from the network; the benchmark reports the
 network's own levels next to them.
@@ -48,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from guidegen.data.body import BODY_THRESHOLD_HU
 from guidegen.data.phase import PHASES, TYPICAL_HU, VESSEL_TYPICAL_HU, estimate_phase
 from guidegen.images.grain import FINE_TREND_MM, detrend, interior, slice_axis, to_slices_last
 from guidegen.io.volume import HU_MAX, HU_MIN
@@ -55,10 +61,14 @@ from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
 __all__ = [
     "SOLID_TUMOUR_FLOOR_HU",
+    "BONE_PROFILES",
     "UNENHANCED_AORTA_HU",
+    "bone_depth",
+    "bone_profile_hu",
     "calibrate_levels",
     "relative_tumour_hu",
     "scan_phase",
+    "set_bone_profile",
     "tumour_host",
     "tumour_hu",
     "tumour_level",
@@ -82,6 +92,19 @@ UNENHANCED_AORTA_HU = (43.4 + 37.8) / 2
 #: came out at −110 to −140 HU (docs/results/drawn_as.txt). Teaching values for pure muscle are
 #: higher (35–60 HU); these masks, in older patients, are what the bundled data measure.
 MUSCLE_HU = (23.0 + 23.8 + 26.5) / 3
+#: Real bone's mean HU by in-plane depth of the voxel centre below the bone's surface (`bone_depth`),
+#: on grids of two in-plane voxel sizes: (voxel size mm, depths mm, HU). On a coarser grid a border
+#: voxel averages more of the thin bright cortex with the tissue outside and the marrow inside, so
+#: the profile depends on the grid; `set_bone_profile` interpolates between the two by voxel size.
+#: Pooled with equal weight from the bundled real CTs with labelled bone (TotalSegmentator s0009,
+#: totalseg-example-a (3 mm only) and -b), each resampled to the grid (`benchmarks/bone_profile.py
+#: --fit`, which also checks the profile on each scan left out of it). Bone barely enhances (marrow by
+#: 10-20 HU), so one profile for every phase; it varies far more between patients (age: the
+#: 85-year-old's marrow is 100 HU darker than the others').
+BONE_PROFILES: tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...] = (
+    (1.5, (0.75, 1.37, 2.37, 3.72, 5.23, 7.1, 9.66, 14.06), (333.1, 437.3, 384.1, 341.6, 237.1, 125.5, 123.4, 149.8)),
+    (3.0, (1.5, 2.74, 4.76, 7.38, 10.37, 14.93), (306.0, 344.3, 253.6, 145.9, 145.0, 209.3)),
+)
 #: Hosts with a tumour level.
 TUMOUR_HOSTS = ("liver", "colon")
 #: Lowest interior mean (HU) of a tumour in a host without a level: a solid tumour is soft tissue,
@@ -172,8 +195,8 @@ def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
 def calibrate_levels(
     hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None, muscle: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Set tumour, unenhanced-aorta and portal-vein levels (module docstring) in a CT on its label
-    map's grid, and the level of muscle a model drew as body.
+    """Set tumour, unenhanced-aorta, portal-vein and bone levels (module docstring) in a CT on its
+    label map's grid, and the level of muscle a model drew as body.
 
     Args:
         hu: (X, Y, Z) HU (float), any axis order.
@@ -186,7 +209,7 @@ def calibrate_levels(
 
     Returns:
         (float32 HU, a JSON-able record: phase used, each tumour's host and levels, the aorta's,
-        the portal vein's, the muscle's).
+        the portal vein's, the muscle's, the bone's).
     """
     axis = slice_axis(affine)
     spacing_all = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
@@ -200,10 +223,14 @@ def calibrate_levels(
         "aorta": None,
         "portal_vein": None,
         "muscle": None,
+        "bone": None,
     }
     if muscle is not None and muscle.any():
         drawn, _ = to_slices_last(np.asarray(muscle, dtype=bool), spacing_all, axis)
         record["muscle"] = _set_level(out, drawn, spacing, MUSCLE_HU)
+    bone = lab == ID["bone"]
+    if bone.any():
+        record["bone"] = set_bone_profile(out, bone, spacing)
     if used is None:
         record["skipped"] = "contrast phase unknown"
         return np.moveaxis(out, -1, axis), record
@@ -238,6 +265,50 @@ def calibrate_levels(
         record["portal_vein"] = _set_level(out, portal, spacing, VESSEL_TYPICAL_HU[used]["portal_vein"])
     np.clip(out, HU_MIN, HU_MAX, out=out)
     return np.moveaxis(out, -1, axis), record
+
+
+def bone_depth(mask: np.ndarray, spacing) -> np.ndarray:
+    """In-plane depth (mm) of each voxel centre of ``mask`` (X, Y, Z; slices last) below the mask's
+    border in its slice: the distance to the nearest voxel outside, less half the smaller in-plane
+    voxel size (the border lies between the two centres), so a border voxel of a 1.5 mm grid is
+    0.75 mm deep and one of a 3 mm grid 1.5 mm; 0 outside. In-plane, as `guidegen.images.grain.interior`,
+    because slices may be far thicker than pixels."""
+    out = np.zeros(mask.shape, dtype=np.float32)
+    half = min(float(spacing[0]), float(spacing[1])) / 2
+    for k in np.flatnonzero(mask.any(axis=(0, 1))):
+        out[..., k] = ndimage.distance_transform_edt(mask[..., k], sampling=spacing[:2]) - half
+    return np.where(mask, out, 0.0).astype(np.float32)
+
+
+def bone_profile_hu(depth: np.ndarray, spacing, profiles=BONE_PROFILES) -> np.ndarray:
+    """Real bone's HU at ``depth`` (mm, `bone_depth`) on a grid of ``spacing`` (its smaller in-plane
+    voxel size counts): each profile linear between its depths and flat beyond, the profiles linear
+    in voxel size between theirs and the nearest one outside them."""
+    size = min(float(spacing[0]), float(spacing[1]))
+    sizes = np.array([p[0] for p in profiles])
+    values = np.stack([np.interp(depth, p[1], p[2]) for p in profiles])
+    if len(profiles) == 1:
+        return values[0]
+    j = int(np.clip(np.searchsorted(sizes, size), 1, len(sizes) - 1))
+    w = float(np.clip((size - sizes[j - 1]) / (sizes[j] - sizes[j - 1]), 0.0, 1.0))
+    return (1.0 - w) * values[j - 1] + w * values[j]
+
+
+def set_bone_profile(out: np.ndarray, mask: np.ndarray, spacing, profiles=BONE_PROFILES) -> dict:
+    """The ``mask`` voxels of ``out`` (slices last) take real bone's HU at their depth
+    (`bone_profile_hu`) plus their own fine detail (`FINE_TREND_MM`), in place. Voxels the CT has
+    as air (below `BODY_THRESHOLD_HU`: outside the model's field of view, where `generate_ct` leaves
+    air) stay as they are."""
+    drawn = mask & (out > BODY_THRESHOLD_HU)
+    if not drawn.any():
+        return {"voxels": 0}
+    fine = detrend(out, drawn, spacing, FINE_TREND_MM)
+    before = float(out[drawn].mean())
+    out[drawn] = bone_profile_hu(bone_depth(mask, spacing)[drawn], spacing, profiles) + fine[drawn]
+    record = {"voxels": int(drawn.sum()), "before_hu": round(before, 1), "after_hu": round(float(out[drawn].mean()), 1)}
+    if drawn.sum() < mask.sum():
+        record["left_as_air"] = int(mask.sum() - drawn.sum())
+    return record
 
 
 def _set_level(out: np.ndarray, mask: np.ndarray, spacing, target: float) -> dict:
