@@ -31,12 +31,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "non_contrast": {"aorta": (30, 50), "liver": (45, 65), "spleen": (35, 55), "kidneys": (25, 45)},
-    "arterial": {"aorta": (250, math.inf), "liver": (60, 90), "spleen": (90, 160), "kidneys": (150, 250)},
-    "portal_venous": {"aorta": (150, 200), "liver": (100, 130), "spleen": (100, 140), "kidneys": (140, 200)},
-    "delayed": {"aorta": (100, 150), "liver": (80, 110), "spleen": (90, 120), "kidneys": (100, 180)},
-}
+from guidegen.data.phase import PUBLISHED_RANGE_HU as RANGES
+
 CITED = {
     ("non_contrast", "aorta"),
     ("non_contrast", "liver"),

@@ -423,7 +423,8 @@ def generate_ct_command(
             "--levels/--no-levels",
             help="Set tumour HU by host organ and phase, the unenhanced aorta's and the portal vein's level, "
             "bone by depth (bright cortex, darker marrow) and muscle's (where the model has no muscle class) "
-            "from real data and literature, and give each "
+            "from real data and literature, keep liver, spleen and kidneys inside the phase's published "
+            "range, and give each "
             "homogeneous organ one level along z (off: the network's own levels).",
         ),
     ] = True,
@@ -496,8 +497,9 @@ def generate_command(
         typer.Option(
             "--levels/--no-levels",
             help="Set liver and colon tumours to the level of real tumours for the phase, an unenhanced "
-            "aorta to real unenhanced blood, the portal vein to its phase's typical level and bone to real "
-            "bone by depth below its surface (off: the "
+            "aorta to real unenhanced blood, the portal vein to its phase's typical level, bone to real "
+            "bone by depth below its surface and liver, spleen and kidneys inside the phase's published "
+            "range (off: the "
             "image generator's own levels).",
         ),
     ] = True,

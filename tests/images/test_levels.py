@@ -54,6 +54,9 @@ def test_calibration_sets_the_tumour_and_leaves_the_rest():
         assert out[inner].mean() == pytest.approx(tumour_hu("liver", phase), abs=0.1)
         assert np.allclose(out[tumour] - hu[tumour], out[tumour][0] - hu[tumour][0])  # a shift: its pattern kept
         rest = ~tumour & (labels != ID["aorta"])
+        if phase == "portal_venous":  # the 60 HU liver is below 100-130: moved into range (tested below)
+            assert list(record["organs"]) == ["liver"]
+            rest &= labels != ID["liver"]
         assert np.array_equal(out[rest], hu[rest])
         assert record["tumours"][0]["host"] == "liver"
     assert record["aorta"] is None  # only the unenhanced aorta is flattened
@@ -105,7 +108,7 @@ def test_portal_vein_takes_its_phase_level_and_muscle_drawn_as_body_the_real_mus
         assert record["portal_vein"]["before_hu"] == pytest.approx(75.0)
         assert out[muscle].mean() == pytest.approx(MUSCLE_HU, abs=1.0)
         assert record["muscle"] == {"before_hu": -80.0, "target_hu": round(MUSCLE_HU, 1)}
-        untouched = ~portal & ~muscle & (labels != ID["aorta"]) & (labels != ID["tumour"])
+        untouched = ~portal & ~muscle & (labels != ID["aorta"]) & (labels != ID["tumour"]) & (labels != ID["liver"])
         assert np.array_equal(out[untouched], hu[untouched])
     assert calibrate_levels(hu, labels, AFFINE, "arterial")[1]["muscle"] is None  # no mask given
 
@@ -176,3 +179,28 @@ def test_bone_profile_follows_the_grid_voxel_size():
     expected = (np.interp(depth, fine_mm, fine_hu) + np.interp(depth, coarse_mm, coarse_hu)) / 2
     assert np.allclose(halfway, expected)
     assert bone_profile_hu(np.array([1.5]), (3.0, 3.0, 3.0))[0] < bone_profile_hu(np.array([1.5]), (1.5, 1.5, 1.5))[0]
+
+
+def test_organs_outside_their_phase_range_are_moved_just_inside_it_as_a_whole():
+    from guidegen.data.phase import PUBLISHED_RANGE_HU
+    from guidegen.images.levels import RANGE_INSET_HU
+
+    hu, labels = _case()  # liver block at 60 HU, tumour ball inside it
+    labels[75:98, 5:30, :] = ID["spleen"]
+    spleen = labels == ID["spleen"]
+    hu[spleen] = (-12.0 + 4.0 * np.sin(np.indices(hu.shape)[0] / 2.0))[spleen]  # the network's dark unenhanced spleen
+    liver = labels == ID["liver"]
+    out, record = calibrate_levels(hu, labels, AFFINE, "non_contrast")
+    low, _ = PUBLISHED_RANGE_HU["non_contrast"]["spleen"]
+    inner = interior(spleen, (0.8, 0.8, 2.5))
+    assert out[inner].mean() == pytest.approx(low + RANGE_INSET_HU, abs=0.01)
+    assert np.allclose(out[spleen] - hu[spleen], out[spleen][0] - hu[spleen][0])  # a shift: its pattern kept
+    assert np.array_equal(out[liver], hu[liver])  # 60 HU: inside 45-65, left as drawn
+    assert set(record["organs"]) == {"spleen"} and record["organs"]["spleen"]["before_hu"] < 0
+    # Portal venous: the 60 HU liver is now below 100-130 and moves up; a bright spleen moves down.
+    hu[spleen] += 200.0
+    out, record = calibrate_levels(hu, labels, AFFINE, "portal_venous")
+    liver_low, _ = PUBLISHED_RANGE_HU["portal_venous"]["liver"]
+    _, spleen_high = PUBLISHED_RANGE_HU["portal_venous"]["spleen"]
+    assert out[interior(liver, (0.8, 0.8, 2.5))].mean() == pytest.approx(liver_low + RANGE_INSET_HU, abs=0.01)
+    assert out[inner].mean() == pytest.approx(spleen_high - RANGE_INSET_HU, abs=0.01)

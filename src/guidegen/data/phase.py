@@ -38,6 +38,7 @@ structure needs a minimum voxel count to be used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -99,6 +100,23 @@ VESSEL_TYPICAL_HU: dict[str, dict[str, float]] = {
     "arterial": {"portal_vein": 90.0, "heart": 200.0, "other_artery": 300.0, "other_vein": 70.0},
     "portal_venous": {"portal_vein": 175.0, "heart": 140.0, "other_artery": 175.0, "other_vein": 130.0},
     "delayed": {"portal_vein": 120.0, "heart": 110.0, "other_artery": 125.0, "other_vein": 115.0},
+}
+
+#: Mean-HU range of each structure in each phase ("kidneys" is either kidney): the cited values of
+#: the table above (non-contrast aorta and liver, arterial and portal-venous aorta, portal-venous
+#: liver), the others approximate teaching values. What `benchmarks/phase_check.py` counts as in
+#: range, and where `guidegen.images.levels.calibrate_levels` keeps a generated organ's level. The
+#: arterial aorta has no upper bound (> 250 HU is the protocols' target).
+PUBLISHED_RANGE_HU: dict[str, dict[str, tuple[float, float]]] = {
+    "non_contrast": {"aorta": (30.0, 50.0), "liver": (45.0, 65.0), "spleen": (35.0, 55.0), "kidneys": (25.0, 45.0)},
+    "arterial": {"aorta": (250.0, math.inf), "liver": (60.0, 90.0), "spleen": (90.0, 160.0), "kidneys": (150.0, 250.0)},
+    "portal_venous": {
+        "aorta": (150.0, 200.0),
+        "liver": (100.0, 130.0),
+        "spleen": (100.0, 140.0),
+        "kidneys": (140.0, 200.0),
+    },
+    "delayed": {"aorta": (100.0, 150.0), "liver": (80.0, 110.0), "spleen": (90.0, 120.0), "kidneys": (100.0, 180.0)},
 }
 
 #: Structure sets a model's phase prior and phase remap may cover (`typical_hu`).

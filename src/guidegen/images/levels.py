@@ -43,6 +43,12 @@ the CT that `generate_ct` returns on the user's grid is corrected, and only ther
   marrow (100-330 HU deeper in); the network, trained on mean squared error in model units
   (`guidegen.images.hu`: above 300 HU a unit spans four times the HU of soft tissue), blurs the two
   into one smooth level of 150-190 HU (docs/results/bone_profile.txt).
+* liver, spleen and kidneys whose level is outside the published range for the phase
+  (`guidegen.data.phase.PUBLISHED_RANGE_HU`) are shifted, each as a whole, just inside it; organs in
+  range keep the network's level. The shipped generator draws some organs out of range (an
+  unenhanced spleen at −12 to 30 HU on real maps, a portal-venous spleen at 147 HU:
+  docs/results/byom_native.txt, phase_check.txt), and no organ's level outside that range is right
+  for a scan of that phase.
 
 These levels then come from data and literature, not from the network; the benchmark reports the
 network's own levels next to them.
@@ -54,7 +60,7 @@ import numpy as np
 from scipy import ndimage
 
 from guidegen.data.body import BODY_THRESHOLD_HU
-from guidegen.data.phase import PHASES, TYPICAL_HU, VESSEL_TYPICAL_HU, estimate_phase
+from guidegen.data.phase import PHASES, PUBLISHED_RANGE_HU, TYPICAL_HU, VESSEL_TYPICAL_HU, estimate_phase
 from guidegen.images.grain import FINE_TREND_MM, detrend, interior, slice_axis, to_slices_last
 from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
@@ -105,6 +111,12 @@ BONE_PROFILES: tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...] = 
     (1.5, (0.75, 1.37, 2.37, 3.72, 5.23, 7.1, 9.66, 14.06), (333.1, 437.3, 384.1, 341.6, 237.1, 125.5, 123.4, 149.8)),
     (3.0, (1.5, 2.74, 4.76, 7.38, 10.37, 14.93), (306.0, 344.3, 253.6, 145.9, 145.0, 209.3)),
 )
+#: Organs whose level `calibrate_levels` keeps inside the phase's published range, and the range's key
+#: in `guidegen.data.phase.PUBLISHED_RANGE_HU`.
+RANGE_ORGANS = {"liver": "liver", "spleen": "spleen", "kidney_left": "kidneys", "kidney_right": "kidneys"}
+#: How far inside its range (HU) an organ outside it is put: the range's bound would leave the organ's
+#: mean at the bound's mercy of how its interior is measured.
+RANGE_INSET_HU = 3.0
 #: Hosts with a tumour level.
 TUMOUR_HOSTS = ("liver", "colon")
 #: Lowest interior mean (HU) of a tumour in a host without a level: a solid tumour is soft tissue,
@@ -195,8 +207,9 @@ def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
 def calibrate_levels(
     hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None, muscle: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Set tumour, unenhanced-aorta, portal-vein and bone levels (module docstring) in a CT on its
-    label map's grid, and the level of muscle a model drew as body.
+    """Set tumour, unenhanced-aorta, portal-vein and bone levels and keep liver, spleen and kidneys in
+    their phase's range (module docstring) in a CT on its label map's grid, and set the level of
+    muscle a model drew as body.
 
     Args:
         hu: (X, Y, Z) HU (float), any axis order.
@@ -209,7 +222,7 @@ def calibrate_levels(
 
     Returns:
         (float32 HU, a JSON-able record: phase used, each tumour's host and levels, the aorta's,
-        the portal vein's, the muscle's, the bone's).
+        the portal vein's, the muscle's, the bone's, and the organs moved into range).
     """
     axis = slice_axis(affine)
     spacing_all = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
@@ -224,6 +237,7 @@ def calibrate_levels(
         "portal_vein": None,
         "muscle": None,
         "bone": None,
+        "organs": {},
     }
     if muscle is not None and muscle.any():
         drawn, _ = to_slices_last(np.asarray(muscle, dtype=bool), spacing_all, axis)
@@ -257,6 +271,7 @@ def calibrate_levels(
     aorta = lab == ID["aorta"]
     if used == "non_contrast" and aorta.any():
         record["aorta"] = _set_level(out, aorta, spacing, UNENHANCED_AORTA_HU)
+    record["organs"] = _keep_in_range(out, lab, spacing, used)
     portal = lab == ID["portal_vein"]
     if portal.any():
         # The shipped generator never saw a portal vein enhance (the phase remap of its training
@@ -309,6 +324,27 @@ def set_bone_profile(out: np.ndarray, mask: np.ndarray, spacing, profiles=BONE_P
     if drawn.sum() < mask.sum():
         record["left_as_air"] = int(mask.sum() - drawn.sum())
     return record
+
+
+def _keep_in_range(out: np.ndarray, lab: np.ndarray, spacing, phase: str) -> dict:
+    """Shift each organ of `RANGE_ORGANS` whose interior mean (3 mm in from its border in-plane; all
+    its voxels when fewer than 100 lie that deep) is outside the phase's published range, as a whole
+    (its own pattern kept), to `RANGE_INSET_HU` inside the nearer bound; in place. Organs in range are
+    left as the network drew them. Returns, per organ moved, its level before and after."""
+    moved = {}
+    for name, key in RANGE_ORGANS.items():
+        organ = lab == ID[name]
+        if np.count_nonzero(organ) < 100:
+            continue
+        inner = interior(organ, spacing)
+        level = float(out[inner if np.count_nonzero(inner) >= 100 else organ].mean())
+        low, high = PUBLISHED_RANGE_HU[phase][key]
+        if low <= level <= high:
+            continue
+        target = low + RANGE_INSET_HU if level < low else high - RANGE_INSET_HU
+        out[organ] += target - level
+        moved[name] = {"before_hu": round(level, 1), "target_hu": round(target, 1), "range_hu": [low, high]}
+    return moved
 
 
 def _set_level(out: np.ndarray, mask: np.ndarray, spacing, target: float) -> dict:
