@@ -421,11 +421,11 @@ def generate_ct_command(
         bool,
         typer.Option(
             "--levels/--no-levels",
-            help="Set tumour HU by host organ and phase, the unenhanced aorta's and the portal vein's level, "
-            "bone by depth (bright cortex, darker marrow) and muscle's (where the model has no muscle class) "
-            "from real data and literature, keep liver, spleen and kidneys inside the phase's published "
-            "range, and give each "
-            "homogeneous organ one level along z (off: the network's own levels).",
+            help="Set tumour HU by host organ and phase, the unenhanced aorta's and IVC's and the portal "
+            "vein's level, bone by depth (bright cortex, darker marrow) and muscle's (where the model has no "
+            "muscle class) from real data and literature, keep liver, spleen, kidneys and an unenhanced "
+            "pancreas inside the phase's published range, and give each homogeneous organ one level along "
+            "z (off: the network's own levels).",
         ),
     ] = True,
 ) -> None:
@@ -497,10 +497,9 @@ def generate_command(
         typer.Option(
             "--levels/--no-levels",
             help="Set liver and colon tumours to the level of real tumours for the phase, an unenhanced "
-            "aorta to real unenhanced blood, the portal vein to its phase's typical level, bone to real "
-            "bone by depth below its surface and liver, spleen and kidneys inside the phase's published "
-            "range (off: the "
-            "image generator's own levels).",
+            "aorta and IVC to real unenhanced blood, the portal vein to its phase's typical level, bone to "
+            "real bone by depth below its surface and liver, spleen, kidneys and an unenhanced pancreas "
+            "inside the phase's published range (off: the image generator's own levels).",
         ),
     ] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Cases generated together.")] = 4,

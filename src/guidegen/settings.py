@@ -119,10 +119,10 @@ class GenerationSettings:
         real_start: ``None`` samples the masks from noise; a strength in (0, 1] starts the mask
             sampler from a deformed real map of its bank carried forward to that fraction of the
             diffusion (SDEdit; `guidegen.masks.start_maps`).
-        levels: set tumour levels by host and phase, flatten an unenhanced aorta to real
-            unenhanced blood, the portal vein to its phase's typical level, bone to real bone
-            by depth below its surface and liver, spleen and kidneys inside the phase's published range
-            (`guidegen.images.levels.calibrate_levels`, as ``generate-ct`` does);
+        levels: set tumour levels by host and phase, flatten an unenhanced aorta and IVC to
+            real unenhanced blood, the portal vein to its phase's typical level, bone to real bone
+            by depth below its surface, liver, spleen, kidneys and an unenhanced pancreas inside the
+            phase's published range (`guidegen.images.levels.calibrate_levels`, as ``generate-ct`` does);
             ``False`` keeps the image generator's own levels.
         precision: "auto" (bf16 only where the hardware runs it natively), "fp32", "bf16", "fp16".
         backend: "auto", "torch", "onnxruntime" or "openvino" (`guidegen.runtime`).

@@ -204,3 +204,23 @@ def test_organs_outside_their_phase_range_are_moved_just_inside_it_as_a_whole():
     _, spleen_high = PUBLISHED_RANGE_HU["portal_venous"]["spleen"]
     assert out[interior(liver, (0.8, 0.8, 2.5))].mean() == pytest.approx(liver_low + RANGE_INSET_HU, abs=0.01)
     assert out[inner].mean() == pytest.approx(spleen_high - RANGE_INSET_HU, abs=0.01)
+
+
+def test_an_unenhanced_pancreas_is_kept_in_range_and_an_unenhanced_ivc_is_blood():
+    from guidegen.data.phase import PUBLISHED_RANGE_HU
+    from guidegen.images.levels import RANGE_INSET_HU
+
+    hu, labels = _case()
+    labels[75:98, 5:30, :] = ID["pancreas"]
+    labels[2:8, 40:60, :] = ID["inferior_vena_cava"]
+    pancreas, ivc = labels == ID["pancreas"], labels == ID["inferior_vena_cava"]
+    hu[pancreas], hu[ivc] = 85.0, 58.0  # as the network drew them on the held-out unenhanced map
+    out, record = calibrate_levels(hu, labels, AFFINE, "non_contrast")
+    _, high = PUBLISHED_RANGE_HU["non_contrast"]["pancreas"]
+    assert out[pancreas].mean() == pytest.approx(high - RANGE_INSET_HU, abs=0.01)
+    assert out[ivc].mean() == pytest.approx(UNENHANCED_AORTA_HU, abs=0.5)
+    assert record["inferior_vena_cava"]["before_hu"] == pytest.approx(58.0)
+    # Enhanced phases: the pancreas has no range there, and the IVC carries contrast.
+    out, record = calibrate_levels(hu, labels, AFFINE, "portal_venous")
+    assert np.array_equal(out[pancreas], hu[pancreas]) and np.array_equal(out[ivc], hu[ivc])
+    assert "pancreas" not in record["organs"] and record["inferior_vena_cava"] is None

@@ -106,9 +106,17 @@ VESSEL_TYPICAL_HU: dict[str, dict[str, float]] = {
 #: the table above (non-contrast aorta and liver, arterial and portal-venous aorta, portal-venous
 #: liver), the others approximate teaching values. What `benchmarks/phase_check.py` counts as in
 #: range, and where `guidegen.images.levels.calibrate_levels` keeps a generated organ's level. The
-#: arterial aorta has no upper bound (> 250 HU is the protocols' target).
+#: arterial aorta has no upper bound (> 250 HU is the protocols' target). The pancreas has a range
+#: in the unenhanced phase only (40-50 HU in teaching texts, widened to 30-55 for the fat that
+#: comes with age); its enhancement depends on the timing more than the table's phases tell.
 PUBLISHED_RANGE_HU: dict[str, dict[str, tuple[float, float]]] = {
-    "non_contrast": {"aorta": (30.0, 50.0), "liver": (45.0, 65.0), "spleen": (35.0, 55.0), "kidneys": (25.0, 45.0)},
+    "non_contrast": {
+        "aorta": (30.0, 50.0),
+        "liver": (45.0, 65.0),
+        "spleen": (35.0, 55.0),
+        "kidneys": (25.0, 45.0),
+        "pancreas": (30.0, 55.0),
+    },
     "arterial": {"aorta": (250.0, math.inf), "liver": (60.0, 90.0), "spleen": (90.0, 160.0), "kidneys": (150.0, 250.0)},
     "portal_venous": {
         "aorta": (150.0, 200.0),

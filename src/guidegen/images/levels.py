@@ -43,12 +43,13 @@ the CT that `generate_ct` returns on the user's grid is corrected, and only ther
   marrow (100-330 HU deeper in); the network, trained on mean squared error in model units
   (`guidegen.images.hu`: above 300 HU a unit spans four times the HU of soft tissue), blurs the two
   into one smooth level of 150-190 HU (docs/results/bone_profile.txt).
-* liver, spleen and kidneys whose level is outside the published range for the phase
-  (`guidegen.data.phase.PUBLISHED_RANGE_HU`) are shifted, each as a whole, just inside it; organs in
-  range keep the network's level. The shipped generator draws some organs out of range (an
-  unenhanced spleen at −12 to 30 HU on real maps, a portal-venous spleen at 147 HU:
-  docs/results/byom_native.txt, phase_check.txt), and no organ's level outside that range is right
-  for a scan of that phase.
+* liver, spleen, kidneys and (in the unenhanced phase) the pancreas whose level is outside the
+  published range for the phase (`guidegen.data.phase.PUBLISHED_RANGE_HU`) are shifted, each as a
+  whole, just inside it; organs in range keep the network's level. The shipped generator draws some
+  organs out of range (on real maps an unenhanced spleen at 7-37 HU and pancreas at 59-79 HU, on the
+  held-out map a portal-venous spleen at 147 HU: docs/results/organ_ranges.txt, phase_check.txt),
+  and no organ's level outside that range is right for a scan of that phase. The IVC of an
+  unenhanced CT takes unenhanced blood's level, as the aorta (the network drew it 7-20 HU brighter).
 
 These levels then come from data and literature, not from the network; the benchmark reports the
 network's own levels next to them.
@@ -113,7 +114,13 @@ BONE_PROFILES: tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...] = 
 )
 #: Organs whose level `calibrate_levels` keeps inside the phase's published range, and the range's key
 #: in `guidegen.data.phase.PUBLISHED_RANGE_HU`.
-RANGE_ORGANS = {"liver": "liver", "spleen": "spleen", "kidney_left": "kidneys", "kidney_right": "kidneys"}
+RANGE_ORGANS = {
+    "liver": "liver",
+    "spleen": "spleen",
+    "kidney_left": "kidneys",
+    "kidney_right": "kidneys",
+    "pancreas": "pancreas",
+}
 #: How far inside its range (HU) an organ outside it is put: the range's bound would leave the organ's
 #: mean at the bound's mercy of how its interior is measured.
 RANGE_INSET_HU = 3.0
@@ -207,9 +214,9 @@ def _phase_of(hu: np.ndarray, labels: np.ndarray) -> str | None:
 def calibrate_levels(
     hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, phase: str | None, muscle: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Set tumour, unenhanced-aorta, portal-vein and bone levels and keep liver, spleen and kidneys in
-    their phase's range (module docstring) in a CT on its label map's grid, and set the level of
-    muscle a model drew as body.
+    """Set tumour, unenhanced-aorta and -IVC, portal-vein and bone levels and keep liver, spleen,
+    kidneys and an unenhanced pancreas in their phase's range (module docstring) in a CT on its
+    label map's grid, and set the level of muscle a model drew as body.
 
     Args:
         hu: (X, Y, Z) HU (float), any axis order.
@@ -234,6 +241,7 @@ def calibrate_levels(
         "phase_estimated": phase is None,
         "tumours": [],
         "aorta": None,
+        "inferior_vena_cava": None,
         "portal_vein": None,
         "muscle": None,
         "bone": None,
@@ -271,6 +279,11 @@ def calibrate_levels(
     aorta = lab == ID["aorta"]
     if used == "non_contrast" and aorta.any():
         record["aorta"] = _set_level(out, aorta, spacing, UNENHANCED_AORTA_HU)
+    ivc = lab == ID["inferior_vena_cava"]
+    if used == "non_contrast" and ivc.any():
+        # Unenhanced blood is the same in every vessel; the network draws the IVC 7-20 HU brighter
+        # than real ones (docs/results/organ_ranges.txt).
+        record["inferior_vena_cava"] = _set_level(out, ivc, spacing, UNENHANCED_AORTA_HU)
     record["organs"] = _keep_in_range(out, lab, spacing, used)
     portal = lab == ID["portal_vein"]
     if portal.any():
@@ -338,6 +351,8 @@ def _keep_in_range(out: np.ndarray, lab: np.ndarray, spacing, phase: str) -> dic
             continue
         inner = interior(organ, spacing)
         level = float(out[inner if np.count_nonzero(inner) >= 100 else organ].mean())
+        if key not in PUBLISHED_RANGE_HU[phase]:
+            continue
         low, high = PUBLISHED_RANGE_HU[phase][key]
         if low <= level <= high:
             continue

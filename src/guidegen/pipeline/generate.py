@@ -89,10 +89,10 @@ class GeneratedCase:
 
 def _calibrated(ct: Volume, labels: Volume) -> Volume:
     """The generated CT with `calibrate_levels` applied in the phase it was drawn in (tumours of
-    liver and colon at the level of real tumours for that phase, an unenhanced aorta at the level of
-    real unenhanced blood, the portal vein at its phase's typical level, bone as real bone by depth
-    below its surface, liver, spleen and kidneys inside the phase's published range: levels the
-    network does not learn); what was done in ``meta["levels"]``."""
+    liver and colon at the level of real tumours for that phase, an unenhanced aorta and IVC at the
+    level of real unenhanced blood, the portal vein at its phase's typical level, bone as real bone by
+    depth below its surface, liver, spleen, kidneys and an unenhanced pancreas inside the phase's
+    published range: levels the network does not learn); what was done in ``meta["levels"]``."""
     hu, record = calibrate_levels(ct.array.astype(np.float32), labels.array, ct.affine, ct.meta.get("phase"))
     return Volume(int16_hu(hu), ct.affine.copy(), "ct", {**ct.meta, "levels": record})
 
