@@ -67,8 +67,10 @@ from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
 __all__ = [
-    "SOLID_TUMOUR_FLOOR_HU",
     "BONE_PROFILES",
+    "RANGE_INSET_HU",
+    "RANGE_ORGANS",
+    "SOLID_TUMOUR_FLOOR_HU",
     "UNENHANCED_AORTA_HU",
     "bone_depth",
     "bone_profile_hu",
@@ -347,12 +349,10 @@ def _keep_in_range(out: np.ndarray, lab: np.ndarray, spacing, phase: str) -> dic
     moved = {}
     for name, key in RANGE_ORGANS.items():
         organ = lab == ID[name]
-        if np.count_nonzero(organ) < 100:
+        if key not in PUBLISHED_RANGE_HU[phase] or np.count_nonzero(organ) < 100:
             continue
         inner = interior(organ, spacing)
         level = float(out[inner if np.count_nonzero(inner) >= 100 else organ].mean())
-        if key not in PUBLISHED_RANGE_HU[phase]:
-            continue
         low, high = PUBLISHED_RANGE_HU[phase][key]
         if low <= level <= high:
             continue
