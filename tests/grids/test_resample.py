@@ -59,3 +59,36 @@ def test_between_thick_slices_two_thin_classes_leave_no_background_gap():
     src = Volume(array, np.diag([0.8, 0.8, 5.0, 1.0]), "labels")
     out = resample_labels(src, grid_affine((0.8, 0.8, 1.0), np.zeros(3)), (20, 20, 26)).array
     assert not (out[:, :, :25] == 0).any(), np.argwhere(out[:, :, :25] == 0)[:5]
+
+
+def test_each_class_transformed_only_near_its_box_gives_the_whole_grid_result():
+    # resample_labels transforms each class's distance map only over the target voxels that can see
+    # its source box; this reference transforms every class over the whole target grid.
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    from guidegen.grids.resample import _index_map, signed_distance
+
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.normal(size=(5, 14, 12, 10)), sigma=(0, 2, 2, 2))
+    array = (np.argmax(field, axis=0) * 2).astype(np.uint8)  # classes 0, 2, 4, 6, 8 in blobs
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix() * [4.0, 5.0, 6.0]
+    labels = Volume(array, affine, "labels")
+    target = np.eye(4)
+    target[:3, :3] = np.diag([1.7, 2.1, 2.9])
+    target[:3, 3] = affine[:3, 3] - 20.0
+    shape = (40, 44, 38)
+    out = resample_labels(labels, target, shape, mark_outside_unknown=False).array
+    matrix, offset = _index_map(labels, target)
+    best = np.full(shape, 1e6, np.float32)
+    expected = np.zeros(shape, np.uint8)
+    for cls in np.unique(array)[1:]:
+        sdf = ndimage.affine_transform(
+            signed_distance(array == cls, labels.spacing), matrix, offset, output_shape=shape, order=1, cval=1e6
+        )
+        take = (sdf < 0) & (sdf < best)
+        best[take], expected[take] = sdf[take], cls
+    inside = expected != 0
+    assert inside.sum() > 2000 and set(np.unique(expected[inside])) == {2, 4, 6, 8}
+    assert np.array_equal(out[inside], expected[inside])  # background gaps are filled apart from this

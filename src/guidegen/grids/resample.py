@@ -74,6 +74,21 @@ def signed_distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np
     return np.where(mask, -inside + half, outside - half).astype(np.float32)
 
 
+def _target_box(
+    matrix: np.ndarray, offset: np.ndarray, lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int]
+) -> tuple[tuple[slice, ...] | None, np.ndarray]:
+    """The target voxels (a box of slices, and its first index) whose source index ``matrix @ t +
+    offset`` can fall inside the source box [lo, hi); one voxel of slack each side. ``None`` when
+    none does."""
+    corners = np.array(np.meshgrid(*[(a - 1.0, b) for a, b in zip(lo, hi)], indexing="ij")).reshape(3, -1)
+    target = np.linalg.solve(matrix, corners - offset[:, None])
+    t_lo = np.maximum(np.floor(target.min(axis=1)).astype(int) - 1, 0)
+    t_hi = np.minimum(np.ceil(target.max(axis=1)).astype(int) + 2, np.asarray(shape))
+    if np.any(t_hi <= t_lo):
+        return None, t_lo
+    return tuple(slice(int(a), int(b)) for a, b in zip(t_lo, t_hi)), t_lo.astype(np.float64)
+
+
 def resample_labels(
     labels: Volume, target_affine: np.ndarray, shape: tuple[int, int, int], mark_outside_unknown: bool = True
 ) -> Volume:
@@ -99,16 +114,28 @@ def resample_labels(
         hi = np.minimum([int(a.max()) + 1 for a in nz] + margin, labels.shape)
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         sdf = signed_distance(mask[box], spacing)
-        # Shift the index map so that it addresses the box.
+        # Only target voxels whose source position falls inside the box get a value other than
+        # `_FAR` (mode "constant" does not interpolate beyond the input's edges): transform that part.
+        t_box, t_lo = _target_box(matrix, offset, lo, hi, shape)
+        if t_box is None:
+            continue
+        # Shift the index map so that it addresses the box, from the target sub-box's first voxel.
         sdf_t = ndimage.affine_transform(
-            sdf, matrix, offset - lo, output_shape=shape, order=1, mode="constant", cval=_FAR
+            sdf,
+            matrix,
+            offset - lo + matrix @ t_lo,
+            output_shape=tuple(s.stop - s.start for s in t_box),
+            order=1,
+            mode="constant",
+            cval=_FAR,
         )
-        take = (sdf_t < 0) & (sdf_t < best)
-        best[take] = sdf_t[take]
-        out[take] = cls
-        closer = sdf_t < nearest
-        nearest[closer] = sdf_t[closer]
-        nearest_class[closer] = cls
+        best_b, out_b, nearest_b, nearest_class_b = best[t_box], out[t_box], nearest[t_box], nearest_class[t_box]
+        take = (sdf_t < 0) & (sdf_t < best_b)
+        best_b[take] = sdf_t[take]
+        out_b[take] = cls
+        closer = sdf_t < nearest_b
+        nearest_b[closer] = sdf_t[closer]
+        nearest_class_b[closer] = cls
     if 0 in classes:
         # Background is possible only where a background voxel is among the interpolation's corners.
         background = ndimage.affine_transform(

@@ -97,6 +97,15 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _bridge(out: np.ndarray, cls: int, allowed: np.ndarray, target: int, iterations: int) -> None:
     """Grow the non-largest pieces of ``cls`` into ``allowed`` voxels until ≤ ``target`` components."""
+    # The class grows by at most one voxel per iteration: everything happens inside its bounding box
+    # widened by the iterations (and one more for the last dilation), so only that box is worked on.
+    where = np.argwhere(out == cls)
+    if where.size == 0:
+        return
+    lo = np.maximum(where.min(0) - iterations - 1, 0)
+    hi = np.minimum(where.max(0) + iterations + 2, out.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    out, allowed = out[box], allowed[box]  # views: `out` is written through
     for _ in range(iterations):
         comp, sizes = _components(out == cls)
         if len(sizes) - 1 <= target:
