@@ -133,10 +133,10 @@ def generate_ct(
         texture: where the input grid is finer than the model's, keep borders between structures
             sharp (unless ``borders`` says otherwise) and add scanner-noise grain
             (`guidegen.images.texture`); ``False``: the resampled model CT as it is.
-        levels: set tumour HU by host and phase, the unenhanced aorta's and the portal vein's level
-            and that of muscle the model drew as body (`guidegen.images.levels`), and remove the
-            level jumps of homogeneous organs between slices (`guidegen.images.slice_levels`);
-            ``False``: the network's own levels.
+        levels: set the levels the network does not learn (tumours, unenhanced blood, portal vein,
+            bone, organs outside their phase's range, muscle the model drew as body:
+            `guidegen.images.levels.calibrate_levels`), and remove the level jumps of homogeneous
+            organs between slices (`guidegen.images.slice_levels`); ``False``: the network's own levels.
         borders: resample the CT within each structure (`guidegen.grids.class_resample`), so a
             structure keeps its own HU up to its border instead of the model grid's 3 mm blend
             with its neighbour; ``None``: as ``texture``.

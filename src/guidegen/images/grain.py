@@ -37,6 +37,7 @@ from guidegen.labels.vocabulary import ID
 __all__ = [
     "TissueTexture",
     "detrend",
+    "inplane_distance",
     "interior",
     "lesion_residual",
     "lesion_texture",
@@ -76,12 +77,18 @@ def to_slices_last(
     return np.moveaxis(array, axis, -1), (sp[order[0]], sp[order[1]], sp[order[2]])  # type: ignore[return-value]
 
 
+def inplane_distance(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Distance (mm) of each voxel of ``mask`` (X, Y, Z; slices last) to the nearest voxel outside
+    it in the same slice; 0 outside. In-plane, because slices may be far thicker than pixels."""
+    out = np.zeros(mask.shape, dtype=np.float64)
+    for k in np.flatnonzero(mask.any(axis=(0, 1))):
+        out[..., k] = ndimage.distance_transform_edt(mask[..., k], sampling=spacing[:2])
+    return out
+
+
 def interior(mask: np.ndarray, spacing: tuple[float, float, float], depth_mm: float = DEPTH_MM) -> np.ndarray:
     """Voxels of ``mask`` (X, Y, Z; slices last) more than ``depth_mm`` from its border in their slice."""
-    out = np.zeros(mask.shape, dtype=bool)
-    for k in np.flatnonzero(mask.any(axis=(0, 1))):
-        out[..., k] = ndimage.distance_transform_edt(mask[..., k], sampling=spacing[:2]) > depth_mm
-    return out
+    return inplane_distance(mask, spacing) > depth_mm
 
 
 def detrend(hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], trend_mm: float) -> np.ndarray:

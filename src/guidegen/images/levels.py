@@ -62,7 +62,7 @@ from scipy import ndimage
 
 from guidegen.data.body import BODY_THRESHOLD_HU
 from guidegen.data.phase import PHASES, PUBLISHED_RANGE_HU, TYPICAL_HU, VESSEL_TYPICAL_HU, estimate_phase
-from guidegen.images.grain import FINE_TREND_MM, detrend, interior, slice_axis, to_slices_last
+from guidegen.images.grain import FINE_TREND_MM, detrend, inplane_distance, interior, slice_axis, to_slices_last
 from guidegen.io.volume import HU_MAX, HU_MIN
 from guidegen.labels.vocabulary import ID, NAMES, UNKNOWN
 
@@ -301,13 +301,9 @@ def bone_depth(mask: np.ndarray, spacing) -> np.ndarray:
     """In-plane depth (mm) of each voxel centre of ``mask`` (X, Y, Z; slices last) below the mask's
     border in its slice: the distance to the nearest voxel outside, less half the smaller in-plane
     voxel size (the border lies between the two centres), so a border voxel of a 1.5 mm grid is
-    0.75 mm deep and one of a 3 mm grid 1.5 mm; 0 outside. In-plane, as `guidegen.images.grain.interior`,
-    because slices may be far thicker than pixels."""
-    out = np.zeros(mask.shape, dtype=np.float32)
+    0.75 mm deep and one of a 3 mm grid 1.5 mm; 0 outside (`guidegen.images.grain.inplane_distance`)."""
     half = min(float(spacing[0]), float(spacing[1])) / 2
-    for k in np.flatnonzero(mask.any(axis=(0, 1))):
-        out[..., k] = ndimage.distance_transform_edt(mask[..., k], sampling=spacing[:2]) - half
-    return np.where(mask, out, 0.0).astype(np.float32)
+    return np.where(mask, inplane_distance(mask, spacing) - half, 0.0).astype(np.float32)
 
 
 def bone_profile_hu(depth: np.ndarray, spacing, profiles=BONE_PROFILES) -> np.ndarray:

@@ -8,8 +8,8 @@ grid's CT and labels. Then three independent corrections, in this order (each ca
 
 1. `guidegen.images.slice_levels.even_slice_levels`: one level along z per homogeneous organ (the
    slice-by-slice generator's level jumps between slices removed, a smooth z trend kept);
-2. `guidegen.images.levels.calibrate_levels`: tumour HU by host and phase, the unenhanced aorta, the
-   portal vein, muscle drawn as body;
+2. `guidegen.images.levels.calibrate_levels`: the levels the network does not learn (tumours,
+   unenhanced blood, portal vein, bone, organs outside their phase's range, muscle drawn as body);
 3. `guidegen.images.texture.add_texture`: scanner-noise grain at the scales the model grid cannot
    carry, where the grid is finer than the model's.
 

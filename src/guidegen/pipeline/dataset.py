@@ -151,7 +151,7 @@ def _case_json(
         "aorta_placement": case.labels.meta.get("aorta_placement"),
         # The mask sampler's start: "noise", or the real bank map, strength and steps (--real-start).
         "mask_start": case.labels.meta.get("start", "noise"),
-        # Levels set from real data and literature (--levels): per tumour, the aorta, the portal vein.
+        # Levels set from real data and literature (--levels): calibrate_levels' record.
         "levels": case.ct.meta.get("levels"),
         "model": {"model_id": model_info.get("model_id"), "version": model_info.get("version")},
         "guidegen_version": __version__,
