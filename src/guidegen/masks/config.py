@@ -82,6 +82,13 @@ class MaskSamplerConfig:
     # the network expects ~60). On the prompt suite "matched" cut organ-volume outliers from 233
     # to 136 (docs/results/mask_suite_placement.txt).
     final_decode: str = "matched"
+    # Slices at the top of the grid where sampling allows no abdominal organ (nor tumour). Training
+    # puts the liver top 4 slices below the grid top (`guidegen.masks.train.load_base_cases`), and
+    # most training scans end there: above it their voxels are unknown, which the loss ignores, so
+    # the network was never shown where the dome ends and draws its tip into the top slice (the
+    # liver cut by the grid in 3 of 16 normal maps). With the top slice organ-free the domes taper
+    # as the real ones do; two slices blunted them (docs/results/organ_free_top.txt). 0: as drawn.
+    organ_free_top: int = 0
     # classifier-free guidance dropout (each independently)
     drop_text: float = 0.15
     drop_attributes: float = 0.15
@@ -150,6 +157,8 @@ class MaskSamplerConfig:
             )
         if self.p_abnormal_drop is not None and not 0.0 <= self.p_abnormal_drop <= 1.0:
             raise ValueError(f"p_abnormal_drop must be None or in [0, 1], got {self.p_abnormal_drop!r}")
+        if not 0 <= self.organ_free_top < self.shape[2]:
+            raise ValueError(f"organ_free_top must be in [0, {self.shape[2]}), got {self.organ_free_top!r}")
         if not 0.0 <= self.guidance_min_t <= 1.0:
             raise ValueError(f"guidance_min_t must be in [0, 1], got {self.guidance_min_t}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

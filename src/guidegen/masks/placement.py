@@ -29,10 +29,10 @@ the report would read as lesions.
 **Hosts too small to hold the tumour.** The network draws some organs far too small (pancreas and
 stomach often 10-15 mL, the left kidney ~60 mL): a 4 cm tumour (34 mL) put into such a host
 replaces it and touches it on under 10 % of its surface, so no report would name the host. Before
-a tumour goes in, its host is grown about its centroid (`OrganScaling`, the training data's organ
-scaling: growth takes over fat, bowel and background only) to at least `HOST_TUMOUR_RATIO` times
-the tumours' volume and the low end of the organ's normal range. Organs whose size the prompt
-states are left at that size.
+a tumour goes in, its host is grown (`OrganScaling`, the training data's organ scaling, about its
+centroid, `UNDER_THE_DIAPHRAGM` its top; growth takes over fat, bowel and background only) to at
+least `HOST_TUMOUR_RATIO` times the tumours' volume and the low end of the organ's normal range.
+Organs whose size the prompt states are left at that size.
 
 **Stated organ sizes** (`apply_stated_organs`, the sampler's ``organ_sizes="scale"``): the demo
 network follows "enlarged spleen" weakly (organ-size statements held in 9 of 21 cases of the prompt
@@ -104,6 +104,8 @@ SECONDARY_FRACTION = (0.5, 0.9)
 HOST_TUMOUR_RATIO = 5.0
 #: Rounds of scaling towards a stated volume (growth can be blocked by neighbouring organs).
 SCALING_ROUNDS = 3
+#: Organs scaled with their top held (`ScalingParams.fixed_top`) as the diaphragm holds it: they grow downwards.
+UNDER_THE_DIAPHRAGM: tuple[str, ...] = ("liver", "spleen")
 
 #: Normal outer diameter of the adult abdominal aorta, mm: about 2 cm (suprarenal 2.0-2.5 cm,
 #: infrarenal 1.5-2.1 cm, smaller in women; 3 cm is an aneurysm). One value per map is drawn here.
@@ -333,16 +335,15 @@ def _volume_ml(labels: Volume, organ: str) -> float:
 
 
 def _scale_to(labels: Volume, organ: str, target_ml: float, measure=None) -> Volume:
-    """``organ`` scaled about its centroid towards ``target_ml`` (`OrganScaling`, a few rounds, as
-    growth can be blocked by other organs); ``measure(labels)`` gives the volume to match (default:
-    the organ's own voxels)."""
+    """``organ`` scaled towards ``target_ml`` (`OrganScaling`, a few rounds: growth can be blocked) about its
+    centroid or, `UNDER_THE_DIAPHRAGM`, its top; ``measure(labels)``: the volume to match (default: its voxels)."""
     measure = measure or (lambda v: _volume_ml(v, organ))
     for _ in range(SCALING_ROUNDS):
         volume = measure(labels)
         if volume <= 0 or abs(volume - target_ml) <= 0.05 * target_ml:
             break
         factor = float(np.clip(target_ml / volume, 0.1, 10.0))
-        scaled, _ = _SCALING.apply(labels, ScalingParams(organ=organ, volume_factor=factor))
+        scaled, _ = _SCALING.apply(labels, ScalingParams(organ, factor, fixed_top=organ in UNDER_THE_DIAPHRAGM))
         if np.array_equal(scaled.array, labels.array):
             break  # blocked all round
         labels = _one_piece(scaled, organ)

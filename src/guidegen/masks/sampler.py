@@ -195,6 +195,20 @@ def diffusion_from_config(config: MaskSamplerConfig) -> CategoricalDiffusion:
     )
 
 
+#: A logit whose class never wins: e^-10⁴ is 0 in every float type, and it stays finite.
+_IMPOSSIBLE_LOGIT = -1.0e4
+
+
+def organ_free_top_mask(config: MaskSamplerConfig, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """(1, K, 1, 1, Z) bool: the organ and tumour classes in the config's ``organ_free_top`` slices."""
+    if config.organ_free_top == 0:
+        return None
+    classes = [ID[name] for name in (*ORGANS, "tumour") if ID[name] < config.num_classes]
+    mask = torch.zeros((1, config.num_classes, 1, 1, config.shape[2]), dtype=torch.bool, device=device)
+    mask[:, classes, :, :, config.shape[2] - config.organ_free_top :] = True
+    return mask
+
+
 def keep_main_components(labels: np.ndarray, classes: Sequence[str] = ORGANS) -> np.ndarray:
     """Remove floating islands: each organ keeps its largest 26-connected component.
 
@@ -369,6 +383,7 @@ class VolumetricMaskSampler:
             text_tokens: (len(prompts), L, D) prompt tokens from the pipeline's encoder instead of
                 encoding the prompts here.
             clean: keep each organ's main connected component (removes floating islands).
+                Sampling itself leaves the config's ``organ_free_top`` slices without organs.
             final_decode: "argmax" or "matched" (`MaskSamplerConfig.final_decode`); default the config's.
             callback: ``callback(step, total)`` after each step (progress bars).
             tumours_later: with "insert", only remove the network's tumour voxels: the caller
@@ -412,14 +427,21 @@ class VolumetricMaskSampler:
         network = self.network(settings.backend, settings.precision)
 
         unguided_below = self.config.guidance_min_t * self.config.num_timesteps
+        organ_free = organ_free_top_mask(self.config, self.device)
 
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def guided_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if scale == 1.0 or float(t.max()) < unguided_below:
                 return network(x_t, t, cond_ctx)
             if scale == 0.0:
                 return network(x_t, t, uncond_ctx)
             both = network(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond_ctx, uncond_ctx]))
             return guided_logits(both[:batch], both[batch:], scale)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            logits = guided_fn(x_t, t)
+            # p̂(x0 | xt) conditioned on no organ in the top slices: every step's posterior then
+            # draws none there, and the network shapes the rest of the map around that.
+            return logits if organ_free is None else logits.masked_fill(organ_free, _IMPOSSIBLE_LOGIT)
 
         generator = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         start = start_t = None

@@ -70,3 +70,42 @@ def test_scaling_errors(labels):
     with pytest.raises(ValueError, match="not present"):
         OrganScaling().apply(empty, ScalingParams("spleen", 1.2))
     assert OrganScaling(organs=("spleen",)).applicable(empty) is False
+
+
+def _ellipsoid(spacing=(2.0, 2.0, 2.0)) -> np.ndarray:
+    grid = np.indices((60, 60, 60)).astype(float) * np.array(spacing)[:, None, None, None]
+    radii = np.array([20.0, 16.0, 18.0])[:, None, None, None]
+    inside = (((grid - np.array([58.3, 61.1, 57.4])[:, None, None, None]) / radii) ** 2).sum(0) <= 1.0
+    return np.where(inside, ID["liver"], ID["body"]).astype(np.uint8)
+
+
+def _extent(array: np.ndarray, axis: int) -> tuple[int, int]:
+    along = np.nonzero((array == ID["liver"]).any(axis=tuple(a for a in range(3) if a != axis)))[0]
+    return int(along.min()), int(along.max())
+
+
+@pytest.mark.parametrize("factor", [0.6, 1.8])
+def test_fixed_top_holds_the_top_and_moves_the_bottom(factor):
+    array = _ellipsoid()
+    volume = Volume(array, np.diag([2.0, 2.0, 2.0, 1.0]), "labels")
+    low, top = _extent(array, 2)
+    held, _ = OrganScaling().apply(volume, ScalingParams("liver", factor, fixed_top=True))
+    about_centre, _ = OrganScaling().apply(volume, ScalingParams("liver", factor))
+    assert _extent(held.array, 2)[1] == top
+    assert _extent(about_centre.array, 2)[1] != top  # about the centroid, the top moves too
+    # The bottom moves twice as far as about the centroid (the organ's height changes by the same).
+    moved, moved_about_centre = _extent(held.array, 2)[0] - low, _extent(about_centre.array, 2)[0] - low
+    assert abs(moved) >= 1.5 * abs(moved_about_centre) >= 1.5 and np.sign(moved) == np.sign(moved_about_centre)
+    # The same volume either way: only the fixed point differs.
+    assert (held.array == ID["liver"]).sum() == pytest.approx((about_centre.array == ID["liver"]).sum(), rel=0.05)
+
+
+def test_fixed_top_follows_the_patient_not_the_array_axes():
+    # Array axis 0 runs from head to feet (world z = -2 mm per index): the top is index 0's end.
+    array = np.moveaxis(_ellipsoid(), 2, 0)
+    affine = np.array([[0, 2.0, 0, 0], [0, 0, 2.0, 0], [-2.0, 0, 0, 120.0], [0, 0, 0, 1]])
+    volume = Volume(array, affine, "labels")
+    head_end, feet_end = _extent(array, 0)
+    grown, _ = OrganScaling().apply(volume, ScalingParams("liver", 1.8, fixed_top=True))
+    assert _extent(grown.array, 0)[0] == head_end
+    assert _extent(grown.array, 0)[1] > feet_end + 1

@@ -27,17 +27,28 @@ class ScalingParams:
         volume_factor: requested volume ratio after / before (the linear factor is its cube root).
         match_volume: adjust the linear factor (by at most ±25 %) so that the achieved volume comes
             close to the requested one although growth is blocked by other organs.
+        fixed_top: scale about the organ's highest point (its centroid in the axial plane, its top
+            along the patient's head-feet axis) instead of its centroid: the organ grows and shrinks
+            downwards and sideways, its top held, as the diaphragm holds the liver's and the spleen's.
     """
 
     organ: str
     volume_factor: float
     match_volume: bool = True
+    fixed_top: bool = False
 
     def __post_init__(self) -> None:
         if self.organ not in ID or self.organ in ("background", "body"):
             raise ValueError(f"organ must be an organ class name, got {self.organ!r}")
         if not (np.isfinite(self.volume_factor) and 0.1 <= self.volume_factor <= 10.0):
             raise ValueError(f"volume_factor must be between 0.1 and 10, got {self.volume_factor}")
+
+
+def superior_axis(affine: np.ndarray) -> tuple[int, bool]:
+    """The voxel axis closest to the patient's head-feet (world z) axis, and whether it counts upwards."""
+    directions = np.asarray(affine, dtype=float)[:3, :3]
+    axis = int(np.argmax(np.abs(directions[2]) / np.linalg.norm(directions, axis=0)))
+    return axis, bool(directions[2, axis] > 0)
 
 
 class OrganScaling:
@@ -105,6 +116,10 @@ class OrganScaling:
         shape = np.array(array.shape)
         spacing = labels.spacing
         centre = np.argwhere(organ).mean(axis=0)
+        if params.fixed_top:
+            axis, upwards = superior_axis(labels.affine)
+            along = np.nonzero(organ.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+            centre[axis] = along.max() if upwards else along.min()
         nominal = float(params.volume_factor) ** (1.0 / 3.0)
         limits = (nominal / 1.25, nominal * 1.25) if params.match_volume else (nominal, nominal)
         # The organ's signed distance in its bounding box (+2 voxels); farther is "outside".
