@@ -336,7 +336,7 @@ def train_demo_command(
     ] = Path("runs/demo"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
 ) -> None:
-    """Train the shipped default model from the bundled real data (both stages in parallel, ~1–1.5 h on 2 cores)."""
+    """Train the shipped default model from the bundled real data (the mask sampler in two chained recipes)."""
     from guidegen.pipeline.train_demo import train_demo
 
     path = train_demo(out=out, runs=runs, overwrite=overwrite, log=typer.echo)

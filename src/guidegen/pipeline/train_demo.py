@@ -1,12 +1,18 @@
 """`guidegen train demo`: the shipped default model, reproducibly, from the bundled real data.
 
-Recipe (recipes/mask_sampler_demo.json + recipes/image_generator_demo.json):
+Recipes (recipes/mask_sampler_demo.json, recipes/mask_sampler_totalseg.json,
+recipes/image_generator_demo.json):
 
 1. ``guidegen prepare data/real --out RUNS/prepared`` (3 mm, 128² in-plane) for the image generator;
    the mask sampler prepares its own 8 mm cache from its config's ``data_sources``.
-2. Both trainings at once, one CPU thread each (on 2 cores this is faster than one after the
-   other with 2 threads each: neither network keeps two threads busy).
-3. The two EMA models are copied into ``OUT/mask_sampler`` and ``OUT/image_generator`` with
+2. The mask sampler's first recipe and the image generator at once, one CPU thread each (on 2 cores
+   this is faster than one after the other with 2 threads each: neither network keeps two threads
+   busy).
+3. The shipped mask sampler is a fine-tune of that first one on the TotalSegmentator maps: the
+   fine-tune recipe runs next, with 2 threads, its ``init_from`` pointed at the first run's model
+   (the recipe as run is written to ``RUNS/mask_sampler_finetune.json``). It starts after both
+   trainings of step 2 have ended, so that its thread count never depends on which ended first.
+4. The two EMA models are copied into ``OUT/mask_sampler`` and ``OUT/image_generator`` with
    ``OUT/model.json`` (model id, version, recipes, data, steps, seconds).
 
 Each training resumes from its last checkpoint, so an interrupted `train demo` continues.
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from guidegen import __version__
 from guidegen.errors import InputError
@@ -31,6 +38,7 @@ from guidegen.paths import REPO_ROOT
 
 REPO = REPO_ROOT  # the recipes and data of a source checkout
 MASK_RECIPE = REPO / "recipes" / "mask_sampler_demo.json"
+MASK_FINETUNE_RECIPE = REPO / "recipes" / "mask_sampler_totalseg.json"
 IMAGE_RECIPE = REPO / "recipes" / "image_generator_demo.json"
 DATA = REPO / "data" / "real"
 
@@ -39,63 +47,19 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def train_demo(
-    out: str | Path = REPO / "models" / "default",
-    runs: str | Path = REPO / "runs" / "demo",
-    *,
-    data: str | Path = DATA,
-    mask_recipe: str | Path = MASK_RECIPE,
-    image_recipe: str | Path = IMAGE_RECIPE,
-    model_id: str = "guidegen-demo",
-    overwrite: bool = False,
-    log=print,
-) -> Path:
-    """Prepare, train both stages in parallel, and assemble the model folder ``out``."""
-    out, runs, data = Path(out), Path(runs), Path(data)
-    mask_recipe, image_recipe = Path(mask_recipe), Path(image_recipe)
-    for recipe in (mask_recipe, image_recipe):
-        if not recipe.is_file():
-            raise InputError(recipe, "recipe not found")
-    if out.exists() and not overwrite:
-        raise InputError(out, "already exists (use --overwrite to replace the model)")
-    started = time.perf_counter()
-    prepared = runs / "prepared"
-    guidegen = [sys.executable, "-m", "guidegen"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    log(f"preparing {data} → {prepared}")
-    subprocess.run([*guidegen, "prepare", str(data), "--out", str(prepared), "-q"], check=True, env=env, cwd=REPO)
-    jobs = {
-        "mask_sampler": [
-            *guidegen,
-            "train",
-            "masks",
-            "--config",
-            str(mask_recipe),
-            "--run",
-            str(runs / "mask_sampler"),
-            "--threads",
-            "1",
-            "-q",
-        ],
-        "image_generator": [
-            *guidegen,
-            "train",
-            "images",
-            "--config",
-            str(image_recipe),
-            "--prepared",
-            str(prepared),
-            "--run",
-            str(runs / "image_generator"),
-            "--threads",
-            "1",
-            "-q",
-        ],
-    }
+def _train_command(stage: str, recipe: Path, run: Path, threads: int, prepared: Path | None = None) -> list[str]:
+    command = [sys.executable, "-m", "guidegen", "train", stage, "--config", str(recipe), "--run", str(run)]
+    if prepared is not None:
+        command += ["--prepared", str(prepared)]
+    return [*command, "--threads", str(threads), "-q"]
+
+
+def _run_together(jobs: dict[str, list[str]], runs: Path, env: dict[str, str], log) -> None:
+    """Run the commands at once, each logging to ``RUNS/NAME.log``; an error names the failed ones."""
     procs = {}
+    runs.mkdir(parents=True, exist_ok=True)
     for name, cmd in jobs.items():
         log(f"training {name}: {' '.join(cmd[2:])} (log: {runs / (name + '.log')})")
-        runs.mkdir(parents=True, exist_ok=True)
         handle = open(runs / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115 (closed below)
         procs[name] = (subprocess.Popen(cmd, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT), handle)
     failed = []
@@ -105,11 +69,71 @@ def train_demo(
         handle.close()
     if failed:
         raise InputError(runs, f"training failed for {', '.join(failed)}; see the .log files there (rerun to resume)")
+
+
+def chained_recipe(recipe: Path, init_from: Path, out: Path) -> Path:
+    """Write ``recipe`` with its ``init_from`` replaced by the model folder ``init_from`` to ``out``."""
+    config = read_json_object(recipe)
+    if "init_from" not in config:
+        raise InputError(recipe, "is not a fine-tune recipe (no init_from)")
+    config["init_from"] = str(Path(init_from).resolve())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return out
+
+
+def train_demo(
+    out: str | Path = REPO / "models" / "default",
+    runs: str | Path = REPO / "runs" / "demo",
+    *,
+    data: str | Path = DATA,
+    mask_recipe: str | Path = MASK_RECIPE,
+    mask_finetune_recipe: str | Path | None = MASK_FINETUNE_RECIPE,
+    image_recipe: str | Path = IMAGE_RECIPE,
+    model_id: str = "guidegen-demo",
+    overwrite: bool = False,
+    log=print,
+) -> Path:
+    """Prepare, train both stages (the mask sampler in two recipes), and assemble the model folder ``out``.
+
+    ``mask_finetune_recipe=None`` ships the first mask sampler recipe's model as it is.
+    """
+    out, runs, data = Path(out), Path(runs), Path(data)
+    mask_recipe, image_recipe = Path(mask_recipe), Path(image_recipe)
+    finetune = None if mask_finetune_recipe is None else Path(mask_finetune_recipe)
+    for recipe in (mask_recipe, image_recipe, finetune):
+        if recipe is not None and not recipe.is_file():
+            raise InputError(recipe, "recipe not found")
+    if out.exists() and not overwrite:
+        raise InputError(out, "already exists (use --overwrite to replace the model)")
+    started = time.perf_counter()
+    prepared = runs / "prepared"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    log(f"preparing {data} → {prepared}")
+    subprocess.run(
+        [sys.executable, "-m", "guidegen", "prepare", str(data), "--out", str(prepared), "-q"],
+        check=True,
+        env=env,
+        cwd=REPO,
+    )
+    jobs = {
+        "mask_sampler": _train_command("masks", mask_recipe, runs / "mask_sampler", 1),
+        "image_generator": _train_command("images", image_recipe, runs / "image_generator", 1, prepared),
+    }
+    _run_together(jobs, runs, env, log)
+    mask_model = runs / "mask_sampler" / "model"
+    mask_recipes = [mask_recipe]
+    if finetune is not None:
+        chained = chained_recipe(finetune, mask_model, runs / "mask_sampler_finetune.json")
+        job = _train_command("masks", chained, runs / "mask_sampler_finetune", 2)
+        _run_together({"mask_sampler_finetune": job}, runs, dict(env, OMP_NUM_THREADS="2"), log)
+        mask_model = runs / "mask_sampler_finetune" / "model"
+        mask_recipes.append(finetune)
     return assemble_model(
         out,
-        runs / "mask_sampler" / "model",
+        mask_model,
         runs / "image_generator" / "model",
-        mask_recipe=mask_recipe,
+        mask_recipe=mask_recipes,
         image_recipe=image_recipe,
         data=data,
         model_id=model_id,
@@ -118,20 +142,32 @@ def train_demo(
     )
 
 
+def _recipe_chain(recipes: list[Path]) -> dict[str, Any]:
+    """The last recipe's file and digest; a fine-tune's ``init_from`` is the entry of the recipe before it."""
+    entry: dict[str, Any] = {}
+    for recipe in recipes:
+        entry = {"file": recipe.name, "sha256_16": _digest(recipe), **({"init_from": entry} if entry else {})}
+    return entry
+
+
 def assemble_model(
     out: str | Path,
     mask_model: str | Path,
     image_model: str | Path,
     *,
-    mask_recipe: Path,
+    mask_recipe: Path | list[Path],
     image_recipe: Path,
     data: Path,
     model_id: str,
     seconds: float | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Copy two trained stage folders into one model folder with its ``model.json``."""
+    """Copy two trained stage folders into one model folder with its ``model.json``.
+
+    ``mask_recipe``: the mask sampler's recipe, or its chain (each a fine-tune of the one before).
+    """
     out, mask_model, image_model = Path(out), Path(mask_model), Path(image_model)
+    mask_recipes = [Path(r) for r in mask_recipe] if isinstance(mask_recipe, list) else [Path(mask_recipe)]
     for folder in (mask_model, image_model):
         if not (folder / "model.safetensors").is_file():
             raise InputError(folder, "no trained model here (model.safetensors missing)")
@@ -143,7 +179,7 @@ def assemble_model(
         "model_id": model_id,
         "version": __version__,
         "recipes": {
-            "mask_sampler": {"file": mask_recipe.name, "sha256_16": _digest(mask_recipe)},
+            "mask_sampler": _recipe_chain(mask_recipes),
             "image_generator": {"file": image_recipe.name, "sha256_16": _digest(image_recipe)},
         },
         "training_data": {
