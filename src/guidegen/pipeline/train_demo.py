@@ -47,7 +47,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _train_command(stage: str, recipe: Path, run: Path, threads: int, prepared: Path | None = None) -> list[str]:
+def train_command(stage: str, recipe: Path, run: Path, threads: int, prepared: Path | None = None) -> list[str]:
+    """``guidegen train STAGE`` of ``recipe`` into ``run`` with ``threads`` threads, as this module runs it."""
     command = [sys.executable, "-m", "guidegen", "train", stage, "--config", str(recipe), "--run", str(run)]
     if prepared is not None:
         command += ["--prepared", str(prepared)]
@@ -117,15 +118,15 @@ def train_demo(
         cwd=REPO,
     )
     jobs = {
-        "mask_sampler": _train_command("masks", mask_recipe, runs / "mask_sampler", 1),
-        "image_generator": _train_command("images", image_recipe, runs / "image_generator", 1, prepared),
+        "mask_sampler": train_command("masks", mask_recipe, runs / "mask_sampler", 1),
+        "image_generator": train_command("images", image_recipe, runs / "image_generator", 1, prepared),
     }
     _run_together(jobs, runs, env, log)
     mask_model = runs / "mask_sampler" / "model"
     mask_recipes = [mask_recipe]
     if finetune is not None:
         chained = chained_recipe(finetune, mask_model, runs / "mask_sampler_finetune.json")
-        job = _train_command("masks", chained, runs / "mask_sampler_finetune", 2)
+        job = train_command("masks", chained, runs / "mask_sampler_finetune", 2)
         _run_together({"mask_sampler_finetune": job}, runs, dict(env, OMP_NUM_THREADS="2"), log)
         mask_model = runs / "mask_sampler_finetune" / "model"
         mask_recipes.append(finetune)
