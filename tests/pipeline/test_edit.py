@@ -18,7 +18,7 @@ from guidegen.images.generator import ConditionalImageGenerator
 from guidegen.io.volume import canonical
 from guidegen.labels.vocabulary import ID
 from guidegen.pipeline import GuideGen
-from guidegen.pipeline.edit import edit_scan, read_ct
+from guidegen.pipeline.edit import edit_scan, read_ct, requested_fields_held
 from guidegen.pipeline.folders import load_labels
 from tests.images.conftest import ClassOracle
 from tests.test_cli import run
@@ -125,6 +125,31 @@ def test_guidegen_edit_reads_files_and_resizes_organs(oracle, real, tmp_path):
     (case,) = cases
     assert case.ct.same_grid(ct) and case.measured["organs"]["spleen"]["holds"]
     assert case.measured["organs"]["spleen"]["after_ml"] > case.measured["organs"]["spleen"]["before_ml"]
+
+
+def test_an_organ_size_edit_counts_its_size_among_the_requested_fields(oracle, real, tmp_path, capsys):
+    code, stdout, err = run(
+        ["edit", "--ct", str(real / SCAN / "ct.nii.gz"), "-l", str(real / SCAN / "labels.nii.gz")]
+        + ["-p", "enlarged spleen", "-o", str(tmp_path / "out"), "--model", str(tmp_path / "model")],
+        capsys,
+    )
+    assert code == 0, err
+    assert "requested fields held 1/1" in stdout  # it said 0/0: only tumour fields were counted
+    case = json.loads((tmp_path / "out" / "edit_000" / "case.json").read_text())
+    assert requested_fields_held(case["measured"]) == {"spleen.size": True}
+
+
+def test_requested_fields_held_joins_tumour_fields_and_organ_sizes():
+    measured = {
+        "agreement": {"tumours": True, "tumour1.organ": False},
+        "organs": {"spleen": {"holds": True}, "stomach": {"holds": None}, "liver": {"holds": False}},
+    }
+    assert requested_fields_held(measured) == {
+        "tumours": True,
+        "tumour1.organ": False,
+        "spleen.size": True,
+        "liver.size": False,
+    }
 
 
 def test_refusals_are_one_line_and_write_nothing(oracle, real, tmp_path, capsys):

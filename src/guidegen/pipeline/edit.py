@@ -54,7 +54,8 @@ class EditedCase:
         labels: the edited label map (GuideGen ids) on the same grid.
         requested: the attributes parsed from the prompt.
         measured: what the new map holds: ``tumours`` (the tumours the edit added, measured),
-            ``agreement`` (field → holds), ``organs`` (stated organ sizes before/after).
+            ``agreement`` (tumour field → holds), ``organs`` (stated organ sizes before/after and
+            whether they hold); `requested_fields_held` joins the two.
         record: placement and inpainting records (JSON-able).
         report: radiology-style report of the edited map.
         region: the regenerated voxels (`guidegen.images.inpaint.EditRegion`), in the canonical
@@ -404,13 +405,22 @@ def edit_to_folder(
             )
     lines = [f"edited {Path(ct).name} {n} time(s) in {seconds:.1f} s → {out}"]
     for case in cases:
-        agreement = case.measured["agreement"]
-        held = sum(agreement.values())
+        held = requested_fields_held(case.measured)
         lines.append(
             f"edit_{case.index:03d}: {case.record['region']['changed_voxels']} voxels changed, "
-            f"{case.record['region']['region_voxels']} regenerated; requested fields held {held}/{len(agreement)}"
+            f"{case.record['region']['region_voxels']} regenerated; requested fields held "
+            f"{sum(held.values())}/{len(held)}"
         )
     return lines
+
+
+def requested_fields_held(measured: dict[str, Any]) -> dict[str, bool]:
+    """Each requested field of an edit and whether the edited labels show it: the tumours' fields
+    (``measured["agreement"]``) and each stated organ size with a size criterion (``organ.size``)."""
+    organs = {
+        f"{organ}.size": bool(e["holds"]) for organ, e in measured["organs"].items() if e.get("holds") is not None
+    }
+    return {**measured["agreement"], **organs}
 
 
 def _json_default(value: object) -> object:
