@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-__all__ = ["longest_diameter_mm", "world_extent"]
+__all__ = ["longest_diameter_mm", "superior_axis", "world_extent"]
 
 
 def longest_diameter_mm(points: np.ndarray, affine: np.ndarray) -> float:
@@ -68,3 +68,12 @@ def world_extent(
     )
     world = volume.world_coordinates(corners)
     return world.min(0), world.max(0)
+
+
+def superior_axis(affine: np.ndarray) -> tuple[int, bool]:
+    """The array axis whose direction is closest to world z (the patient's feet–head axis), and
+    whether its index grows towards the head."""
+    directions = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = directions / np.linalg.norm(directions, axis=0, keepdims=True)
+    axis = int(np.argmax(np.abs(unit[2])))
+    return axis, bool(unit[2, axis] > 0)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from guidegen.grids.geometry import superior_axis
 from guidegen.io.volume import HU_MIN, Volume
 from guidegen.labels.vocabulary import ID
 
@@ -63,9 +64,7 @@ LESION_MIN_INTERIOR = 20
 
 def slice_axis(affine: np.ndarray) -> int:
     """The array axis whose direction is closest to world z (superior–inferior)."""
-    directions = np.asarray(affine, dtype=np.float64)[:3, :3]
-    unit = directions / np.linalg.norm(directions, axis=0, keepdims=True)
-    return int(np.argmax(np.abs(unit[2])))
+    return superior_axis(affine)[0]
 
 
 def to_slices_last(

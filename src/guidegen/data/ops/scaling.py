@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from guidegen.data.ops.base import check_inputs, check_range, fit_scale, soft_ids, step_meta
 from guidegen.data.ops.warp import grid_points
+from guidegen.grids.geometry import superior_axis
 from guidegen.grids.resample import signed_distance
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, UNKNOWN
@@ -42,13 +43,6 @@ class ScalingParams:
             raise ValueError(f"organ must be an organ class name, got {self.organ!r}")
         if not (np.isfinite(self.volume_factor) and 0.1 <= self.volume_factor <= 10.0):
             raise ValueError(f"volume_factor must be between 0.1 and 10, got {self.volume_factor}")
-
-
-def superior_axis(affine: np.ndarray) -> tuple[int, bool]:
-    """The voxel axis closest to the patient's head-feet (world z) axis, and whether it counts upwards."""
-    directions = np.asarray(affine, dtype=float)[:3, :3]
-    axis = int(np.argmax(np.abs(directions[2]) / np.linalg.norm(directions, axis=0)))
-    return axis, bool(directions[2, axis] > 0)
 
 
 class OrganScaling:
@@ -115,11 +109,11 @@ class OrganScaling:
             raise ValueError(f"params.organ {params.organ!r} is not present in labels")
         shape = np.array(array.shape)
         spacing = labels.spacing
-        centre = np.argwhere(organ).mean(axis=0)
+        voxels = np.argwhere(organ)
+        centre = voxels.mean(axis=0)
         if params.fixed_top:
             axis, upwards = superior_axis(labels.affine)
-            along = np.nonzero(organ.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-            centre[axis] = along.max() if upwards else along.min()
+            centre[axis] = voxels[:, axis].max() if upwards else voxels[:, axis].min()
         nominal = float(params.volume_factor) ** (1.0 / 3.0)
         limits = (nominal / 1.25, nominal * 1.25) if params.match_volume else (nominal, nominal)
         # The organ's signed distance in its bounding box (+2 voxels); farther is "outside".
