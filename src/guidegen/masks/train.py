@@ -118,25 +118,35 @@ def load_base_cases(
 
 
 _WORKER_EXAMPLES: MaskExamples | None = None
+_WORKER_ENCODER: TextEncoder | None = None
 
 
 def _init_worker(examples: MaskExamples) -> None:
-    global _WORKER_EXAMPLES
+    global _WORKER_EXAMPLES, _WORKER_ENCODER
     torch.set_num_threads(1)
     _WORKER_EXAMPLES = examples
+    _WORKER_ENCODER = TextEncoder(TextEncoderConfig(max_length=examples.config.max_text_tokens))
 
 
 def _make_example(index: int) -> dict[str, Any]:
-    if _WORKER_EXAMPLES is None:  # pragma: no cover - initializer always runs first
+    if _WORKER_EXAMPLES is None or _WORKER_ENCODER is None:  # pragma: no cover - initializer always runs first
         raise RuntimeError("worker not initialised")
-    return _WORKER_EXAMPLES[index]
+    return _encoded(_WORKER_EXAMPLES[index], _WORKER_ENCODER)
+
+
+def _encoded(example: dict[str, Any], encoder: TextEncoder) -> dict[str, Any]:
+    """The example with its text's token states (``text_tokens``, (L, D) float32 numpy)."""
+    return {**example, "text_tokens": encoder.encode([example["text"]]).tokens[0].numpy()}
 
 
 class _Prefetcher:
-    """Builds examples ahead of the training loop, in a worker process or inline.
+    """Builds examples, with their encoded text, ahead of the training loop, in a worker process or inline.
 
-    Augmentation (scipy) costs about a second per example; on 2 cores a worker overlaps it with the
-    network step. Examples depend only on their index, so where they are built changes nothing.
+    Augmentation (scipy) costs about 0.2 s per example; on 2 cores a worker overlaps it with the
+    network step. The text is encoded there too: each example's text is new, and the text encoder's
+    many small matrix products, run in the training process with 2 threads while the worker held
+    one core, took 0.19 s a step instead of 0.03 s (`docs/results/train_demo_time.txt`). Examples
+    depend only on their index, so where they are built changes nothing.
     """
 
     def __init__(self, examples: MaskExamples, indices: list[int], workers: int, depth: int = 4):
@@ -145,6 +155,7 @@ class _Prefetcher:
 
         self.examples, self.indices, self.depth = examples, indices, depth
         self.pool = None
+        self.encoder: TextEncoder | None = None
         self.pending: list = []
         self.next = 0
         if workers > 0:
@@ -161,7 +172,9 @@ class _Prefetcher:
 
     def take(self, count: int) -> list[dict[str, Any]]:
         if self.pool is None:
-            out = [self.examples[i] for i in self.indices[self.next : self.next + count]]
+            if self.encoder is None:
+                self.encoder = TextEncoder(TextEncoderConfig(max_length=self.examples.config.max_text_tokens))
+            out = [_encoded(self.examples[i], self.encoder) for i in self.indices[self.next : self.next + count]]
             self.next += count
             return out
         out = []
@@ -185,11 +198,9 @@ def prefetch_closing(prefetch: _Prefetcher):
         prefetch.close()
 
 
-def _batch(
-    items: list[dict[str, Any]], encoder: TextEncoder
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x0 = torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64))
-    text = encoder.encode([it["text"] for it in items]).tokens
+    text = torch.from_numpy(np.stack([it["text_tokens"] for it in items]))
     attr = torch.from_numpy(np.stack([attribute_vector(it["attributes"]) for it in items]))
     ignore = torch.from_numpy(np.stack([it["ignore_classes"] for it in items]))
     return x0, text, attr, ignore
@@ -292,7 +303,6 @@ def _train(
     if not ctx.is_main:
         cases = load_base_cases(config, root)
     examples = MaskExamples(cases, config)
-    encoder = TextEncoder(TextEncoderConfig(max_length=config.max_text_tokens))
     end = config.steps if max_steps is None else min(config.steps, start + max_steps)
     batch = config.batch_size
     prefetch = _Prefetcher(examples, [s * batch + p for s in range(start, end) for p in mine], workers)
@@ -332,7 +342,7 @@ def _train(
             # The step's draws are made for the whole global batch, as one process makes them; each
             # rank keeps its positions (`guidegen.distributed`).
             _, gen = step_generators(config.seed, step)
-            x0, text, attr, ignore = _batch(prefetch.take(len(mine)), encoder)
+            x0, text, attr, ignore = _batch(prefetch.take(len(mine)))
             t = diffusion.sample_timesteps(batch, generator=gen)
             if whole:
                 x_t = diffusion.q_sample(x0, t, generator=gen)
