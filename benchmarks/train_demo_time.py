@@ -1,6 +1,6 @@
 """How long `guidegen train demo` takes on this CPU, from timed training steps (issue 24; a script, not a test).
 
-    .venv/bin/python benchmarks/train_demo_time.py --prepared PREPARED [--steps 12 24 12]
+    .venv/bin/python benchmarks/train_demo_time.py --prepared PREPARED [--steps 12 24 20]
     benchmarks/avx2_only/run.sh .venv/bin/python benchmarks/train_demo_time.py --prepared PREPARED
 
 ``PREPARED``: the output of ``guidegen prepare data/real`` (what `train demo` prepares first; its time is
@@ -8,14 +8,16 @@ not included). Runs each training of `guidegen.pipeline.train_demo` as `train de
 scratch in a temporary folder:
 
 1. the mask sampler's first recipe and the image generator at once, one thread each;
-2. the mask sampler's fine-tune alone with 2 threads (its ``init_from`` pointed at the shipped mask
-   sampler, which has the same network: only the step time matters here).
+2. the mask sampler's fine-tune with one thread beside the image generator (a second run of it), as its
+   first ``FINETUNE_STEPS_BESIDE_IMAGES`` steps run;
+3. the fine-tune alone with 2 threads, as its other steps run.
 
-Seconds per step come from each run's log (cumulative seconds at logged steps, from its first logged
-step on), which leaves out start-up, data preparation and the first step's warm-up. The total is
-those step times times each recipe's ``steps``: the first stage takes as long as the slower of its
-two trainings. Precision is
-each recipe's (``auto``: bf16 only where the CPU runs it natively, `guidegen.runtime`).
+The fine-tune's ``init_from`` points at the shipped mask sampler, which has the same network: only
+the step time matters here. Seconds per step come from each run's log (cumulative seconds at logged
+steps, from its first logged step on), which leaves out start-up, data preparation and the first
+step's warm-up. The total is those step times times each recipe's ``steps``: the fine-tune's
+two-thread part starts when both the image generator and its one-thread part have ended.
+Precision is each recipe's (``auto``: bf16 only where the CPU runs it natively, `guidegen.runtime`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from pathlib import Path
 from generate import cpu_line  # a script's folder is on sys.path
 
 from guidegen.paths import REPO_ROOT
-from guidegen.pipeline.train_demo import IMAGE_RECIPE, MASK_FINETUNE_RECIPE, MASK_RECIPE, chained_recipe, train_command
+from guidegen.pipeline.train_demo import (
+    FINETUNE_STEPS_BESIDE_IMAGES,
+    IMAGE_RECIPE,
+    MASK_FINETUNE_RECIPE,
+    MASK_RECIPE,
+    chained_recipe,
+    train_command,
+)
 
 
 def timed(jobs: dict[str, list[str]], threads: int) -> dict[str, float]:
@@ -68,47 +77,55 @@ def main() -> None:
         "--steps",
         type=int,
         nargs=3,
-        default=(12, 24, 12),
+        default=(12, 24, 20),
         metavar=("MASKS", "IMAGES", "FINETUNE"),
         help="steps to time of each (the first two should take about as long: they run at once)",
     )
     args = parser.parse_args()
     print(cpu_line())
     recipes = {name: json.loads(path.read_text()) for name, path in (("masks", MASK_RECIPE), ("images", IMAGE_RECIPE))}
-    finetune = json.loads(MASK_FINETUNE_RECIPE.read_text())
+    finetune_recipe = json.loads(MASK_FINETUNE_RECIPE.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         chained = chained_recipe(
             MASK_FINETUNE_RECIPE, REPO_ROOT / "models" / "default" / "mask_sampler", runs / "ft.json"
         )
         n_masks, n_images, n_finetune = args.steps
-        first = {
-            "masks": [*train_command("masks", MASK_RECIPE, runs / "masks", 1), "--max-steps", str(n_masks)],
-            "images": [
-                *train_command("images", IMAGE_RECIPE, runs / "images", 1, Path(args.prepared)),
-                "--max-steps",
-                str(n_images),
-            ],
-        }
-        took = timed(first, 1)
-        ft = [*train_command("masks", chained, runs / "finetune", 2), "--max-steps", str(n_finetune)]
-        took |= timed({"finetune": ft}, 2)
+
+        def images(run: str) -> list[str]:
+            command = train_command("images", IMAGE_RECIPE, runs / run, 1, Path(args.prepared))
+            return [*command, "--max-steps", str(n_images)]
+
+        def finetune(run: str, threads: int) -> list[str]:
+            return [*train_command("masks", chained, runs / run, threads), "--max-steps", str(n_finetune)]
+
+        masks = [*train_command("masks", MASK_RECIPE, runs / "masks", 1), "--max-steps", str(n_masks)]
+        took = timed({"masks": masks, "images": images("images")}, 1)
+        took |= timed({"finetune_beside": finetune("finetune_beside", 1), "images_2": images("images_2")}, 1)
+        took |= timed({"finetune": finetune("finetune", 2)}, 2)
         print("  wall: " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()), flush=True)
-        per_step = {name: seconds_per_step(runs / name) for name in ("masks", "images", "finetune")}
-    steps = {"masks": recipes["masks"]["steps"], "images": recipes["images"]["steps"], "finetune": finetune["steps"]}
+        per_step = {name: seconds_per_step(runs / name) for name in ("masks", "images", "finetune_beside", "finetune")}
+    beside = FINETUNE_STEPS_BESIDE_IMAGES
+    steps = {
+        "masks": recipes["masks"]["steps"],
+        "images": recipes["images"]["steps"],
+        "finetune_beside": beside,
+        "finetune": finetune_recipe["steps"] - beside,
+    }
     minutes = {k: per_step[k] * steps[k] / 60 for k in steps}
-    first_stage = max(minutes["masks"], minutes["images"])
+    first_stage = max(minutes["images"], minutes["masks"] + minutes["finetune_beside"])
     print("train demo, from timed steps (prepare not included):")
     names = {
-        "masks": f"mask sampler, {MASK_RECIPE.name}",
-        "images": f"image generator, {IMAGE_RECIPE.name}",
-        "finetune": f"mask sampler fine-tune, {MASK_FINETUNE_RECIPE.name} (2 threads)",
+        "masks": f"mask sampler, {MASK_RECIPE.name} (1 thread)",
+        "finetune_beside": f"  then its fine-tune, {MASK_FINETUNE_RECIPE.name}, first steps (1 thread)",
+        "images": f"image generator, {IMAGE_RECIPE.name} (1 thread, at the same time)",
+        "finetune": "fine-tune, the other steps (2 threads)",
     }
     for key, name in names.items():
         print(f"  {name}: {per_step[key]:.2f} s/step × {steps[key]} = {minutes[key]:.0f} min")
         if key == "images":
-            print(f"    (the first two at once, one thread each: {first_stage:.0f} min)")
-    print(f"  total: {(first_stage + minutes['finetune']) / 60:.1f} h")
+            print(f"    (until both have ended: {first_stage:.0f} min)")
+    print(f"  total: {(first_stage + minutes['finetune']) / 60:.2f} h")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ recipes/image_generator_demo.json):
    this is faster than one after the other with 2 threads each: neither network keeps two threads
    busy).
 3. The shipped mask sampler is a fine-tune of that first one on the TotalSegmentator maps: the
-   fine-tune recipe runs next, with 2 threads, its ``init_from`` pointed at the first run's model
-   (the recipe as run is written to ``RUNS/mask_sampler_finetune.json``). It starts after both
-   trainings of step 2 have ended, so that its thread count never depends on which ended first.
+   fine-tune recipe (written as run to ``RUNS/mask_sampler_finetune.json``, its ``init_from``
+   pointed at the first run's model) starts as soon as the first mask run ends, with one thread,
+   beside the image generator, which trains longer; its first `FINETUNE_STEPS_BESIDE_IMAGES` steps
+   use the core the first mask run freed. After those steps and the image generator have both
+   ended, it resumes from its checkpoint with 2 threads. The split is a fixed step count, not
+   "until the image generator ends", so the weights never depend on which training was faster.
 4. The two EMA models are copied into ``OUT/mask_sampler`` and ``OUT/image_generator`` with
    ``OUT/model.json`` (model id, version, recipes, data, steps, seconds).
 
@@ -35,12 +38,17 @@ from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir
 from guidegen.io.layouts import read_json_object
 from guidegen.paths import REPO_ROOT
+from guidegen.training import checkpoint_dirs
 
 REPO = REPO_ROOT  # the recipes and data of a source checkout
 MASK_RECIPE = REPO / "recipes" / "mask_sampler_demo.json"
 MASK_FINETUNE_RECIPE = REPO / "recipes" / "mask_sampler_totalseg.json"
 IMAGE_RECIPE = REPO / "recipes" / "image_generator_demo.json"
 DATA = REPO / "data" / "real"
+#: Fine-tune steps run with one thread beside the image generator (step 3 of the module's docstring).
+#: On an AVX2-only CPU (fp32) the image generator trains about 26 min longer than the first mask run,
+#: about 650 one-thread fine-tune steps (`docs/results/train_demo_time.txt`); a checkpoint multiple below.
+FINETUNE_STEPS_BESIDE_IMAGES = 600
 
 
 def _digest(path: Path) -> str:
@@ -55,21 +63,38 @@ def train_command(stage: str, recipe: Path, run: Path, threads: int, prepared: P
     return [*command, "--threads", str(threads), "-q"]
 
 
-def _run_together(jobs: dict[str, list[str]], runs: Path, env: dict[str, str], log) -> None:
-    """Run the commands at once, each logging to ``RUNS/NAME.log``; an error names the failed ones."""
-    procs = {}
+def _start(name: str, cmd: list[str], runs: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, Any]:
+    """Start one training, logging to ``RUNS/NAME.log``."""
     runs.mkdir(parents=True, exist_ok=True)
-    for name, cmd in jobs.items():
-        log(f"training {name}: {' '.join(cmd[2:])} (log: {runs / (name + '.log')})")
-        handle = open(runs / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        procs[name] = (subprocess.Popen(cmd, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT), handle)
+    log(f"training {name}: {' '.join(cmd[2:])} (log: {runs / (name + '.log')})")
+    handle = open(runs / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in _finish)
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT), handle
+
+
+def _finish(running: dict[str, tuple[subprocess.Popen, Any]]) -> list[str]:
+    """Wait for the started trainings; the names of those that failed."""
     failed = []
-    for name, (proc, handle) in procs.items():
+    for name, (proc, handle) in running.items():
         if proc.wait() != 0:
             failed.append(name)
         handle.close()
+    return failed
+
+
+def _raise_if_failed(failed: list[str], runs: Path) -> None:
     if failed:
         raise InputError(runs, f"training failed for {', '.join(failed)}; see the .log files there (rerun to resume)")
+
+
+def _run_together(jobs: dict[str, list[str]], runs: Path, env: dict[str, str], log) -> None:
+    """Run the commands at once, each logging to ``RUNS/NAME.log``; an error names the failed ones."""
+    _raise_if_failed(_finish({name: _start(name, cmd, runs, env, log) for name, cmd in jobs.items()}), runs)
+
+
+def steps_done(run: Path) -> int:
+    """The step of a run's newest complete checkpoint (0 without one): where a resumed training starts."""
+    done = checkpoint_dirs(run)
+    return int(done[-1].name.split("_")[1]) if done else 0
 
 
 def chained_recipe(recipe: Path, init_from: Path, out: Path) -> Path:
@@ -117,18 +142,25 @@ def train_demo(
         env=env,
         cwd=REPO,
     )
-    jobs = {
-        "mask_sampler": train_command("masks", mask_recipe, runs / "mask_sampler", 1),
-        "image_generator": train_command("images", image_recipe, runs / "image_generator", 1, prepared),
-    }
-    _run_together(jobs, runs, env, log)
+    first_masks = train_command("masks", mask_recipe, runs / "mask_sampler", 1)
+    first = {"mask_sampler": _start("mask_sampler", first_masks, runs, env, log)}
+    image_job = train_command("images", image_recipe, runs / "image_generator", 1, prepared)
+    beside_images = {"image_generator": _start("image_generator", image_job, runs, env, log)}
+    failed = _finish(first)
     mask_model = runs / "mask_sampler" / "model"
     mask_recipes = [mask_recipe]
-    if finetune is not None:
+    if finetune is not None and not failed:
         chained = chained_recipe(finetune, mask_model, runs / "mask_sampler_finetune.json")
-        job = train_command("masks", chained, runs / "mask_sampler_finetune", 2)
-        _run_together({"mask_sampler_finetune": job}, runs, dict(env, OMP_NUM_THREADS="2"), log)
-        mask_model = runs / "mask_sampler_finetune" / "model"
+        run = runs / "mask_sampler_finetune"
+        beside = FINETUNE_STEPS_BESIDE_IMAGES - steps_done(run)  # a rerun resumes where the last one stopped
+        if beside > 0:
+            cmd = [*train_command("masks", chained, run, 1), "--max-steps", str(beside)]
+            beside_images["mask_sampler_finetune"] = _start("mask_sampler_finetune", cmd, runs, env, log)
+    _raise_if_failed(failed + _finish(beside_images), runs)
+    if finetune is not None:
+        job = {"mask_sampler_finetune": train_command("masks", chained, run, 2)}
+        _run_together(job, runs, dict(env, OMP_NUM_THREADS="2"), log)
+        mask_model = run / "model"
         mask_recipes.append(finetune)
     return assemble_model(
         out,
