@@ -302,3 +302,25 @@ def test_channels_last_torch_call_gives_the_plain_output_and_keeps_the_weights(t
     # ... and the weights' values and digest (which keys the export cache) are unchanged.
     assert weights_digest(module) == digest
     assert all(torch.equal(weights[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_fp32_torch_call_runs_small_batch_one_convolutions_in_onednn_and_leaves_the_module_exportable(tmp_path):
+    module = _Conv3d().eval()
+    x = torch.randn(1, 3, 6, 7, 5, generator=torch.Generator().manual_seed(1))  # N·C·D·H = 126: torch's own kernel
+    scale = torch.tensor([0.5])
+    with torch.no_grad():
+        ref = module(x, scale)
+    spec = NetworkSpec("conv3d", module, (x, scale), ("x", "scale"), weights_digest(module), (tmp_path,), True)
+    net = compile_network(spec, "torch", "fp32")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = net(x, scale)
+    kernels = {event.key for event in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+    assert torch.allclose(out, ref, atol=1e-5)
+    # The module itself is left with plain convolutions: the ONNX export reads it.
+    assert all(type(m) is torch.nn.Conv3d for m in module.modules() if isinstance(m, torch.nn.Conv3d))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.no_grad():
+            module(x, scale)
+    assert "aten::slow_conv3d_forward" in {event.key for event in prof.key_averages()}  # what it would have run
