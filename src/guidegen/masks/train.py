@@ -52,6 +52,7 @@ from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import MaskExamples
 from guidegen.masks.model import MaskDenoiser, grown_weights
 from guidegen.masks.sampler import diffusion_from_config
+from guidegen.runtime.backends import onednn_convolutions
 from guidegen.runtime.precision import autocast, resolve_precision
 from guidegen.text.encoder import TextEncoder, TextEncoderConfig
 from guidegen.training import (
@@ -287,6 +288,8 @@ def _train(
         # sampler's full resolution: a 2-thread training step took 1.20 s instead of 1.38 s
         # (docs/results/train_demo_time.txt). Checkpoints are saved contiguous; the maths is the same.
         model = model.to(memory_format=torch.channels_last_3d)
+        if resolve_precision(config.precision, device) == "fp32" and torch.backends.mkldnn.is_available():
+            model = onednn_convolutions(model, copy_first=False)  # same parameters, same state dict
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     precision = resolve_precision(config.precision, device)

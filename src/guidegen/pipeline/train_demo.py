@@ -46,8 +46,8 @@ MASK_FINETUNE_RECIPE = REPO / "recipes" / "mask_sampler_totalseg.json"
 IMAGE_RECIPE = REPO / "recipes" / "image_generator_demo.json"
 DATA = REPO / "data" / "real"
 #: Fine-tune steps run with one thread beside the image generator (step 3 of the module's docstring).
-#: On an AVX2-only CPU (fp32) the image generator trains about 26 min longer than the first mask run,
-#: about 650 one-thread fine-tune steps (`docs/results/train_demo_time.txt`); a checkpoint multiple below.
+#: On an AVX2-only CPU (fp32) the image generator trains 26-28 min longer than the first mask run, 650-800
+#: one-thread fine-tune steps; natively (bf16) about as long (`docs/results/train_demo_time.txt`).
 FINETUNE_STEPS_BESIDE_IMAGES = 600
 
 

@@ -187,22 +187,24 @@ def torch_threads_for(network: object) -> Iterator[None]:
 
 
 class _OneDnnConv3d(nn.Conv3d):
-    """A `nn.Conv3d` that always runs oneDNN's convolution (inference copies, `_onednn_convolutions`)."""
+    """A `nn.Conv3d` that always runs oneDNN's convolution (`onednn_convolutions`)."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation, self.groups)
 
 
-def _onednn_convolutions(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose zero-padded 3-D convolutions always run in oneDNN.
+def onednn_convolutions(module: nn.Module, copy_first: bool = True) -> nn.Module:
+    """``module`` (a copy by default) with its zero-padded 3-D convolutions always run in oneDNN.
 
     For a batch-1 input with N·C·D·H ≤ 20480 PyTorch picks its own native 3-D convolution, about 5×
     slower than oneDNN's here: the mask UNet's levels below full resolution, on each unguided
-    sampling step. With oneDNN the whole batch-1 forward took 228 instead of 323 ms (fp32, 2 threads,
-    AVX2 stand-in; `docs/results/fast_cpu.txt`), with the same output. A copy, because the original
-    is exported to ONNX, which has no oneDNN operator; fp32 only, since autocast does not cast it.
+    sampling step and each training step. With oneDNN the whole batch-1 forward took 228 instead of
+    323 ms (fp32, 2 threads, AVX2 stand-in; `docs/results/fast_cpu.txt`, section 19), with the same
+    output. Sampling uses a copy, because the original is exported to ONNX, which has no oneDNN
+    operator. fp32 only: autocast does not cast this operator's inputs.
     """
-    module = copy.deepcopy(module)
+    if copy_first:
+        module = copy.deepcopy(module)
     for conv in module.modules():
         if type(conv) is nn.Conv3d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
             conv.__class__ = _OneDnnConv3d
@@ -213,7 +215,7 @@ def _torch_call(module: nn.Module, precision: str, channels_last: bool = False) 
     if channels_last:
         module.to(memory_format=torch.channels_last_3d)
         if precision == "fp32" and torch.backends.mkldnn.is_available():
-            module = _onednn_convolutions(module)
+            module = onednn_convolutions(module)
 
         def call(*inputs: Tensor) -> Tensor:
             inputs = tuple(t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for t in inputs)
