@@ -283,16 +283,16 @@ def _train(
     if config.init_from is not None:
         warm_start(model, config, resolve(config.init_from, root), grown_weights)  # a resumed run overwrites it
     model = model.to(device)
+    precision = resolve_precision(config.precision, device)
     if device.type == "cpu":
         # oneDNN's 3-D convolution backward is about 2.5x faster on channels-last weights at the
         # sampler's full resolution: a 2-thread training step took 1.20 s instead of 1.38 s
         # (docs/results/train_demo_time.txt). Checkpoints are saved contiguous; the maths is the same.
         model = model.to(memory_format=torch.channels_last_3d)
-        if resolve_precision(config.precision, device) == "fp32" and torch.backends.mkldnn.is_available():
+        if precision == "fp32" and torch.backends.mkldnn.is_available():
             model = onednn_convolutions(model, copy_first=False)  # same parameters, same state dict
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start = resume_training(
         run_dir, config, model=model, ema=ema, optimizer=opt, scaler=scaler, same_run=_same_run, ctx=ctx, resume=resume

@@ -149,18 +149,17 @@ def train_demo(
     failed = _finish(first)
     mask_model = runs / "mask_sampler" / "model"
     mask_recipes = [mask_recipe]
-    if finetune is not None and not failed:
-        chained = chained_recipe(finetune, mask_model, runs / "mask_sampler_finetune.json")
-        run = runs / "mask_sampler_finetune"
-        beside = FINETUNE_STEPS_BESIDE_IMAGES - steps_done(run)  # a rerun resumes where the last one stopped
-        if beside > 0:
-            cmd = [*train_command("masks", chained, run, 1), "--max-steps", str(beside)]
-            beside_images["mask_sampler_finetune"] = _start("mask_sampler_finetune", cmd, runs, env, log)
+    finetune_run = runs / "mask_sampler_finetune"
+    chained = None if finetune is None else chained_recipe(finetune, mask_model, runs / "mask_sampler_finetune.json")
+    beside = FINETUNE_STEPS_BESIDE_IMAGES - steps_done(finetune_run)  # a rerun resumes where the last one stopped
+    if chained is not None and not failed and beside > 0:
+        cmd = [*train_command("masks", chained, finetune_run, 1), "--max-steps", str(beside)]
+        beside_images["mask_sampler_finetune"] = _start("mask_sampler_finetune", cmd, runs, env, log)
     _raise_if_failed(failed + _finish(beside_images), runs)
-    if finetune is not None:
-        job = {"mask_sampler_finetune": train_command("masks", chained, run, 2)}
+    if finetune is not None and chained is not None:
+        job = {"mask_sampler_finetune": train_command("masks", chained, finetune_run, 2)}
         _run_together(job, runs, dict(env, OMP_NUM_THREADS="2"), log)
-        mask_model = run / "model"
+        mask_model = finetune_run / "model"
         mask_recipes.append(finetune)
     return assemble_model(
         out,
