@@ -81,8 +81,18 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
         return []
     return sorted(
         (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "checksums.json").exists()),
-        key=lambda p: int(p.name.split("_")[1]),
+        key=_step_of,
     )
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("_")[1])
+
+
+def latest_step(run_dir: str | Path) -> int:
+    """The step of a run's newest complete checkpoint (0 without one): where a resumed training starts."""
+    done = checkpoint_dirs(run_dir)
+    return _step_of(done[-1]) if done else 0
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:

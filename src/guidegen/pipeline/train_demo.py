@@ -38,7 +38,7 @@ from guidegen.errors import InputError
 from guidegen.io.atomic import atomic_dir
 from guidegen.io.layouts import read_json_object
 from guidegen.paths import REPO_ROOT
-from guidegen.training import checkpoint_dirs
+from guidegen.training import latest_step
 
 REPO = REPO_ROOT  # the recipes and data of a source checkout
 MASK_RECIPE = REPO / "recipes" / "mask_sampler_demo.json"
@@ -89,12 +89,6 @@ def _raise_if_failed(failed: list[str], runs: Path) -> None:
 def _run_together(jobs: dict[str, list[str]], runs: Path, env: dict[str, str], log) -> None:
     """Run the commands at once, each logging to ``RUNS/NAME.log``; an error names the failed ones."""
     _raise_if_failed(_finish({name: _start(name, cmd, runs, env, log) for name, cmd in jobs.items()}), runs)
-
-
-def steps_done(run: Path) -> int:
-    """The step of a run's newest complete checkpoint (0 without one): where a resumed training starts."""
-    done = checkpoint_dirs(run)
-    return int(done[-1].name.split("_")[1]) if done else 0
 
 
 def chained_recipe(recipe: Path, init_from: Path, out: Path) -> Path:
@@ -151,7 +145,7 @@ def train_demo(
     mask_recipes = [mask_recipe]
     finetune_run = runs / "mask_sampler_finetune"
     chained = None if finetune is None else chained_recipe(finetune, mask_model, runs / "mask_sampler_finetune.json")
-    beside = FINETUNE_STEPS_BESIDE_IMAGES - steps_done(finetune_run)  # a rerun resumes where the last one stopped
+    beside = FINETUNE_STEPS_BESIDE_IMAGES - latest_step(finetune_run)  # a rerun resumes where the last one stopped
     if chained is not None and not failed and beside > 0:
         cmd = [*train_command("masks", chained, finetune_run, 1), "--max-steps", str(beside)]
         beside_images["mask_sampler_finetune"] = _start("mask_sampler_finetune", cmd, runs, env, log)
