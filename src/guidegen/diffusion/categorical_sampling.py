@@ -18,7 +18,7 @@ from torch import Tensor
 
 from guidegen.diffusion.categorical import CategoricalDiffusion, Generators, sample_categorical
 
-__all__ = ["Callback", "ModelFn", "ancestral_sample", "count_matched_argmax"]
+__all__ = ["Callback", "ModelFn", "ancestral_sample", "count_matched_argmax", "hold_expected_counts"]
 
 
 #: ``model_fn(x_t_onehot (N, K, *S) float, t (N,) long[, cond]) -> logits (N, K, *S)`` over x_0.
@@ -77,6 +77,43 @@ def count_matched_argmax(log_probs: Tensor, classes: Sequence[int] | None = None
     return best.reshape(n, *log_probs.shape[2:])
 
 
+def hold_expected_counts(
+    log_probs: Tensor, classes: Tensor, target: Tensor, iterations: int = 20, tolerance: float = 0.5
+) -> Tensor:
+    """``log_probs`` with one log offset per class of ``classes`` so that their expected counts are ``target``.
+
+    The prediction is renormalised per voxel, p'_c ∝ p_c · e^{b_c} (b = 0 for the other classes),
+    with ``b`` found by iterative proportional fitting: b_c += log(T_c + 1) − log(E'_c + 1), until
+    every count is within ``tolerance`` voxels. The fit reads only the held classes' channels.
+
+    Args:
+        log_probs: (N, K, *S) log-probabilities.
+        classes: (H,) int64 class indices to hold.
+        target: (N, H) expected voxel counts to reach.
+        iterations: at most this many fitting iterations.
+        tolerance: voxels of expected count the fit may leave.
+
+    Returns:
+        (N, K, *S) float32 log-probabilities whose held classes' expected counts are ``target``.
+    """
+    n, k = log_probs.shape[:2]
+    flat = log_probs.float().reshape(n, k, -1)
+    held = flat[:, classes].exp()  # (N, H, V)
+    rest = (1.0 - held.sum(1, keepdim=True)).clamp_min(0.0)  # the other classes' mass, unchanged by the offsets
+    bias = torch.zeros_like(target)
+    for _ in range(iterations):
+        scaled = held * bias.exp()[..., None]
+        expected = (scaled / (rest + scaled.sum(1, keepdim=True)).clamp_min(1e-30)).sum(-1)
+        if float((expected - target).abs().max()) <= tolerance:
+            break
+        bias = bias + torch.log(target + 1.0) - torch.log(expected + 1.0)
+    # log p'_c = log p_c + b_c − log(rest + Σ_h p_h e^{b_h}): the normaliser needs the held channels only.
+    norm = torch.log((rest + (held * bias.exp()[..., None]).sum(1, keepdim=True)).clamp_min(1e-30))
+    out = flat - norm
+    out[:, classes] += bias[..., None]
+    return out.reshape(log_probs.shape)
+
+
 @torch.no_grad()
 def ancestral_sample(
     diffusion: CategoricalDiffusion,
@@ -91,6 +128,7 @@ def ancestral_sample(
     matched_classes: Sequence[int] | None = None,
     start: Tensor | None = None,
     start_t: int | None = None,
+    hold_classes: Sequence[int] = (),
 ) -> Tensor:
     """Ancestral sampling from ``x_T ~ Cat(1/K)`` — or from a given volume carried forward to
     ``start_t`` — down to ``x_0``.
@@ -125,6 +163,12 @@ def ancestral_sample(
             Meng et al., ICLR 2022, in the categorical forward process: a fraction ``1 − ᾱ_t`` of
             the voxels is redrawn uniformly, the rest keep their class). ``steps`` must then be at
             most ``start_t``.
+        hold_classes: classes whose expected count under ``p̂(x_0 | x_t)`` is held, at every step
+            after the first, at its value in the first step's prediction (`hold_expected_counts`).
+            That first prediction, made from noise (or from the carried-forward start), is the
+            network's marginal for the condition; where sampling drifts away from it step after
+            step (one class growing at a similar class's expense), holding the counts keeps each
+            class's share while the network still decides where its voxels go.
 
     Returns:
         (N, *S) int64 labels on ``device``.
@@ -143,6 +187,10 @@ def ancestral_sample(
         raise ValueError("start and start_t go together")
     sequence = diffusion.timestep_sequence(steps, start_t)
     N = shape[0]
+    held = torch.tensor(sorted({int(c) for c in hold_classes}), dtype=torch.long, device=device)
+    if len(held) and not (0 <= int(held.min()) and int(held.max()) < K):
+        raise ValueError(f"hold_classes must be class indices in [0, {K}), got {list(hold_classes)}")
+    held_target: Tensor | None = None
 
     if start is None:
         uniform = torch.full((N, K, *shape[1:]), -math.log(K), device=device)
@@ -158,6 +206,11 @@ def ancestral_sample(
         if tuple(logits.shape) != (N, K, *shape[1:]):
             raise ValueError(f"model_fn returned logits of shape {tuple(logits.shape)}, expected {(N, K, *shape[1:])}")
         log_p0 = torch.log_softmax(logits.float(), dim=1)
+        if len(held):
+            if held_target is None:
+                held_target = log_p0[:, held].exp().reshape(N, len(held), -1).sum(-1)
+            else:
+                log_p0 = hold_expected_counts(log_p0, held, held_target)
         if s == 0:
             if final == "matched":
                 x = count_matched_argmax(log_p0, matched_classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guidegen.labels.vocabulary import NUM_CLASSES
+from guidegen.labels.vocabulary import ID, NUM_CLASSES
 from guidegen.settings import AORTA_PLACEMENTS, ORGAN_SIZES, TUMOUR_PLACEMENTS
 from guidegen.text.encoder import MAX_TEXT_TOKENS
 
@@ -89,6 +89,13 @@ class MaskSamplerConfig:
     # liver cut by the grid in 3 of 16 normal maps). With the top slice organ-free the domes taper
     # as the real ones do; two slices blunted them (docs/results/organ_free_top.txt). 0: as drawn.
     organ_free_top: int = 0
+    # Classes whose expected volume is held, through sampling, at what the network's first (pure
+    # noise) prediction expects (`guidegen.diffusion.categorical_sampling.hold_expected_counts`).
+    # The demo network expects about 1 L of colon and 0.8 L of small bowel from noise, as in its
+    # training maps, but step after step the colon takes over the small bowel's place (2.3 L against
+    # 0.2 L, a solid lump); holding both keeps each at its share and lets the network decide where
+    # they go (docs/results/hold_volumes.txt). Empty: as drawn.
+    hold_volumes: tuple[str, ...] = ()
     # classifier-free guidance dropout (each independently)
     drop_text: float = 0.15
     drop_attributes: float = 0.15
@@ -159,6 +166,9 @@ class MaskSamplerConfig:
             raise ValueError(f"p_abnormal_drop must be None or in [0, 1], got {self.p_abnormal_drop!r}")
         if not 0 <= self.organ_free_top < self.shape[2]:
             raise ValueError(f"organ_free_top must be in [0, {self.shape[2]}), got {self.organ_free_top!r}")
+        unknown = [c for c in self.hold_volumes if c not in ID or ID[c] >= self.num_classes]
+        if unknown:
+            raise ValueError(f"hold_volumes names classes this {self.num_classes}-class sampler lacks: {unknown}")
         if not 0.0 <= self.guidance_min_t <= 1.0:
             raise ValueError(f"guidance_min_t must be in [0, 1], got {self.guidance_min_t}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

@@ -468,6 +468,7 @@ class VolumetricMaskSampler:
                 matched_classes=[c for c in range(self.config.num_classes) if c != ID["tumour"]],
                 start=start,
                 start_t=start_t,
+                hold_classes=[ID[c] for c in self.config.hold_volumes],
             )
         affine = sampler_grid(self.config)
         out = []
