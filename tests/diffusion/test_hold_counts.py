@@ -25,6 +25,18 @@ def test_hold_expected_counts_reaches_the_target_and_keeps_the_rest_in_proportio
     assert torch.allclose(after - after[:, :1], before - before[:, :1], atol=1e-5)
 
 
+def test_each_map_of_a_batch_is_fitted_as_if_alone():
+    # One map already at its target, one far from it: the first must not take the second's iterations
+    # (the sampler promises that a map does not depend on the rest of its batch).
+    log_p = torch.log_softmax(torch.randn(2, 4, 500, generator=torch.Generator().manual_seed(3)), dim=1)
+    classes = torch.tensor([0, 2])
+    first = log_p[:1, classes].exp().sum(-1) + 0.3
+    second = log_p[1:, classes].exp().sum(-1) * torch.tensor([1.8, 0.4])
+    batch = hold_expected_counts(log_p, classes, torch.cat([first, second]))
+    assert torch.equal(batch[:1], hold_expected_counts(log_p[:1], classes, first))
+    assert torch.equal(batch[1:], hold_expected_counts(log_p[1:], classes, second))
+
+
 class _Drifting:
     """p(x0 | xt): class 0 everywhere at t = T, then class 1 or 2 with p(1) growing as sampling goes on.
 

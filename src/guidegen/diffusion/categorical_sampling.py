@@ -104,9 +104,11 @@ def hold_expected_counts(
     for _ in range(iterations):
         scaled = held * bias.exp()[..., None]
         expected = (scaled / (rest + scaled.sum(1, keepdim=True)).clamp_min(1e-30)).sum(-1)
-        if float((expected - target).abs().max()) <= tolerance:
+        # Each map stops at its own fit, so that its result never depends on the rest of the batch.
+        fitting = ((expected - target).abs() > tolerance).any(-1, keepdim=True)  # (N, 1)
+        if not bool(fitting.any()):
             break
-        bias = bias + torch.log(target + 1.0) - torch.log(expected + 1.0)
+        bias = torch.where(fitting, bias + torch.log(target + 1.0) - torch.log(expected + 1.0), bias)
     # log p'_c = log p_c + b_c − log(rest + Σ_h p_h e^{b_h}): the normaliser needs the held channels only.
     norm = torch.log((rest + (held * bias.exp()[..., None]).sum(1, keepdim=True)).clamp_min(1e-30))
     out = flat - norm
