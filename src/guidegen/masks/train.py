@@ -289,7 +289,7 @@ def _train(
         # sampler's full resolution: a 2-thread training step took 1.20 s instead of 1.38 s
         # (docs/results/train_demo_time.txt). Checkpoints are saved contiguous; the maths is the same.
         model = model.to(memory_format=torch.channels_last_3d)
-        if precision == "fp32" and torch.backends.mkldnn.is_available():
+        if precision == "fp32":
             model = onednn_convolutions(model, copy_first=False)  # same parameters, same state dict
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

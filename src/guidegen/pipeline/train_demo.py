@@ -150,7 +150,7 @@ def train_demo(
         cmd = [*train_command("masks", chained, finetune_run, 1), "--max-steps", str(beside)]
         beside_images["mask_sampler_finetune"] = _start("mask_sampler_finetune", cmd, runs, env, log)
     _raise_if_failed(failed + _finish(beside_images), runs)
-    if finetune is not None and chained is not None:
+    if chained is not None:
         job = {"mask_sampler_finetune": train_command("masks", chained, finetune_run, 2)}
         _run_together(job, runs, dict(env, OMP_NUM_THREADS="2"), log)
         mask_model = finetune_run / "model"

@@ -201,8 +201,11 @@ def onednn_convolutions(module: nn.Module, copy_first: bool = True) -> nn.Module
     sampling step and each training step. With oneDNN the whole batch-1 forward took 228 instead of
     323 ms (fp32, 2 threads, AVX2 stand-in; `docs/results/fast_cpu.txt`, section 19), with the same
     output. Sampling uses a copy, because the original is exported to ONNX, which has no oneDNN
-    operator. fp32 only: autocast does not cast this operator's inputs.
+    operator. fp32 only: autocast does not cast this operator's inputs. A PyTorch built without
+    oneDNN gets ``module`` back unchanged.
     """
+    if not torch.backends.mkldnn.is_available():
+        return module
     if copy_first:
         module = copy.deepcopy(module)
     for conv in module.modules():
@@ -214,7 +217,7 @@ def onednn_convolutions(module: nn.Module, copy_first: bool = True) -> nn.Module
 def _torch_call(module: nn.Module, precision: str, channels_last: bool = False) -> Callable[..., Tensor]:
     if channels_last:
         module.to(memory_format=torch.channels_last_3d)
-        if precision == "fp32" and torch.backends.mkldnn.is_available():
+        if precision == "fp32":
             module = onednn_convolutions(module)
 
         def call(*inputs: Tensor) -> Tensor:
