@@ -96,6 +96,13 @@ class MaskSamplerConfig:
     # 0.2 L, a solid lump); holding both keeps each at its share and lets the network decide where
     # they go (docs/results/hold_volumes.txt). Empty: as drawn.
     hold_volumes: tuple[str, ...] = ()
+    # Training: weight of `guidegen.diffusion.categorical_loss.expected_count_loss` on the classes
+    # ``count_classes``, added to the variational loss. The voxel losses let the network ignore
+    # whether the text asks for a tumour (its expected tumour volume was the same for "normal CT"
+    # as for "3 cm tumour in the liver"); the count term puts each class's total in the loss.
+    # 0: off (older models).
+    count_weight: float = 0.0
+    count_classes: tuple[str, ...] = ()
     # classifier-free guidance dropout (each independently)
     drop_text: float = 0.15
     drop_attributes: float = 0.15
@@ -166,9 +173,12 @@ class MaskSamplerConfig:
             raise ValueError(f"p_abnormal_drop must be None or in [0, 1], got {self.p_abnormal_drop!r}")
         if not 0 <= self.organ_free_top < self.shape[2]:
             raise ValueError(f"organ_free_top must be in [0, {self.shape[2]}), got {self.organ_free_top!r}")
-        unknown = [c for c in self.hold_volumes if c not in ID or ID[c] >= self.num_classes]
-        if unknown:
-            raise ValueError(f"hold_volumes names classes this {self.num_classes}-class sampler lacks: {unknown}")
+        for field in ("hold_volumes", "count_classes"):
+            unknown = [c for c in getattr(self, field) if c not in ID or ID[c] >= self.num_classes]
+            if unknown:
+                raise ValueError(f"{field} names classes this {self.num_classes}-class sampler lacks: {unknown}")
+        if not self.count_weight >= 0:
+            raise ValueError(f"count_weight must be >= 0, got {self.count_weight!r}")
         if not 0.0 <= self.guidance_min_t <= 1.0:
             raise ValueError(f"guidance_min_t must be in [0, 1], got {self.guidance_min_t}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

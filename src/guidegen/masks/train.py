@@ -33,7 +33,7 @@ from torch import nn
 from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
-from guidegen.diffusion.categorical_loss import categorical_loss
+from guidegen.diffusion.categorical_loss import categorical_loss, expected_count_loss
 from guidegen.distributed import (
     DistContext,
     all_reduce_sum,
@@ -316,6 +316,8 @@ def _train(
     whole = mine == list(range(batch))
     placeholder = torch.zeros((batch, *config.shape), dtype=torch.int64)
     locate = {p: i for i, p in enumerate(mine)}
+    count_classes = torch.tensor([ID[c] for c in config.count_classes], dtype=torch.long)
+    counting = config.count_weight > 0 and len(count_classes) > 0
 
     from rich.progress import (
         BarColumn,
@@ -363,10 +365,13 @@ def _train(
             voxel_weight = loss_voxel_weights(x0, diffusion.config.ignore_index, config.tumour_weight)
             known = voxel_weight.flatten(1).sum(1)
             total_known = max(float(all_reduce_sum(known.sum().reshape(1), ctx)), 1.0)
+            if counting:  # the count term is a mean over the batch's (item, annotated class) pairs
+                counted = (~ignore.index_select(1, count_classes)).sum(1).double()
+                total_counted = max(float(all_reduce_sum(counted.sum().reshape(1), ctx)), 1.0)
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, config.steps, config.lr, config.warmup)
             opt.zero_grad(set_to_none=True)
-            logged = torch.zeros(3, dtype=torch.float64)
+            logged = torch.zeros(4, dtype=torch.float64)
             for j, share in enumerate(micro):
                 idx = torch.tensor([locate[p] for p in share])
                 weight = float(known[idx].sum()) / total_known
@@ -385,8 +390,20 @@ def _train(
                         ignore_classes=ignore[idx].to(device),
                         voxel_weight=voxel_weight[idx].float().to(device),
                     )
-                    scaler.scale(losses.total * (weight * ctx.world_size)).backward()
-                logged += (
+                    total = losses.total * weight
+                    if counting:
+                        share_counted = float(counted[idx].sum()) / total_counted
+                        count_term = expected_count_loss(
+                            logits,
+                            x0[idx].to(device),
+                            count_classes,
+                            diffusion.config.ignore_index,
+                            ignore[idx].to(device),
+                        )
+                        total = total + config.count_weight * count_term * share_counted
+                        logged[3] += float(count_term.detach()) * share_counted
+                    scaler.scale(total * ctx.world_size).backward()
+                logged[:3] += (
                     torch.tensor(
                         [float(losses.total.detach()), float(losses.kl.detach()), float(losses.ce.detach())],
                         dtype=torch.float64,
@@ -398,7 +415,7 @@ def _train(
             scaler.step(opt)
             scaler.update()
             ema.update(model)
-            loss_value, kl_value, ce_value = all_reduce_sum(logged, ctx).tolist()
+            loss_value, kl_value, ce_value, count_value = all_reduce_sum(logged, ctx).tolist()
             bar.update(task, advance=1, loss=loss_value)
             if ctx.is_main:
                 with open(log_path, "a", encoding="utf-8") as fh:
@@ -409,6 +426,7 @@ def _train(
                                 "loss": loss_value,
                                 "kl": kl_value,
                                 "ce": ce_value,
+                                **({"count": count_value} if counting else {}),
                                 "t": int(t[0]),
                                 "seconds": round(time.perf_counter() - started, 2),
                             }
