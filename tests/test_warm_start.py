@@ -99,3 +99,31 @@ def test_warm_start_refuses_another_network(tmp_path):
     older_config = tiny_config(num_classes=18)
     with pytest.raises(InputError, match="more than the recipe's"):
         warm_start(ConditionalImageGenerator(older_config), older_config, tmp_path / "bigger", grown_weights)
+
+
+def test_mask_sampler_grown_to_attributes_in_the_time_embedding_starts_where_it_was(tmp_path):
+    # 16 channels in 8 groups: MONAI adds the embedding before a group norm, which would cancel a
+    # per-channel shift in groups of one channel.
+    small = dict(shape=(16, 16, 16), channels=(16, 16), attention_levels=(False, True), num_head_channels=8)
+    old = _perturbed(MaskDenoiser(MaskSamplerConfig(num_classes=18, **small)))
+    save_checkpoint(tmp_path / "old", old.config, old.state_dict())
+    new_config = dataclasses.replace(old.config, attributes_in_time_embedding=True)
+    new = MaskDenoiser(new_config)
+    warm_start(new, new_config, tmp_path / "old", grown_mask_weights)
+    new.eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.one_hot(torch.randint(18, (2, 16, 16, 16), generator=g), 18).permute(0, 4, 1, 2, 3).float()
+    t = torch.tensor([300, 900])
+    attributes = torch.rand(2, old.attribute_mlp[0].in_features, generator=g)
+    with torch.no_grad():
+        p_old = old(x, t, old.context(None, attributes))
+        p_new = new(x, t, new.context(None, attributes))
+    torch.testing.assert_close(p_new, p_old, rtol=0, atol=1e-6)
+    # The path exists and is trainable: nudged away from zero, the attributes reach every block.
+    with torch.no_grad():
+        new.unet.class_embedding.weight.normal_(generator=g)
+        assert not torch.allclose(new(x, t, new.context(None, attributes)), p_old, atol=1e-3)
+    # The other way round (dropping a trained path) is another network.
+    save_checkpoint(tmp_path / "grown", new_config, new.state_dict())
+    with pytest.raises(InputError, match="not the recipe's network"):
+        warm_start(MaskDenoiser(old.config), old.config, tmp_path / "grown", grown_mask_weights)

@@ -181,16 +181,16 @@ def resume_training(
 def warm_start(model: nn.Module, config, folder: str | Path, grow) -> dict:
     """Load a trained model folder's weights into ``model`` before training (a recipe's ``init_from``).
 
-    The folder's network must be the recipe's, except that it may know fewer classes (an older
-    vocabulary): ``grow(weights, old_config, config)`` then maps its class channels (each network's
-    ``grown_weights``). Returns the folder and how many classes it knew.
+    The folder's network must be the recipe's, except for what ``grow(weights, old_config, config)``
+    (each network's ``grown_weights``) can map: fewer classes (an older vocabulary), and for the mask
+    sampler a conditioning path the old network lacked. ``grow`` returns the weights as they are
+    when nothing differs. Returns the folder and how many classes it knew.
     """
     folder = Path(folder)
     old, weights, _ = load_checkpoint(folder, type(config))
     if old.num_classes > config.num_classes:
         raise InputError(folder, f"knows {old.num_classes} classes, more than the recipe's {config.num_classes}")
-    if old.num_classes < config.num_classes:
-        weights = grow(weights, old, config)
+    weights = grow(weights, old, config)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

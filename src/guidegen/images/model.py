@@ -282,6 +282,8 @@ def grown_weights(
     its `FALLBACK` class's (body), so on any map the grown network computes exactly what the old one
     computed on the folded map; its annotated flag starts with zero weight. Training then separates them.
     """
+    if old.num_classes == new.num_classes:
+        return dict(weights)
     sources = class_sources(old.num_classes, new.num_classes)
     k0, k = old.num_classes, new.num_classes
     out = dict(weights)

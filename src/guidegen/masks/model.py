@@ -72,10 +72,18 @@ def grown_weights(weights: dict[str, Tensor], old: MaskSamplerConfig, new: MaskS
     class. A newer class starts as a copy of its `FALLBACK` class (body) on both sides, its logit
     lowered by log m (m: the classes now sharing that old class), so the old class's probability is
     shared among them and everything else is predicted as before. Training then separates them.
+
+    A network grown to take the attribute token through the timestep embedding as well
+    (``attributes_in_time_embedding``) starts that path at zero, so it too computes what the old one did.
     """
+    out = dict(weights)
+    if new.attributes_in_time_embedding and not old.attributes_in_time_embedding:
+        out["unet.class_embedding.weight"] = torch.zeros(new.channels[0] * 4, new.text_dim)
+        out["unet.class_embedding.bias"] = torch.zeros(new.channels[0] * 4)
+    if old.num_classes == new.num_classes:
+        return out
     sources = class_sources(old.num_classes, new.num_classes)
     share = torch.bincount(torch.tensor(sources), minlength=old.num_classes).to(torch.float32)
-    out = dict(weights)
     for name, w in weights.items():
         if name.endswith("unet.conv_in.conv.weight"):
             out[name] = w[:, sources].clone()
