@@ -100,7 +100,8 @@ class MaskSamplerConfig:
     # ``count_classes``, added to the variational loss. The voxel losses let the network ignore
     # whether the text asks for a tumour (its expected tumour volume was the same for "normal CT"
     # as for "3 cm tumour in the liver"); the count term puts each class's total in the loss.
-    # 0: off (older models).
+    # With attributes_in_time_embedding it made the tumour follow the prompt, but not yet the stated
+    # host, at a cost to the delivered maps (docs/results/mask_sampler_count_film.txt). 0: off.
     count_weight: float = 0.0
     count_classes: tuple[str, ...] = ()
     # classifier-free guidance dropout (each independently)
