@@ -19,6 +19,8 @@ def test_count_fields_are_checked_and_off_by_default():
     assert tiny_mask_config().count_weight == 0.0 and tiny_mask_config().count_classes == ()
     with pytest.raises(ValueError, match="count_classes.*liverr"):
         tiny_mask_config(count_classes=("liverr",))
+    with pytest.raises(ValueError, match="background"):
+        tiny_mask_config(count_classes=("liver", "background"))
     with pytest.raises(ValueError, match="count_weight"):
         tiny_mask_config(count_weight=-0.1)
 

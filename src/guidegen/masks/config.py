@@ -178,6 +178,9 @@ class MaskSamplerConfig:
             unknown = [c for c in getattr(self, field) if c not in ID or ID[c] >= self.num_classes]
             if unknown:
                 raise ValueError(f"{field} names classes this {self.num_classes}-class sampler lacks: {unknown}")
+        if "background" in self.count_classes:
+            # Where a case leaves classes unannotated they hide under its background: no true count.
+            raise ValueError("count_classes cannot count the background")
         if not self.count_weight >= 0:
             raise ValueError(f"count_weight must be >= 0, got {self.count_weight!r}")
         if not 0.0 <= self.guidance_min_t <= 1.0:
