@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.train import train_mask_sampler
 from tests.conftest import REPO
 from tests.pipeline.conftest import tiny_mask_config
@@ -26,15 +25,9 @@ def test_count_fields_are_checked_and_off_by_default():
 
 
 def test_the_count_term_is_trained_and_logged(tmp_path):
-    config = MaskSamplerConfig(
+    config = tiny_mask_config(
         shape=(24, 24, 16),
-        spacing=(16.0, 16.0, 20.0),
-        channels=(8, 16),
-        attention_levels=(False, True),
-        num_head_channels=8,
-        norm_num_groups=8,
-        max_text_tokens=16,
-        num_classes=18,
+        spacing=(16.0, 16.0, 20.0),  # `guidegen prepare` takes voxels up to 20 mm
         steps=2,
         warmup=1,
         checkpoint_every=2,
