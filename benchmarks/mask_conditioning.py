@@ -28,7 +28,6 @@ from byom_native import cpu_name  # a script's folder is on sys.path
 from guidegen.labels.vocabulary import ID
 from guidegen.masks.conditioning import attribute_vector
 from guidegen.masks.sampler import VolumetricMaskSampler
-from guidegen.text.parse import parse_prompt
 
 PROMPTS = (
     "3 cm tumour in the liver",
@@ -49,8 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sampler = VolumetricMaskSampler.from_pretrained(args.model)
     model, config = sampler.model, sampler.config
-    text = sampler.text_encoder.encode(list(PROMPTS)).tokens
-    attributes = torch.from_numpy(np.stack([attribute_vector(parse_prompt(p)) for p in PROMPTS]))
+    text, attributes = sampler.encode(PROMPTS)  # tokens and attribute records, as sampling makes them
     unknown = torch.from_numpy(np.stack([attribute_vector(None)] * len(PROMPTS)))
     conditionings = {
         "text + attributes": model.context(text, attributes),
