@@ -245,9 +245,12 @@ def test_two_processes_train_the_mask_sampler_like_one(tmp_path):
         drop_text=0.5,
         data_sources=("data/real/totalseg-example-a",),
         min_extent_mm=100.0,
-        # The count term is a mean over the batch's (item, class) pairs: split like the voxel loss.
+        # The count term is a mean over the batch's (item, class) pairs and the host term over its
+        # items: each is split like the voxel loss.
         count_weight=0.5,
         count_classes=("tumour", "liver", "colon"),
+        outside_host_weight=0.5,
+        p_tumour=1.0,  # the host term counts only items with a tumour
     )
     train_mask_sampler(cfg, tmp_path / "one", progress=False, root=REPO, workers=0)
     train_mask_sampler(replace(cfg, grad_accumulation=2), tmp_path / "acc", progress=False, root=REPO, workers=0)

@@ -23,7 +23,7 @@ from guidegen.diffusion.categorical import (
     safe_log,
 )
 
-__all__ = ["CategoricalLoss", "categorical_loss", "expected_count_loss"]
+__all__ = ["CategoricalLoss", "categorical_loss", "expected_count_loss", "outside_host_loss"]
 
 
 @dataclass(frozen=True)
@@ -267,3 +267,81 @@ def expected_count_loss(
         counted = ~ignore_classes.to(logits.device).index_select(1, classes)
     n = counted.sum()
     return torch.where(counted, error, torch.zeros_like(error)).sum() / n.clamp_min(1)
+
+
+def _dilate(mask: Tensor, margin: int) -> Tensor:
+    """(N, *S) bool mask grown by ``margin`` voxels (26-neighbourhood)."""
+    grown = mask.float().unsqueeze(1)
+    for _ in range(margin):
+        grown = F.max_pool3d(grown, kernel_size=3, stride=1, padding=1)
+    return grown.squeeze(1) > 0
+
+
+def outside_host_loss(
+    model_logits: Tensor,
+    x0_labels: Tensor,
+    lesion_class: int,
+    host_classes: Tensor,
+    ignore_index: int | None = None,
+    ignore_classes: Tensor | None = None,
+    margin: int = 1,
+) -> Tensor:
+    """Share of the lesion probability mass that the prediction puts outside the lesion's host.
+
+    `expected_count_loss` fixes how many voxels of a lesion class the prediction expects, not
+    where: a network trained with it drew "3 cm tumour in the liver" spread over the liver,
+    pancreas and spleen. Here each item's host is read from ``x0``: the ``host_classes`` that touch
+    the lesion, with the lesion itself, grown by ``margin`` voxels. The term is
+    ``O / (1 + M)``, ``M = Σ_v p̂(x0_v = lesion | x_t)`` over the known voxels and ``O`` the part of
+    it outside that region: nearly a share, meant to move lesion mass into the host and leave how
+    much there is to the count term. Items without a lesion have no host and are left out. In the
+    data a lesion is never outside its host, so the term is zero at the true posterior wherever
+    ``x_t`` shows the host. Beware: through the ``1 +`` a share ``f`` of ``M`` costs ``f M / (1 + M)``,
+    which shrinks with ``M``; trained with it (and with an absolute penalty on ``O`` before), the
+    mask sampler learnt to draw almost no tumour rather than to draw it in its host
+    (docs/results/mask_sampler_count_film.txt, section 4).
+
+    Args:
+        model_logits: (N, K, 3-D) logits for ``x_0``.
+        x0_labels: (N, 3-D) integer labels; ``ignore_index`` marks unknown voxels.
+        lesion_class: class id of the lesion (the tumour).
+        host_classes: (H,) class ids a lesion can sit in (organs, not background or body).
+        ignore_classes: optional (N, K) bool, true for classes not annotated in that item; items
+            whose lesion class is unannotated are left out (a lesion may hide under background).
+        margin: voxels the host region is grown by, for partial-volume rims and host boundaries.
+
+    Returns:
+        The mean over the items with a lesion; zero (still differentiable) if none.
+    """
+    logits = model_logits.float()
+    N, K = logits.shape[:2]
+    if logits.dim() != 5:
+        raise ValueError(f"model_logits must be (N, K, D, H, W), got shape {tuple(logits.shape)}")
+    if x0_labels.shape != (N, *logits.shape[2:]):
+        raise ValueError(f"x0_labels must have shape {(N, *logits.shape[2:])}, got {tuple(x0_labels.shape)}")
+    hosts = host_classes.to(device=logits.device, dtype=torch.long).reshape(-1)
+    ids = torch.cat([hosts, torch.tensor([lesion_class], device=logits.device)])
+    if bool(((ids < 0) | (ids >= K)).any()):
+        raise ValueError(f"lesion_class and host_classes must be ids in [0, {K}), got {ids.tolist()}")
+    if lesion_class in hosts.tolist():
+        raise ValueError(f"the lesion class {lesion_class} cannot be its own host")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    labels = x0_labels.to(logits.device).long()
+    known = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
+    lesion = labels == lesion_class
+    rim = _dilate(lesion, 1) & ~lesion
+    host = lesion.clone()
+    for c in hosts.tolist():
+        is_c = labels == c
+        touches = (rim & is_c).flatten(1).any(1)  # (N,): c is a host of that item's lesion
+        host |= is_c & touches.view(-1, *([1] * (labels.dim() - 1)))
+    region = _dilate(host, margin)
+    p_lesion = torch.softmax(logits, dim=1)[:, lesion_class] * known
+    outside = (p_lesion * ~region).flatten(1).sum(1)
+    share = outside / (1.0 + p_lesion.flatten(1).sum(1))
+    counted = lesion.flatten(1).any(1)
+    if ignore_classes is not None:
+        counted &= ~ignore_classes.to(logits.device)[:, lesion_class]
+    n = counted.sum()
+    return torch.where(counted, share, torch.zeros_like(share)).sum() / n.clamp_min(1)

@@ -104,6 +104,12 @@ class MaskSamplerConfig:
     # host, at a cost to the delivered maps (docs/results/mask_sampler_count_film.txt). 0: off.
     count_weight: float = 0.0
     count_classes: tuple[str, ...] = ()
+    # Training: weight of `guidegen.diffusion.categorical_loss.outside_host_loss`, the share of the
+    # tumour probability the prediction puts outside the organ the tumour sits in (read from the
+    # training map). The count term alone drew a liver tumour over liver, pancreas and spleen; with
+    # this term the network drew almost no tumour instead (docs/results/mask_sampler_count_film.txt,
+    # section 4). Kept for experiments. 0: off.
+    outside_host_weight: float = 0.0
     # classifier-free guidance dropout (each independently)
     drop_text: float = 0.15
     drop_attributes: float = 0.15
@@ -183,6 +189,8 @@ class MaskSamplerConfig:
             raise ValueError("count_classes cannot count the background")
         if not self.count_weight >= 0:
             raise ValueError(f"count_weight must be >= 0, got {self.count_weight!r}")
+        if not self.outside_host_weight >= 0:
+            raise ValueError(f"outside_host_weight must be >= 0, got {self.outside_host_weight!r}")
         if not 0.0 <= self.guidance_min_t <= 1.0:
             raise ValueError(f"guidance_min_t must be in [0, 1], got {self.guidance_min_t}")
         if not 1 <= self.sample_steps <= self.num_timesteps:

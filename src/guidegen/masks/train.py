@@ -33,7 +33,7 @@ from torch import nn
 from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict
 from guidegen.data.prepare import PrepareConfig, load_prepared, prepare
-from guidegen.diffusion.categorical_loss import categorical_loss, expected_count_loss
+from guidegen.diffusion.categorical_loss import categorical_loss, expected_count_loss, outside_host_loss
 from guidegen.distributed import (
     DistContext,
     all_reduce_sum,
@@ -318,6 +318,8 @@ def _train(
     locate = {p: i for i, p in enumerate(mine)}
     count_classes = torch.tensor([ID[c] for c in config.count_classes], dtype=torch.long)
     counting = config.count_weight > 0 and len(count_classes) > 0
+    placing = config.outside_host_weight > 0
+    host_classes = torch.tensor([ID[c] for c in ORGANS if ID[c] < config.num_classes], dtype=torch.long)
 
     from rich.progress import (
         BarColumn,
@@ -368,10 +370,13 @@ def _train(
             if counting:  # the count term is a mean over the batch's (item, annotated class) pairs
                 counted = (~ignore.index_select(1, count_classes)).sum(1).double()
                 total_counted = max(float(all_reduce_sum(counted.sum().reshape(1), ctx)), 1.0)
+            if placing:  # the host term is a mean over the batch's items with an annotated tumour
+                placed = ((x0 == ID["tumour"]).flatten(1).any(1) & ~ignore[:, ID["tumour"]]).double()
+                total_placed = max(float(all_reduce_sum(placed.sum().reshape(1), ctx)), 1.0)
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, config.steps, config.lr, config.warmup)
             opt.zero_grad(set_to_none=True)
-            logged = torch.zeros(4, dtype=torch.float64)
+            logged = torch.zeros(5, dtype=torch.float64)
             for j, share in enumerate(micro):
                 idx = torch.tensor([locate[p] for p in share])
                 weight = float(known[idx].sum()) / total_known
@@ -402,6 +407,18 @@ def _train(
                         )
                         total = total + config.count_weight * count_term * share_counted
                         logged[3] += float(count_term.detach()) * share_counted
+                    if placing:
+                        share_placed = float(placed[idx].sum()) / total_placed
+                        host_term = outside_host_loss(
+                            logits,
+                            x0[idx].to(device),
+                            ID["tumour"],
+                            host_classes,
+                            diffusion.config.ignore_index,
+                            ignore[idx].to(device),
+                        )
+                        total = total + config.outside_host_weight * host_term * share_placed
+                        logged[4] += float(host_term.detach()) * share_placed
                     scaler.scale(total * ctx.world_size).backward()
                 logged[:3] += (
                     torch.tensor(
@@ -415,7 +432,7 @@ def _train(
             scaler.step(opt)
             scaler.update()
             ema.update(model)
-            loss_value, kl_value, ce_value, count_value = all_reduce_sum(logged, ctx).tolist()
+            loss_value, kl_value, ce_value, count_value, host_value = all_reduce_sum(logged, ctx).tolist()
             bar.update(task, advance=1, loss=loss_value)
             if ctx.is_main:
                 with open(log_path, "a", encoding="utf-8") as fh:
@@ -427,6 +444,7 @@ def _train(
                                 "kl": kl_value,
                                 "ce": ce_value,
                                 **({"count": count_value} if counting else {}),
+                                **({"outside_host": host_value} if placing else {}),
                                 "t": int(t[0]),
                                 "seconds": round(time.perf_counter() - started, 2),
                             }
