@@ -270,10 +270,8 @@ def expected_count_loss(
 
 
 def _dilate(mask: Tensor, margin: int) -> Tensor:
-    """(N, *S) bool mask grown by ``margin`` voxels (26-neighbourhood)."""
-    grown = mask.float().unsqueeze(1)
-    for _ in range(margin):
-        grown = F.max_pool3d(grown, kernel_size=3, stride=1, padding=1)
+    """(N, *S) bool mask grown by ``margin`` voxels in every direction (a cube, as ``margin`` 26-neighbour steps)."""
+    grown = F.max_pool3d(mask.float().unsqueeze(1), kernel_size=2 * margin + 1, stride=1, padding=margin)
     return grown.squeeze(1) > 0
 
 
