@@ -12,7 +12,10 @@ adherence, the organs each prompt leaves unchanged (normal volume, whole inside 
 ``prepared_cache``). The network's maps are scored as drawn ("network") and after the sampler's
 placement stage ("insert": stated tumours placed, their hosts grown to hold them, stated organ sizes
 given, `guidegen.masks.placement`, the default), from one sampling run. ``--organ-sizes network``
-leaves the organs as drawn in the "insert" maps.
+leaves the organs as drawn in the "insert" maps. ``--tumour-placement all`` (or ``learned``) adds the
+network's maps with their tumours drawn by the learned tumour stage (`guidegen.masks.tumour_stage`,
+``--tumour-stage``, default the ``tumour_stage`` folder beside the model) and nothing else changed:
+the two networks alone, without the placement stage's rules.
 """
 
 from __future__ import annotations
@@ -50,10 +53,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the full report as JSON here")
     parser.add_argument(
         "--tumour-placement",
-        choices=["insert", "network", "both"],
+        choices=["insert", "network", "both", "learned", "all"],
         default="both",
-        help="score maps with stated tumours inserted, the network's own maps, or both (one sampling)",
+        help="score maps with stated tumours inserted, the network's own maps, both, the network's maps with "
+        "the learned tumour stage's tumours, or all three (one sampling)",
     )
+    parser.add_argument("--tumour-stage", default=None, help="tumour stage folder (default: beside the model)")
     parser.add_argument(
         "--final-decode",
         choices=["argmax", "matched"],
@@ -162,10 +167,21 @@ def main() -> None:
         f"placement stage (organ sizes {sizes_mode if sizes else 'as drawn'}, aorta {'tube' if tube else 'as drawn'}) "
         f"{placed_seconds / len(jobs):.2f} s per map"
     )
-    modes = ["insert", "network"] if args.tumour_placement == "both" else [args.tumour_placement]
+    modes = {"both": ["insert", "network"], "all": ["insert", "network", "learned"]}.get(
+        args.tumour_placement, [args.tumour_placement]
+    )
+    scored = {"insert": inserted, "network": samples}
+    if "learned" in modes:
+        from guidegen.masks.sampler import draw_learned_tumours
+        from guidegen.masks.tumour_stage import TumourStage
+
+        stage = TumourStage.from_pretrained(args.tumour_stage) if args.tumour_stage else sampler.tumour_stage()
+        learned_start = time.perf_counter()
+        scored["learned"] = [draw_learned_tumours(v, parse_prompt(p), s, stage) for v, (p, s) in zip(samples, jobs)]
+        print(f"learned tumour stage: {(time.perf_counter() - learned_start) / len(jobs):.2f} s per map")
     reports = {}
     for mode in modes:
-        report = check_masks(inserted if mode == "insert" else samples, [p for p, _ in jobs], reference_stats=reference)
+        report = check_masks(scored[mode], [p for p, _ in jobs], reference_stats=reference)
         reports[mode] = report.to_dict()
         print(f"--- tumour_placement={mode!r}" + (" (the sampler's default)" if mode == cfg.tumour_placement else ""))
         for line in report.summary_lines():

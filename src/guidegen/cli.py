@@ -51,7 +51,8 @@ TumourPlacementOption = Annotated[
     Optional[str],
     typer.Option(
         help="insert: stated tumours are real tumour shapes placed in the sampled anatomy; network: only the "
-        "network's own tumours (default: the model's setting)."
+        "network's own tumours; learned: the stated tumours drawn by the learned tumour stage (default: the "
+        "model's setting)."
     ),
 ]
 RealStartOption = Annotated[
@@ -261,6 +262,30 @@ def train_masks(
     out = train_mask_sampler(
         cfg, run, resume=resume, progress=not quiet, max_steps=max_steps, root=REPO_ROOT, device=_device(device)
     )
+    typer.echo(f"run folder: {out}")
+
+
+@train_app.command("tumours")
+def train_tumours(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe JSON (see recipes/tumour_stage.json).")],
+    run: Annotated[Path, typer.Option("--run", help="Run folder: pool, checkpoints, log, final model.")] = Path(
+        "runs/tumour_stage"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = True,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this call.")] = None,
+    threads: ThreadsOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train the learned tumour stage (fp32, CPU, EMA, exact resume); its model goes beside the mask
+    sampler as ``tumour_stage/`` (used by ``--tumour-placement learned``)."""
+    from guidegen.config import load_config
+    from guidegen.masks.tumour_stage import TumourStageConfig
+    from guidegen.masks.tumour_stage_train import train_tumour_stage
+    from guidegen.training import set_threads
+
+    set_threads(threads)
+    cfg = load_config(TumourStageConfig, config)
+    out = train_tumour_stage(cfg, run, resume=resume, progress=not quiet, max_steps=max_steps, root=REPO_ROOT)
     typer.echo(f"run folder: {out}")
 
 

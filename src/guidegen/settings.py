@@ -48,7 +48,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: The placement stage's switches (`guidegen.masks.placement`): the first value of each is the
 #: placement stage at work, ``"network"`` leaves the map as the network drew it.
-TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network")
+TUMOUR_PLACEMENTS: tuple[str, ...] = ("insert", "network", "learned")
 ORGAN_SIZES: tuple[str, ...] = ("all", "scale", "network")
 AORTA_PLACEMENTS: tuple[str, ...] = ("tube", "network")
 
@@ -112,7 +112,8 @@ class GenerationSettings:
         image_guidance: image generator guidance scale.
         phase: contrast phase of every case (`guidegen.terms.PHASES`), overriding the prompt's.
         tumour_placement: "insert" (stated tumours are real tumour shapes placed into the sampled
-            anatomy) or "network".
+            anatomy), "network" (the network's own tumours) or "learned" (the network's tumours
+            removed and the stated ones drawn by the learned tumour stage, `guidegen.masks.tumour_stage`).
         organ_sizes: "scale" (organs the prompt sizes are given that size), "all" (as well, the solid
             organs the prompt leaves unchanged are given a normal size when they are not) or "network".
         aorta_placement: "tube" (the aorta redrawn as one tube of normal calibre) or "network".

@@ -33,6 +33,7 @@ from guidegen.masks.placement import (
     remove_tumours,
 )
 from guidegen.masks.start_maps import load_start_maps, start_map, start_steps
+from guidegen.masks.tumour_stage import TumourStage
 from guidegen.runtime import CompiledNetwork, NetworkSpec, compile_network
 from guidegen.runtime.backends import cache_dirs, torch_threads_for, weights_digest
 from guidegen.settings import GenerationSettings, item_seeds
@@ -127,6 +128,20 @@ def apply_statements(
         volume.meta["tumour_placement"] = record
     if organs:
         volume.meta["organ_sizes"] = sized
+    return volume
+
+
+def draw_learned_tumours(volume: Volume, attributes: Attributes, seed: int, stage: TumourStage) -> Volume:
+    """``tumour_placement="learned"``: the first network's tumour voxels given back to the tissue around
+    them (the first stage draws the anatomy), then the stated tumour groups drawn by the learned
+    tumour stage; the record in ``meta["tumour_placement"]``."""
+    removed = int(np.count_nonzero(volume.array == ID["tumour"]))
+    volume = remove_tumours(volume)
+    record: dict = {"mode": "learned", "stated": attributes.tumours is not None, "removed_voxels": removed}
+    if attributes.tumours:
+        volume, drawn = stage.draw(volume, attributes.tumours, seed)
+        record["groups"] = drawn["groups"]
+    volume.meta["tumour_placement"] = record
     return volume
 
 
@@ -255,6 +270,28 @@ class VolumetricMaskSampler:
         self.source: Path | None = None  # the checkpoint folder it was loaded from (caches the exports)
         self._networks: dict[tuple[str, str], CompiledNetwork] = {}
         self._start_maps: np.ndarray | None = None
+        self._tumour_stage: TumourStage | None = None
+
+    def tumour_stage(self) -> TumourStage:
+        """The learned tumour stage (``tumour_placement="learned"``): the ``tumour_stage`` folder beside
+        the checkpoint folder (``models/default/tumour_stage``), loaded once; or the one set with
+        `use_tumour_stage`."""
+        if self._tumour_stage is None:
+            folder = None if self.source is None else self.source.parent / "tumour_stage"
+            if folder is None or not (folder / "config.json").exists():
+                raise InputError(
+                    folder or "--tumour-placement", "learned: no tumour stage beside this mask sampler (tumour_stage/)"
+                )
+            self._tumour_stage = TumourStage.from_pretrained(folder, device=str(self.device))
+            if tuple(self._tumour_stage.config.shape) != tuple(self.config.shape):
+                raise InputError(folder / "config.json", f"its grid is not the mask sampler's {self.config.shape}")
+        return self._tumour_stage
+
+    def use_tumour_stage(self, stage: TumourStage) -> None:
+        """Draw ``tumour_placement="learned"`` tumours with ``stage`` (same grid as this sampler)."""
+        if tuple(stage.config.shape) != tuple(self.config.shape):
+            raise ValueError(f"the tumour stage's grid {stage.config.shape} is not the sampler's {self.config.shape}")
+        self._tumour_stage = stage
 
     def start_maps(self) -> np.ndarray:
         """The bank of real maps beside the checkpoint that ``real_start`` draws from (loaded once)."""
@@ -501,5 +538,7 @@ class VolumetricMaskSampler:
                     aorta=aorta == "tube",
                     defer_tumours=tumours_later,
                 )
+            if placement == "learned":
+                volume = draw_learned_tumours(volume, attributes[i // n], seeds[i], self.tumour_stage())
             out.append(volume)
         return out
