@@ -116,3 +116,13 @@ def load_checkpoint(
         if (folder / "training.safetensors").exists():
             state["raw_weights"] = load_file(str(folder / "training.safetensors"))
     return config, weights, state
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: str | Path) -> None:
+    """``model.load_state_dict(weights)``, refused in one line naming the folder's weights file when
+    they are not the network its config describes."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(Path(folder) / "model.safetensors", f"does not match its config.json ({first})") from None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from guidegen.diffusion.flow import FlowConfig, euler_sample, guided_velocity, sampling_schedule
 from guidegen.errors import InputError
 from guidegen.images.config import PHASES, ImageGeneratorConfig
@@ -103,10 +103,7 @@ class ConditionalImageGenerator(nn.Module):
         """Load a checkpoint folder written by `save_pretrained` or training (checksums verified)."""
         config, weights, _ = load_checkpoint(folder, ImageGeneratorConfig)
         model = cls(config)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise InputError(Path(folder) / "model.safetensors", f"does not match its config.json ({exc})") from None
+        load_weights(model, weights, folder)
         model.source = Path(folder)
         return model.to(device).eval()
 

@@ -68,6 +68,24 @@ def drop_fields(attrs: Attributes, rng: np.random.Generator, p: float, p_abnorma
     return Attributes(sex=sex, age=age, tumours=tumours, organs=organs, field_of_view=None)
 
 
+def anatomy_augmentation(
+    p_elastic: float, p_organ_scaling: float, tumour: TumourInsertion | None = None, p_tumour: float = 0.0
+) -> AugmentConfig:
+    """The mask sampler's augmentation of a real map (rigid jitter, elastic deformation, organ scaling,
+    optional tumour insertion); the learned tumour stage augments its anatomies the same way."""
+    return AugmentConfig(
+        elastic=ElasticDeformation(),
+        p_elastic=p_elastic,
+        jitter=RigidJitter(max_rotation_deg=4.0, max_translation_mm=8.0),
+        p_jitter=0.8,
+        scaling=OrganScaling(volume_factor=(0.75, 2.2)),
+        p_scaling=p_organ_scaling,
+        max_scalings=2,
+        tumour=tumour,
+        p_tumour=p_tumour,
+    )
+
+
 class MaskExamples:
     """Indexable stream of training examples (dicts with labels, text, attributes, ignore_classes)."""
 
@@ -85,16 +103,8 @@ class MaskExamples:
             hosts = [h for h in TUMOUR_HOSTS if h in case["annotated"] and np.any(case["labels"] == ID[h])]
             tumour = TumourInsertion(hosts=hosts, site_of=_site_of) if hosts else None
             self.augmenters.append(
-                AugmentConfig(
-                    elastic=ElasticDeformation(),
-                    p_elastic=config.p_elastic,
-                    jitter=RigidJitter(max_rotation_deg=4.0, max_translation_mm=8.0),
-                    p_jitter=0.8,
-                    scaling=OrganScaling(volume_factor=(0.75, 2.2)),
-                    p_scaling=config.p_organ_scaling,
-                    max_scalings=2,
-                    tumour=tumour,
-                    p_tumour=config.p_tumour if tumour is not None else 0.0,
+                anatomy_augmentation(
+                    config.p_elastic, config.p_organ_scaling, tumour, config.p_tumour if tumour is not None else 0.0
                 )
             )
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from guidegen.diffusion.categorical import CategoricalDiffusion, CategoricalDiffusionConfig
 from guidegen.diffusion.categorical_sampling import ancestral_sample
 from guidegen.diffusion.guidance import guided_logits
@@ -308,12 +308,7 @@ class VolumetricMaskSampler:
     ) -> VolumetricMaskSampler:
         config, weights, _ = load_checkpoint(folder, MaskSamplerConfig)
         model = MaskDenoiser(config)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise InputError(
-                Path(folder) / "model.safetensors", f"does not match its config.json ({str(exc).splitlines()[0]})"
-            ) from None
+        load_weights(model, weights, folder)
         sampler = cls(config, model, text_encoder, device)
         sampler.source = Path(folder)
         return sampler

@@ -46,7 +46,7 @@ from monai.networks.nets import DiffusionModelUNet
 from scipy import ndimage
 from torch import Tensor, nn
 
-from guidegen.checkpoint import load_checkpoint, save_checkpoint
+from guidegen.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from guidegen.data.ops import DIAMETER_RANGES_MM
 from guidegen.data.ops.base import soft_ids
 from guidegen.errors import InputError
@@ -276,12 +276,7 @@ class TumourStage:
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> TumourStage:
         config, weights, _ = load_checkpoint(folder, TumourStageConfig)
         model = TumourNetworks(config)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise InputError(
-                Path(folder) / "model.safetensors", f"does not match its config.json ({str(exc).splitlines()[0]})"
-            ) from None
+        load_weights(model, weights, folder)
         return cls(config, model, device)
 
     def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:

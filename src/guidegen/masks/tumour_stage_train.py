@@ -31,13 +31,14 @@ from torch import Tensor
 
 from guidegen.checkpoint import save_checkpoint
 from guidegen.config import config_to_dict
-from guidegen.data.augment import AugmentConfig, augment_case
-from guidegen.data.ops import ElasticDeformation, OrganScaling, RigidJitter, TumourInsertion
+from guidegen.data.augment import augment_case
+from guidegen.data.ops import TumourInsertion
 from guidegen.distributed import cleanup, init_distributed
 from guidegen.errors import InputError
 from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
 from guidegen.masks.config import MaskSamplerConfig
+from guidegen.masks.examples import anatomy_augmentation
 from guidegen.masks.placement import remove_tumours
 from guidegen.masks.sampler import sampler_grid
 from guidegen.masks.train import load_base_cases
@@ -94,15 +95,7 @@ def build_pool(config: TumourStageConfig, root: Path | None = None) -> np.ndarra
     usable = [i for i, h in enumerate(hosts) if h]
     if not usable:
         raise InputError(config.prepared_cache, "no prepared case holds a tumour host organ")
-    augment = AugmentConfig(
-        elastic=ElasticDeformation(),
-        p_elastic=config.p_elastic,
-        jitter=RigidJitter(max_rotation_deg=4.0, max_translation_mm=8.0),
-        p_jitter=0.8,
-        scaling=OrganScaling(volume_factor=(0.75, 2.2)),
-        p_scaling=config.p_organ_scaling,
-        max_scalings=2,
-    )
+    augment = anatomy_augmentation(config.p_elastic, config.p_organ_scaling)
     pool = np.empty((config.pool_size, *config.shape), dtype=np.uint8)
     for i in range(config.pool_size):
         rng = np.random.default_rng([config.seed, 4909, i])
