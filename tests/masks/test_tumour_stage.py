@@ -155,8 +155,12 @@ def test_the_sampler_draws_learned_tumours_only_with_a_stage(tmp_path):
     sampler = VolumetricMaskSampler(tiny_mask_config())
     sampler.save_pretrained(tmp_path / "model" / "mask_sampler")
     loaded = VolumetricMaskSampler.from_pretrained(tmp_path / "model" / "mask_sampler")
-    with pytest.raises(InputError, match="tumour stage"):
-        loaded.sample_masks("4 cm tumour in the liver", seed=0, tumour_placement="learned")
+    calls = []
+    with pytest.raises(InputError, match="tumour stage"):  # refused before any sampling step
+        loaded.sample_masks(
+            "4 cm tumour in the liver", seed=0, tumour_placement="learned", callback=lambda i, n: calls.append(i)
+        )
+    assert calls == []
     TumourStage(tiny_stage_config()).save_pretrained(tmp_path / "model" / "tumour_stage")
     kwargs = dict(tumour_placement="learned", organ_sizes="network", aorta_placement="network")
     (volume,) = loaded.sample_masks("4 cm tumour in the liver", seed=0, **kwargs)

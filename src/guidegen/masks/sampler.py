@@ -407,10 +407,12 @@ class VolumetricMaskSampler:
                 evaluations, ≤ T; default the config's strided ``sample_steps``), ``guidance``
                 (1 = conditional only, 0 = unconditional), the placement switches
                 ``tumour_placement`` ("insert": stated tumours placed into the sampled anatomy,
-                `guidegen.masks.placement`), ``organ_sizes`` ("scale": stated organ sizes given to the
-                sampled organs) and ``aorta_placement`` ("tube": the aorta redrawn as one tube of
-                normal calibre), each defaulting to the config's, and ``precision`` / ``backend``
-                (`guidegen.runtime`; the config's ``precision`` is the training precision).
+                `guidegen.masks.placement`; "learned": drawn by the learned tumour stage,
+                `guidegen.masks.tumour_stage`, beside the checkpoint), ``organ_sizes`` ("scale":
+                stated organ sizes given to the sampled organs) and ``aorta_placement`` ("tube": the
+                aorta redrawn as one tube of normal calibre), each defaulting to the config's, and
+                ``precision`` / ``backend`` (`guidegen.runtime`; the config's ``precision`` is the
+                training precision).
             attributes: parsed records to use instead of parsing the prompts.
             text_tokens: (len(prompts), L, D) prompt tokens from the pipeline's encoder instead of
                 encoding the prompts here.
@@ -446,6 +448,7 @@ class VolumetricMaskSampler:
             raise InputError(None, f"final_decode must be one of {', '.join(FINAL_DECODES)}, got {decode!r}")
         if attributes is None:
             attributes = [parse_prompt(p) for p in prompts]
+        stage = self.tumour_stage() if placement == "learned" else None  # refused before sampling, not after
         scale = self.config.guidance_scale if settings.guidance is None else float(settings.guidance)
         text, attr = self.encode(prompts, attributes, text_tokens)
         text = text.repeat_interleave(n, 0)
@@ -533,7 +536,7 @@ class VolumetricMaskSampler:
                     aorta=aorta == "tube",
                     defer_tumours=tumours_later,
                 )
-            if placement == "learned":
-                volume = draw_learned_tumours(volume, attributes[i // n], seeds[i], self.tumour_stage())
+            if stage is not None:
+                volume = draw_learned_tumours(volume, attributes[i // n], seeds[i], stage)
             out.append(volume)
         return out
