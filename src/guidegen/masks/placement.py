@@ -140,7 +140,7 @@ def remove_tumours(labels: Volume) -> Volume:
     return labels.with_array(fill_from_nearest(labels.array, tumour))
 
 
-def _site_of(host: str):
+def site_of(host: str):
     if host == "colon":
         return lambda labels, points: [s or "unknown" for s in colon_segment_of(labels, points)]
     if host == "liver":
@@ -220,7 +220,7 @@ def _draw_group(
         labels, grown = grow_host(labels, label, needed)
         if grown is not None:
             record["host_grown_ml"] = grown
-    insertion = TumourInsertion(shapes=shapes, hosts=(label,), site_of=_site_of(host))
+    insertion = TumourInsertion(shapes=shapes, hosts=(label,), site_of=site_of(host))
     for k in range(count):
         diameter = largest if k == 0 else largest * float(rng.uniform(*SECONDARY_FRACTION))
         try:

@@ -39,7 +39,7 @@ from guidegen.io.volume import Volume
 from guidegen.labels.vocabulary import ID, TUMOUR_HOSTS
 from guidegen.masks.config import MaskSamplerConfig
 from guidegen.masks.examples import anatomy_augmentation
-from guidegen.masks.placement import remove_tumours
+from guidegen.masks.placement import remove_tumours, site_of
 from guidegen.masks.sampler import sampler_grid
 from guidegen.masks.train import load_base_cases
 from guidegen.masks.tumour_stage import (
@@ -52,7 +52,6 @@ from guidegen.masks.tumour_stage import (
     window_around,
 )
 from guidegen.runtime.backends import onednn_convolutions
-from guidegen.text.measure import colon_segment_of, liver_lobe_of
 from guidegen.training import (
     EMA,
     checkpoint_path,
@@ -64,14 +63,6 @@ from guidegen.training import (
 )
 
 _LIVER_LOBES = ("right lobe", "left lobe")
-
-
-def _colon_site(labels: Volume, points: np.ndarray) -> list[str]:
-    return [s or "unknown" for s in colon_segment_of(labels, points)]
-
-
-def _liver_site(labels: Volume, points: np.ndarray) -> list[str]:
-    return [s or "unknown" for s in liver_lobe_of(labels, points)]
 
 
 def _grid_config(config: TumourStageConfig) -> MaskSamplerConfig:
@@ -112,8 +103,8 @@ class TumourExamples:
         self.pool = pool
         self.config = config
         self.affine = sampler_grid(_grid_config(config))
-        self.insert = TumourInsertion(hosts=TUMOUR_HOSTS, site_of=_colon_site)
-        self.insert_lobe = TumourInsertion(hosts=("liver",), site_of=_liver_site)
+        self.insert = TumourInsertion(hosts=TUMOUR_HOSTS, site_of=site_of("colon"))
+        self.insert_lobe = TumourInsertion(hosts=("liver",), site_of=site_of("liver"))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         cfg = self.config
@@ -121,17 +112,18 @@ class TumourExamples:
         labels = Volume(self.pool[int(rng.integers(len(self.pool)))].copy(), self.affine.copy(), "labels")
         present = self.insert.present(labels)
         host = present[int(rng.integers(len(present)))]
-        segment = None
+        segment, region = None, None
         if host == "liver" and rng.random() > cfg.p_whole_host:
             segment = _LIVER_LOBES[int(rng.integers(2))]
-            mask = host_region(labels, host, segment)
-            if mask.sum() == (labels.array == ID[host]).sum():  # no lobe frame in this map
-                segment = None
+            region = host_region(labels, host, segment)
+            if region.sum() == (labels.array == ID[host]).sum():  # no lobe frame in this map
+                segment, region = None, None
         inserter = self.insert_lobe if segment is not None else self.insert
         params = inserter.make_params(rng, labels, host=host, segment=segment)
         if segment is None and params.segment is not None and rng.random() > cfg.p_whole_host:
             segment = params.segment  # colon tumours go into a drawn segment; most examples say which
-        region = host_region(labels, host, segment)
+        if region is None:
+            region = host_region(labels, host, segment)
         box = window_around(region, cfg.window, jitter=rng.integers(-3, 4, size=3))
         start = np.array([b.start for b in box])
         # Each tumour's own voxels: inserted one after another, as `apply` does.
